@@ -1,0 +1,21 @@
+# The front door. README's two commands are `make demo` and `make test`; CI runs `make test`.
+.PHONY: demo test warehouse ui bench lint clean
+
+demo:       ## run the sample plan end to end and print its summary
+	@scripts/dev.sh demo
+
+test:       ## run the whole test suite against real Redis, DuckDB, PostgreSQL and HTTP
+	@scripts/dev.sh test $(PYTEST_ARGS)
+
+warehouse:  ## rebuild the demo DuckDB warehouse (C2B_USERS=200000)
+	@scripts/dev.sh warehouse
+
+ui:         ## start the Airflow UI (api-server + scheduler + dag-processor) on the demo state
+	@scripts/dev.sh ui
+
+lint:
+	@scripts/dev.sh run ruff check plugins dags tests bench
+
+clean:      ## stop the private redis-server and remove local state (.airflow/)
+	-@[ -f .airflow/redis.pid ] && kill $$(cat .airflow/redis.pid) 2>/dev/null || true
+	rm -rf .airflow

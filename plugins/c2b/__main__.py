@@ -1,0 +1,5 @@
+import sys
+
+from c2b.cli import main
+
+sys.exit(main())

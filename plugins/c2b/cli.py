@@ -1,0 +1,116 @@
+"""``python -m c2b``: run the demo, validate plans, flip the kill switch, show a run report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from c2b.settings import PROJECT_ROOT, outbox_dir, reports_dir, safe_name
+
+PLANS_DIR = PROJECT_ROOT / "dags" / "plans"
+
+
+def _redis():
+    import redis
+
+    import os
+    return redis.Redis.from_url(os.environ.get("C2B_REDIS_URL", "redis://127.0.0.1:6379"))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run one plan's DAG in-process with ``dag.test()`` (recorded in the Airflow DB) and summarize."""
+    from c2b.factory import build_dags
+
+    dags, errors = build_dags(PLANS_DIR, args.plan)
+    for err in errors:
+        print(err, file=sys.stderr)
+    if args.plan not in dags:
+        print(f"no valid plan {args.plan!r} in {PLANS_DIR}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    dr = dags[args.plan].test(run_conf={"dry_run": args.dry_run} if args.dry_run else None)
+    took = time.monotonic() - started
+    state = str(getattr(dr.state, "value", dr.state))
+    report_file = reports_dir() / args.plan / f"{safe_name(dr.run_id)}.json"
+    if state != "success" or not report_file.exists():
+        print(f"\nrun {dr.run_id} ended {state}; see the task logs above", file=sys.stderr)
+        return 1
+    print(render_summary(json.loads(report_file.read_text()), took, report_file))
+    return 0
+
+
+def render_summary(s: dict, took: float, report_file: Path) -> str:
+    a = s["audience"]
+    lines = [
+        "",
+        f"c2b demo: plan {s['plan']}, run {s['run']} -> {s['status']}",
+        f"  audience     {a['kept']:,} users kept of {a['rows']:,} rows "
+        f"(null uid {a['null_uid']}, malformed {a['malformed_uid']}, duplicate {a['duplicate_uid']}, "
+        f"over limit {a['over_limit']})",
+        "  variants     " + ", ".join(f"{v} {n:,}" for v, n in a["per_variant"].items()),
+        f"  shards       {len(s['shards']['loaded'])} non-empty, delivered {len(s['shards']['delivered'])}"
+        + (f", stopped {s['shards']['stopped']}" if s["shards"]["stopped"] else ""),
+        "  messages     variant / touch / outcome:",
+    ]
+    for key, n in s["outcomes"].items():
+        v, t, o = key.split("|")
+        lines.append(f"                 {v:<10} {t:<16} {o:<14} {n:>8,}")
+    if s["failures"]:
+        lines.append("  failures     " + ", ".join(f"{r}: {n}" for r, n in s["failures"].items()))
+    outbox = outbox_dir() / s["plan"] / safe_name(s["run"])
+    lines += [
+        f"  run time     {took:.1f} s (dag.test, whole DAG)",
+        f"  outbox       {outbox}/",
+        f"  staging      {s['staging_path']}",
+        f"  report       {report_file}",
+        "",
+        "Open the Airflow UI on this same state with `make ui`, then http://127.0.0.1:8080/dags/"
+        f"{s['plan']} (the run above is listed there).",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_kill(args: argparse.Namespace) -> int:
+    key = "c2b:kill" if args.plan == "all" else f"c2b:kill:{args.plan}"
+    r = _redis()
+    if args.off:
+        r.delete(key)
+        print(f"kill switch {key} is off")
+    else:
+        r.set(key, "1")
+        print(f"kill switch {key} is on: every shard of the plan stops before its next page")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    folder = reports_dir() / args.plan
+    files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        print(f"no reports under {folder}", file=sys.stderr)
+        return 1
+    from c2b.report import format_table
+
+    summary = json.loads(files[-1].read_text())
+    print(f"{files[-1]}\n{format_table(summary)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m c2b", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("demo", help="run a plan end to end with dag.test() and print a summary")
+    p.add_argument("--plan", default="cancelled_price_coupon")
+    p.add_argument("--dry-run", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("kill", help="turn a kill switch on (or --off) for a plan id or 'all'")
+    p.add_argument("plan")
+    p.add_argument("--off", action="store_true")
+    p.set_defaults(func=cmd_kill)
+    p = sub.add_parser("report", help="print the latest run report of a plan")
+    p.add_argument("plan")
+    p.set_defaults(func=cmd_report)
+    args = parser.parse_args(argv)
+    return int(args.func(args))

@@ -1,0 +1,66 @@
+"""Run reports: per-shard stats reduced to one summary per variant x touch x outcome."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+
+def summarize(plan_id: str, run_id: str, extract: dict[str, Any], shard_stats: Iterable[dict[str, Any]],
+              shards_loaded: list[int], started_at: float | None = None, finished_at: float | None = None) -> dict[str, Any]:
+    """Return the run summary (JSON-able): audience counts, outcomes, stopped shards, failures."""
+    counts: Counter = Counter()
+    failures: Counter = Counter()
+    users = 0
+    stopped = []
+    delivered_shards = []
+    for st in shard_stats:
+        if not st:
+            continue
+        counts.update(st["counts"])
+        failures.update(st["failures"])
+        users += st["users"]
+        delivered_shards.append(st["shard"])
+        if st["stopped"]:
+            stopped.append(st["shard"])
+    per_touch: dict[str, dict[str, int]] = {}
+    for key, n in counts.items():
+        _variant, touch, outcome = key.split("|")
+        per_touch.setdefault(touch, Counter())[outcome] += n  # type: ignore[index]
+    return {
+        "plan": plan_id,
+        "run": run_id,
+        "audience": extract["counts"],
+        "staging_path": extract["path"],
+        "shards": {"loaded": shards_loaded, "delivered": sorted(delivered_shards), "stopped": sorted(stopped)},
+        "users_paged": users,
+        "outcomes": dict(sorted(counts.items())),
+        "per_touch": {t: dict(c) for t, c in sorted(per_touch.items())},
+        "failures": dict(failures.most_common(20)),
+        "status": "stopped" if stopped else "complete",
+        "seconds": round(finished_at - started_at, 3) if started_at and finished_at else None,
+    }
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """Return the outcomes as an aligned text table for task logs and the CLI."""
+    rows = [("variant", "touch", "outcome", "messages")]
+    for key, n in summary["outcomes"].items():
+        rows.append((*key.split("|"), str(n)))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def write_report(summary: dict[str, Any], folder: Path) -> Path:
+    """Store the summary as ``<folder>/<plan>/<run>.json`` (read by the CLI and the UI)."""
+    from c2b.settings import safe_name
+
+    path = folder / summary["plan"] / f"{safe_name(summary['run'])}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    tmp.replace(path)
+    return path

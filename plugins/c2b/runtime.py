@@ -1,0 +1,78 @@
+"""The body of each Airflow task of a plan DAG, as plain functions of resolved resources.
+
+The factory's task wrappers only resolve Airflow things (context, connections) and call these, so
+the same steps run from tests and benchmarks without an Airflow process.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from c2b.channels import Channel
+from c2b.delivery import RetryPolicy, ShardDelivery
+from c2b.extract import extract_audience
+from c2b.plan import Plan
+from c2b.report import format_table, summarize, write_report
+from c2b.settings import reports_dir, safe_name, staging_dir
+from c2b.store import drop_run, load_shards
+from c2b.templates import BUILTIN_NAMES, template_names
+from c2b.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+
+def staging_path(plan: Plan, run_id: str) -> Path:
+    return staging_dir() / plan.id / f"{safe_name(run_id)}.parquet"
+
+
+def attribute_columns(plan: Plan) -> list[str]:
+    """Return the user attributes the plan's templates read (only these are stored in Redis)."""
+    names: set[str] = set()
+    for t in plan.touches:
+        names |= template_names(t.template)
+    return sorted(names - BUILTIN_NAMES)
+
+
+def step_extract(plan: Plan, run_id: str, warehouse: Warehouse, sample: int | None = None) -> dict[str, Any]:
+    result = extract_audience(plan, warehouse, staging_path(plan, run_id), sample=sample)
+    return {**result.to_xcom(), "started_at": time.time()}
+
+
+def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> list[int]:
+    ttl = int(plan.delivery.key_ttl_hours * 3600)
+    result = load_shards(redis, extract["path"], plan.id, run_id, plan.delivery.shards,
+                         attribute_columns(plan), ttl_seconds=ttl)
+    log.info("loaded %s users into %s non-empty shards (largest %s)",
+             sum(result.shards.values()), len(result.non_empty), result.largest)
+    return result.non_empty
+
+
+def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict[str, Channel],
+                 kill_switch: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    params = params or {}
+    only = set(params["only_touches"]) if params.get("only_touches") else None
+    try:
+        delivery = ShardDelivery(redis, plan, run_id, shard, channels, kill_switch, RetryPolicy(),
+                                 only_touches=only, dry_run=bool(params.get("dry_run")))
+        return delivery.run(plan.delivery.page_size, plan.delivery.concurrency).to_xcom()
+    finally:
+        for ch in channels.values():
+            ch.close()
+
+
+def step_report(plan: Plan, run_id: str, extract: dict[str, Any], shards: list[int],
+                shard_stats: list[dict[str, Any]]) -> dict[str, Any]:
+    summary = summarize(plan.id, run_id, extract, shard_stats, shards,
+                        extract.get("started_at"), time.time())
+    path = write_report(summary, reports_dir())
+    log.info("run summary (%s):\n%s", path, format_table(summary))
+    return {**summary, "report_path": str(path)}
+
+
+def step_cleanup(plan: Plan, run_id: str, redis: Any) -> int:
+    dropped = drop_run(redis, plan.id, run_id, plan.delivery.shards)
+    log.info("dropped %s run keys of %s / %s", dropped, plan.id, run_id)
+    return dropped

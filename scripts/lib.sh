@@ -1,0 +1,93 @@
+# shellcheck shell=bash
+# Shared set-up for the Makefile targets: each function installs or starts what is missing and
+# reuses what is there, so running a command twice is fast.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+STATE="$ROOT/.airflow"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+apt_install() {
+  # Debian packages, installed only when missing (root on a fresh machine; no sudo needed).
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  say "installing Debian packages: ${missing[*]}"
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+ensure_venv() {
+  local want have
+  if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    apt_install python3 python3-venv python3-dev
+  fi
+  want="$(sha256sum "$ROOT/requirements.txt" | cut -c1-16)"
+  have="$(cat "$VENV/.requirements" 2>/dev/null || true)"
+  [ "$want" = "$have" ] && return 0
+  say "creating $VENV and installing requirements.txt (about a minute the first time)"
+  [ -x "$PY" ] || python3 -m venv "$VENV"
+  "$PY" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements.txt"
+  echo "$want" > "$VENV/.requirements"
+}
+
+export_env() {
+  export AIRFLOW_HOME="$STATE"
+  export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
+  export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
+  export AIRFLOW__CORE__LOAD_EXAMPLES=False
+  export AIRFLOW__CORE__UNIT_TEST_MODE="${AIRFLOW__CORE__UNIT_TEST_MODE:-False}"
+  export PYTHONPATH="$ROOT/plugins${PYTHONPATH:+:$PYTHONPATH}"
+  export C2B_WAREHOUSE="${C2B_WAREHOUSE:-$STATE/warehouse.duckdb}"
+  export AIRFLOW_CONN_C2B_WAREHOUSE="{\"conn_type\": \"duckdb\", \"host\": \"$C2B_WAREHOUSE\"}"
+  export PATH="$VENV/bin:$PATH"
+}
+
+ensure_airflow_db() {
+  mkdir -p "$STATE"
+  [ -f "$STATE/.db-migrated" ] && [ -f "$STATE/airflow.db" ] && return 0
+  say "creating the Airflow metadata DB (SQLite, $STATE/airflow.db)"
+  "$VENV/bin/airflow" db migrate >"$STATE/db-migrate.log" 2>&1 || { cat "$STATE/db-migrate.log"; return 1; }
+  touch "$STATE/.db-migrated"
+}
+
+redis_answers() { redis-cli -u "$1" ping 2>/dev/null | grep -q PONG; }
+
+ensure_redis_binary() {
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_install redis-server
+}
+
+free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+ensure_redis() {
+  # REDIS_URL if set and answering; else our private redis-server under .airflow/ (started once).
+  ensure_redis_binary
+  if [ -n "${REDIS_URL:-}" ] && redis_answers "$REDIS_URL"; then
+    export C2B_REDIS_URL="$REDIS_URL"
+  else
+    local port url
+    port="$(cat "$STATE/redis.port" 2>/dev/null || true)"
+    url="redis://127.0.0.1:${port:-0}"
+    if [ -z "$port" ] || ! redis_answers "$url"; then
+      port="$(free_port)"; url="redis://127.0.0.1:$port"
+      say "starting a private redis-server on 127.0.0.1:$port (pid and log in $STATE)"
+      mkdir -p "$STATE/redis"
+      redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+        --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log" --dir "$STATE/redis" >/dev/null
+      for _ in $(seq 50); do redis_answers "$url" && break; sleep 0.1; done
+      redis_answers "$url" || { echo "redis-server did not start; see $STATE/redis.log" >&2; return 1; }
+      echo "$port" > "$STATE/redis.port"
+    fi
+    export C2B_REDIS_URL="$url"
+  fi
+  export AIRFLOW_CONN_C2B_REDIS="${C2B_REDIS_URL%/}/?db=0"
+}
+
+ensure_warehouse() {
+  [ -f "$C2B_WAREHOUSE" ] && return 0
+  say "building the demo warehouse ($C2B_WAREHOUSE, ${C2B_USERS:-200000} users)"
+  "$PY" -m c2b.demo_warehouse --path "$C2B_WAREHOUSE" --users "${C2B_USERS:-200000}"
+}

@@ -1,0 +1,85 @@
+"""The demo plan, end to end through Airflow's ``dag.test()`` on real Redis and a real DuckDB file."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from c2b.hashing import VariantPicker
+from c2b.plan import load_plan
+
+ROOT = Path(__file__).resolve().parents[2]
+PLAN = "cancelled_price_coupon"
+
+# Written independently of include/sql/segments/: who cancelled for price in the last 30 days.
+INDEPENDENT = """
+    SELECT DISTINCT CAST(c.uid AS VARCHAR) FROM order_cancellations c JOIN users u USING (uid)
+    WHERE c.reason = 'price_too_low' AND NOT u.opted_out
+      AND c.cancelled_at >= current_date - INTERVAL 30 DAY
+"""
+
+
+@pytest.fixture
+def demo_dag():
+    from c2b.factory import build_dags
+
+    dags, errors = build_dags(ROOT / "dags" / "plans", PLAN)
+    assert not errors
+    return dags[PLAN]
+
+
+def _outbox_lines(data_dir: Path) -> list[dict]:
+    files = list((data_dir / "outbox" / PLAN).rglob("*.jsonl"))
+    return [json.loads(line) for f in files for line in f.read_text().splitlines()]
+
+
+def test_demo_plan_end_to_end(c2b_env: Path, demo_warehouse: Path, redis_client, demo_dag) -> None:
+    dr = demo_dag.test()
+    assert str(getattr(dr.state, "value", dr.state)) == "success"
+
+    expected = {r[0] for r in duckdb.connect(str(demo_warehouse), read_only=True).execute(INDEPENDENT).fetchall()}
+    assert len(expected) > 100
+    plan = load_plan(ROOT / "dags" / "plans" / f"{PLAN}.yaml")
+    picker = VariantPicker(plan.salt, plan.variant_weights)
+    targeted = {u for u in expected if picker.pick(u.encode()) == "coupon"}
+
+    messages = _outbox_lines(c2b_env)
+    per_touch = Counter(m["touch"] for m in messages)
+    assert per_touch == {"coupon_push": len(targeted)}
+    uids = Counter(m["uid"] for m in messages)
+    assert set(uids) == targeted and max(uids.values()) == 1, "every targeted uid exactly once"
+    assert len({m["idempotency_key"] for m in messages}) == len(messages)
+    assert all("+30 CNY" in m["text"] and m["offer"]["type"] == "price_up_coupon" for m in messages)
+
+    report_files = list((c2b_env / "reports" / PLAN).glob("*.json"))
+    summary = json.loads(report_files[0].read_text())
+    assert summary["audience"]["kept"] == len(expected)
+    assert summary["outcomes"]["coupon|coupon_push|sent"] == len(targeted)
+    assert summary["outcomes"]["control|-|holdout"] == len(expected) - len(targeted)
+    assert summary["status"] == "complete"
+
+    # Run keys are gone; only the ledger (the record of what was sent) stays, with a TTL.
+    leftover = [k.decode() for k in redis_client.scan_iter("c2b:*")]
+    assert leftover and all(k.endswith(":ledger") for k in leftover)
+    assert all(0 < redis_client.ttl(k) <= 7 * 24 * 3600 for k in leftover)
+
+
+def test_rerun_of_same_run_sends_nothing_twice(c2b_env: Path, redis_client, demo_dag) -> None:
+    """Clearing a finished run re-runs every task; the ledger makes the second pass send nothing."""
+    dr = demo_dag.test(run_after=None)
+    first = len(_outbox_lines(c2b_env))
+    from c2b import runtime
+    from c2b.channels import ChannelConfig, make_channel
+
+    plan = load_plan(ROOT / "dags" / "plans" / f"{PLAN}.yaml")
+    extract = json.loads(next((c2b_env / "reports" / PLAN).glob("*.json")).read_text())
+    shards = runtime.step_load(plan, dr.run_id, redis_client, {"path": extract["staging_path"]})
+    for shard in shards:
+        ch = {"coupon_push": make_channel("outbox", ChannelConfig(run_dir=str(c2b_env / "outbox" / PLAN / "again")))}
+        stats = runtime.step_deliver(plan, dr.run_id, shard, redis_client, ch, lambda: False)
+        assert not any(k.endswith("|sent") for k in stats["counts"]), stats
+    assert len(_outbox_lines(c2b_env)) == first
