@@ -1,8 +1,7 @@
 -- Users who cancelled an order for :reason within the last :days days, not opted out.
 -- One row per user: their latest such cancellation.
--- Params: reason (varchar: price_too_low, data_privacy_worry, changed_mind, slow_pickup, other),
---         days (integer).
--- Columns: uid, nickname, city, timezone, last_item, quoted_price, cancel_reason, cancelled_at.
+-- params: reason (text: price_too_low, data_privacy_worry, changed_mind, slow_pickup, other), days (integer)
+-- columns: uid, nickname, city, timezone, last_item, quoted_price, cancel_reason, cancelled_at
 WITH recent AS (
     SELECT c.uid, o.item, o.quoted_price, c.reason, c.cancelled_at,
            row_number() OVER (PARTITION BY c.uid ORDER BY c.cancelled_at DESC, c.order_id DESC) AS rn
