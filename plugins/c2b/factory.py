@@ -267,6 +267,7 @@ def _importer_class() -> type:
             try:
                 dag = load_plan_dag(Path(file_path))
             except PlanError as exc:
+                exc = PlanError(rel, exc.problems)  # name the file as the UI does: bundle-relative
                 result.errors.append(DagImportError(
                     file_path=rel, message=str(exc), error_type="plan", line_number=exc.line,
                     suggestion="fix the fields named above; `python -m c2b validate` shows the same errors"))

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from c2b.plan import ALL_USERS_SEGMENT, Plan, Touch
-from c2b.sql import placeholders, segment_path
 from c2b.settings import sql_dir
+from c2b.sql import placeholders, segment_path
 
 OFFER_FIELDS = ("type", "amount", "currency", "link")
 _PARAM_ITEM = re.compile(r"^([A-Za-z_]\w*)\s*(?:\(\s*([A-Za-z]\w*)\s*(?::\s*(.*?))?\s*\))?$", re.DOTALL)
