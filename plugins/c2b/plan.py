@@ -70,8 +70,9 @@ class PlanError(ValueError):
 
     def __init__(self, path: str | Path, problems: list[Problem]) -> None:
         self.path = display_path(path)
+        # One line per problem, whatever text a message quotes from the file.
         self.problems: list[tuple[str, str, int | None]] = [
-            (p[0], p[1], p[2] if len(p) > 2 else None) for p in problems]  # type: ignore[misc]
+            (_one_line(p[0]), _one_line(p[1]), p[2] if len(p) > 2 else None) for p in problems]  # type: ignore[misc]
         self.line = next((ln for _, _, ln in self.problems if ln), None)
         super().__init__("\n".join(self.lines()))
 
@@ -82,6 +83,10 @@ class PlanError(ValueError):
             where = f" (line {line})" if line else ""
             out.append(f"{self.path}: {fld}: {msg}{where}" if fld else f"{self.path}: {msg}{where}")
         return out
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
 
 
 def display_path(path: str | Path) -> str:
@@ -199,9 +204,10 @@ def valid_timezone(name: str) -> bool:
 
 
 def parse_send_hours(text: str) -> tuple[time, time]:
-    """Return ``(start, end)`` of an ``HH:MM-HH:MM`` window; end ``24:00`` means midnight.
+    """Return ``(start, end)`` of an ``HH:MM-HH:MM`` window; an end of ``24:00`` is ``time.max``.
 
-    ``end < start`` is an overnight window (``20:00-08:00``). Raises ``ValueError`` if malformed.
+    Sending is allowed from ``start`` (inclusive) to ``end`` (exclusive); ``end < start`` is an
+    overnight window (``20:00-08:00``). Raises ``ValueError`` if malformed.
     """
     m = _SEND_HOURS.match(text)
     if not m:
@@ -209,9 +215,21 @@ def parse_send_hours(text: str) -> tuple[time, time]:
     h1, m1, h2, m2 = (int(g) for g in m.groups())
     if h1 > 23 or m1 > 59 or h2 > 24 or m2 > 59 or (h2 == 24 and m2):
         raise ValueError(f"{text!r}: hours are 00-23 (24:00 as the end), minutes 00-59")
-    if (h1, m1) == (h2 % 24, m2):
+    if (h1, m1) == (h2, m2):
         raise ValueError(f"{text!r} is an empty window; start and end must differ (or remove send_hours)")
-    return time(h1, m1), time(h2 % 24, m2)
+    return time(h1, m1), (time.max if h2 == 24 else time(h2, m2))
+
+
+def _schedule_kind(v: Any) -> str:
+    return "~asset" if isinstance(v, dict | AssetSchedule) else "~cron"
+
+
+# Union tags start with "~" so they cannot be mistaken for field names (see field_path).
+_UNION_TAGS = frozenset({"~cron", "~asset", "~segment", "~suppression_list", "~contacted_within_days"})
+Schedule = Annotated[
+    Annotated[str, Tag("~cron")] | Annotated[AssetSchedule, Tag("~asset")],
+    Discriminator(_schedule_kind),
+]
 
 
 class Window(_Strict):
@@ -273,17 +291,17 @@ EXCLUDE_HELP = ("each exclude item is exactly one of {segment: x.sql, params: {.
 
 def _exclude_kind(v: Any) -> str | None:
     if isinstance(v, BaseModel):
-        return next((k for k, cls in _EXCLUDE_KINDS.items() if isinstance(v, cls)), None)
+        return next((f"~{k}" for k, cls in _EXCLUDE_KINDS.items() if isinstance(v, cls)), None)
     if isinstance(v, dict):
         kinds = [k for k in _EXCLUDE_KINDS if k in v]
-        return kinds[0] if len(kinds) == 1 else None
+        return f"~{kinds[0]}" if len(kinds) == 1 else None
     return None
 
 
 Exclude = Annotated[
-    Annotated[ExcludeSegment, Tag("segment")]
-    | Annotated[ExcludeSuppression, Tag("suppression_list")]
-    | Annotated[ExcludeContacted, Tag("contacted_within_days")],
+    Annotated[ExcludeSegment, Tag("~segment")]
+    | Annotated[ExcludeSuppression, Tag("~suppression_list")]
+    | Annotated[ExcludeContacted, Tag("~contacted_within_days")],
     Discriminator(_exclude_kind, custom_error_type="c2b_exclude", custom_error_message=EXCLUDE_HELP),
 ]
 
@@ -426,7 +444,7 @@ class Plan(_Strict):
     description: str = Field("", description="shown as the DAG's doc in the Airflow UI")
     owner: str = Field("c2b", min_length=1)
     tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list)
-    schedule: Annotated[str | AssetSchedule | None, BeforeValidator(_check_schedule)] = Field(
+    schedule: Annotated[Schedule | None, BeforeValidator(_check_schedule)] = Field(
         "@daily", description='cron, a preset like @daily, {asset: "<uri>"} to run on a segment refresh, or null')
     start_date: date = Field(date(2026, 1, 1), description="first schedule date when window.start is not set")
     window: Window = Field(default_factory=Window)
@@ -506,18 +524,28 @@ def _did_you_mean(word: str, options: list[str]) -> str:
 
 # --- error rendering ------------------------------------------------------------------------------
 
+def join_key(base: str, key: object) -> str:
+    """Return the field path of mapping key ``key`` under ``base`` (odd keys quoted)."""
+    part = field_path((str(key),))
+    return part if not base else f"{base}{part}" if part.startswith("[") else f"{base}.{part}"
+
+
 def field_path(loc: tuple[int | str, ...]) -> str:
     """Render a pydantic location as ``touches[0].offer.amount`` (list indexes in brackets)."""
-    out, after_index = "", False
+    out, previous = "", None
     for part in loc:
         if isinstance(part, int):
-            out, after_index = out + f"[{part}]", True
+            out, previous = out + f"[{part}]", part
             continue
-        part = str(part)
-        tag = after_index and part in _EXCLUDE_KINDS
-        after_index = False
-        if tag or part.startswith("function-"):
-            continue  # union tags and validator names pydantic inserts into locations
+        part, after = str(part), previous
+        previous = part
+        if part in _UNION_TAGS and (after == "schedule" or isinstance(after, int)):
+            continue  # the union member pydantic names in the location
+        if part.startswith("function-") and "[" in part:
+            continue  # a validator pydantic names in the location
+        if not part or not part.isprintable() or part != part.strip() or any(c in part for c in ".[]:'\""):
+            out += f"[{part!r}]"  # an odd key (empty, control characters, separators): quote it
+            continue
         out += f".{part}" if out else part
     return out
 
@@ -525,9 +553,9 @@ def field_path(loc: tuple[int | str, ...]) -> str:
 _MODEL_AT = {  # parent path (indexes as [], variant names as *) -> the model allowed there
     "": "Plan", "window": "Window", "audience": "Audience", "experiment": "Experiment",
     "experiment.variants.*": "Variant", "touches[]": "Touch", "touches[].offer": "Offer",
-    "delivery": "Delivery", "schedule": "AssetSchedule",
-    "audience.exclude[].segment": "ExcludeSegment", "audience.exclude[].suppression_list": "ExcludeSuppression",
-    "audience.exclude[].contacted_within_days": "ExcludeContacted",
+    "delivery": "Delivery", "schedule.~asset": "AssetSchedule",
+    "audience.exclude[].~segment": "ExcludeSegment", "audience.exclude[].~suppression_list": "ExcludeSuppression",
+    "audience.exclude[].~contacted_within_days": "ExcludeContacted",
 }
 
 

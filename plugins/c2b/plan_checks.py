@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from c2b.plan import ALL_USERS_SEGMENT, Plan, Touch
+from c2b.plan import ALL_USERS_SEGMENT, Plan, Touch, join_key
 from c2b.settings import sql_dir
 from c2b.sql import placeholders, segment_path
 
@@ -193,14 +193,13 @@ def segment_problems(name: str, params: dict[str, Any], where: str) -> tuple[Seg
                                             f"({spec.params_help()})"))
     for key, value in params.items():
         if key not in spec.placeholders:
-            hint = difflib.get_close_matches(str(key), sorted(spec.placeholders), n=1)
-            problems.append((f"{where}.params.{key}",
-                             f"{name} has no :{key} placeholder{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
+            problems.append((join_key(f"{where}.params", key),
+                             f"{name} has no placeholder :{str(key)!r}{_hint(str(key), spec.placeholders)}; "
                              f"{spec.params_help()}"))
         elif key in declared:
             wrong = declared[key].check(value)
             if wrong:
-                problems.append((f"{where}.params.{key}", wrong))
+                problems.append((join_key(f"{where}.params", key), wrong))
     if spec.columns is not None and "uid" not in spec.columns:
         problems.append((f"{where}.segment", f"{name} must return a uid column; its '-- columns:' header lists "
                                              f"{', '.join(spec.columns) or 'none'}"))
