@@ -222,8 +222,10 @@ def fallback_dags(folder: Path, only_dag_id: str | None = None) -> dict[str, Any
         return {}
     dags, errors = build_dags(folder, only_dag_id)
     for err in errors:
-        warnings.warn(f"{err}\n(the c2b plan importer is not installed, so this plan is only a warning; "
-                      "see README 'Validating plans')", stacklevel=2)
+        # warn_explicit without a registry: never deduplicated, and it points at the YAML line.
+        warnings.warn_explicit(f"{err} [the c2b plan importer is not installed, so a broken plan is only a "
+                               "warning; see README 'Validating plans']", UserWarning,
+                               str(folder / Path(err.path).name), err.line or 0)
     return dags
 
 
@@ -291,8 +293,6 @@ def plan_importer() -> Any:
 
 def plan_importer_active() -> bool:
     """Return whether Airflow's importer registry hands ``.yaml`` plan files to the plan importer."""
-    if "airflow.dag_processing.importers" not in sys.modules:
-        return False
     from airflow.dag_processing.importers import get_importer_registry
 
     return isinstance(get_importer_registry().get_importer(f"x{PLAN_SUFFIX}"), _importer_class())
