@@ -211,7 +211,13 @@ def _names(names: Any) -> str:
 
 
 def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: str) -> list[tuple[str, str]]:
-    """Check that a touch's template compiles in the sandbox and reads only known names."""
+    """Check that a touch's template compiles in the sandbox and reads only known names.
+
+    The template is parsed (syntax errors, with their template line), its filters and tests must
+    exist in the sandbox, and every name it reads must be a segment column, a built-in or a Jinja
+    global. A message template is checked in one walk of its syntax tree; one with macros, blocks
+    or imports goes through Jinja's code generator, which resolves their scopes.
+    """
     from jinja2 import TemplateError, TemplateSyntaxError, meta, nodes
 
     from c2b import templates
@@ -225,27 +231,42 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
     except Exception as exc:  # noqa: BLE001 - e.g. RecursionError on absurd nesting
         return [(where, f"does not compile: {exc}")]
     problems: list[tuple[str, str]] = []
-    for node in ast.find_all(nodes.Filter):
-        if node.name not in env.filters:
+    loads: set[str] = set()
+    stores: set[str] = set()
+    attrs: list[tuple[str, str]] = []
+    scoped = looped = False
+    stack: list[Any] = [ast]
+    while stack:
+        node = stack.pop()
+        kind = type(node)
+        if kind is nodes.Name:
+            (loads if node.ctx == "load" else stores).add(node.name)
+        elif kind is nodes.Getattr and type(node.node) is nodes.Name:
+            attrs.append((node.node.name, node.attr))
+        elif kind is nodes.Filter and node.name not in env.filters:
             problems.append((where, f"unknown filter {node.name!r}{_hint(node.name, env.filters)}"))
-    for node in ast.find_all(nodes.Test):
-        if node.name not in env.tests:
+        elif kind is nodes.Test and node.name not in env.tests:
             problems.append((where, f"unknown test {node.name!r}{_hint(node.name, env.tests)}"))
+        elif kind is nodes.For:
+            looped = True
+        elif kind in _scoped_nodes():
+            scoped = True
+        stack.extend(node.iter_child_nodes())
     if problems:
         return problems
-    try:
-        names = meta.find_undeclared_variables(ast)  # runs Jinja's code generator: compile-time checks
-    except TemplateError as exc:
-        return [(where, f"does not compile: {exc.message}; see Jinja syntax")]
-    known = set(columns) | set(templates.BUILTIN_NAMES)
+    if scoped:
+        try:
+            names = meta.find_undeclared_variables(ast)
+        except TemplateError as exc:
+            return [(where, f"does not compile: {exc.message}; see Jinja syntax")]
+    else:
+        names = loads - stores - ({"loop"} if looped else set())
+    known = set(columns) | set(templates.BUILTIN_NAMES) | set(env.globals)
     for name in sorted(names):
         if name not in known:
             problems.append((where, f"unknown attribute {name!r}{_hint(name, known)}; {segment} gives "
                                     f"{', '.join(columns)}; built-ins: {', '.join(sorted(templates.BUILTIN_NAMES))}"))
-    for node in ast.find_all(nodes.Getattr):
-        if not isinstance(node.node, nodes.Name):
-            continue
-        owner, attr = node.node.name, node.attr
+    for owner, attr in attrs:
         if owner == "offer":
             if touch.offer is None:
                 problems.append((where, f"reads offer.{attr} but the touch has no offer; add 'offer:' or remove it"))
@@ -258,6 +279,15 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
             problems.append((where, f"reads assets.{attr} but the touch's assets are "
                                     f"{', '.join(touch.assets) or 'empty'}; add assets.{attr}"))
     return list(dict.fromkeys(problems))
+
+
+@lru_cache(maxsize=1)
+def _scoped_nodes() -> frozenset[type]:
+    """Jinja node types that open scopes (names set inside do not leak out)."""
+    from jinja2 import nodes
+
+    return frozenset({nodes.Macro, nodes.CallBlock, nodes.Import, nodes.FromImport, nodes.Include, nodes.Extends,
+                      nodes.Block, nodes.Scope, nodes.OverlayScope, nodes.With, nodes.FilterBlock})
 
 
 def _hint(word: str, options: Any) -> str:

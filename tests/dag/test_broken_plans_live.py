@@ -148,6 +148,8 @@ def test_broken_plan_under_a_real_scheduler(live: LiveAirflow) -> None:
     tis = live.get(f"dags/broken_plan/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
     assert state == "success", [(t["task_id"], t["map_index"], t["state"]) for t in tis]
     assert {t["task_id"] for t in tis} == {"extract_audience", "load_shards", "deliver", "report", "cleanup"}
+    shards = sorted(t["rendered_map_index"] for t in tis if t["task_id"] == "deliver")
+    assert shards and all(s.startswith("shard ") for s in shards), shards
     reports = list((live.data / "reports" / "broken_plan").glob("*.json"))
     summary = json.loads(reports[0].read_text())
     assert summary["status"] == "complete" and summary["outcomes"]["all|nudge|sent"] == summary["audience"]["kept"] > 0
