@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from c2b.settings import PROJECT_ROOT, outbox_dir, reports_dir, safe_name
@@ -13,10 +16,9 @@ from c2b.settings import PROJECT_ROOT, outbox_dir, reports_dir, safe_name
 PLANS_DIR = PROJECT_ROOT / "dags" / "plans"
 
 
-def _redis():
+def _redis():  # -> redis.Redis
     import redis
 
-    import os
     return redis.Redis.from_url(os.environ.get("C2B_REDIS_URL", "redis://127.0.0.1:6379"))
 
 
@@ -30,16 +32,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.plan not in dags:
         print(f"no valid plan {args.plan!r} in {PLANS_DIR}", file=sys.stderr)
         return 2
+    log_file = reports_dir().parent / "demo.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    print(f"running plan {args.plan} with dag.test() (task logs: {log_file}) ...", flush=True)
     started = time.monotonic()
-    dr = dags[args.plan].test(run_conf={"dry_run": args.dry_run} if args.dry_run else None)
+    with _output_to(log_file, enabled=not args.verbose):
+        dr = dags[args.plan].test(run_conf={"dry_run": args.dry_run} if args.dry_run else None)
     took = time.monotonic() - started
     state = str(getattr(dr.state, "value", dr.state))
     report_file = reports_dir() / args.plan / f"{safe_name(dr.run_id)}.json"
     if state != "success" or not report_file.exists():
-        print(f"\nrun {dr.run_id} ended {state}; see the task logs above", file=sys.stderr)
+        print(f"\nrun {dr.run_id} ended {state}; task logs: {log_file}", file=sys.stderr)
         return 1
     print(render_summary(json.loads(report_file.read_text()), took, report_file))
     return 0
+
+
+@contextlib.contextmanager
+def _output_to(path: Path, enabled: bool = True) -> Iterator[None]:
+    """Send this process's stdout and stderr (Airflow's task logs) to ``path`` for a while."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("w") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 def render_summary(s: dict, took: float, report_file: Path) -> str:
@@ -104,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="run a plan end to end with dag.test() and print a summary")
     p.add_argument("--plan", default="cancelled_price_coupon")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="show Airflow's task logs instead of writing them to a file")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("kill", help="turn a kill switch on (or --off) for a plan id or 'all'")
     p.add_argument("plan")
