@@ -230,7 +230,7 @@ def load_shards(redis: Any, staging_path: str | Path, plan_id: str, run_id: str,
             and _stored_sizes(redis, plan_id, run_id, n, enc) == sizes):
         log.info("run %s / %s already holds this staging file (%s users, %s shards, %s): not rewritten",
                  plan_id, run_id, scan.rows, n, enc)
-        return LoadResult(dict(zip(range(1, n + 1), sizes)), enc, n, reused=True,
+        return LoadResult(dict(zip(range(1, n + 1), sizes, strict=True)), enc, n, reused=True,
                           scan_seconds=scanned - started)
     if old:
         drop_run(redis, plan_id, run_id, n)
@@ -253,7 +253,7 @@ def load_shards(redis: Any, staging_path: str | Path, plan_id: str, run_id: str,
                          f"scanned {sizes}; retry the load")
     redis.hset(mkey, mapping={"state": "complete", "loaded_at": f"{time.time():.3f}"})
     done = time.monotonic()
-    return LoadResult(dict(zip(range(1, n + 1), sizes)), enc, n, scan_seconds=scanned - started,
+    return LoadResult(dict(zip(range(1, n + 1), sizes, strict=True)), enc, n, scan_seconds=scanned - started,
                       write_seconds=done - scanned)
 
 
@@ -288,7 +288,7 @@ def _write(stream: CommandStream, path: Path, plan_id: str, run_id: str, n: int,
             if values is None:
                 raise StoreError(f"{path} changed while loading: it now holds non-integer uids")
             shard = shard_of_hashes(murmur3_32_arrow(uids), n)
-            order = np.argsort(shard, kind="stable")
+            order = np.argsort(shard.astype(np.int16), kind="stable")  # radix sort
             counts = np.bincount(shard, minlength=n + 1)
             ordered = values[order]
             pos = 0
@@ -301,9 +301,9 @@ def _write(stream: CommandStream, path: Path, plan_id: str, run_id: str, n: int,
                 written[s] += c
                 pos += c
         else:
-            for rows, length, mat in string_groups(uids):
+            for _rows, length, mat in string_groups(uids):
                 shard = shard_of_hashes(murmur3_32_matrix(mat), n)
-                order = np.argsort(shard, kind="stable")
+                order = np.argsort(shard.astype(np.int16), kind="stable")  # radix sort
                 counts = np.bincount(shard, minlength=n + 1)
                 body = _zadd_members_resp(mat[order], length)
                 pos = 0

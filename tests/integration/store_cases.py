@@ -7,7 +7,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from c2b.store import ShardKeys, load_shards, read_page
 
 

@@ -6,11 +6,19 @@ import json
 from pathlib import Path
 
 import pytest
-from store_cases import assert_resume, assert_round_trip, page_through, staging
-
 from c2b.shard_sizing import ShardCountError
-from c2b.store import (ShardKeys, StoreError, drop_run, inspect_run, load_shards, meta_key, read_attrs,
-                       read_layout, read_page)
+from c2b.store import (
+    ShardKeys,
+    StoreError,
+    drop_run,
+    inspect_run,
+    load_shards,
+    meta_key,
+    read_attrs,
+    read_layout,
+    read_page,
+)
+from store_cases import assert_resume, assert_round_trip, page_through, staging
 
 INTS = [str(i) for i in range(1_000_000, 1_020_000)] + ["0", "-42", "9223372036854775807"]
 TEXTS = [f"u-{i}" for i in range(20_000)] + ["日本", "ü", "a" * 128]
