@@ -158,7 +158,11 @@ def main() -> int:
     ap.add_argument("--seed-sample", type=int, default=50_000)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=str(RESULTS / "shard_load"))
+    ap.add_argument("--render", metavar="JSON", help="only re-render the .md of an earlier run's JSON")
     args = ap.parse_args()
+    if args.render:
+        Path(args.out).with_suffix(".md").write_text(render(json.loads(Path(args.render).read_text())) + "\n")
+        return 0
     if not shutil.which("redis-cli"):
         raise SystemExit("redis-cli is not installed")
     from redis.utils import HIREDIS_AVAILABLE
@@ -257,6 +261,10 @@ def render(s: dict) -> str:
         r = sorted(c["runs"], key=lambda x: x["users_per_s"])[len(c["runs"]) // 2]
         lines.append(f"- {label}: scan {r['scan_seconds']:.2f} s, write + verify {r['write_seconds']:.2f} s, "
                      f"total {r['seconds']:.2f} s")
+    lines += ["", "Ratios within each round (steps of one round ran back to back):", ""]
+    for label, c in (("packed", cp), ("zset", cz)):
+        per_round = [x["users_per_s"] / y["users_per_s"] for x, y in zip(c["runs"], a["runs"], strict=True)]
+        lines.append(f"- (c) {label} / (a): " + ", ".join(f"{r:.2f}" for r in per_round))
     lines += [
         "",
         f"Goals: (c)/(a) >= 0.7 -> packed {cp['ratio_to_a']:.2f}, zset {cz['ratio_to_a']:.2f}; "

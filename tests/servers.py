@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import redis
@@ -61,7 +62,7 @@ class RedisServer:
         self.start()
 
 
-def free_cluster_port(taken: set[int] = frozenset()) -> int:  # type: ignore[assignment]
+def free_cluster_port(taken: Collection[int] = ()) -> int:
     """Return a loopback port ``p`` with ``p + 10000`` (its cluster bus) free too."""
     import random
 

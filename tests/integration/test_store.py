@@ -126,3 +126,21 @@ def test_store_check_cli_reports_the_largest_key(redis_server, redis_client, tmp
     redis_client.persist(meta_key("plan_c", "run-1"))
     assert main(["store-check", "plan_c", "run-1"]) == 1
     assert "has no TTL" in capsys.readouterr().out
+
+
+def test_runtime_load_and_cleanup_with_auto_shards(redis_client, tmp_path: Path) -> None:
+    from c2b import runtime
+    from c2b.plan import parse_plan
+
+    plan = parse_plan({"id": "plan_auto", "audience": {"segment": "x.sql"},
+                       "touches": [{"name": "t", "channel": "outbox", "template": "hi {{ nickname }}"}],
+                       "delivery": {"shards": "auto", "max_shard_members": 1500, "key_ttl_hours": 1}}, "plan_auto.yaml")
+    uids = INTS[:10_000]
+    path = staging(tmp_path / "r.parquet", uids, nickname=["n"] * len(uids))
+    shards = runtime.step_load(plan, "run-1", redis_client, {"path": str(path), "counts": {"kept": len(uids)}})
+    assert read_layout(redis_client, "plan_auto", "run-1")["shards"] == 8 and shards == list(range(1, 9))
+    assert all(0 < redis_client.ttl(k) <= 3600 for k in redis_client.scan_iter("c2b:*"))
+    with pytest.raises(RuntimeError, match="extract kept 5 users"):
+        runtime.step_load(plan, "run-1", redis_client, {"path": str(path), "counts": {"kept": 5}})
+    assert runtime.step_cleanup(plan, "run-1", redis_client) == 1 + 8 * 2
+    assert redis_client.dbsize() == 0
