@@ -51,12 +51,14 @@ def _keys_per_node(cluster: RedisClusterServers) -> list[list[str]]:
                                                           (TEXTS, "auto", "zset")])
 def test_round_trip_on_cluster(cluster_client, redis_cluster, tmp_path: Path, uids, encoding, expect) -> None:
     assert_round_trip(cluster_client, tmp_path, uids, encoding, expect)
-    per_node = _keys_per_node(redis_cluster)
-    assert all(per_node), "shards spread over every node"
-    for keys in per_node:  # a shard's companion keys live together (one hash tag, one slot)
-        tags = {k.split("}")[0] for k in keys if not k.endswith(":meta")}
-        for tag in tags:
-            assert all(k.split("}")[0] in tags for k in keys if k.startswith(tag))
+    assert all(_keys_per_node(redis_cluster)), "shards spread over every node"
+    slots = set()
+    for s in range(1, 17):  # a shard's companion keys share one slot (one hash tag)
+        keys = ShardKeys("plan_rt", "run-1", s)
+        shard_slots = {cluster_client.keyslot(k) for k in [*keys.run_scoped(), keys.ledger]}
+        assert len(shard_slots) == 1
+        slots |= shard_slots
+    assert len(slots) == 16, "every shard on its own slot"
 
 
 @pytest.mark.parametrize("encoding", ["packed", "zset"])
