@@ -127,6 +127,47 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_redis(args: argparse.Namespace):
+    """Return the Redis of the store: ``--url`` / C2B_REDIS_URL, else the ``c2b_redis`` Airflow connection."""
+    import os
+
+    url = args.url or os.environ.get("C2B_REDIS_URL")
+    if url:
+        import redis
+
+        if args.cluster:
+            from redis.cluster import RedisCluster
+
+            return RedisCluster.from_url(url)
+        return redis.Redis.from_url(url)
+    from c2b.airflow_glue import get_redis
+
+    return get_redis()
+
+
+def cmd_store_check(args: argparse.Namespace) -> int:
+    """Report the keys of one run: layout, largest key (MEMORY USAGE and members), TTLs, bound."""
+    from c2b.store import inspect_run
+
+    check = inspect_run(_store_redis(args), args.plan, args.run_id, args.shards)
+    if args.json:
+        print(json.dumps(check.to_dict(), indent=2, default=str))
+        return 1 if check.problems else 0
+    lay = check.layout or {}
+    print(f"run {args.plan} / {args.run_id}: encoding {lay.get('encoding', '?')}, {lay.get('shards', '?')} shards, "
+          f"{lay.get('members', '?')} members, load state {lay.get('state', 'missing')}, "
+          f"bound {lay.get('max_shard_members', '?')} members per key")
+    total = sum(k.bytes for k in check.keys)
+    print(f"keys: {len(check.keys)}, {total:,} bytes (MEMORY USAGE)")
+    for label, k in (("largest key by memory ", check.largest_by_bytes),
+                     ("largest key by members", check.largest_by_members)):
+        if k is not None:
+            ttl = f"{k.ttl / 3600:.1f} h" if k.ttl >= 0 else "none"
+            print(f"{label}: {k.key}  {k.kind}  {k.members:,} members  {k.bytes:,} bytes  TTL {ttl}")
+    print("problems: " + ("none" if not check.problems else "\n  " + "\n  ".join(check.problems)))
+    return 1 if check.problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m c2b", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -142,5 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="print the latest run report of a plan")
     p.add_argument("plan")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("store-check", help="report a run's shard keys: largest key, TTLs, member bound")
+    p.add_argument("plan")
+    p.add_argument("run_id")
+    p.add_argument("--url", help="Redis URL (default: $C2B_REDIS_URL, else the c2b_redis Airflow connection)")
+    p.add_argument("--cluster", action="store_true", help="the URL points at a Redis Cluster node")
+    p.add_argument("--shards", type=int, default=None, help="also look at shards up to N (default: the run's meta)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_store_check)
     args = parser.parse_args(argv)
     return int(args.func(args))
