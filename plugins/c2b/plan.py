@@ -35,6 +35,7 @@ from pydantic import (
     Strict,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -461,9 +462,12 @@ class Plan(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> Plan:
+    def _cross_checks(self, info: ValidationInfo) -> Plan:
         problems = cross_field_problems(self)
-        if problems:
+        deferred = (info.context or {}).get("deferred_problems")
+        if problems and deferred is not None:
+            deferred.extend(problems)  # parse_plan reports them with the repository checks
+        elif problems:
             raise problems_error(problems)
         return self
 
@@ -649,16 +653,17 @@ def parse_plan(data: Any, path: str | Path, *, text: str | None = None, check_fi
     """
     if not isinstance(data, dict):
         raise PlanError(path, [("", "a plan file must be a YAML mapping (id: ..., audience: ..., touches: ...)", 1)])
+    problems: list[tuple[str, str]] = []
     try:
-        plan = Plan.model_validate(data)
+        plan = Plan.model_validate(data, context={"deferred_problems": problems})
     except ValidationError as exc:
         raise PlanError(path, with_lines(validation_problems(exc), text)) from None
     if check_files:
         from c2b.plan_checks import repository_problems
 
-        problems = repository_problems(plan)
-        if problems:
-            raise PlanError(path, with_lines(problems, text))
+        problems += repository_problems(plan)
+    if problems:
+        raise PlanError(path, with_lines(problems, text))
     return plan
 
 

@@ -214,6 +214,11 @@ def test_every_problem_is_reported_at_once() -> None:
     data = mutate(mutate(base_plan(), "delivery.shards", 3), "touches[0].channel", "fax")
     lines = lines_of(data)
     assert any(".shards:" in ln for ln in lines) and any(".channel:" in ln for ln in lines)
+    # Cross-field and repository problems of a well-typed plan come together too.
+    data = mutate(mutate(base_plan(), "experiment.variants.coupon.touches", ["nope"]), "audience.params.days", "x")
+    lines = lines_of(data)
+    assert any("variants.coupon.touches[0]:" in ln for ln in lines), lines
+    assert any("audience.params.days:" in ln for ln in lines), lines
 
 
 def test_defaults_of_the_contract() -> None:
