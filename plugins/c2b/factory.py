@@ -87,7 +87,7 @@ def build_dag(plan: Plan, path: Path) -> Any:
     import pendulum
     from airflow.sdk import DAG, Asset, Param, TriggerRule
 
-    step = _plan_step_class()
+    step: Any = _plan_step_class()
     d = plan.delivery
     default_args = {
         "owner": plan.owner,
@@ -130,7 +130,7 @@ def build_dag(plan: Plan, path: Path) -> Any:
                               description="Send only these touches (empty: all)."),
     })
     dag.fileloc = str(path)
-    dag._c2b_plan = plan  # what the steps run with (see plan_of)
+    dag._c2b_plan = plan  # type: ignore[attr-defined]  # what the steps run with (see plan_of)
     return dag
 
 
@@ -157,6 +157,7 @@ def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard:
     if step == "load_shards":
         return runtime.step_load(plan, run_id, airflow_glue.get_redis(), inputs["extract"])
     if step == "deliver":
+        assert shard is not None, "deliver is mapped over the shards load_shards returns"
         context["shard_label"] = shard  # read by the map_index_template: the UI shows "shard 7"
         redis = airflow_glue.get_redis()
         return runtime.step_deliver(plan, run_id, shard, redis, airflow_glue.make_channels(plan, run_id),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from datetime import date, time
 from functools import lru_cache
 from pathlib import Path
@@ -69,7 +70,7 @@ class PlanError(ValueError):
     is None when it is not known. ``line`` on the exception is the first known one.
     """
 
-    def __init__(self, path: str | Path, problems: list[Problem]) -> None:
+    def __init__(self, path: str | Path, problems: Sequence[Problem]) -> None:
         self.path = display_path(path)
         # One line per problem, whatever text a message quotes from the file.
         self.problems: list[tuple[str, str, int | None]] = [
@@ -311,7 +312,8 @@ class Audience(_Strict):
     """Who the plan targets: everyone (``all: true``) or a segment SQL file with bound params."""
 
     all: Bool = Field(False, description=f"target every user (the segment library's {ALL_USERS_SEGMENT})")
-    segment: SegmentFile | None = Field(None, description="SQL file under include/sql/segments/")
+    # Never None once validated (all: true fills in all_users.sql); optional for the JSON Schema.
+    segment: SegmentFile = Field(None, description="SQL file under include/sql/segments/")  # type: ignore[assignment]
     params: Params = Field(default_factory=dict)
     exclude: list[Exclude] = Field(default_factory=list, description=EXCLUDE_HELP)
     limit: Int | None = Field(None, gt=0, description="keep at most this many users (a capped trial)")
@@ -448,11 +450,11 @@ class Plan(_Strict):
     schedule: Annotated[Schedule | None, BeforeValidator(_check_schedule)] = Field(
         "@daily", description='cron, a preset like @daily, {asset: "<uri>"} to run on a segment refresh, or null')
     start_date: date = Field(date(2026, 1, 1), description="first schedule date when window.start is not set")
-    window: Window = Field(default_factory=Window)
+    window: Window = Field(default_factory=Window)  # type: ignore[arg-type]  # (no pydantic mypy plugin)
     audience: Audience
     experiment: Experiment | None = None
     touches: list[Touch] = Field(min_length=1)
-    delivery: Delivery = Field(default_factory=Delivery)
+    delivery: Delivery = Field(default_factory=Delivery)  # type: ignore[arg-type]
 
     @field_validator("id")
     @classmethod
@@ -536,7 +538,8 @@ def join_key(base: str, key: object) -> str:
 
 def field_path(loc: tuple[int | str, ...]) -> str:
     """Render a pydantic location as ``touches[0].offer.amount`` (list indexes in brackets)."""
-    out, previous = "", None
+    out = ""
+    previous: int | str | None = None
     for part in loc:
         if isinstance(part, int):
             out, previous = out + f"[{part}]", part
@@ -645,11 +648,13 @@ def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
 
 # --- loading --------------------------------------------------------------------------------------
 
-def parse_plan(data: Any, path: str | Path, *, text: str | None = None, check_files: bool = True) -> Plan:
+def parse_plan(data: Any, path: str | Path, *, text: str | None = None, check_files: bool = False) -> Plan:
     """Validate already-loaded YAML data as a plan, raising :class:`PlanError`.
 
     ``text`` (the YAML source) lets errors carry line numbers. ``check_files`` also checks the plan
-    against the segment library and its templates (:mod:`c2b.plan_checks`).
+    against the segment library and its templates (:mod:`c2b.plan_checks`), as :func:`load_plan`
+    does by default; without it, plans built in code (tests, tools) may name segments that exist
+    elsewhere.
     """
     if not isinstance(data, dict):
         raise PlanError(path, [("", "a plan file must be a YAML mapping (id: ..., audience: ..., touches: ...)", 1)])

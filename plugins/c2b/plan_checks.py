@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from c2b.plan import ALL_USERS_SEGMENT, Plan, Touch, join_key
+from c2b.plan import ALL_USERS_SEGMENT, ExcludeSegment, Plan, Touch, join_key
 from c2b.settings import sql_dir
 from c2b.sql import placeholders, segment_path
 
@@ -100,7 +100,9 @@ class SegmentSpec:
 
 def _split_top(text: str) -> list[str]:
     """Split on commas outside parentheses."""
-    out, depth, cur = [], 0, []
+    out: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch == "(":
             depth += 1
@@ -300,9 +302,8 @@ def repository_problems(plan: Plan) -> list[tuple[str, str]]:
     aud = plan.audience
     spec, problems = segment_problems(aud.segment or ALL_USERS_SEGMENT, dict(aud.params), "audience")
     for j, item in enumerate(aud.exclude):
-        seg = getattr(item, "segment", None)
-        if seg is not None:
-            problems += segment_problems(seg, dict(item.params), f"audience.exclude[{j}]")[1]  # type: ignore[attr-defined]
+        if isinstance(item, ExcludeSegment):
+            problems += segment_problems(item.segment, dict(item.params), f"audience.exclude[{j}]")[1]
     if spec is not None:
         if spec.columns is None:
             problems.append(("audience.segment", f"{spec.name} has no '-- columns:' header; declare what it returns "

@@ -86,7 +86,7 @@ def _check_error(exc: PlanError, path: str) -> None:
 def test_mutated_plans_raise_only_plan_errors(data: dict) -> None:
     # In memory (the validation alone) ...
     try:
-        parse_plan(copy.deepcopy(data), "dags/plans/sample_plan.yaml")
+        parse_plan(copy.deepcopy(data), "dags/plans/sample_plan.yaml", check_files=True)
     except PlanError as exc:
         _check_error(exc, "dags/plans/sample_plan.yaml")
     # ... and as a file through the whole factory (YAML, validation, Airflow DAG).

@@ -134,7 +134,7 @@ RULES = [
 
 def lines_of(data: dict) -> list[str]:
     try:
-        parse_plan(data, FILE, text=yaml.safe_dump(data, sort_keys=False))
+        parse_plan(data, FILE, text=yaml.safe_dump(data, sort_keys=False), check_files=True)
     except PlanError as exc:
         return str(exc).splitlines()
     return []
@@ -204,9 +204,9 @@ def test_ids_unique_across_files(tmp_path: Path) -> None:
 
 
 def test_all_users_resolves_to_the_library_segment() -> None:
-    plan = parse_plan(mutate(base_plan(), "audience", {"all": True}), FILE)
+    plan = parse_plan(mutate(base_plan(), "audience", {"all": True}), FILE, check_files=True)
     assert plan.audience.segment == "all_users.sql" and plan.audience.all
-    again = parse_plan(plan.model_dump(mode="json"), FILE)  # a dumped plan validates again
+    again = parse_plan(plan.model_dump(mode="json"), FILE, check_files=True)  # a dumped plan validates again
     assert again == plan
 
 
@@ -222,21 +222,29 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_defaults_of_the_contract() -> None:
-    plan = parse_plan(mutate(mutate(base_plan(), "delivery", {}), "window", {}), FILE)
+    plan = parse_plan(mutate(mutate(base_plan(), "delivery", {}), "window", {}), FILE, check_files=True)
     d = plan.delivery
     assert (d.shards, d.max_shard_members, d.encoding, d.page_size, d.concurrency, d.rate_limit, d.retries,
             d.retry_delay_seconds, d.retry_backoff, d.frequency_cap, d.key_ttl_hours) == \
         (16, 100_000, "auto", 100, 16, None, 2, 30, 0, None, 48)
     w = plan.window
     assert (w.start, w.end, w.send_hours, w.timezone, w.send_range) == (None, None, None, "Asia/Shanghai", None)
-    audience = parse_plan(mutate(base_plan(), "audience", {"segment": "all_users.sql"}), FILE).audience
+    audience = parse_plan(mutate(base_plan(), "audience", {"segment": "all_users.sql"}), FILE, check_files=True).audience
     assert (audience.all, audience.params, audience.exclude, audience.limit) == (False, {}, [], None)
 
 
 def test_send_range_parses_overnight_windows() -> None:
     from datetime import time
 
-    plan = parse_plan(mutate(base_plan(), "window.send_hours", "20:30-24:00"), FILE)
+    plan = parse_plan(mutate(base_plan(), "window.send_hours", "20:30-24:00"), FILE, check_files=True)
     assert plan.window.send_range == (time(20, 30), time.max)
-    plan = parse_plan(mutate(base_plan(), "window.send_hours", "22:00-07:30"), FILE)
+    plan = parse_plan(mutate(base_plan(), "window.send_hours", "22:00-07:30"), FILE, check_files=True)
     assert plan.window.send_range == (time(22, 0), time(7, 30))
+
+
+def test_repository_checks_are_opt_in_for_data_built_in_code() -> None:
+    """``load_plan`` (a file) checks segments and templates; ``parse_plan`` on data only when asked."""
+    data = mutate(base_plan(), "audience", {"segment": "elsewhere.sql"})
+    assert parse_plan(data, FILE).audience.segment == "elsewhere.sql"
+    with pytest.raises(PlanError, match="no segment file include/sql/segments/elsewhere.sql"):
+        parse_plan(data, FILE, check_files=True)

@@ -40,7 +40,7 @@ def plan_on(segment: str = "test.sql", **params: object) -> dict:
 
 def errors(data: dict) -> list[str]:
     try:
-        parse_plan(data, FILE, text=yaml.safe_dump(data))
+        parse_plan(data, FILE, text=yaml.safe_dump(data), check_files=True)
     except PlanError as exc:
         return str(exc).splitlines()
     return []
