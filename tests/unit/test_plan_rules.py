@@ -229,7 +229,7 @@ def test_defaults_of_the_contract() -> None:
         (16, 100_000, "auto", 100, 16, None, 2, 30, 0, None, 48)
     w = plan.window
     assert (w.start, w.end, w.send_hours, w.timezone, w.send_range) == (None, None, None, "Asia/Shanghai", None)
-    audience = parse_plan(mutate(base_plan(), "audience", {"segment": "all_users.sql"}), FILE, check_files=True).audience
+    audience = parse_plan(mutate(base_plan(), "audience", {"segment": "all_users.sql"}), FILE).audience
     assert (audience.all, audience.params, audience.exclude, audience.limit) == (False, {}, [], None)
 
 
