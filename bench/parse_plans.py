@@ -309,10 +309,20 @@ def report(results: dict, n: int, runs: int, cycles: dict[str, float] | None = N
         "|---|---|---|---|---|---|---|",
         *rows,
         "",
-        f"**c2b plan importer / dag-factory = {ours:.2f}x** (target <= 0.35x). Worker rows compare the parse a "
+        f"**c2b plan importer / dag-factory = {ours:.2f}x** (target <= 0.35x: "
+        f"{'met' if ours <= 0.35 else 'not met'}). Worker rows compare the parse a "
         "task runner does before running one task: the importer parses one YAML file, the fallback loader "
         "builds one plan thanks to Airflow's parsing context and `<id>.yaml` file names, dag-factory builds "
-        f"every DAG of its loader file (ratios against that row).",
+        "every DAG of its loader file (ratios against that row).",
+        "",
+        "Where a plan's time goes (an in-process profile of 300 of these plans, roughly): YAML load ~0.35 ms "
+        "(libyaml parses, PyYAML's Python code resolves and constructs), field and cross-field validation "
+        "~0.1 ms, segment and template checks ~0.4 ms (mostly Jinja parsing two templates), building the DAG "
+        "~0.8 ms (Airflow's DAG and five operators), then `DagBag`'s own checks. Already cut: trigger params are "
+        "attached after the tasks (Airflow deep-copies a DAG's params into every task, once per class of its "
+        "MRO), tasks are one thin `PlanStep` operator rather than `@task` functions (no signature inspection or "
+        "annotation evaluation per task), templates are checked in one walk of their syntax tree rather than "
+        "through Jinja's code generator, and the dag-processor's manager pre-imports what a plan parse needs.",
         "",
         "All samples (s): " + "; ".join(f"{k}: {', '.join(f'{x:.3f}' for x in r['all'])}" for k, r in results.items()),
         "",

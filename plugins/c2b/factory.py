@@ -16,8 +16,9 @@ How Airflow finds plans (see README "Validating plans"):
   broken plans as warnings, because Airflow records import errors per ``.py`` file.
 
 At parse time the factory only reads and validates YAML and segment headers; warehouse, Redis and
-channels are touched inside tasks. Task bodies live in :mod:`c2b.runtime`; the wrappers here
-resolve Airflow context and connections. Graph of a plan DAG::
+channels are touched inside tasks. Every task is a ``PlanStep`` operator (cheaper to build than
+``@task`` functions, which matters because every parse builds every plan's DAG): :func:`run_step`
+resolves Airflow context and connections and calls :mod:`c2b.runtime`. Graph of a plan DAG::
 
     extract_audience >> load_shards >> deliver[shard 1..N] >> report
                                                             >> cleanup (all_done)
