@@ -90,6 +90,15 @@ def _python_uid(value: object) -> str | None:
     return text
 
 
+def uid_text(value: object) -> str | None:
+    """Return a driver's uid value as text for an Arrow string column: None for a null (or NaN), and
+    U+FFFD (which :func:`normalize_uids` counts as malformed) for a value that is no valid uid."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    text = _python_uid(value)
+    return "\ufffd" if text is None else text
+
+
 def normalize_uids(col: pa.Array | pa.ChunkedArray) -> UidColumn:
     """Return the uids of a batch as text with exact null and malformed masks.
 

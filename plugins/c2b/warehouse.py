@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from c2b.sql import bind
+from c2b.uids import uid_text
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,10 @@ class Warehouse(Protocol):
     """Something that runs a segment query and streams its rows as Arrow batches."""
 
     def record_batches(self, sql: str, params: Mapping[str, Any], batch_rows: int) -> Iterator[pa.RecordBatch]:
-        """Run ``sql`` (``:name`` placeholders) with bound ``params``; yield batches of <= batch_rows."""
+        """Run ``sql`` (``:name`` placeholders) with bound ``params``; yield batches of <= batch_rows.
+
+        An empty result yields one empty batch, so the caller still learns the columns.
+        """
         ...
 
 
@@ -74,7 +78,12 @@ class DuckDBWarehouse:
         try:
             query, args = bind(sql, params, "dollar")
             reader = con.sql(query, params=args or None).to_arrow_reader(batch_rows)
-            yield from reader
+            empty = True
+            for batch in reader:
+                empty = False
+                yield batch
+            if empty:  # an empty result still tells its columns
+                yield _empty_batch(reader.schema)
         finally:
             con.close()
 
@@ -186,6 +195,8 @@ class DbApiWarehouse:
                     rows = cur.fetchmany(batch_rows)
                     if schema is None:
                         schema = self._schema(cur.description, rows, pg)
+                        if not rows:  # an empty result still tells its columns
+                            yield _empty_batch(schema)
                     if not rows:
                         break
                     yield self._batch(rows, schema)
@@ -221,20 +232,29 @@ class DbApiWarehouse:
         columns = list(zip(*(_row_values(r, names) for r in rows), strict=True))
         fields, arrays = [], []
         for values, fld in zip(columns, schema, strict=True):
-            if pa.types.is_floating(fld.type):
-                values = tuple(_plain(v) for v in values)
-            arr = _column(values, fld.type)
-            if arr.type != fld.type:
-                if fld.name == "uid":  # the extract cleans any uid type; a bad one is counted there
-                    arr = _column(values, pa.string())
+            if fld.name == "uid":
+                try:
+                    arr = pa.array(values, fld.type)
+                except (pa.ArrowException, UnicodeError, TypeError, ValueError):
+                    # Mixed uid types (dynamic typing, bad data): each value becomes text by the
+                    # uid rules, an invalid one a marker that the extract counts as malformed.
+                    arr = pa.array([uid_text(v) for v in values], pa.string())
                     fld = pa.field("uid", pa.string())
-                else:
+            else:
+                if pa.types.is_floating(fld.type):
+                    values = tuple(_plain(v) for v in values)
+                arr = _column(values, fld.type)
+                if arr.type != fld.type:
                     raise ValueError(
                         f"column {fld.name!r} holds values of type {arr.type} after rows of type {fld.type}; "
                         f"CAST it to one type in the segment SQL")
             fields.append(fld)
             arrays.append(arr)
         return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pylist([], schema=schema)
 
 
 def _row_values(row: Any, names: list[str]) -> Sequence[Any]:
