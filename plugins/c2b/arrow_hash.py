@@ -12,6 +12,8 @@ crash of ``mmh3`` on a ``str`` cannot happen here.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 
@@ -55,6 +57,7 @@ def string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(offsets, data)`` of a (large_)string/binary array as numpy views (no copy)."""
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
+    off_type: type[np.signedinteger[Any]]
     if pa.types.is_string(arr.type) or pa.types.is_binary(arr.type):
         off_type = np.int32
     elif pa.types.is_large_string(arr.type) or pa.types.is_large_binary(arr.type):
@@ -86,9 +89,9 @@ def murmur3_32(arr: pa.Array, seed: int = 0, prefix: bytes = b"") -> np.ndarray:
     r = len(rest)
     present = np.flatnonzero(np.bincount(lengths))
     for length in present.tolist():
+        rows: slice | np.ndarray
         if len(present) == 1:
-            rows = slice(None)
-            count = n
+            rows, count = slice(None), n
         else:
             rows = np.flatnonzero(lengths == length)
             count = len(rows)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -49,7 +49,7 @@ def bucket_key(bucket: int) -> str:
 def epoch_day(when: datetime) -> int:
     """Return the UTC day number of ``when`` (a naive datetime is taken as UTC)."""
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return int(when.timestamp() // 86_400)
 
 

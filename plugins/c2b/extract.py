@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -220,7 +220,7 @@ def extract_audience(plan: Plan, warehouse: Warehouse, out_path: str | Path, bat
     segment = plan.audience.segment
     sql = read_segment(segment)
     check_params(segment, sql, plan.audience.params)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     exclusions = [_Exclusion(item, warehouse, redis, now, batch_rows) for item in plan.audience.exclude]
     assigner = VariantAssigner(plan.salt, plan.variant_weights)
     cap = min(x for x in (plan.audience.limit, sample, 2**63) if x is not None)

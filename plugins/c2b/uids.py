@@ -15,9 +15,9 @@ n^2 / 2^64 (5e-6 for 10M non-numeric uids).
 from __future__ import annotations
 
 import math
-from decimal import Decimal
 from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 
 import numpy as np
 import pyarrow as pa

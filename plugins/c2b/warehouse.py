@@ -73,7 +73,8 @@ class DuckDBWarehouse:
             raise FileNotFoundError(f"DuckDB warehouse {self.path} does not exist (run `make warehouse`)")
         return duckdb.connect(str(self.path), read_only=True, config=self.config)
 
-    def record_batches(self, sql: str, params: Mapping[str, Any], batch_rows: int = 100_000) -> Iterator[pa.RecordBatch]:
+    def record_batches(self, sql: str, params: Mapping[str, Any],
+                       batch_rows: int = 100_000) -> Iterator[pa.RecordBatch]:
         con = self.connect()
         try:
             query, args = bind(sql, params, "dollar")
@@ -182,7 +183,8 @@ class DbApiWarehouse:
                             self.name, type(conn).__module__)
         return conn.cursor()
 
-    def record_batches(self, sql: str, params: Mapping[str, Any], batch_rows: int = 100_000) -> Iterator[pa.RecordBatch]:
+    def record_batches(self, sql: str, params: Mapping[str, Any],
+                       batch_rows: int = 100_000) -> Iterator[pa.RecordBatch]:
         conn = self._connect()
         try:
             query, args = bind(sql, params, self.paramstyle or driver_paramstyle(conn))

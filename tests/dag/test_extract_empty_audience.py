@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from c2b.factory import build_dags
 
 ROOT = Path(__file__).resolve().parents[2]

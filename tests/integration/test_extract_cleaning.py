@@ -8,7 +8,6 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-
 from c2b.extract import extract_audience
 from c2b.hashing import VariantPicker
 from c2b.plan import Plan, parse_plan

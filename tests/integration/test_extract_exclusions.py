@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from c2b.cli import main as cli
-from c2b.contacts import (BUCKETS, bucket_key, contacted_since, contacted_since_array, epoch_day, prune_contacts,
-                          record_contacts)
+from c2b.contacts import (
+    BUCKETS,
+    bucket_key,
+    contacted_since,
+    contacted_since_array,
+    epoch_day,
+    prune_contacts,
+    record_contacts,
+)
 from c2b.extract import extract_audience
 from c2b.plan import parse_plan
 from c2b.warehouse import DuckDBWarehouse
 
-NOW = datetime(2026, 6, 15, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 
 
 def _plan(exclude: list[dict]):

@@ -10,13 +10,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from postgres import PG_DSN, connect, drop_schema, ensure_running, load_demo
-from segment_examples import EXAMPLES
-
 from c2b.extract import extract_audience
 from c2b.plan import parse_plan
 from c2b.sql import read_segment
 from c2b.warehouse import DbApiWarehouse, DuckDBWarehouse
+from postgres import PG_DSN, connect, drop_schema, ensure_running, load_demo
+from segment_examples import EXAMPLES
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import mmh3
 import numpy as np
 import pyarrow as pa
 import pytest
-
 from c2b.arrow_hash import murmur3_32
 from c2b.extract import VariantAssigner
 from c2b.hashing import VariantPicker

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from c2b.plan import PlanError, parse_plan
 from c2b.settings import sql_dir
 from c2b.sql import SegmentError, bind, check_params, placeholders, read_segment, segment_info
