@@ -19,7 +19,7 @@ from typing import Any
 from c2b.channels import Channel, ChannelConfig, make_channel
 from c2b.plan import Plan
 from c2b.settings import outbox_dir, safe_name
-from c2b.warehouse import DbApiWarehouse, DuckDBWarehouse, Warehouse
+from c2b.warehouse import DUCKDB_MEMORY_LIMIT, DbApiWarehouse, DuckDBWarehouse, Warehouse
 
 REDIS_CONN_ID = "c2b_redis"
 WAREHOUSE_CONN_ID = "c2b_warehouse"
@@ -47,7 +47,8 @@ def get_warehouse(conn_id: str = WAREHOUSE_CONN_ID) -> Warehouse:
     conn = _get_connection(conn_id)
     extra = conn.extra_dejson
     if conn.conn_type == "duckdb":
-        return DuckDBWarehouse(conn.host or extra.get("path", ""), memory_limit=extra.get("memory_limit"),
+        return DuckDBWarehouse(conn.host or extra.get("path", ""),
+                               memory_limit=extra.get("memory_limit", DUCKDB_MEMORY_LIMIT),
                                threads=extra.get("threads"), temp_directory=extra.get("temp_directory"))
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 

@@ -30,7 +30,7 @@ import pyarrow as pa
 from c2b.arrow_hash import murmur3_32
 from c2b.plan import Exclusion, Plan
 from c2b.sql import check_params, read_segment
-from c2b.uids import KeySet, normalize_uids, uid_keys
+from c2b.uids import KeySet, normalize_uids
 from c2b.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def _uid_chunks(warehouse: Warehouse, sql: str, params: Mapping[str, Any], batch
         if "uid" not in batch.schema.names:
             raise ValueError(f"query returns no 'uid' column (columns: {', '.join(batch.schema.names)})")
         col = normalize_uids(batch.column("uid"))
-        yield uid_keys(col.text.filter(pa.array(col.valid)))
+        yield col.keys(np.flatnonzero(col.valid))
 
 
 def _suppression_chunks(redis: Any, name: str, chunk: int = 100_000) -> Iterator[np.ndarray]:
@@ -123,7 +123,7 @@ def _suppression_chunks(redis: Any, name: str, chunk: int = 100_000) -> Iterator
 
 def _keys_of_texts(texts: list[str]) -> np.ndarray:
     col = normalize_uids(pa.array(texts, pa.string()))
-    return uid_keys(col.text.filter(pa.array(col.valid)))
+    return col.keys(np.flatnonzero(col.valid))
 
 
 class _Exclusion:
@@ -161,15 +161,53 @@ class _Exclusion:
 
 
 class _StagingWriter:
-    """Parquet writer that gathers small filtered batches into row groups of ~``group_rows``."""
+    """Parquet writer that gathers filtered batches into row groups of ~``group_rows`` rows and
+    encodes them on a background thread, overlapping the next batch's query and cleaning.
+
+    Encoding settings suit a transient file read front to back: no statistics, no dictionary for the
+    (unique) uid column, LZ4. At most two row groups wait in the queue, so memory stays bounded.
+    """
 
     def __init__(self, path: Path, group_rows: int) -> None:
+        import queue
+        import threading
+
         self.path = path
         self.group_rows = group_rows
         self.schema: pa.Schema | None = None
-        self._writer: Any = None
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="c2b-staging-writer", daemon=True)
+        self._started = False
+        self._writer: Any = None
+
+    def _run(self) -> None:
+        import pyarrow.parquet as pq
+
+        try:
+            while (table := self._queue.get()) is not None:
+                if self._writer is None:
+                    self._writer = pq.ParquetWriter(
+                        self.path, table.schema, compression="lz4", write_statistics=False,
+                        use_dictionary=[f.name for f in table.schema if f.name != "uid"])
+                self._writer.write_table(table)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            self._error = exc
+            while self._queue.get() is not None:  # drain so the producer never blocks
+                pass
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+
+    def _put(self, table: pa.Table | None) -> None:
+        if not self._started:
+            self._thread.start()
+            self._started = True
+        self._queue.put(table)
+        if self._error is not None:
+            raise self._error
 
     def write(self, batch: pa.RecordBatch) -> None:
         if self.schema is None:
@@ -187,24 +225,25 @@ class _StagingWriter:
                 self._flush()
 
     def _flush(self) -> None:
-        import pyarrow.parquet as pq
-
-        if self._writer is None:
-            assert self.schema is not None
-            self._writer = pq.ParquetWriter(self.path, self.schema)
-        if self._pending:
-            self._writer.write_table(pa.Table.from_batches(self._pending, self.schema))
+        assert self.schema is not None
+        self._put(pa.Table.from_batches(self._pending, self.schema))
         self._pending, self._pending_rows = [], 0
 
     def close(self, default_schema: pa.Schema) -> None:
+        """Write what is pending and finish the file (an empty audience still gets a valid file)."""
         if self.schema is None:
             self.schema = default_schema
-        self._flush()  # also creates an empty, valid file for an empty audience
-        self._writer.close()
+        if self._pending or not self._started:
+            self._flush()
+        self._put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        if self._started and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
         self.path.unlink(missing_ok=True)
 
 
@@ -263,7 +302,7 @@ def _clean_batch(batch: pa.RecordBatch, counts: ExtractCounts, seen: KeySet, exc
     all_valid = bool(valid.all())
     rows = np.arange(n) if all_valid else np.flatnonzero(valid)
     texts = uid.text if all_valid else uid.text.filter(pa.array(valid))
-    keys = uid_keys(texts)
+    keys = uid.keys(None if all_valid else rows)
 
     alive = seen.add_new(keys)
     counts.duplicate_uid += int(len(alive) - alive.sum())

@@ -40,10 +40,22 @@ class UidColumn:
     text: pa.Array  # string; null where null or malformed
     null: np.ndarray  # bool per row
     malformed: np.ndarray  # bool per row
+    ints: np.ndarray | None = None  # int64 per row when the uids came as integers (nulls as 0)
 
     @property
     def valid(self) -> np.ndarray:
         return ~(self.null | self.malformed)
+
+    def keys(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """Return the de-duplication keys (:func:`uid_keys`) of ``rows`` (default: all), valid rows only.
+
+        Integer uids are their own key without a round trip through text.
+        """
+        if self.ints is not None:
+            ints = self.ints if rows is None else self.ints[rows]
+            if bool(((ints >= 0) & (ints < _NUMERIC_MAX)).all()):
+                return ints.astype(np.uint64)
+        return uid_keys(self.text if rows is None else self.text.take(pa.array(rows)))
 
 
 def _bool(mask: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -112,8 +124,11 @@ def normalize_uids(col: pa.Array | pa.ChunkedArray) -> UidColumn:
     n = len(col)
     null = _bool(pc.is_null(col, nan_is_null=True)) if pa.types.is_floating(t) else _bool(pc.is_null(col))
     malformed = np.zeros(n, dtype=bool)
+    ints = None
     if pa.types.is_integer(t):
         text = pc.cast(col, pa.string())
+        ints = col.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64, copy=False) \
+            if not pa.types.is_uint64(t) else None
     elif pa.types.is_floating(t):
         values = col.to_numpy(zero_copy_only=False)
         with np.errstate(invalid="ignore"):
@@ -138,7 +153,7 @@ def normalize_uids(col: pa.Array | pa.ChunkedArray) -> UidColumn:
     bad = null | malformed
     if bad.any():
         text = pc.if_else(pa.array(bad), pa.nulls(n, pa.string()), text)
-    return UidColumn(text, null, malformed)
+    return UidColumn(text, null, malformed, ints)
 
 
 def uid_keys(text: pa.Array) -> np.ndarray:

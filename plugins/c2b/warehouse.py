@@ -43,18 +43,22 @@ class Warehouse(Protocol):
         ...
 
 
+DUCKDB_MEMORY_LIMIT = "256MB"
+
+
 class DuckDBWarehouse:
     """A DuckDB database file, opened read-only so a running extract never blocks the loader.
 
-    ``memory_limit`` (e.g. ``"512MB"``) and ``threads`` bound what DuckDB itself may use for the
-    query (sorts and joins spill to ``temp_directory`` beyond the limit); by default DuckDB's own
-    defaults apply.
+    ``memory_limit`` bounds what DuckDB itself may use for the query (default 256MB: an extract
+    shares its worker with other tasks); sorts and joins beyond it spill to ``temp_directory``
+    (DuckDB's default: ``<file>.tmp`` next to the database). ``threads`` defaults to DuckDB's (all
+    cores).
     """
 
-    def __init__(self, path: str | Path, memory_limit: str | None = None, threads: int | None = None,
-                 temp_directory: str | None = None) -> None:
+    def __init__(self, path: str | Path, memory_limit: str | None = DUCKDB_MEMORY_LIMIT,
+                 threads: int | None = None, temp_directory: str | None = None) -> None:
         self.path = Path(path)
-        self.config: dict[str, Any] = {}
+        self.config: dict[str, Any] = {"enable_progress_bar": False}
         if memory_limit:
             self.config["memory_limit"] = str(memory_limit)
         if threads:
