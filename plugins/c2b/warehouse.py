@@ -58,7 +58,7 @@ class DuckDBWarehouse:
     def __init__(self, path: str | Path, memory_limit: str | None = DUCKDB_MEMORY_LIMIT,
                  threads: int | None = None, temp_directory: str | None = None) -> None:
         self.path = Path(path)
-        self.config: dict[str, Any] = {"enable_progress_bar": False}
+        self.config: dict[str, Any] = {}
         if memory_limit:
             self.config["memory_limit"] = str(memory_limit)
         if threads:
@@ -75,7 +75,9 @@ class DuckDBWarehouse:
 
         if not self.path.exists():
             raise FileNotFoundError(f"DuckDB warehouse {self.path} does not exist (run `make warehouse`)")
-        return duckdb.connect(str(self.path), read_only=True, config=self.config)
+        con = duckdb.connect(str(self.path), read_only=True, config=self.config)
+        con.execute("SET enable_progress_bar = false")  # no progress bars in task logs
+        return con
 
     def record_batches(self, sql: str, params: Mapping[str, Any],
                        batch_rows: int = 100_000) -> Iterator[pa.RecordBatch]:
