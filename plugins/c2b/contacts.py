@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from c2b.arrow_hash import murmur3_32
-from c2b.hashing import shard_index, uid_bytes
+from c2b.hashing import shard_index, shard_indexes_arrow, uid_bytes
 
 BUCKETS = 1024
 DEFAULT_TTL_DAYS = 180
@@ -93,15 +92,14 @@ def contacted_since(redis: Any, uids: list[str], since: datetime) -> list[bool]:
 def contacted_since_array(redis: Any, uids: pa.Array, since: datetime) -> np.ndarray:
     """Return :func:`contacted_since` for an Arrow string array (no nulls), as a numpy bool mask.
 
-    The extract's version: buckets come from the vectorised murmur3, the same formula as
-    ``shard_index``, so a batch costs one pipelined HMGET per bucket and no per-row hashing.
+    The extract's version: buckets come from the vectorised ``shard_indexes_arrow`` (the same
+    formula as ``shard_index``), so a batch costs one pipelined HMGET per bucket, no per-row hash.
     """
     n = len(uids)
     out = np.zeros(n, dtype=bool)
     if n == 0:
         return out
-    h = murmur3_32(uids).view(np.int32).astype(np.int64)
-    buckets = (np.abs(h) & (BUCKETS - 1)) + 1
+    buckets = shard_indexes_arrow(uids, BUCKETS)
     order = np.argsort(buckets, kind="stable")
     ordered = buckets[order]
     cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
