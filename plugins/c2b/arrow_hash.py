@@ -53,6 +53,39 @@ def _scalar_prefix_state(prefix: bytes, seed: int) -> int:
     return h
 
 
+def _mix_rows(mat: np.ndarray, m: int, h0: np.uint32, total_len: int) -> np.ndarray:
+    """Finish murmur3 for every row of ``mat``: ``m`` bytes per row still to mix, zero-padded to
+    a multiple of 4 columns, from state ``h0``; ``total_len`` is the whole hashed length."""
+    count = mat.shape[0]
+    words = np.ascontiguousarray(mat.view("<u4").T)  # (blocks, rows), row-contiguous
+    h = np.full(count, h0, dtype=np.uint32)
+    nblocks, tail = divmod(m, 4)
+    for b in range(nblocks):
+        h = _mix_block(h, words[b])
+    if tail:
+        k = words[nblocks] * _C1
+        k = _rotl(k, 15)
+        h = h ^ (k * _C2)
+    h = h ^ np.uint32(total_len & _MASK)
+    h = h ^ (h >> np.uint32(16))
+    h = h * _F1
+    h = h ^ (h >> np.uint32(13))
+    h = h * _F2
+    return h ^ (h >> np.uint32(16))
+
+
+def murmur3_32_matrix(mat: np.ndarray) -> np.ndarray:
+    """Return ``mmh3.hash(row, 0, signed=True)`` (int32) of every row of a ``(rows, length)``
+    uint8 matrix of equal-length values (the shape the store's RESP writer already has)."""
+    rows, length = mat.shape
+    width = (length + 3) // 4 * 4
+    if width != length:
+        padded = np.zeros((rows, width), dtype=np.uint8)
+        padded[:, :length] = mat
+        mat = padded
+    return _mix_rows(mat, length, np.uint32(0), length).view(np.int32)
+
+
 def string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(offsets, data)`` of a (large_)string/binary array as numpy views (no copy)."""
     if isinstance(arr, pa.ChunkedArray):
@@ -108,20 +141,6 @@ def murmur3_32(arr: pa.Array, seed: int = 0, prefix: bytes = b"") -> np.ndarray:
             idx = starts[rows]
             for j in range(length):
                 mat[:, r + j] = data[idx + j]
-        words = np.ascontiguousarray(mat.view("<u4").T)  # (blocks, rows), row-contiguous
-        h = np.full(count, h0, dtype=np.uint32)
-        nblocks, tail = divmod(m, 4)
-        for b in range(nblocks):
-            h = _mix_block(h, words[b])
-        if tail:
-            k = words[nblocks] * _C1
-            k = _rotl(k, 15)
-            h = h ^ (k * _C2)
-        h = h ^ np.uint32((full + m) & _MASK)
-        h = h ^ (h >> np.uint32(16))
-        h = h * _F1
-        h = h ^ (h >> np.uint32(13))
-        h = h * _F2
-        h = h ^ (h >> np.uint32(16))
+        h = _mix_rows(mat, m, h0, full + m)
         out[rows] = h
     return out
