@@ -53,7 +53,7 @@ def _doc_md(plan: Plan, path: Path) -> str:
     who = "everyone (`all_users.sql`)" if aud.all else f"`{aud.segment}` with `{dict(aud.params)}`"
     lines = [f"## {plan.id}", "", plan.description.strip(), "", f"**Audience:** {who}"]
     for item in aud.exclude:
-        lines.append(f"- excluding `{item.model_dump()}`")
+        lines.append(f"- excluding `{item.label}`")
     if aud.limit:
         lines.append(f"- at most {aud.limit:,} users")
     w = plan.window
@@ -154,7 +154,10 @@ def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard:
 
     run_id = context["run_id"]
     if step == "extract_audience":
-        return runtime.step_extract(plan, run_id, airflow_glue.get_warehouse(), context["params"].get("sample"))
+        # Redis only for suppression-list / recently-contacted exclusions.
+        redis = airflow_glue.get_redis() if plan.audience.exclude else None
+        return runtime.step_extract(plan, run_id, airflow_glue.get_warehouse(), context["params"].get("sample"),
+                                    redis=redis)
     if step == "load_shards":
         return runtime.step_load(plan, run_id, airflow_glue.get_redis(), inputs["extract"])
     if step == "deliver":

@@ -54,6 +54,7 @@ SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@mo
 PLAN_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _CONN_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,250}$")
+_LIST_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _SEGMENT_FILE = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*\.sql$")
 _SEND_HOURS = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
 _URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
@@ -227,7 +228,7 @@ def _schedule_kind(v: Any) -> str:
 
 
 # Union tags start with "~" so they cannot be mistaken for field names (see field_path).
-_UNION_TAGS = frozenset({"~cron", "~asset", "~segment", "~suppression_list", "~contacted_within_days"})
+_UNION_TAGS = frozenset({"~cron", "~asset"})
 Schedule = Annotated[
     Annotated[str, Tag("~cron")] | Annotated[AssetSchedule, Tag("~asset")],
     Discriminator(_schedule_kind),
@@ -266,46 +267,47 @@ class Window(_Strict):
 
 # --- audience -------------------------------------------------------------------------------------
 
-class ExcludeSegment(_Strict):
-    """Leave out the users another segment returns."""
-
-    segment: SegmentFile
-    params: Params = Field(default_factory=dict)
-
-
-class ExcludeSuppression(_Strict):
-    """Leave out the users of a named suppression list (opt-outs, complaints, ...)."""
-
-    suppression_list: Name
-
-
-class ExcludeContacted(_Strict):
-    """Leave out users any plan touched in the last N days."""
-
-    contacted_within_days: Int = Field(ge=1, le=365)
-
-
-_EXCLUDE_KINDS = {"segment": ExcludeSegment, "suppression_list": ExcludeSuppression,
-                  "contacted_within_days": ExcludeContacted}
+_EXCLUDE_KINDS = ("segment", "suppression_list", "contacted_within_days")
 EXCLUDE_HELP = ("each exclude item is exactly one of {segment: x.sql, params: {...}}, "
                 "{suppression_list: name}, {contacted_within_days: N}")
 
 
-def _exclude_kind(v: Any) -> str | None:
-    if isinstance(v, BaseModel):
-        return next((f"~{k}" for k, cls in _EXCLUDE_KINDS.items() if isinstance(v, cls)), None)
-    if isinstance(v, dict):
-        kinds = [k for k in _EXCLUDE_KINDS if k in v]
-        return f"~{kinds[0]}" if len(kinds) == 1 else None
-    return None
+class Exclusion(_Strict):
+    """Users to leave out of the audience: exactly one of the users another segment returns, a
+    named suppression list (opt-outs, complaints; ``python -m c2b suppress``), or the users any
+    plan touched in the last N days."""
 
+    segment: SegmentFile | None = None
+    params: Params = Field(default_factory=dict)
+    suppression_list: str | None = Field(None, description="a suppression list's name")
+    contacted_within_days: Int | None = Field(None, ge=1, le=3650)
 
-Exclude = Annotated[
-    Annotated[ExcludeSegment, Tag("~segment")]
-    | Annotated[ExcludeSuppression, Tag("~suppression_list")]
-    | Annotated[ExcludeContacted, Tag("~contacted_within_days")],
-    Discriminator(_exclude_kind, custom_error_type="c2b_exclude", custom_error_message=EXCLUDE_HELP),
-]
+    @field_validator("suppression_list")
+    @classmethod
+    def _list_name(cls, v: str | None) -> str | None:
+        if v is not None and not _LIST_NAME.match(v):
+            raise ValueError("must be a list name: 1-64 letters, digits, _ . - (see python -m c2b suppress)")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exactly_one(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            given = [k for k in _EXCLUDE_KINDS if data.get(k) is not None]
+            if len(given) != 1:
+                raise problems_error([("", f"{EXCLUDE_HELP}; this one has {', '.join(given) or 'none of them'}")])
+            if data.get("params") and "segment" not in given:
+                raise problems_error([("params", "only goes with 'segment'; remove it")])
+        return data
+
+    @property
+    def label(self) -> str:
+        """Short name of the exclusion, used as its key in the extract counts."""
+        if self.segment is not None:
+            return f"segment:{self.segment}"
+        if self.suppression_list is not None:
+            return f"suppression_list:{self.suppression_list}"
+        return f"contacted_within_days:{self.contacted_within_days}"
 
 
 class Audience(_Strict):
@@ -315,7 +317,7 @@ class Audience(_Strict):
     # Never None once validated (all: true fills in all_users.sql); optional for the JSON Schema.
     segment: SegmentFile = Field(None, description="SQL file under include/sql/segments/")  # type: ignore[assignment]
     params: Params = Field(default_factory=dict)
-    exclude: list[Exclude] = Field(default_factory=list, description=EXCLUDE_HELP)
+    exclude: list[Exclusion] = Field(default_factory=list, description=EXCLUDE_HELP)
     limit: Int | None = Field(None, gt=0, description="keep at most this many users (a capped trial)")
 
     @model_validator(mode="before")
@@ -546,7 +548,7 @@ def field_path(loc: tuple[int | str, ...]) -> str:
             continue
         part, after = str(part), previous
         previous = part
-        if part in _UNION_TAGS and (after == "schedule" or isinstance(after, int)):
+        if part in _UNION_TAGS and after == "schedule":
             continue  # the union member pydantic names in the location
         if part.startswith("function-") and "[" in part:
             continue  # a validator pydantic names in the location
@@ -561,8 +563,7 @@ _MODEL_AT = {  # parent path (indexes as [], variant names as *) -> the model al
     "": "Plan", "window": "Window", "audience": "Audience", "experiment": "Experiment",
     "experiment.variants.*": "Variant", "touches[]": "Touch", "touches[].offer": "Offer",
     "delivery": "Delivery", "schedule.~asset": "AssetSchedule",
-    "audience.exclude[].~segment": "ExcludeSegment", "audience.exclude[].~suppression_list": "ExcludeSuppression",
-    "audience.exclude[].~contacted_within_days": "ExcludeContacted",
+    "audience.exclude[]": "Exclusion",
 }
 
 

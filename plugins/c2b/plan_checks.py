@@ -7,7 +7,8 @@ never run here, so they are safe and fast at DAG parse time)::
     -- columns: uid, nickname, city, timezone, last_item
 
 ``params`` lists each ``:placeholder`` with its type (``text``, ``integer``, ``numeric``,
-``boolean``, ``date``, ``timestamp``) and, for text, optionally the allowed values. ``columns``
+``boolean``, ``date``, ``timestamp``) and, for text, optionally the allowed values after a colon;
+after a comma comes a note, e.g. ``max_score (integer, 0-10)`` (a range is checked). ``columns``
 lists what the query returns; templates may read those plus the built-ins
 (:data:`c2b.templates.BUILTIN_NAMES`).
 """
@@ -23,12 +24,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from c2b.plan import ALL_USERS_SEGMENT, ExcludeSegment, Plan, Touch, join_key
+from c2b.plan import ALL_USERS_SEGMENT, Plan, Touch, join_key
 from c2b.settings import sql_dir
 from c2b.sql import placeholders, segment_path
 
 OFFER_FIELDS = ("type", "amount", "currency", "link")
-_PARAM_ITEM = re.compile(r"^([A-Za-z_]\w*)\s*(?:\(\s*([A-Za-z]\w*)\s*(?::\s*(.*?))?\s*\))?$", re.DOTALL)
+_PARAM_ITEM = re.compile(r"^([A-Za-z_]\w*)\s*(?:\(\s*([A-Za-z]\w*)\s*(?:([:,])\s*(.*?))?\s*\))?$", re.DOTALL)
+_RANGE = re.compile(r"^(-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)$")
 _TYPE_ALIASES = {
     "text": "text", "string": "text", "varchar": "text", "str": "text",
     "integer": "integer", "int": "integer", "bigint": "integer", "smallint": "integer",
@@ -44,11 +46,14 @@ class ParamSpec:
     name: str
     type: str | None = None
     choices: tuple[str, ...] = ()
+    note: str = ""  # after a comma: a range like 0-10 (checked for numbers) or a unit like CNY
 
     def describe(self) -> str:
         if not self.type:
             return self.name
-        return f"{self.name} ({self.type}{': ' + ', '.join(self.choices) if self.choices else ''})"
+        if self.choices:
+            return f"{self.name} ({self.type}: {', '.join(self.choices)})"
+        return f"{self.name} ({self.type}{', ' + self.note if self.note else ''})"
 
     def check(self, value: Any) -> str | None:
         """Return what is wrong with ``value`` for this parameter, or None."""
@@ -66,6 +71,9 @@ class ParamSpec:
                        "boolean": "true or false", "date": "a date like 2026-01-31",
                        "timestamp": "a date or timestamp like 2026-01-31T09:00:00"}[kind or "text"]
             return f"must be {example} (declared {self.describe()})"
+        bounds = _RANGE.match(self.note) if kind in ("integer", "numeric") else None
+        if bounds and not float(bounds.group(1)) <= value <= float(bounds.group(2)):
+            return f"must be from {bounds.group(1)} to {bounds.group(2)} (declared {self.describe()})"
         if self.choices and str(value) not in self.choices:
             hint = difflib.get_close_matches(str(value), self.choices, n=1)
             return (f"{value!r} is not allowed{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
@@ -136,10 +144,14 @@ def parse_header(sql: str, name: str = "") -> SegmentSpec:
                 for item in _split_top(rest):
                     m = _PARAM_ITEM.match(item)
                     if not m:
-                        raise ValueError(f"cannot read param {item!r} in '-- params:'; write name (type) "
-                                         "or name (text: a, b)")
-                    choices = tuple(c.strip() for c in (m.group(3) or "").split(",") if c.strip())
-                    params[m.group(1)] = ParamSpec(m.group(1), m.group(2), choices)
+                        raise ValueError(f"cannot read param {item!r} in '-- params:'; write name (type), "
+                                         "name (type, note) or name (text: a, b)")
+                    extra = (m.group(4) or "").strip()
+                    if m.group(3) == ":":
+                        choices = tuple(c.strip() for c in extra.split(",") if c.strip())
+                        params[m.group(1)] = ParamSpec(m.group(1), m.group(2), choices)
+                    else:
+                        params[m.group(1)] = ParamSpec(m.group(1), m.group(2), note=extra)
         elif key == "columns" and _:
             columns = tuple(c.strip() for c in rest.split(",") if c.strip())
     return SegmentSpec(name, params, columns, frozenset(placeholders(sql)))
@@ -302,7 +314,7 @@ def repository_problems(plan: Plan) -> list[tuple[str, str]]:
     aud = plan.audience
     spec, problems = segment_problems(aud.segment or ALL_USERS_SEGMENT, dict(aud.params), "audience")
     for j, item in enumerate(aud.exclude):
-        if isinstance(item, ExcludeSegment):
+        if item.segment is not None:
             problems += segment_problems(item.segment, dict(item.params), f"audience.exclude[{j}]")[1]
     if spec is not None:
         if spec.columns is None:

@@ -53,6 +53,11 @@ def test_header_is_parsed() -> None:
                            "min_price": ParamSpec("min_price", "numeric"), "since": ParamSpec("since", "date")}
     assert spec.placeholders == {"reason", "days", "min_price", "since"}
     assert parse_header("-- params: none\n-- columns: uid\nSELECT 1 AS uid").params == {}
+    assert parse_header("-- params: (none)\n-- columns: uid\nSELECT 1 AS uid").params == {}
+    noted = parse_header("-- params: n (integer, 0-10), p (numeric, CNY)\nSELECT :n, :p").params
+    assert noted == {"n": ParamSpec("n", "integer", note="0-10"), "p": ParamSpec("p", "numeric", note="CNY")}
+    assert noted["n"].check(11) == "must be from 0 to 10 (declared n (integer, 0-10))"
+    assert noted["n"].check(10) is None and noted["p"].check(3000) is None
     assert parse_header("SELECT 1 AS uid").params is None
 
 
