@@ -6,7 +6,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from c2b.cli import main
 from c2b.plan import load_plan
 
