@@ -36,6 +36,17 @@ def attribute_columns(plan: Plan) -> list[str]:
     return sorted(names - BUILTIN_NAMES)
 
 
+def stored_columns(plan: Plan, staging: str | Path) -> list[str]:
+    """Return the attributes kept in Redis: those templates read, plus ``timezone`` when the
+    segment has it (quiet hours and the frequency cap's day are local to the user)."""
+    import pyarrow.parquet as pq
+
+    names = attribute_columns(plan)
+    if "timezone" not in names and "timezone" in pq.read_schema(staging).names:
+        names.append("timezone")
+    return names
+
+
 def step_extract(plan: Plan, run_id: str, warehouse: Warehouse, sample: int | None = None) -> dict[str, Any]:
     result = extract_audience(plan, warehouse, staging_path(plan, run_id), sample=sample)
     return {**result.to_xcom(), "started_at": time.time()}
@@ -44,7 +55,7 @@ def step_extract(plan: Plan, run_id: str, warehouse: Warehouse, sample: int | No
 def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> list[int]:
     ttl = int(plan.delivery.key_ttl_hours * 3600)
     result = load_shards(redis, extract["path"], plan.id, run_id, plan.delivery.shards,
-                         attribute_columns(plan), ttl_seconds=ttl)
+                         stored_columns(plan, extract["path"]), ttl_seconds=ttl)
     log.info("loaded %s users into %s non-empty shards (largest %s)",
              sum(result.shards.values()), len(result.non_empty), result.largest)
     return result.non_empty
@@ -52,6 +63,13 @@ def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> l
 
 def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict[str, Channel],
                  kill_switch: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Deliver one shard (see :mod:`c2b.delivery`); return its stats for the report.
+
+    ``kill_switch`` is a callable (true = stop), e.g. :class:`c2b.killswitch.KillSwitch`.
+    ``params``: the DAG run's ``dry_run`` and ``only_touches``. The stats are cumulative over all
+    attempts of the shard: ``counts`` per ``variant|touch|outcome``, ``failures`` per reason,
+    ``stopped``/``stop_reason``, ``deferred`` (messages waiting for send hours) and ``next_due``.
+    """
     params = params or {}
     only = set(params["only_touches"]) if params.get("only_touches") else None
     try:
