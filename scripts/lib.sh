@@ -87,7 +87,10 @@ ensure_redis() {
 }
 
 ensure_warehouse() {
-  [ -f "$C2B_WAREHOUSE" ] && return 0
-  say "building the demo warehouse ($C2B_WAREHOUSE, ${C2B_USERS:-200000} users)"
-  "$PY" -m c2b.demo_warehouse --path "$C2B_WAREHOUSE" --users "${C2B_USERS:-200000}"
+  # The demo data's dates end at the day it was built: rebuild it on a new day (about a second).
+  local today; today="$(date -u +%F)"
+  [ -f "$C2B_WAREHOUSE" ] && [ "$(cat "$C2B_WAREHOUSE.as_of" 2>/dev/null)" = "$today" ] && return 0
+  say "building the demo warehouse ($C2B_WAREHOUSE, ${C2B_USERS:-200000} users, as of $today)"
+  "$PY" -m c2b.demo_warehouse --path "$C2B_WAREHOUSE" --users "${C2B_USERS:-200000}" --as-of "$today"
+  echo "$today" > "$C2B_WAREHOUSE.as_of"
 }

@@ -3,8 +3,8 @@
 Kept apart from the engine so that only this module (and the factory) imports Airflow.
 Connection ids (set them in the UI, the CLI or ``AIRFLOW_CONN_*`` variables):
 
-- ``c2b_redis``: the audience store (``redis://host:6379/?db=0``; extras ``cluster: true`` for Redis
-  Cluster);
+- ``c2b_redis``: the audience store (``redis://host:6379/?db=0``; for Redis Cluster the extras
+  ``{"cluster": true, "startup_nodes": "h2:6379,h3:6379"}``, db 0);
 - ``c2b_warehouse``: the warehouse. ``{"conn_type": "duckdb", "host": "/path/warehouse.duckdb"}``
   for the embedded DuckDB file;
 - one connection per channel gateway, named by the touch's ``connection`` field.
@@ -30,7 +30,11 @@ def _get_connection(conn_id: str) -> Any:
 
 
 def get_redis() -> Any:
-    """Return a redis-py client for the ``c2b_redis`` connection (cluster-aware via RedisHook)."""
+    """Return a redis-py client for the ``c2b_redis`` connection.
+
+    With the extra ``cluster: true`` RedisHook returns a ``RedisCluster``; the store only uses
+    single-key commands and per-slot pipelines, so every step of a run works on either.
+    """
     from airflow.providers.redis.hooks.redis import RedisHook
 
     return RedisHook(redis_conn_id=REDIS_CONN_ID).get_conn()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from c2b.settings import PROJECT_ROOT, outbox_dir, reports_dir, safe_name
@@ -13,10 +16,9 @@ from c2b.settings import PROJECT_ROOT, outbox_dir, reports_dir, safe_name
 PLANS_DIR = PROJECT_ROOT / "dags" / "plans"
 
 
-def _redis():
+def _redis():  # -> redis.Redis
     import redis
 
-    import os
     return redis.Redis.from_url(os.environ.get("C2B_REDIS_URL", "redis://127.0.0.1:6379"))
 
 
@@ -30,16 +32,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.plan not in dags:
         print(f"no valid plan {args.plan!r} in {PLANS_DIR}", file=sys.stderr)
         return 2
+    log_file = reports_dir().parent / "demo.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    print(f"running plan {args.plan} with dag.test() (task logs: {log_file}) ...", flush=True)
     started = time.monotonic()
-    dr = dags[args.plan].test(run_conf={"dry_run": args.dry_run} if args.dry_run else None)
+    with _output_to(log_file, enabled=not args.verbose):
+        dr = dags[args.plan].test(run_conf={"dry_run": args.dry_run} if args.dry_run else None)
     took = time.monotonic() - started
     state = str(getattr(dr.state, "value", dr.state))
     report_file = reports_dir() / args.plan / f"{safe_name(dr.run_id)}.json"
     if state != "success" or not report_file.exists():
-        print(f"\nrun {dr.run_id} ended {state}; see the task logs above", file=sys.stderr)
+        print(f"\nrun {dr.run_id} ended {state}; task logs: {log_file}", file=sys.stderr)
         return 1
     print(render_summary(json.loads(report_file.read_text()), took, report_file))
     return 0
+
+
+@contextlib.contextmanager
+def _output_to(path: Path, enabled: bool = True) -> Iterator[None]:
+    """Send this process's stdout and stderr (Airflow's task logs) to ``path`` for a while."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with path.open("w") as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 def render_summary(s: dict, took: float, report_file: Path) -> str:
@@ -98,12 +127,54 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_redis(args: argparse.Namespace):
+    """Return the Redis of the store: ``--url`` / C2B_REDIS_URL, else the ``c2b_redis`` Airflow connection."""
+    import os
+
+    url = args.url or os.environ.get("C2B_REDIS_URL")
+    if url:
+        import redis
+
+        if args.cluster:
+            from redis.cluster import RedisCluster
+
+            return RedisCluster.from_url(url)
+        return redis.Redis.from_url(url)
+    from c2b.airflow_glue import get_redis
+
+    return get_redis()
+
+
+def cmd_store_check(args: argparse.Namespace) -> int:
+    """Report the keys of one run: layout, largest key (MEMORY USAGE and members), TTLs, bound."""
+    from c2b.store import inspect_run
+
+    check = inspect_run(_store_redis(args), args.plan, args.run_id, args.shards)
+    if args.json:
+        print(json.dumps(check.to_dict(), indent=2, default=str))
+        return 1 if check.problems else 0
+    lay = check.layout or {}
+    print(f"run {args.plan} / {args.run_id}: encoding {lay.get('encoding', '?')}, {lay.get('shards', '?')} shards, "
+          f"{lay.get('members', '?')} members, load state {lay.get('state', 'missing')}, "
+          f"bound {lay.get('max_shard_members', '?')} members per key")
+    total = sum(k.bytes for k in check.keys)
+    print(f"keys: {len(check.keys)}, {total:,} bytes (MEMORY USAGE)")
+    for label, k in (("largest key by memory ", check.largest_by_bytes),
+                     ("largest key by members", check.largest_by_members)):
+        if k is not None:
+            ttl = f"{k.ttl / 3600:.1f} h" if k.ttl >= 0 else "none"
+            print(f"{label}: {k.key}  {k.kind}  {k.members:,} members  {k.bytes:,} bytes  TTL {ttl}")
+    print("problems: " + ("none" if not check.problems else "\n  " + "\n  ".join(check.problems)))
+    return 1 if check.problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m c2b", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("demo", help="run a plan end to end with dag.test() and print a summary")
     p.add_argument("--plan", default="cancelled_price_coupon")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--verbose", action="store_true", help="show Airflow's task logs instead of writing them to a file")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("kill", help="turn a kill switch on (or --off) for a plan id or 'all'")
     p.add_argument("plan")
@@ -112,5 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="print the latest run report of a plan")
     p.add_argument("plan")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("store-check", help="report a run's shard keys: largest key, TTLs, member bound")
+    p.add_argument("plan")
+    p.add_argument("run_id")
+    p.add_argument("--url", help="Redis URL (default: $C2B_REDIS_URL, else the c2b_redis Airflow connection)")
+    p.add_argument("--cluster", action="store_true", help="the URL points at a Redis Cluster node")
+    p.add_argument("--shards", type=int, default=None, help="also look at shards up to N (default: the run's meta)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_store_check)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -113,7 +113,9 @@ class Window(_Strict):
 
 
 class Delivery(_Strict):
-    shards: int = 16
+    shards: int | Literal["auto"] = 16
+    max_shard_members: int = 100_000
+    encoding: Literal["auto", "zset", "packed"] = "auto"
     page_size: int = Field(default=100, ge=1, le=10_000)
     concurrency: int = Field(default=16, ge=1, le=1024)
     retries: int = Field(default=2, ge=0, le=20)
@@ -124,8 +126,8 @@ class Delivery(_Strict):
 
     @field_validator("shards")
     @classmethod
-    def _power_of_two(cls, v: int) -> int:
-        return check_shard_count(v)
+    def _power_of_two(cls, v: int | str) -> int | str:
+        return v if v == "auto" else check_shard_count(int(v))
 
 
 class Plan(_Strict):

@@ -53,11 +53,21 @@ def step_extract(plan: Plan, run_id: str, warehouse: Warehouse, sample: int | No
 
 
 def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> list[int]:
-    ttl = int(plan.delivery.key_ttl_hours * 3600)
-    result = load_shards(redis, extract["path"], plan.id, run_id, plan.delivery.shards,
-                         stored_columns(plan, extract["path"]), ttl_seconds=ttl)
-    log.info("loaded %s users into %s non-empty shards (largest %s)",
-             sum(result.shards.values()), len(result.non_empty), result.largest)
+    """Load the staging file into the run's shard keys; return the non-empty shards (to map over).
+
+    The list is at most 1024 long (the largest shard count), Airflow's ``max_map_length``.
+    """
+    d = plan.delivery
+    result = load_shards(redis, extract["path"], plan.id, run_id, d.shards, stored_columns(plan, extract["path"]),
+                         ttl_seconds=int(d.key_ttl_hours * 3600), max_shard_members=d.max_shard_members,
+                         encoding=d.encoding)
+    kept = (extract.get("counts") or {}).get("kept")
+    if kept is not None and kept != result.members:
+        raise RuntimeError(f"extract kept {kept} users but the staging file holds {result.members}")
+    log.info("%s %s users into %s shards (%s non-empty, largest %s members, encoding %s) in %.1fs",
+             "reused" if result.reused else "loaded", result.members, result.shard_count,
+             len(result.non_empty), result.largest, result.encoding,
+             result.scan_seconds + result.write_seconds)
     return result.non_empty
 
 
@@ -91,6 +101,8 @@ def step_report(plan: Plan, run_id: str, extract: dict[str, Any], shards: list[i
 
 
 def step_cleanup(plan: Plan, run_id: str, redis: Any) -> int:
-    dropped = drop_run(redis, plan.id, run_id, plan.delivery.shards)
+    """Drop the run's keys (the shard count comes from the run's meta, so ``shards: auto`` works)."""
+    shards = plan.delivery.shards if isinstance(plan.delivery.shards, int) else None
+    dropped = drop_run(redis, plan.id, run_id, shards)
     log.info("dropped %s run keys of %s / %s", dropped, plan.id, run_id)
     return dropped

@@ -1,31 +1,72 @@
 """The sharded Redis audience store: one key per shard instead of one big key per plan.
 
-Key layout of one run (``{...}`` is a Redis Cluster hash tag, so all keys of one shard live in the
-same slot, while different shards spread across the cluster)::
+Key layout of one run (``{...}`` is a Redis Cluster hash tag: all keys of one shard share a slot,
+while different shards hash to different slots and so spread over the cluster's nodes)::
 
-    c2b:{<plan>:<run>:<shard>}:aud      ZSET   the shard's uids (score 0, paged by rank)
-    c2b:{<plan>:<run>:<shard>}:attrs    HASH   uid -> JSON of template attributes (only if used)
-    c2b:{<plan>:<run>:<shard>}:ckpt     HASH   delivery checkpoint (next page start)
-    c2b:{<plan>:<run>:<shard>}:ledger   HASH   "<touch>|<uid>" -> p (pending) | s (sent) | f:<reason>
+    c2b:{<plan>:<run>}:meta             HASH    the run's layout: encoding, shard count, sizes, state
+    c2b:{<plan>:<run>:<shard>}:pk       STRING  packed encoding: uids as little-endian int64, 8 bytes each
+    c2b:{<plan>:<run>:<shard>}:aud      ZSET    zset encoding: uids with score 0, paged by rank
+    c2b:{<plan>:<run>:<shard>}:attrs    HASH    uid -> JSON of template attributes (only if used)
+    c2b:{<plan>:<run>:<shard>}:ckpt     HASH    delivery checkpoint (next page start)
+    c2b:{<plan>:<run>:<shard>}:ledger   HASH    "<touch>|<uid>" -> p (pending) | s (sent) | f:<reason>
 
-Every key carries a TTL. ``cleanup`` drops the audience, attribute and checkpoint keys; the ledger
-keeps its own, longer TTL because it is the record of what was sent (a cleared and re-run DAG run
-consults it and sends nothing twice).
+A shard holds its uids in exactly one of ``pk`` / ``aud``: ``packed`` when every uid of the run is a
+canonical integer (~8.5 bytes per member, see :mod:`c2b.packed`), ``zset`` otherwise (~105 bytes).
+The meta key records which, so readers and ``python -m c2b store-check`` know the layout.
+
+Every key carries a TTL (the plan's ``delivery.key_ttl_hours``), set when the key is created, so an
+abandoned run cleans itself up. ``cleanup`` drops the meta, audience, attribute and checkpoint keys;
+the ledger keeps its own, longer TTL because it is the record of what was sent (a cleared and re-run
+DAG run consults it and sends nothing twice).
+
+No big keys: before writing, the loader hashes every uid once to get the exact size of every shard
+for every allowed shard count (:mod:`c2b.shard_sizing`) and refuses a count that would put more than
+``delivery.max_shard_members`` users into one key, naming the count to use (``shards: auto`` picks it).
+
+Paging: a shard's members have a fixed order (insertion order for ``packed``, byte order for
+``zset``), so a cursor is a plain position; a retried delivery resumes from its checkpoint. A load
+of the same staging file again is a no-op; a load of a *different* staging file for the same run
+drops the run's keys (checkpoints included: positions changed) and writes afresh.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
+from c2b import packed
+from c2b.hashing import MAX_SHARDS, murmur3_32_arrow, murmur3_32_matrix, shard_of_hashes, string_groups
+from c2b.redis_stream import CommandStream
+from c2b.shard_sizing import choose_shard_count, shard_sizes
 
-from c2b.hashing import shard_indexes
+log = logging.getLogger(__name__)
 
+FORMAT = "1"  # bump when the layout changes in a way old readers cannot follow
 ZADD_CHUNK = 1000  # members per ZADD: big enough to amortise round trips, small enough not to block
+ATTR_CHUNK = 500  # fields per HSET
+DEFAULT_BATCH_ROWS = 1 << 18
+DEFAULT_MAX_SHARD_MEMBERS = 100_000
+ENCODINGS = ("auto", "zset", "packed")
+
+
+class StoreError(ValueError):
+    """The audience cannot be stored as asked; the message says why and what to change."""
+
+
+def _tag_part(text: str) -> str:
+    # A brace inside a plan or run id would end the hash tag early and pile shards onto one slot;
+    # percent-escape braces (and the escape character itself) so the mapping stays one-to-one.
+    return text.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+
+
+def meta_key(plan_id: str, run_id: str) -> str:
+    """Return the name of a run's meta key (its layout: encoding, shard count, sizes, state)."""
+    return "c2b:{" + f"{_tag_part(plan_id)}:{_tag_part(run_id)}" + "}:meta"
 
 
 @dataclass(frozen=True)
@@ -38,11 +79,17 @@ class ShardKeys:
 
     @property
     def tag(self) -> str:
-        return "{" + f"{self.plan_id}:{self.run_id}:{self.shard}" + "}"
+        return "{" + f"{_tag_part(self.plan_id)}:{_tag_part(self.run_id)}:{self.shard}" + "}"
 
     @property
     def audience(self) -> str:
+        """The ZSET of the shard's uids (``zset`` encoding)."""
         return f"c2b:{self.tag}:aud"
+
+    @property
+    def packed(self) -> str:
+        """The STRING of the shard's uids as int64 (``packed`` encoding)."""
+        return f"c2b:{self.tag}:pk"
 
     @property
     def attrs(self) -> str:
@@ -58,21 +105,17 @@ class ShardKeys:
 
     def run_scoped(self) -> list[str]:
         """Keys that only live for the run (dropped by cleanup)."""
-        return [self.audience, self.attrs, self.checkpoint]
-
-
-def _batched(seq: Sequence[Any], n: int) -> Iterator[Sequence[Any]]:
-    for i in range(0, len(seq), n):
-        yield seq[i:i + n]
-
-
-def _json_default(value: object) -> str:
-    return str(value)
+        return [self.audience, self.packed, self.attrs, self.checkpoint]
 
 
 @dataclass
 class LoadResult:
     shards: dict[int, int]  # shard -> members
+    encoding: str = "zset"
+    shard_count: int = 0
+    reused: bool = False  # the same staging file was already loaded for this run: nothing written
+    scan_seconds: float = 0.0
+    write_seconds: float = 0.0
 
     @property
     def non_empty(self) -> list[int]:
@@ -82,56 +125,252 @@ class LoadResult:
     def largest(self) -> int:
         return max(self.shards.values(), default=0)
 
+    @property
+    def members(self) -> int:
+        return sum(self.shards.values())
 
-def load_shards(redis: Any, staging_path: str | Path, plan_id: str, run_id: str, shards: int,
-                attr_columns: Iterable[str] = (), ttl_seconds: int = 48 * 3600,
-                batch_rows: int = 100_000) -> LoadResult:
-    """Stream the staging Parquet into shard keys with pipelined ZADDs; return members per shard.
 
-    Idempotent: ZADD/HSET of the same members again changes nothing, so a retried load is safe.
-    """
-    attr_columns = [c for c in attr_columns if c not in ("uid", "variant")]
-    counts = {s: 0 for s in range(1, shards + 1)}
-    pf = pq.ParquetFile(staging_path)
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=["uid", *attr_columns]):
-        uids: list[str] = batch.column("uid").to_pylist()
-        idx = shard_indexes((u.encode("utf-8") for u in uids), shards)
-        by_shard: dict[int, list[int]] = {}
-        for row, s in enumerate(idx):
-            by_shard.setdefault(s, []).append(row)
-        attr_values = {c: batch.column(c).to_pylist() for c in attr_columns}
-        pipe = redis.pipeline(transaction=False)
-        for s, rows in by_shard.items():
-            keys = ShardKeys(plan_id, run_id, s)
-            for chunk in _batched(rows, ZADD_CHUNK):
-                pipe.zadd(keys.audience, {uids[r]: 0 for r in chunk})
-                if attr_columns:
-                    pipe.hset(keys.attrs, mapping={
-                        uids[r]: json.dumps({c: attr_values[c][r] for c in attr_columns},
-                                            default=_json_default, ensure_ascii=False)
-                        for r in chunk})
-            counts[s] += len(rows)
-        pipe.execute()
-    pipe = redis.pipeline(transaction=False)
-    for s, n in counts.items():
-        if n:
-            for key in ShardKeys(plan_id, run_id, s).run_scoped():
-                pipe.expire(key, ttl_seconds)
-    pipe.execute()
-    # Re-count from Redis: a retried load must report the true set sizes, not this attempt's rows.
-    pipe = redis.pipeline(transaction=False)
-    for s in counts:
-        pipe.zcard(ShardKeys(plan_id, run_id, s).audience)
-    return LoadResult(dict(zip(counts, (int(n) for n in pipe.execute()))))
+@dataclass
+class AudienceScan:
+    """What one read of the staging file's uid column tells before anything is written."""
+
+    rows: int = 0
+    histogram: Any = None  # numpy int64[1024]: users per abs(murmur3_32) & 1023
+    integers: bool = True  # every uid is a canonical int64
+    non_integer_example: str | None = None
+
+
+def scan_staging(path: str | Path, batch_rows: int = DEFAULT_BATCH_ROWS, check_integers: bool = True) -> AudienceScan:
+    """Hash every uid of the staging Parquet once: shard-size histogram and integer check."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    scan = AudienceScan(histogram=np.zeros(MAX_SHARDS, dtype=np.int64), integers=check_integers)
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["uid"]):
+        uids = batch.column(0)
+        scan.rows += len(uids)
+        buckets = np.abs(murmur3_32_arrow(uids).astype(np.int64)) & (MAX_SHARDS - 1)
+        scan.histogram += np.bincount(buckets, minlength=MAX_SHARDS)
+        if scan.integers and packed.canonical_ints(uids) is None:
+            scan.integers = False
+            scan.non_integer_example = packed.first_non_canonical(uids)
+    return scan
+
+
+def _fingerprint(path: Path, attr_columns: list[str]) -> str:
+    st = path.stat()
+    return json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, attr_columns])
 
 
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
+def _json_default(value: object) -> str:
+    return str(value)
+
+
+def read_layout(redis: Any, plan_id: str, run_id: str) -> dict[str, Any] | None:
+    """Return a run's meta (encoding, shards, sizes, state ...) or None when it has none."""
+    raw = redis.hgetall(meta_key(plan_id, run_id))
+    if not raw:
+        return None
+    meta = {_text(k): _text(v) for k, v in raw.items()}
+    out: dict[str, Any] = dict(meta)
+    for name in ("shards", "members", "max_shard_members", "ttl_seconds"):
+        if name in meta:
+            out[name] = int(meta[name])
+    for name in ("sizes", "attrs"):
+        if name in meta:
+            out[name] = json.loads(meta[name])
+    return out
+
+
+def _stored_sizes(redis: Any, plan_id: str, run_id: str, shards: int, encoding: str) -> list[int]:
+    pipe = redis.pipeline(transaction=False)
+    for s in range(1, shards + 1):
+        keys = ShardKeys(plan_id, run_id, s)
+        if encoding == "packed":
+            pipe.strlen(keys.packed)
+        else:
+            pipe.zcard(keys.audience)
+    div = packed.WIDTH if encoding == "packed" else 1
+    return [int(n) // div for n in pipe.execute()]
+
+
+def load_shards(redis: Any, staging_path: str | Path, plan_id: str, run_id: str, shards: int | str,
+                attr_columns: Iterable[str] = (), ttl_seconds: int = 48 * 3600,
+                batch_rows: int = DEFAULT_BATCH_ROWS, max_shard_members: int = DEFAULT_MAX_SHARD_MEMBERS,
+                encoding: str = "auto") -> LoadResult:
+    """Stream the staging Parquet into the run's shard keys; return members per shard.
+
+    ``shards`` is a power of two or ``"auto"``; ``encoding`` is ``auto`` (packed when every uid is a
+    canonical integer), ``packed`` or ``zset``. Raises :class:`~c2b.shard_sizing.ShardCountError`
+    (nothing written) when a shard would exceed ``max_shard_members``, and :class:`StoreError` when
+    ``packed`` is forced on non-integer uids. Loading the same file again is a no-op.
+    """
+    if encoding not in ENCODINGS:
+        raise StoreError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    path = Path(staging_path)
+    attrs = [c for c in attr_columns if c not in ("uid", "variant")]
+    started = time.monotonic()
+    scan = scan_staging(path, batch_rows, check_integers=encoding != "zset")
+    n = choose_shard_count(scan.histogram, shards, max_shard_members)
+    if encoding == "packed" and not scan.integers:
+        raise StoreError(f"encoding: packed needs canonical integer uids, but the audience has "
+                         f"{scan.non_integer_example!r}; use encoding: auto or zset")
+    enc = "packed" if encoding != "zset" and scan.integers and scan.rows else "zset"
+    sizes = shard_sizes(scan.histogram, n)
+    scanned = time.monotonic()
+    source = _fingerprint(path, attrs)
+
+    old = read_layout(redis, plan_id, run_id)
+    if (old and old.get("state") == "complete" and old.get("source") == source and old.get("shards") == n
+            and old.get("encoding") == enc and old.get("sizes") == sizes
+            and _stored_sizes(redis, plan_id, run_id, n, enc) == sizes):
+        log.info("run %s / %s already holds this staging file (%s users, %s shards, %s): not rewritten",
+                 plan_id, run_id, scan.rows, n, enc)
+        return LoadResult(dict(zip(range(1, n + 1), sizes, strict=True)), enc, n, reused=True,
+                          scan_seconds=scanned - started)
+    if old:
+        drop_run(redis, plan_id, run_id, n)
+
+    mkey = meta_key(plan_id, run_id)
+    meta = {"format": FORMAT, "state": "loading", "encoding": enc, "shards": n, "source": source,
+            "members": scan.rows, "max_shard_members": max_shard_members, "ttl_seconds": ttl_seconds,
+            "sizes": json.dumps(sizes), "attrs": json.dumps(attrs)}
+    pipe = redis.pipeline(transaction=False)
+    pipe.hset(mkey, mapping=meta)
+    pipe.expire(mkey, ttl_seconds)
+    pipe.execute()
+
+    with CommandStream(redis) as stream:
+        written = _write(stream, path, plan_id, run_id, n, enc, sizes, attrs, ttl_seconds, batch_rows)
+        stream.finish()
+    stored = _stored_sizes(redis, plan_id, run_id, n, enc)
+    if stored != sizes or written != sizes:  # the staging file changed under us, or another writer interfered
+        raise StoreError(f"run {plan_id} / {run_id}: shard sizes after loading {stored} differ from the "
+                         f"scanned {sizes}; retry the load")
+    redis.hset(mkey, mapping={"state": "complete", "loaded_at": f"{time.time():.3f}"})
+    done = time.monotonic()
+    return LoadResult(dict(zip(range(1, n + 1), sizes, strict=True)), enc, n, scan_seconds=scanned - started,
+                      write_seconds=done - scanned)
+
+
+def _write(stream: CommandStream, path: Path, plan_id: str, run_id: str, n: int, enc: str, sizes: list[int],
+           attrs: list[str], ttl: int, batch_rows: int) -> list[int]:
+    """Write every batch of the staging file; return the members written per shard."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    keys = [ShardKeys(plan_id, run_id, s) for s in range(n + 1)]  # index 0 unused
+    expiring: set[str] = set()
+
+    def ensure_ttl(key: str) -> None:
+        # Right after the key's first write, in the same connection: no key ever lives without TTL.
+        if key not in expiring:
+            expiring.add(key)
+            stream.command(key, "EXPIRE", key, ttl)
+
+    written = [0] * (n + 1)
+    if enc == "packed":
+        for s in range(1, n + 1):
+            if sizes[s - 1]:
+                # Size the string exactly once: appending would over-allocate up to 2x.
+                key = keys[s].packed
+                stream.command(key, "SETRANGE", key, sizes[s - 1] * packed.WIDTH - 1, b"\0")
+                ensure_ttl(key)
+
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["uid", *attrs]):
+        uids = batch.column(0)
+        if enc == "packed":
+            values = packed.canonical_ints(uids)
+            if values is None:
+                raise StoreError(f"{path} changed while loading: it now holds non-integer uids")
+            shard = shard_of_hashes(murmur3_32_arrow(uids), n)
+            order = np.argsort(shard.astype(np.int16), kind="stable")  # radix sort
+            counts = np.bincount(shard, minlength=n + 1)
+            ordered = values[order]
+            pos = 0
+            for s in np.flatnonzero(counts).tolist():
+                c = int(counts[s])
+                key = keys[s].packed
+                if written[s] + c > sizes[s - 1]:
+                    raise StoreError(f"{path} changed while loading: shard {s} outgrew its scanned size")
+                stream.command(key, "SETRANGE", key, written[s] * packed.WIDTH, packed.pack(ordered[pos:pos + c]))
+                written[s] += c
+                pos += c
+        else:
+            for _rows, length, mat in string_groups(uids):
+                shard = shard_of_hashes(murmur3_32_matrix(mat), n)
+                order = np.argsort(shard.astype(np.int16), kind="stable")  # radix sort
+                counts = np.bincount(shard, minlength=n + 1)
+                body = _zadd_members_resp(mat[order], length)
+                pos = 0
+                for s in np.flatnonzero(counts).tolist():
+                    c = int(counts[s])
+                    key = keys[s].audience
+                    kb = key.encode()
+                    for i in range(pos, pos + c, ZADD_CHUNK):
+                        j = min(i + ZADD_CHUNK, pos + c)
+                        head = b"*%d\r\n$4\r\nZADD\r\n$%d\r\n%s\r\n" % (2 + 2 * (j - i), len(kb), kb)
+                        stream.send(key, [head, memoryview(body[i:j]).cast("B")])
+                    ensure_ttl(key)
+                    written[s] += c
+                    pos += c
+        if attrs:
+            shard = shard_of_hashes(murmur3_32_arrow(uids), n)
+            _write_attrs(stream, batch, shard, keys, attrs, ensure_ttl)
+    return written[1:]
+
+
+def _zadd_members_resp(mat: Any, length: int) -> Any:
+    """Return a ``(rows, width)`` uint8 matrix: row i is the RESP of ``0 <member i>`` for ZADD."""
+    import numpy as np
+
+    prefix = b"$1\r\n0\r\n$%d\r\n" % length
+    width = len(prefix) + length + 2
+    out = np.empty((mat.shape[0], width), dtype=np.uint8)
+    out[:, :len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
+    out[:, len(prefix):len(prefix) + length] = mat
+    out[:, -2:] = np.frombuffer(b"\r\n", dtype=np.uint8)
+    return out
+
+
+def _write_attrs(stream: CommandStream, batch: Any, shard: Any, keys: list[ShardKeys], attrs: list[str],
+                 ensure_ttl: Any) -> None:
+    uids = batch.column(0).to_pylist()
+    columns = {c: batch.column(c).to_pylist() for c in attrs}
+    by_shard: dict[int, list[int]] = {}
+    for row, s in enumerate(shard.tolist()):
+        by_shard.setdefault(s, []).append(row)
+    for s, rows in by_shard.items():
+        key = keys[s].attrs
+        for i in range(0, len(rows), ATTR_CHUNK):
+            args: list[Any] = ["HSET", key]
+            for r in rows[i:i + ATTR_CHUNK]:
+                args.append(uids[r])
+                args.append(json.dumps({c: columns[c][r] for c in attrs}, default=_json_default, ensure_ascii=False))
+            stream.command(key, *args)
+        ensure_ttl(key)
+
+
 def read_page(redis: Any, keys: ShardKeys, start: int, page_size: int) -> list[str]:
-    """Return up to ``page_size`` uids of the shard from rank ``start`` (the cursor)."""
-    return [_text(m) for m in redis.zrange(keys.audience, start, start + page_size - 1)]
+    """Return up to ``page_size`` uids of the shard from position ``start`` (the cursor).
+
+    One round trip whatever the encoding: the shard's packed and ZSET keys share a hash tag (one
+    slot, one node), so both reads go in one pipeline and the one that exists answers.
+    """
+    if page_size < 1 or start < 0:
+        return []
+    first, last = packed.byte_range(start, page_size)
+    pipe = redis.pipeline(transaction=False)
+    pipe.getrange(keys.packed, first, last)
+    pipe.zrange(keys.audience, start, start + page_size - 1)
+    raw, members = pipe.execute()
+    if raw:
+        return packed.unpack(raw)
+    return [_text(m) for m in members]
 
 
 def read_attrs(redis: Any, keys: ShardKeys, uids: list[str]) -> list[dict[str, Any]]:
@@ -142,10 +381,95 @@ def read_attrs(redis: Any, keys: ShardKeys, uids: list[str]) -> list[dict[str, A
     return [json.loads(r) if r else {} for r in raw]
 
 
-def drop_run(redis: Any, plan_id: str, run_id: str, shards: int) -> int:
-    """Delete a run's audience, attribute and checkpoint keys; return how many existed."""
+def drop_run(redis: Any, plan_id: str, run_id: str, shards: int | None = None) -> int:
+    """Delete a run's meta, audience, attribute and checkpoint keys; return how many existed.
+
+    Covers every shard the run's meta records (``shards: auto`` may have chosen another count than
+    the caller knows) and at least ``shards``. UNLINK frees the memory off Redis' main thread.
+    """
+    layout = read_layout(redis, plan_id, run_id)
+    count = max(shards or 0, int(layout["shards"]) if layout else 0)
     pipe = redis.pipeline(transaction=False)
-    for s in range(1, shards + 1):
+    pipe.unlink(meta_key(plan_id, run_id))
+    for s in range(1, count + 1):
         for key in ShardKeys(plan_id, run_id, s).run_scoped():
-            pipe.delete(key)
+            pipe.unlink(key)
     return sum(int(n) for n in pipe.execute())
+
+
+# -- inspection (python -m c2b store-check) --------------------------------------------------------
+
+@dataclass
+class KeyInfo:
+    key: str
+    kind: str
+    members: int
+    bytes: int
+    ttl: int  # seconds; -1 = no TTL, -2 = missing
+
+
+@dataclass
+class RunCheck:
+    plan_id: str
+    run_id: str
+    layout: dict[str, Any] | None
+    keys: list[KeyInfo] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def largest_by_bytes(self) -> KeyInfo | None:
+        return max(self.keys, key=lambda k: k.bytes, default=None)
+
+    @property
+    def largest_by_members(self) -> KeyInfo | None:
+        return max(self.keys, key=lambda k: k.members, default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        def info(k: KeyInfo | None) -> dict[str, Any] | None:
+            return None if k is None else vars(k).copy()
+
+        return {"plan": self.plan_id, "run": self.run_id, "layout": self.layout, "keys": len(self.keys),
+                "bytes": sum(k.bytes for k in self.keys), "largest_by_bytes": info(self.largest_by_bytes),
+                "largest_by_members": info(self.largest_by_members), "problems": self.problems}
+
+
+_MEMBERS = {"string": "strlen", "zset": "zcard", "hash": "hlen", "list": "llen", "set": "scard"}
+
+
+def inspect_run(redis: Any, plan_id: str, run_id: str, shards: int | None = None) -> RunCheck:
+    """Measure every key of a run (type, members, MEMORY USAGE, TTL) and list what is wrong."""
+    layout = read_layout(redis, plan_id, run_id)
+    check = RunCheck(plan_id, run_id, layout)
+    count = max(shards or 0, int(layout["shards"]) if layout else 0)
+    if layout is None:
+        check.problems.append("no meta key: the run was never loaded, was cleaned up, or expired")
+    elif layout.get("state") != "complete":
+        check.problems.append(f"load state is {layout.get('state')!r}, not 'complete'")
+    names = [meta_key(plan_id, run_id)]
+    for s in range(1, count + 1):
+        k = ShardKeys(plan_id, run_id, s)
+        names += [*k.run_scoped(), k.ledger]
+    pipe = redis.pipeline(transaction=False)
+    for key in names:
+        pipe.type(key)
+        pipe.ttl(key)
+    answers = pipe.execute()
+    present = [(key, _text(answers[2 * i]), int(answers[2 * i + 1])) for i, key in enumerate(names)
+               if _text(answers[2 * i]) != "none"]
+    pipe = redis.pipeline(transaction=False)
+    for key, kind, _ in present:
+        getattr(pipe, _MEMBERS.get(kind, "exists"))(key)
+        pipe.memory_usage(key, samples=0)
+    sized = pipe.execute()
+    bound = int(layout.get("max_shard_members", 0)) if layout else 0
+    for i, (key, kind, ttl) in enumerate(present):
+        members = int(sized[2 * i])
+        if key.endswith(":pk"):
+            members //= packed.WIDTH
+        info = KeyInfo(key, kind, members, int(sized[2 * i + 1] or 0), ttl)
+        check.keys.append(info)
+        if ttl < 0:
+            check.problems.append(f"{key} has no TTL")
+        if bound and members > bound and not key.endswith(":meta"):
+            check.problems.append(f"{key} holds {members:,} members, above max_shard_members {bound:,}")
+    return check

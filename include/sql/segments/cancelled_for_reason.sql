@@ -2,6 +2,8 @@
 -- One row per user: their latest such cancellation.
 -- params: reason (text: price_too_low, data_privacy_worry, changed_mind, slow_pickup, other), days (integer)
 -- columns: uid, nickname, city, timezone, last_item, quoted_price, cancel_reason, cancelled_at
+-- Portable: the same text runs on DuckDB and PostgreSQL (CAST rather than a double-colon cast; INTERVAL '1 day').
+-- "Last N days" counts back from current_date, so the window moves with the calendar.
 WITH recent AS (
     SELECT c.uid, o.item, o.quoted_price, c.reason, c.cancelled_at,
            row_number() OVER (PARTITION BY c.uid ORDER BY c.cancelled_at DESC, c.order_id DESC) AS rn

@@ -1,0 +1,103 @@
+"""The shard store and a whole plan run on a real 3-node Redis Cluster (RedisHook ``cluster: true``).
+
+The cluster is three ``redis-server --cluster-enabled yes`` processes on loopback, joined with
+``redis-cli --cluster create``; started once for this module and stopped after it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from c2b.store import ShardKeys, drop_run, inspect_run, load_shards
+from servers import RedisClusterServers
+from store_cases import assert_resume, assert_round_trip, staging
+
+ROOT = Path(__file__).resolve().parents[2]
+INTS = [str(i) for i in range(5_000_000, 5_012_000)]
+TEXTS = [f"user-{i}" for i in range(12_000)]
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: RedisClusterServers, monkeypatch: pytest.MonkeyPatch):
+    """A RedisCluster client built by ``airflow_glue.get_redis()`` from a ``cluster: true`` connection."""
+    from c2b.airflow_glue import get_redis
+    from redis.cluster import RedisCluster
+
+    redis_cluster.flush()
+    monkeypatch.setenv("AIRFLOW_CONN_C2B_REDIS", redis_cluster.airflow_conn())
+    client = get_redis()
+    assert isinstance(client, RedisCluster)
+    yield client
+    client.close()
+
+
+def _keys_per_node(cluster: RedisClusterServers) -> list[list[str]]:
+    return [[k.decode() for k in redis.Redis(port=p).scan_iter("c2b:*")] for p in cluster.ports]
+
+
+@pytest.mark.parametrize(("uids", "encoding", "expect"), [(INTS, "auto", "packed"), (INTS, "zset", "zset"),
+                                                          (TEXTS, "auto", "zset")])
+def test_round_trip_on_cluster(cluster_client, redis_cluster, tmp_path: Path, uids, encoding, expect) -> None:
+    assert_round_trip(cluster_client, tmp_path, uids, encoding, expect)
+    assert all(_keys_per_node(redis_cluster)), "shards spread over every node"
+    slots = set()
+    for s in range(1, 17):  # a shard's companion keys share one slot (one hash tag)
+        keys = ShardKeys("plan_rt", "run-1", s)
+        shard_slots = {cluster_client.keyslot(k) for k in [*keys.run_scoped(), keys.ledger]}
+        assert len(shard_slots) == 1
+        slots |= shard_slots
+    assert len(slots) == 16, "every shard on its own slot"
+
+
+@pytest.mark.parametrize("encoding", ["packed", "zset"])
+def test_resume_on_cluster(cluster_client, tmp_path: Path, encoding: str) -> None:
+    assert_resume(cluster_client, tmp_path, INTS[:4000], encoding)
+
+
+def test_ttls_check_and_cleanup_on_cluster(cluster_client, redis_cluster, tmp_path: Path) -> None:
+    path = staging(tmp_path / "c.parquet", INTS, nickname=["n"] * len(INTS))
+    result = load_shards(cluster_client, path, "plan_c", "run-1", "auto", attr_columns=["nickname"],
+                         max_shard_members=1000, ttl_seconds=600)
+    assert result.shard_count == 16
+    keys = [k for node in _keys_per_node(redis_cluster) for k in node]
+    assert all(0 < cluster_client.ttl(k) <= 600 for k in keys)
+    check = inspect_run(cluster_client, "plan_c", "run-1")
+    assert check.problems == [] and len(check.keys) == len(keys)
+    cluster_client.hset(ShardKeys("plan_c", "run-1", 1).ledger, "t|1", "s")
+    assert drop_run(cluster_client, "plan_c", "run-1") == len(keys)
+    assert [k for node in _keys_per_node(redis_cluster) for k in node] == [ShardKeys("plan_c", "run-1", 1).ledger]
+
+
+def test_whole_plan_run_on_cluster(redis_cluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                   demo_warehouse: Path) -> None:
+    """extract -> load -> deliver[shards] -> report -> cleanup, all through the cluster connection."""
+    from c2b.factory import build_dags
+
+    redis_cluster.flush()
+    monkeypatch.setenv("AIRFLOW_CONN_C2B_REDIS", redis_cluster.airflow_conn())
+    monkeypatch.setenv("AIRFLOW_CONN_C2B_WAREHOUSE", f'{{"conn_type": "duckdb", "host": "{demo_warehouse}"}}')
+    monkeypatch.setenv("C2B_DATA_DIR", str(tmp_path / "c2b"))
+    dags, errors = build_dags(ROOT / "dags" / "plans", "cancelled_price_coupon")
+    assert not errors
+    dr = dags["cancelled_price_coupon"].test()
+    assert str(getattr(dr.state, "value", dr.state)) == "success"
+
+    summary = json.loads(next((tmp_path / "c2b" / "reports").rglob("*.json")).read_text())
+    files = list((tmp_path / "c2b" / "outbox").rglob("*.jsonl"))
+    sent = Counter(json.loads(line)["uid"] for f in files for line in f.read_text().splitlines())
+    assert summary["audience"]["kept"] > 100 and sent and max(sent.values()) == 1
+    assert sum(sent.values()) == summary["outcomes"]["coupon|coupon_push|sent"]
+    leftover = [k for node in _keys_per_node(redis_cluster) for k in node]
+    assert leftover and all(k.endswith(":ledger") for k in leftover), "cleanup dropped the run's keys"
