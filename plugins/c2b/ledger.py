@@ -135,6 +135,8 @@ class ShardLedger:
         self.ckpt = keys.checkpoint
         self.ttl = ttl
         self.ckpt_ttl = ckpt_ttl
+        # redis-py refuses EVALSHA inside a Redis Cluster pipeline: there, scripts run one by one.
+        self.pipelined_scripts = not hasattr(redis, "get_node_from_key")
         self._prepare = redis.register_script(_PREPARE)
         self._finalize = redis.register_script(_FINALIZE)
         self._advance = redis.register_script(_ADVANCE)
@@ -155,20 +157,21 @@ class ShardLedger:
         return [bool(x) for x in self._prepare(keys=[self.ledger, self.stats, self.deferred], args=args)]
 
     def finalize(self, pipe: Any, changes: Sequence[Change]) -> None:
-        """Queue on ``pipe``: pending -> final state for each change (sent or failed)."""
+        """Queue on ``pipe`` (or run, on a cluster): pending -> final state (sent or failed)."""
         if not changes:
             return
         args: list[Any] = [self.ttl]
         for c in changes:
             args += [c.field, c.state, c.variant_touch, c.outcome]
-        self._finalize(keys=[self.ledger, self.stats, self.deferred], args=args, client=pipe)
+        self._finalize(keys=[self.ledger, self.stats, self.deferred], args=args,
+                       client=pipe if self.pipelined_scripts else self.redis)
 
     def advance(self, pipe: Any, start: int, end: int, users: int, counters: dict[str, int]) -> None:
-        """Queue on ``pipe``: move the checkpoint from ``start`` to ``end`` with the page's counters."""
+        """Queue on ``pipe`` (or run, on a cluster): move the checkpoint from ``start`` to ``end``."""
         args: list[Any] = [start, end, users, self.ckpt_ttl]
         for k, n in counters.items():
             args += [k, n]
-        self._advance(keys=[self.ckpt], args=args, client=pipe)
+        self._advance(keys=[self.ckpt], args=args, client=pipe if self.pipelined_scripts else self.redis)
 
     def checkpoint(self) -> int:
         raw = self.redis.hget(self.ckpt, "next")
