@@ -28,6 +28,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # listen() backlog: the default 5 resets bursts of new connections
+
+
 @dataclass
 class Faults:
     """What the gateway does wrong, and how often (rates are 0..1)."""
@@ -122,9 +127,7 @@ class Gateway:
                 status, payload = gateway.handle(self.path, self.headers.get("Idempotency-Key", ""), body)
                 self._answer(status, payload)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.server.daemon_threads = True
-        self.server.request_queue_size = 1024
+        self.server = _Server(("127.0.0.1", port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property

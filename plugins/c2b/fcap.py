@@ -36,6 +36,7 @@ class FrequencyCap:
     def __init__(self, redis: Any, cap: int | None) -> None:
         self.redis = redis
         self.cap = cap
+        self._with_ttl: set[str] = set()  # keys this instance already gave a TTL (one EXPIRE, not one per user)
 
     def take(self, wants: Iterable[tuple[str, str, int]]) -> dict[tuple[str, str], int]:
         """Take slots for ``(day, uid, touches wanted)``; return granted touches per (day, uid)."""
@@ -44,10 +45,14 @@ class FrequencyCap:
             return {}
         pipe = self.redis.pipeline(transaction=False)
         for day, uid, n in asks:
-            key = fcap_key(day, uid)
-            pipe.hincrby(key, uid, n)
+            pipe.hincrby(fcap_key(day, uid), uid, n)
+        new_keys = {fcap_key(day, uid) for day, uid, _ in asks} - self._with_ttl
+        for key in new_keys:
             pipe.expire(key, TTL_SECONDS)
-        counts = pipe.execute()[::2]
+        counts = pipe.execute()[:len(asks)]
+        if len(self._with_ttl) > 100_000:
+            self._with_ttl.clear()
+        self._with_ttl |= new_keys
         granted: dict[tuple[str, str], int] = {}
         back = self.redis.pipeline(transaction=False)
         excess_any = False
