@@ -6,6 +6,7 @@ switch, rate limit); single-shard rules run in-process.
 
 from __future__ import annotations
 
+import bisect
 import json
 import threading
 import time
@@ -95,8 +96,14 @@ def test_kill_switch_reads_the_variable_at_most_every_interval(redis_client) -> 
 
 
 def test_eight_shard_processes_share_one_rate_limit(redis_server, redis_client, tmp_path: Path) -> None:
+    """8 shard processes, one 1,000/s channel limit: together they stay within 5% of it.
+
+    Over the whole run no one-second window may exceed the limit by more than 5%; while all eight
+    are sending (the middle 90% of messages: processes start and finish at different moments) the
+    rate must also be within 5% of the limit, i.e. the shared limit is used, not just obeyed.
+    """
     shards, rate = 8, 1000.0
-    data = plan_dict("p_rate", shards=shards, page_size=50, concurrency=8)
+    data = plan_dict("p_rate", shards=shards, page_size=50, concurrency=16)
     plan = make_plan(data)
     users = [f"q{i:05d}" for i in range(4800)]
     load_audience(redis_client, plan, "r1", users, tmp_path)
@@ -107,10 +114,14 @@ def test_eight_shard_processes_share_one_rate_limit(redis_server, redis_client, 
             _stats(p)
         times = sorted(gw.record.accept_times)
     assert len(times) == len(users)
-    measured = (len(times) - 1) / (times[-1] - times[0])
-    print(f"\nrate limit: {shards} processes, limit {rate:.0f}/s, measured {measured:.1f}/s over "
-          f"{times[-1] - times[0]:.2f}s ({measured / rate:.1%})")
-    assert abs(measured - rate) <= 0.05 * rate
+    busiest = max(bisect.bisect_right(times, t + 1.0) - i for i, t in enumerate(times))
+    lo, hi = len(times) // 20, len(times) - len(times) // 20
+    steady = (hi - lo - 1) / (times[hi - 1] - times[lo])
+    whole = (len(times) - 1) / (times[-1] - times[0])
+    print(f"\nrate limit: {shards} processes, limit {rate:.0f}/s: busiest 1 s window {busiest}, "
+          f"middle 90% {steady:.1f}/s ({steady / rate:.1%}), whole run {whole:.1f}/s over {times[-1] - times[0]:.2f}s")
+    assert busiest <= 1.05 * rate
+    assert abs(steady - rate) <= 0.05 * rate
 
 
 def test_rate_limiter_paces_threads_and_respects_the_plan_limit_too(redis_client) -> None:
@@ -210,3 +221,16 @@ def test_window_closed_for_good_marks_messages_expired(redis_client, tmp_path: P
         st = ShardDelivery(redis_client, plan, "r1", 1, _channels(plan, gw.url), lambda: False,
                            clock=lambda: late).run(50, 4).to_xcom()
     assert st["counts"] == {"all|t0|expired": 2} and st["deferred"] == 0 and not gw.record.requests
+
+
+def test_cli_kill_sets_lists_and_releases_the_flags(redis_server, redis_client, monkeypatch, capsys) -> None:
+    from c2b.cli import main
+
+    monkeypatch.setenv("C2B_REDIS_URL", redis_server.url)
+    assert main(["kill", "p_cli"]) == 0 and redis_client.exists("c2b:kill:p_cli")
+    assert main(["kill", "all"]) == 0 and redis_client.exists("c2b:kill")
+    assert KillSwitch(redis_client, "other")() and KillSwitch(redis_client, "p_cli").reason == ""
+    main(["kill", "--status"])
+    assert "c2b:kill, c2b:kill:p_cli" in capsys.readouterr().out
+    assert main(["kill", "all", "--off"]) == 0 and main(["kill", "p_cli", "--off"]) == 0
+    assert not redis_client.exists("c2b:kill", "c2b:kill:p_cli") and not KillSwitch(redis_client, "p_cli")()
