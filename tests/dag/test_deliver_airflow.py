@@ -78,3 +78,37 @@ def test_push_plan_through_airflow_then_kill_switch_variable_fails_the_shards(
     assert set(states["deliver"]) == {"failed"} and states["report"] == ["upstream_failed"]
     assert states["cleanup"] == ["success"]
     assert gw_env.record.requests == before
+
+
+def test_users_outside_send_hours_reschedule_the_task_for_their_morning(
+        gw_env: Gateway, redis_client, tmp_path: Path) -> None:
+    """The glue turns parked users into AirflowRescheduleException at their opening time."""
+    from datetime import UTC, datetime, timedelta
+
+    from airflow.sdk.exceptions import AirflowRescheduleException
+    from deliverkit import load_audience, make_plan, plan_dict
+
+    from c2b.airflow_glue import deliver_shard
+
+    now = datetime.now(UTC)
+    opens, closes = now + timedelta(hours=2), now + timedelta(hours=3)
+    data = plan_dict("p_resched", page_size=20)
+    data["window"] = {"send_hours": f"{opens:%H:%M}-{closes:%H:%M}", "timezone": "UTC"}
+    plan = make_plan(data)
+    load_audience(redis_client, plan, "r1", [f"n{i}" for i in range(30)], tmp_path)
+    with pytest.raises(AirflowRescheduleException) as info:
+        deliver_shard(plan, "r1", 1, {})
+    assert info.value.reschedule_date == opens.replace(second=0, microsecond=0)
+    assert gw_env.record.requests == 0
+
+
+def test_dry_run_sends_nothing_and_writes_no_ledger(gw_env: Gateway, redis_client, tmp_path: Path) -> None:
+    from deliverkit import load_audience, make_plan, plan_dict
+
+    from c2b.airflow_glue import deliver_shard
+
+    plan = make_plan(plan_dict("p_dry", touches=2))
+    load_audience(redis_client, plan, "r1", [f"d{i}" for i in range(30)], tmp_path)
+    stats = deliver_shard(plan, "r1", 1, {"dry_run": True, "only_touches": ["t1"]})
+    assert stats["counts"] == {"all|t1|dry_run": 30} and stats["users"] == 30
+    assert gw_env.record.requests == 0 and not redis_client.exists("c2b:{p_dry:r1:1}:ledger")
