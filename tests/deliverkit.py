@@ -47,7 +47,6 @@ def load_audience(redis: Any, plan: Any, run_id: str, uids: list[str], folder: P
     """Write a staging Parquet of ``uids`` (+ columns) and load it into the run's shards."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
     from c2b.store import load_shards
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,7 +87,6 @@ def run_shard_process(spec_file: str) -> int:
     import logging
 
     import redis
-
     from c2b import runtime
     from c2b.channels import ChannelConfig, make_channel
     from c2b.killswitch import KillSwitch

@@ -12,6 +12,7 @@ Connection ids (set them in the UI, the CLI or ``AIRFLOW_CONN_*`` variables):
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 from c2b.channels import Channel, ChannelConfig, make_channel
@@ -118,7 +119,7 @@ def deliver_shard(plan: Plan, run_id: str, shard: int, params: dict[str, Any]) -
     - users parked by quiet hours: reschedule the task (state ``up_for_reschedule``) for when the
       earliest of them may be messaged; it frees its worker slot meanwhile.
     """
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 
@@ -133,7 +134,7 @@ def deliver_shard(plan: Plan, run_id: str, shard: int, params: dict[str, Any]) -
             f"sent so far: {sum(n for k, n in stats['counts'].items() if k.endswith('|sent'))}. "
             "Turn the switch off and Clear this task to resume: nothing is sent twice.")
     if stats["deferred"]:
-        when = datetime.fromisoformat(stats["next_due"]) if stats["next_due"] else datetime.now(timezone.utc)
+        when = datetime.fromisoformat(stats["next_due"]) if stats["next_due"] else datetime.now(UTC)
         import logging
 
         logging.getLogger(__name__).info(

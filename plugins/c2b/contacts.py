@@ -9,7 +9,7 @@ exclude recently contacted users. Layout (no big keys, cluster-safe): 1024 hashe
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from c2b.hashing import shard_index
@@ -24,7 +24,7 @@ def contacted_key(bucket: int) -> str:
 
 def epoch_day(when: datetime) -> int:
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return int(when.timestamp() // 86400)
 
 

@@ -32,7 +32,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from c2b.channels.base import Channel, Message, Outcome
@@ -76,7 +76,7 @@ class ShardStats:
     seconds: float = 0.0
 
     def to_xcom(self) -> dict[str, Any]:
-        due = datetime.fromtimestamp(self.next_due, timezone.utc).isoformat() if self.next_due else None
+        due = datetime.fromtimestamp(self.next_due, UTC).isoformat() if self.next_due else None
         return {"shard": self.shard, "users": self.users, "pages": self.pages, "stopped": self.stopped,
                 "stop_reason": self.stop_reason, "counts": dict(self.counts), "failures": dict(self.failures),
                 "deferred": self.deferred, "deferred_total": self.deferred_total, "next_due": due,
@@ -101,7 +101,7 @@ class RetryPolicy:
                 limits.acquire(len(batch))
             answers = channel.send_batch(batch) if len(batch) > 1 else [channel.send(batch[0])]
             again = []
-            for i, outcome in zip(todo, answers):
+            for i, outcome in zip(todo, answers, strict=True):
                 outcomes[i] = outcome
                 if outcome.status == "retry":
                     again.append(i)
@@ -169,7 +169,7 @@ class Recorder:
 
     def add(self, items: Sequence[Item], outcomes: Sequence[Outcome]) -> None:
         with self._lock:
-            self._buffer.extend(zip(items, outcomes))
+            self._buffer.extend(zip(items, outcomes, strict=True))
             big = len(self._buffer) >= self.flush_at
         if big:
             self._wake.set()
@@ -292,10 +292,11 @@ class ShardDelivery:
     def _items(self, uids: Sequence[str], page: int, wanted: Mapping[str, set[str]] | None = None
                ) -> tuple[list[Item], dict[str, dict[str, Any]], dict[str, int]]:
         """Return the (touch, uid) items of ``uids``, their attributes and holdout counters."""
-        attrs = dict(zip(uids, read_attrs(self.redis, self.keys, list(uids))))
+        stored = with_redis_retry(lambda: read_attrs(self.redis, self.keys, list(uids)))
+        attrs = dict(zip(uids, stored, strict=True))
         items: list[Item] = []
         holdout: Counter = Counter()
-        now = datetime.fromtimestamp(self.clock(), timezone.utc)
+        now = datetime.fromtimestamp(self.clock(), UTC)
         for uid in uids:
             variant = self.picker.pick(uid.encode("utf-8", "replace"))
             touches = self.touches_by_variant[variant]
@@ -337,13 +338,13 @@ class ShardDelivery:
             return out
         states = with_redis_retry(lambda: self.ledger.states([it.field for it in items]))
         now = self.clock()
-        now_dt = datetime.fromtimestamp(now, timezone.utc)
+        now_dt = datetime.fromtimestamp(now, UTC)
         resend: list[Item] = []
         fresh: list[Item] = []
         stale: list[str] = []
         changes: list[Change] = []
         opens: dict[str, datetime | None] = {}
-        for it, state in zip(items, states):
+        for it, state in zip(items, states, strict=True):
             if state == DEFERRED and not deferred_pass:
                 self.stats.attempt["still_deferred"] += 1  # the deferred pass owns parked entries
                 continue
@@ -389,10 +390,11 @@ class ShardDelivery:
                 if is_fresh:
                     changes.append(Change(it.field, PENDING, it.vt, "pending"))
         applied = with_redis_retry(lambda: self.ledger.prepare(changes)) if changes else []
-        mine = {c.field for c, ok in zip(changes, applied) if ok and c.state == PENDING}
+        mine = {c.field for c, ok in zip(changes, applied, strict=True) if ok and c.state == PENDING}
         resent = {it.field for it in resend}
         self.stats.attempt["resent"] += len(resend)
-        self.stats.attempt["deferred_now"] += sum(1 for c, ok in zip(changes, applied) if ok and c.state == DEFERRED)
+        self.stats.attempt["deferred_now"] += sum(1 for c, ok in zip(changes, applied, strict=True)
+                                                 if ok and c.state == DEFERRED)
         # A fresh entry that changed under us (another attempt got there first) is not ours to send.
         return [it for it in go if it.field in resent or it.field in mine]
 
@@ -425,7 +427,7 @@ class ShardDelivery:
         st = self.stats
         recorder = None if self.dry_run else Recorder(
             self.ledger, self.fcap, self.cap is not None,
-            lambda uids: self._record_contacts(self.redis, uids, datetime.now(timezone.utc)))
+            lambda uids: self._record_contacts(self.redis, uids, datetime.now(UTC)))
         window = threading.BoundedSemaphore(concurrency)
         failed: list[BaseException] = []
         cursor = 0 if self.dry_run else with_redis_retry(self.ledger.checkpoint)

@@ -1,19 +1,19 @@
 """The global frequency cap: at most N touches per user per day, counted across every plan.
 
-Every plan counts its touches here, capped or not, so a plan with ``frequency_cap: 2`` sees the
-touches other plans sent the same user today. The count and the check are one atomic Lua call per
-key, so parallel shards and plans cannot both take the last slot.
+Every plan counts its sends here, capped or not, so a plan with ``frequency_cap: 2`` sees the
+touches other plans sent the same user today.
 
 Keys (no big keys, cluster-safe): ``c2b:fcap:{<YYYYMMDD>:<bucket>}`` HASH uid -> touches that day,
 ``bucket = shard_index(uid, 1024)``; one key per day and bucket, each on its own slot, with a TTL
 of two days. The day is the user's local day (see :mod:`c2b.quiet_hours`).
 
-A slot is taken *before* the send and given back when the send fails for good. Taking is
-``HINCRBY`` then, for whatever went over the cap, ``HINCRBY -excess``: the increment is atomic, so
-of two shards racing for a user's last slot exactly one gets it (the other sees the count past
-the cap and steps back). Plain commands, so it pipelines on Redis Cluster too (one round trip for
-a whole page, plus one more only when someone hit the cap). A worker killed between taking the slot and recording the message leaves the slot
-taken: the user may get one touch fewer that day, never one more.
+A capped plan takes a slot *before* the send and gives it back when the send fails for good.
+Taking is ``HINCRBY`` then, for whatever went over the cap, ``HINCRBY -excess``: the increment is
+atomic, so of two shards racing for a user's last slot exactly one gets it (the other sees the
+count past the cap and steps back). Plain commands, so it pipelines on Redis Cluster too (one round
+trip for a whole page, plus one more only when someone hit the cap). A worker killed between
+taking the slot and recording the message leaves the slot taken: the user may get one touch fewer
+that day, never one more.
 """
 
 from __future__ import annotations

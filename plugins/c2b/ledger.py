@@ -183,7 +183,8 @@ class ShardLedger:
 
     def picked_up(self, offset: int, limit: int) -> list[str]:
         """Return deferred fields a previous attempt picked up (pending) but did not record."""
-        return [_text(f) or "" for f in self.redis.zrangebyscore(self.deferred, "+inf", "+inf", start=offset, num=limit)]
+        found = self.redis.zrangebyscore(self.deferred, "+inf", "+inf", start=offset, num=limit)
+        return [_text(f) or "" for f in found]
 
     def forget_deferred(self, fields: Sequence[str]) -> None:
         """Drop queue members whose ledger entry is already final (keeps the queue honest)."""

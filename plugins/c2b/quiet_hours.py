@@ -13,7 +13,7 @@ good (they are recorded as ``expired``, never sent).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -81,13 +81,13 @@ class SendWindow:
         zone = self.zone(tz_name)
         local = now.astimezone(zone)
         if self._open_at(local):
-            return now.astimezone(timezone.utc)
+            return now.astimezone(UTC)
         a = parse_send_hours(self.send_hours)[0] if self.send_hours else time(0, 0)
         day = max(local.date(), self.start) if self.start else local.date()
         for _ in range(3):  # today's or tomorrow's opening (or the window's first day)
             candidate = datetime.combine(day, a, tzinfo=zone)
             if candidate > local and self._open_at(candidate):
-                return candidate.astimezone(timezone.utc)
+                return candidate.astimezone(UTC)
             day += timedelta(days=1)
         return None
 

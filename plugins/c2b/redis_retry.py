@@ -29,7 +29,9 @@ def with_redis_retry(fn: Callable[[], T], patience: float | None = None) -> T:
     while True:
         try:
             return fn()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.NoScriptError) as exc:
+            # NoScriptError: the server restarted between a pipeline loading its scripts and running
+            # them; the next try loads them again.
             if time.monotonic() + delay > deadline:
                 raise
             log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)

@@ -86,9 +86,8 @@ def test_users_outside_send_hours_reschedule_the_task_for_their_morning(
     from datetime import UTC, datetime, timedelta
 
     from airflow.sdk.exceptions import AirflowRescheduleException
-    from deliverkit import load_audience, make_plan, plan_dict
-
     from c2b.airflow_glue import deliver_shard
+    from deliverkit import load_audience, make_plan, plan_dict
 
     now = datetime.now(UTC)
     opens, closes = now + timedelta(hours=2), now + timedelta(hours=3)
@@ -103,9 +102,8 @@ def test_users_outside_send_hours_reschedule_the_task_for_their_morning(
 
 
 def test_dry_run_sends_nothing_and_writes_no_ledger(gw_env: Gateway, redis_client, tmp_path: Path) -> None:
-    from deliverkit import load_audience, make_plan, plan_dict
-
     from c2b.airflow_glue import deliver_shard
+    from deliverkit import load_audience, make_plan, plan_dict
 
     plan = make_plan(plan_dict("p_dry", touches=2))
     load_audience(redis_client, plan, "r1", [f"d{i}" for i in range(30)], tmp_path)

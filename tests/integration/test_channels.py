@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from gateway import Faults, Gateway
-
 from c2b.channels import REGISTRY, ChannelConfig, Message, make_channel
 from c2b.channels.inapp import InAppChannel, inbox_key
+from gateway import Faults, Gateway
 
 HTTP_CHANNELS = ["push", "sms", "outbound_call", "private_domain", "webhook"]
 

@@ -13,9 +13,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from deliverkit import expected_keys, load_audience, make_plan, plan_dict, spec, start_shard
-from gateway import Faults, Gateway
-
 from c2b import runtime
 from c2b.channels import ChannelConfig, make_channel
 from c2b.contacts import contacted_key, epoch_day
@@ -23,6 +20,8 @@ from c2b.fcap import FrequencyCap
 from c2b.hashing import shard_index
 from c2b.killswitch import KillSwitch, set_flag
 from c2b.ratelimit import RateLimiter
+from deliverkit import expected_keys, load_audience, make_plan, plan_dict, spec, start_shard
+from gateway import Faults, Gateway
 
 
 def _stats(proc) -> dict:
@@ -161,7 +160,7 @@ def test_frequency_cap_is_atomic_across_parallel_takers(redis_client) -> None:
     assert sum(granted) == 3 and cap.count("20260506", "u1") == 3
     cap.give_back([("20260506", "u1")])
     assert cap.count("20260506", "u1") == 2
-    assert redis_client.ttl("c2b:fcap:{20260506:%d}" % shard_index("u1", 1024)) > 0
+    assert redis_client.ttl(f"c2b:fcap:{{20260506:{shard_index('u1', 1024)}}}") > 0
 
 
 def test_frequency_cap_counts_across_plans(redis_client, tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def test_kill_minus_9_at_random_points_then_retry_sends_each_message_once(
             s = spec(redis_server.url, data, run_id, 1, gw.url, {"batch_size": batch, "timeout": 2})
             proc = start_shard(s, tmp_path / f"t{trial}", "first")
             kill_at = rng.randint(1, len(want) - 1)
-            _wait_for(lambda k=kill_at: gw.record.messages >= k or proc.poll() is not None)
+            _wait_for(lambda k=kill_at, p=proc: gw.record.messages >= k or p.poll() is not None)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             seen_at_kill = gw.record.messages
@@ -101,7 +101,7 @@ def test_injected_5xx_and_timeouts_end_sent_or_failed_with_reason(redis_server, 
     # Everything recorded sent was accepted by the gateway (sent means delivered).
     from c2b.delivery import idempotency_key
 
-    sent_keys = {idempotency_key(plan.id, "r1", f.split("|")[0], f.split("|", 1)[1]) for f, v in ledger.items() if v == "s"}
+    sent_keys = {idempotency_key(plan.id, "r1", *f.split("|", 1)) for f, v in ledger.items() if v == "s"}
     assert sent_keys <= set(rec.accepted)
     rejected = sum(1 for v in failed.values() if "http 400" in v)
     assert rejected == len(rec.rejected) > 0  # permanent errors are not retried: one 400 per key
@@ -140,7 +140,8 @@ def test_redis_restart_during_delivery_the_retry_completes_the_shard(tmp_path: P
         assert rec.duplicates == 0
         ledger = _ledger(server.client(), plan.id, "r1")
         assert len(ledger) == len(want) and set(ledger.values()) == {"s"}
-        assert attempts == (1 if patience == "30" else 2)
+        log = (tmp_path / "first.log").read_text()
+        assert attempts == (1 if patience == "30" else 2), log[-3000:]
         print(f"\nredis restart: completed in {attempts} attempt(s), {sum(rec.replays.values())} replays")
     finally:
         server.stop()

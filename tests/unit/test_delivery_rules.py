@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import pytest
-
 from c2b.channels.http import classify
 from c2b.delivery import idempotency_key
 from c2b.killswitch import variable_stops

@@ -101,5 +101,5 @@ class Channel(ABC):
         """Deliver several messages in one request; one Outcome per message, in order."""
         return [self.send(m) for m in messages]
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (a no-op unless the channel holds something)
         """Release connections or files."""
