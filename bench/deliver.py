@@ -180,7 +180,12 @@ def main() -> None:
     ap.add_argument("--limit-users", type=int, default=10_000, help="users for (d) single sends")
     ap.add_argument("--batch-limit", type=float, default=5000.0, help="rate limit for (d) batches, msgs/s")
     ap.add_argument("--out", default=str(RESULTS / "deliver"))
+    ap.add_argument("--from-json", action="store_true", help="only rewrite the .md from the .json of the last run")
     args = ap.parse_args()
+    if args.from_json:
+        saved = json.loads(Path(args.out).with_suffix(".json").read_text())
+        write_results(Path(args.out), saved["meta"], saved["rows"], argparse.Namespace(**saved["args"]))
+        return
     sigmas = [float(s) for s in args.sigma.split(",")]
     concs = [int(c) for c in args.concurrency.split(",")]
 
@@ -255,12 +260,35 @@ def main() -> None:
             "batch": args.batch, "parallel": args.parallel, "python": platform.python_version(),
             "cpus": os.cpu_count(), "load_before": [round(x, 2) for x in load],
             "load_after": [round(x, 2) for x in os.getloadavg()]}
+    (RESULTS if args.out == str(RESULTS / "deliver") else Path(args.out).parent).mkdir(parents=True, exist_ok=True)
+    Path(args.out).with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": results, "args": vars(args)},
+                                                              indent=2))
     write_results(Path(args.out), meta, results, args)
+
+
+def ceilings(sigma: float, concurrency: int, median_s: float, pages: int = 2000, seed: int = 1) -> tuple[float, float]:
+    """Return the msgs/s of (a) and (b) if sending cost no CPU: latency alone decides.
+
+    (a): a page of 100 sends on ``concurrency`` workers (each takes the next send when free) lasts
+    until its slowest worker is done; (b): ``concurrency`` sends always in flight, so
+    concurrency / mean latency. Monte Carlo for (a) with the gateway's lognormal.
+    """
+    import heapq
+    import math
+    import random
+
+    rng = random.Random(seed)
+    total = 0.0
+    for _ in range(pages):
+        workers = [0.0] * concurrency
+        for _ in range(PAGE):
+            heapq.heappush(workers, heapq.heappop(workers) + median_s * rng.lognormvariate(0, sigma))
+        total += max(workers)
+    return PAGE * pages / total, concurrency / (median_s * math.exp(sigma * sigma / 2))
 
 
 def write_results(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], args: Any) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = [
         "# Delivery benchmark (`bench/deliver.py`)",
         "",
@@ -272,13 +300,14 @@ def write_results(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], a
         "ratios compare loops measured back to back against the same gateway.",
         "",
         "| latency sigma | in flight | (a) seed style msgs/s | (b) ours single msgs/s | (b)/(a) | "
-        f"(c) ours batch {meta['batch']} msgs/s | (c)/(a) |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"(c) ours batch {meta['batch']} msgs/s | (c)/(a) | latency-only ceiling of (a) / (b) / (b)/(a) |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
+        ca, cb = ceilings(r["sigma"], r["concurrency"], meta["latency_median_ms"] / 1000)
         lines.append(f"| {r['sigma']} | {r['concurrency']} | {r['seed']['msgs_per_s']:,} "
                      f"| {r['single']['msgs_per_s']:,} | **{r['single_x']}** | {r['batch']['msgs_per_s']:,} "
-                     f"| **{r['batch_x']}** |")
+                     f"| **{r['batch_x']}** | {ca:,.0f} / {cb:,.0f} / {cb / ca:.2f} |")
     first = rows[0]
     lines += [
         "",
@@ -296,6 +325,12 @@ def write_results(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], a
         "figure of the same row (more sends in flight in total, so not a like-for-like ratio).",
         "",
         "Goals: (b)/(a) >= 5 with single sends; >= 90% of a configured rate limit.",
+        "",
+        "The last column is what latency alone allows (no CPU cost per send, computed by simulation with the "
+        "same lognormal): with the same number of sends in flight, the page barrier only loses the tail of each "
+        "page, so the single-send ratio (b)/(a) cannot exceed that ceiling however the loop is written. Where "
+        "(b) is well below its ceiling the sender (or the gateway, both Python on the same 2 shared cores) ran "
+        "out of CPU.",
     ]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.md')}")

@@ -106,7 +106,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
     """Turn the Redis kill flag of a plan (or ``all``) on or off, or list the flags that are on."""
     from c2b.killswitch import VARIABLE, flags_on, set_flag
 
-    r = _redis()
+    r = _store_redis(args)
     if args.status or not args.plan:
         on = flags_on(r)
         print("kill switches on (Redis): " + (", ".join(on) if on else "none"))
@@ -189,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("plan", nargs="?", help="a plan id, or 'all' for every plan")
     p.add_argument("--off", action="store_true", help="release the switch")
     p.add_argument("--status", action="store_true", help="list the switches that are on")
+    p.add_argument("--url", help="Redis URL (default: $C2B_REDIS_URL, else the c2b_redis Airflow connection)")
+    p.add_argument("--cluster", action="store_true", help="the URL points at a Redis Cluster node")
     p.set_defaults(func=cmd_kill)
     p = sub.add_parser("report", help="print the latest run report of a plan")
     p.add_argument("plan")

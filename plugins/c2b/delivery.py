@@ -497,13 +497,11 @@ class ShardDelivery:
                     progress()
                 # Deferred pass: first what a crashed attempt had picked up from the queue, then
                 # users whose send hours have opened since they were parked.
-                offset = 0
-                while self._may_continue(failed, recorder):
-                    fields = with_redis_retry(lambda o=offset: self.ledger.picked_up(o, page_size))
-                    if not fields or killed():
+                leftover = with_redis_retry(self.ledger.picked_up) if self._may_continue(failed, recorder) else []
+                for i in range(0, len(leftover), page_size):
+                    if not self._may_continue(failed, recorder) or killed():
                         break
-                    offset += len(fields)
-                    if not dispatch(pool, self._deferred_items(fields)):
+                    if not dispatch(pool, self._deferred_items(leftover[i:i + page_size])):
                         break
                 while self._may_continue(failed, recorder):
                     fields = with_redis_retry(lambda: self.ledger.due(self.clock(), page_size))

@@ -36,14 +36,15 @@ FINAL_PREFIXES = (SENT, "f", CAPPED, EXPIRED)
 LEDGER_TTL = 7 * 24 * 3600
 
 # KEYS: ledger, stats, deferred. ARGV: ttl, then (field, state, "variant|touch", outcome, due) x n.
-# Moves an entry that is new or deferred to ``state`` (and a pending one back to deferred).
+# Moves an entry that is new or deferred to ``state`` (and a pending one back to deferred, or to
+# failed when its message can no longer be rendered).
 _PREPARE = """
 local out = {}
 for i = 2, #ARGV, 5 do
   local f, st, vt, outcome, due = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local cur = redis.call('HGET', KEYS[1], f)
   local ok = 0
-  if cur == false or cur == 'd' or (cur == 'p' and st == 'd') then
+  if cur == false or cur == 'd' or (cur == 'p' and (st == 'd' or string.sub(st, 1, 2) == 'f:')) then
     ok = 1
     redis.call('HSET', KEYS[1], f, st)
     if cur == 'd' and st ~= 'd' then
@@ -181,10 +182,12 @@ class ShardLedger:
         """Return up to ``limit`` deferred fields whose time has come."""
         return [_text(f) or "" for f in self.redis.zrangebyscore(self.deferred, "-inf", now, start=0, num=limit)]
 
-    def picked_up(self, offset: int, limit: int) -> list[str]:
-        """Return deferred fields a previous attempt picked up (pending) but did not record."""
-        found = self.redis.zrangebyscore(self.deferred, "+inf", "+inf", start=offset, num=limit)
-        return [_text(f) or "" for f in found]
+    def picked_up(self) -> list[str]:
+        """Return the deferred fields a previous attempt picked up (pending) but did not record.
+
+        All at once: they leave the queue as they are recorded, so paging by offset would skip some.
+        """
+        return [_text(f) or "" for f in self.redis.zrangebyscore(self.deferred, "+inf", "+inf")]
 
     def forget_deferred(self, fields: Sequence[str]) -> None:
         """Drop queue members whose ledger entry is already final (keeps the queue honest)."""

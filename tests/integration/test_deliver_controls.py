@@ -201,9 +201,20 @@ def test_quiet_hours_park_users_until_their_local_morning_then_send(redis_client
         sent_to = {m["uid"] for m in gw.record.accepted.values()}
         assert sent_to == {u for u, tz in zip(users, tzs, strict=True) if tz == "Europe/London"}
 
+        # An attempt that picked 5 parked users up at 09:00 and was killed before recording them:
+        # the next attempt re-sends exactly those (same keys) and then the rest.
+        from c2b.ledger import Change, ShardLedger
+        from c2b.store import ShardKeys
+
+        ledger = ShardLedger(redis_client, ShardKeys(plan.id, "r1", 1))
+        parked = ledger.due(morning, 5)
+        assert ledger.prepare([Change(f, "p", "all|t0", "pending") for f in parked]) == [True] * 5
+        assert ledger.picked_up() == sorted(parked) and ledger.waiting()[0] == 15
+
         second = ShardDelivery(redis_client, plan, "r1", 1, _channels(plan, gw.url), lambda: False,
                                clock=lambda: morning).run(50, 8).to_xcom()
-        assert second["counts"] == {"all|t0|sent": 40}
+        assert second["counts"] == {"all|t0|sent": 40} and second["attempt"]["resent"] == 5
+        assert ledger.picked_up() == [] and ledger.waiting() == (0, None)
         assert second["deferred"] == 0 and second["deferred_total"] == 20 and second["next_due"] is None
         assert len(gw.record.accepted) == 40 and gw.record.duplicates == 0 and not gw.record.replays
 
