@@ -33,6 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from c2b.channels.base import Channel, Message, Outcome
@@ -156,7 +157,7 @@ class Recorder:
         self._wake = threading.Event()
         self._closing = False
         self.error: BaseException | None = None
-        self.done = Counter()  # sent / failed recorded by this attempt
+        self.done: Counter[str] = Counter()  # sent / failed recorded by this attempt
         self._thread = threading.Thread(target=self._loop, name="c2b-recorder", daemon=True)
         self._thread.start()
 
@@ -267,9 +268,11 @@ class ShardDelivery:
         self.cap = getattr(plan.delivery, "frequency_cap", None)
         self.ledger = ShardLedger(redis, self.keys, ckpt_ttl=int(plan.delivery.key_ttl_hours * 3600))
         self.fcap = FrequencyCap(redis, self.cap)
-        if record_contacts is None:
-            from c2b.contacts import record_contacts
-        self._record_contacts = record_contacts
+        if record_contacts is None:  # the cross-plan contact record (c2b.contacts), unless a test swaps it
+            from c2b.contacts import record_contacts as default_contacts
+
+            record_contacts = default_contacts
+        self._record_contacts: Callable[[Any, list[str], datetime], None] = record_contacts
         self.limits = self._limits()
         self.stats = ShardStats(shard)
 
@@ -404,7 +407,7 @@ class ShardDelivery:
         by_touch: dict[str, list[Item]] = defaultdict(list)
         for it in items:
             by_touch[it.touch].append(it)
-        out = []
+        out: list[list[Item]] = []
         for touch, its in by_touch.items():
             size = self.channels[touch].batch_size if not self.dry_run else len(its)
             out.extend(its[i:i + size] for i in range(0, len(its), size))
@@ -416,7 +419,8 @@ class ShardDelivery:
                 self.stats.counts[f"{it.vt}|dry_run"] += 1
             return
         touch = items[0].touch
-        outcomes = self.retry.send(self.channels[touch], [it.message for it in items], self.limits[touch])
+        outcomes = self.retry.send(self.channels[touch], [it.message for it in items if it.message is not None],
+                                   self.limits[touch])
         assert recorder is not None
         recorder.add(items, outcomes)
 
@@ -480,7 +484,7 @@ class ShardDelivery:
                 while not failed and not (recorder and recorder.error):
                     if killed():
                         break
-                    uids = with_redis_retry(lambda c=cursor: read_page(self.redis, self.keys, c, page_size))
+                    uids: list[str] = with_redis_retry(partial(read_page, self.redis, self.keys, cursor, page_size))
                     if not uids:
                         break
                     items, attrs, holdout = self._items(uids, cursor)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 _RESERVE = """
@@ -75,7 +76,7 @@ class Limits:
             return
         from c2b.redis_retry import with_redis_retry
 
-        wait = max(with_redis_retry(lambda lim=lim: lim.reserve(n)) for lim in self.limiters)
+        wait = max(with_redis_retry(partial(lim.reserve, n)) for lim in self.limiters)
         if wait > 0:
             self.waited += wait
             self.sleep(wait)
