@@ -6,7 +6,9 @@ Connection ids (set them in the UI, the CLI or ``AIRFLOW_CONN_*`` variables):
 - ``c2b_redis``: the audience store (``redis://host:6379/?db=0``; for Redis Cluster the extras
   ``{"cluster": true, "startup_nodes": "h2:6379,h3:6379"}``, db 0);
 - ``c2b_warehouse``: the warehouse. ``{"conn_type": "duckdb", "host": "/path/warehouse.duckdb"}``
-  for the embedded DuckDB file;
+  for the embedded DuckDB file (extras ``memory_limit``, ``threads``); any other ``conn_type`` whose
+  hook is a common-sql ``DbApiHook`` (``postgres``, ``mysql``, ``snowflake``...) runs the segment
+  through that hook's DB-API connection, with a server-side cursor where the driver has one;
 - one connection per channel gateway, named by the touch's ``connection`` field.
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 from c2b.channels import Channel, ChannelConfig, make_channel
 from c2b.plan import Plan
 from c2b.settings import outbox_dir, safe_name
-from c2b.warehouse import DuckDBWarehouse, Warehouse
+from c2b.warehouse import DUCKDB_MEMORY_LIMIT, DbApiWarehouse, DuckDBWarehouse, Warehouse
 
 REDIS_CONN_ID = "c2b_redis"
 WAREHOUSE_CONN_ID = "c2b_warehouse"
@@ -41,12 +43,29 @@ def get_redis() -> Any:
     return RedisHook(redis_conn_id=REDIS_CONN_ID).get_conn()
 
 
-def get_warehouse() -> Warehouse:
-    """Return the warehouse of the ``c2b_warehouse`` connection."""
-    conn = _get_connection(WAREHOUSE_CONN_ID)
+def get_warehouse(conn_id: str = WAREHOUSE_CONN_ID) -> Warehouse:
+    """Return the warehouse of the ``c2b_warehouse`` connection: a DuckDB file or any SQL hook."""
+    conn = _get_connection(conn_id)
+    extra = conn.extra_dejson
     if conn.conn_type == "duckdb":
-        return DuckDBWarehouse(conn.host or conn.extra_dejson.get("path", ""))
-    raise ValueError(f"connection {WAREHOUSE_CONN_ID!r} has conn_type {conn.conn_type!r}; supported: duckdb")
+        return DuckDBWarehouse(conn.host or extra.get("path", ""),
+                               memory_limit=extra.get("memory_limit", DUCKDB_MEMORY_LIMIT),
+                               threads=extra.get("threads"), temp_directory=extra.get("temp_directory"))
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+    try:
+        hook = conn.get_hook()
+    except Exception as exc:  # noqa: BLE001 - unknown conn_type or provider not installed
+        raise ValueError(f"connection {conn_id!r} has conn_type {conn.conn_type!r}, which has no SQL hook "
+                         f"here ({exc}); use duckdb or install the provider of that database") from exc
+    if not isinstance(hook, DbApiHook):
+        raise ValueError(f"connection {conn_id!r} has conn_type {conn.conn_type!r} whose hook "
+                         f"{type(hook).__name__} is not a SQL (DbApiHook) hook")
+    # Named (server-side) cursors are a psycopg feature; other drivers fetch with fetchmany on a
+    # plain cursor. The paramstyle comes from the driver module. (No c2b-specific extras: hooks
+    # such as PostgresHook pass every extra on to the driver's connect().)
+    return DbApiWarehouse(hook.get_conn, server_side=conn.conn_type in ("postgres", "redshift"),
+                          name=f"{conn_id} ({conn.conn_type})")
 
 
 def connection_url(conn: Any) -> str:

@@ -1,4 +1,5 @@
-"""``python -m c2b``: run the demo, validate plans, flip the kill switch, show a run report."""
+"""``python -m c2b``: run the demo, validate plans, flip the kill switch, show a run report, manage
+suppression lists."""
 
 from __future__ import annotations
 
@@ -76,9 +77,12 @@ def render_summary(s: dict, took: float, report_file: Path) -> str:
     lines = [
         "",
         f"c2b demo: plan {s['plan']}, run {s['run']} -> {s['status']}",
-        f"  audience     {a['kept']:,} users kept of {a['rows']:,} rows "
-        f"(null uid {a['null_uid']}, malformed {a['malformed_uid']}, duplicate {a['duplicate_uid']}, "
-        f"over limit {a['over_limit']})",
+        (f"  audience     {a['kept']:,} users kept of {a['rows']:,} rows " if a["kept"] else
+         f"  audience     0 users (empty audience, nothing delivered) of {a['rows']:,} rows ")
+        + f"(null uid {a['null_uid']}, malformed {a['malformed_uid']}, duplicate {a['duplicate_uid']}, "
+        f"excluded {a.get('excluded', 0)}"
+        + "".join(f", {k} {n}" for k, n in a.get("excluded_by", {}).items())
+        + f", over limit {a['over_limit']})",
         "  variants     " + ", ".join(f"{v} {n:,}" for v, n in a["per_variant"].items()),
         f"  shards       {len(s['shards']['loaded'])} non-empty, delivered {len(s['shards']['delivered'])}"
         + (f", stopped {s['shards']['stopped']}" if s["shards"]["stopped"] else ""),
@@ -133,6 +137,39 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     summary = json.loads(files[-1].read_text())
     print(f"{files[-1]}\n{format_table(summary)}")
+    return 0
+
+
+def cmd_suppress(args: argparse.Namespace) -> int:
+    """Manage a suppression list: the Redis set ``c2b:suppression:<name>`` read by exclusions."""
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.name):
+        print(f"bad list name {args.name!r}: use letters, digits, '_', '.', '-'", file=sys.stderr)
+        return 2
+    key = f"c2b:suppression:{args.name}"
+    r = _redis()
+    if args.action == "list":
+        n = 0
+        for member in r.sscan_iter(key, count=10_000):
+            print(member.decode("utf-8", "replace"))
+            n += 1
+        print(f"{n} uid(s) in {key}", file=sys.stderr)
+        return 0
+    uids = list(args.uids)
+    if args.file:
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+        with stream:
+            uids += [line.strip() for line in stream if line.strip()]
+    if not uids:
+        print("no uids given (as arguments or --file)", file=sys.stderr)
+        return 2
+    changed = 0
+    op = r.sadd if args.action == "add" else r.srem
+    for i in range(0, len(uids), 10_000):
+        changed += int(op(key, *uids[i:i + 10_000]))
+    verb = "added to" if args.action == "add" else "removed from"
+    print(f"{changed} uid(s) {verb} {key} ({r.scard(key)} now)")
     return 0
 
 
@@ -195,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="print the latest run report of a plan")
     p.add_argument("plan")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("suppress", help="add, remove or list the uids of a suppression list")
+    p.add_argument("action", choices=["add", "remove", "list"])
+    p.add_argument("name", help="list name; plans exclude it with {suppression_list: NAME}")
+    p.add_argument("uids", nargs="*", help="uids to add or remove")
+    p.add_argument("--file", help="read more uids from this file, one per line ('-' for stdin)")
+    p.set_defaults(func=cmd_suppress)
     p = sub.add_parser("store-check", help="report a run's shard keys: largest key, TTLs, member bound")
     p.add_argument("plan")
     p.add_argument("run_id")

@@ -1,44 +1,129 @@
-"""Who was contacted when, across plans: the record behind "not contacted in the last N days".
+"""Contact history: when each user was last messaged, for ``exclude: [{contacted_within_days: N}]``.
 
-Delivery calls :func:`record_contacts` after messages are sent; segment extraction reads it to
-exclude recently contacted users. Layout (no big keys, cluster-safe): 1024 hashes
-``c2b:contacted:{<bucket>}`` with ``bucket = shard_index(uid, 1024)``, field uid -> the epoch day
-(days since 1970-01-01, UTC) of the latest contact. Each hash carries a TTL refreshed on write.
+One key per user would mean millions of tiny keys; one hash for everyone would be a big key. So
+users are spread over :data:`BUCKETS` hashes by the platform's shard formula
+(``shard_index(uid, 1024)``), each field ``uid -> epoch day`` of the last contact::
+
+    c2b:contacts:{0001} .. c2b:contacts:{1024}    HASH  uid -> days since 1970-01-01 (UTC)
+
+Every command touches one key, so the layout works unchanged on Redis Cluster (the ``{...}`` hash
+tag only pins each bucket to one slot). Each write refreshes the bucket's TTL, so the history of an
+idle system expires; :func:`prune_contacts` drops fields older than a horizon from busy buckets.
+The delivery step calls :func:`record_contacts` after each sent message (or page of messages).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from c2b.hashing import shard_index
+import numpy as np
+import pyarrow as pa
+
+from c2b.hashing import shard_index, shard_indexes_arrow, uid_bytes
 
 BUCKETS = 1024
-TTL_SECONDS = 90 * 24 * 3600
+DEFAULT_TTL_DAYS = 180
+_KEY = "c2b:contacts:{{{:04d}}}"
+
+# Keep the later day when a field already holds one (writes may arrive out of order).
+_RECORD_MAX = """
+local day = tonumber(ARGV[1])
+for i = 3, #ARGV do
+  local old = tonumber(redis.call('HGET', KEYS[1], ARGV[i]))
+  if not old or old < day then redis.call('HSET', KEYS[1], ARGV[i], day) end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return #ARGV - 2
+"""
 
 
-def contacted_key(bucket: int) -> str:
-    return "c2b:contacted:{" + str(bucket) + "}"
+def bucket_key(bucket: int) -> str:
+    """Return the Redis key of contact bucket ``bucket`` (1..BUCKETS)."""
+    return _KEY.format(bucket)
 
 
 def epoch_day(when: datetime) -> int:
+    """Return the UTC day number of ``when`` (a naive datetime is taken as UTC)."""
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return int(when.timestamp() // 86400)
+    return int(when.timestamp() // 86_400)
 
 
-def record_contacts(redis: Any, uids: list[str], when: datetime) -> None:
-    """Record that ``uids`` were contacted on ``when``'s day (one pipelined round trip)."""
+def _by_bucket(uids: Iterable[str]) -> dict[int, list[tuple[int, bytes]]]:
+    groups: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
+    for i, uid in enumerate(uids):
+        b = uid_bytes(uid)  # bytes, never a str with a lone surrogate
+        groups[shard_index(b, BUCKETS)].append((i, b))
+    return groups
+
+
+def record_contacts(redis: Any, uids: list[str], when: datetime, ttl_days: int = DEFAULT_TTL_DAYS) -> None:
+    """Record that ``uids`` were contacted at ``when`` (one script call per bucket, pipelined)."""
     if not uids:
         return
     day = epoch_day(when)
-    by_bucket: dict[int, dict[str, int]] = defaultdict(dict)
-    for uid in uids:
-        by_bucket[shard_index(uid, BUCKETS)][uid] = day
     pipe = redis.pipeline(transaction=False)
-    for bucket, mapping in by_bucket.items():
-        key = contacted_key(bucket)
-        pipe.hset(key, mapping=mapping)
-        pipe.expire(key, TTL_SECONDS)
+    for bucket, members in _by_bucket(uids).items():
+        # EVAL, not EVALSHA: no script cache to miss, in a pipeline or on a cluster node.
+        pipe.eval(_RECORD_MAX, 1, bucket_key(bucket), day, ttl_days * 86_400, *(b for _, b in members))
     pipe.execute()
+
+
+def contacted_since(redis: Any, uids: list[str], since: datetime) -> list[bool]:
+    """Return, for each uid, whether it was contacted on or after the UTC day of ``since``."""
+    if not uids:
+        return []
+    floor = epoch_day(since)
+    out = [False] * len(uids)
+    groups = _by_bucket(uids)
+    pipe = redis.pipeline(transaction=False)
+    for bucket, members in groups.items():
+        pipe.hmget(bucket_key(bucket), [b for _, b in members])
+    for members, days in zip(groups.values(), pipe.execute(), strict=True):
+        for (i, _), day in zip(members, days, strict=True):
+            if day is not None and int(day) >= floor:
+                out[i] = True
+    return out
+
+
+def contacted_since_array(redis: Any, uids: pa.Array, since: datetime) -> np.ndarray:
+    """Return :func:`contacted_since` for an Arrow string array (no nulls), as a numpy bool mask.
+
+    The extract's version: buckets come from the vectorised ``shard_indexes_arrow`` (the same
+    formula as ``shard_index``), so a batch costs one pipelined HMGET per bucket, no per-row hash.
+    """
+    n = len(uids)
+    out = np.zeros(n, dtype=bool)
+    if n == 0:
+        return out
+    buckets = shard_indexes_arrow(uids, BUCKETS)
+    order = np.argsort(buckets, kind="stable")
+    ordered = buckets[order]
+    cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+    starts = np.concatenate(([0], cuts))
+    ends = np.concatenate((cuts, [n]))
+    values = uids.take(pa.array(order)).to_pylist()
+    pipe = redis.pipeline(transaction=False)
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        pipe.hmget(bucket_key(int(ordered[a])), values[a:b])
+    floor = epoch_day(since)
+    hits: list[int] = []
+    for a, days in zip(starts.tolist(), pipe.execute(), strict=True):
+        hits.extend(a + j for j, day in enumerate(days) if day is not None and int(day) >= floor)
+    out[order[hits]] = True
+    return out
+
+
+def prune_contacts(redis: Any, before: datetime, scan_count: int = 1000) -> int:
+    """Delete contact fields older than the UTC day of ``before``; return how many were deleted."""
+    floor = epoch_day(before)
+    deleted = 0
+    for bucket in range(1, BUCKETS + 1):
+        key = bucket_key(bucket)
+        old = [field for field, day in redis.hscan_iter(key, count=scan_count) if int(day) < floor]
+        for i in range(0, len(old), 1000):
+            deleted += int(redis.hdel(key, *old[i:i + 1000]))
+    return deleted

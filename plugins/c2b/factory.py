@@ -67,7 +67,9 @@ def build_dag(plan: Plan, path: Path) -> Any:
             from c2b import airflow_glue, runtime
 
             sample = get_current_context()["params"].get("sample")
-            return runtime.step_extract(plan, run_id(), airflow_glue.get_warehouse(), sample)
+            # Redis only for suppression-list / recently-contacted exclusions.
+            redis = airflow_glue.get_redis() if plan.audience.exclude else None
+            return runtime.step_extract(plan, run_id(), airflow_glue.get_warehouse(), sample, redis=redis)
 
         @task
         def load_shards(extract: dict[str, Any]) -> list[int]:

@@ -92,54 +92,8 @@ class VariantPicker:
 # -- vectorised: the loader's hot path -----------------------------------------------------------
 # mmh3 costs ~1 µs per uid once Python's loop is counted, which alone would cap the loader at about
 # the server's own ZADD ingest rate. The same murmur3_32 written as numpy array arithmetic hashes
-# a whole Arrow batch at a time (uids grouped by byte length, one column of 4-byte blocks per step),
-# several times faster; tests check it against mmh3 and the Guava vectors.
-
-_C1, _C2 = 0xCC9E2D51, 0x1B873593
-
-
-def _rotl(x: Any, r: int) -> Any:
-    return (x << r) | (x >> (32 - r))
-
-
-def _fmix(h: Any) -> Any:
-    import numpy as np
-
-    h ^= h >> np.uint32(16)
-    h *= np.uint32(0x85EBCA6B)
-    h ^= h >> np.uint32(13)
-    h *= np.uint32(0xC2B2AE35)
-    h ^= h >> np.uint32(16)
-    return h
-
-
-def _murmur3_fixed_len(mat: Any, length: int) -> Any:
-    """Hash every row of a ``(n, length)`` uint8 matrix (seed 0); return uint32."""
-    import numpy as np
-
-    n = mat.shape[0]
-    h = np.zeros(n, dtype=np.uint32)
-    nblocks = length // 4
-    c1, c2 = np.uint32(_C1), np.uint32(_C2)
-    if nblocks:
-        blocks = np.ascontiguousarray(mat[:, :nblocks * 4]).view("<u4").reshape(n, nblocks)
-        for i in range(nblocks):
-            k = blocks[:, i] * c1
-            k = _rotl(k, 15) * c2
-            h ^= k
-            h = _rotl(h, 13) * np.uint32(5) + np.uint32(0xE6546B64)
-    tail = length & 3
-    if tail:
-        k = np.zeros(n, dtype=np.uint32)
-        base = nblocks * 4
-        for j in range(tail - 1, -1, -1):
-            k ^= mat[:, base + j].astype(np.uint32) << np.uint32(8 * j)
-        k *= c1
-        k = _rotl(k, 15) * c2
-        h ^= k
-    h ^= np.uint32(length)
-    return _fmix(h)
-
+# a whole Arrow batch at a time (c2b.arrow_hash: uids grouped by byte length, one column of 4-byte
+# blocks per step), several times faster; tests check it against mmh3 and the Guava vectors.
 
 def string_groups(uids: Any) -> Iterator[tuple[Any, int, Any]]:
     """Yield ``(rows, length, bytes)`` per distinct byte length of an Arrow string array.
@@ -181,7 +135,9 @@ def string_groups(uids: Any) -> Iterator[tuple[Any, int, Any]]:
 
 def murmur3_32_matrix(mat: Any) -> Any:
     """Return ``murmur3_32`` (signed, numpy int32) of every row of a uint8 matrix of equal-length strings."""
-    return _murmur3_fixed_len(mat, mat.shape[1]).view("int32")
+    from c2b import arrow_hash
+
+    return arrow_hash.murmur3_32_matrix(mat)
 
 
 def murmur3_32_arrow(uids: Any) -> Any:
@@ -189,12 +145,9 @@ def murmur3_32_arrow(uids: Any) -> Any:
 
     Equal to ``murmur3_32(s.encode("utf-8"))`` row by row (Arrow strings are UTF-8 already).
     """
-    import numpy as np
+    from c2b import arrow_hash
 
-    out = np.empty(len(uids), dtype=np.int32)
-    for rows, _, mat in string_groups(uids):
-        out[rows] = murmur3_32_matrix(mat)
-    return out
+    return arrow_hash.murmur3_32(uids).view("int32")
 
 
 def shard_of_hashes(hashes: Any, shards: int) -> Any:

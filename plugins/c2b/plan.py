@@ -75,12 +75,42 @@ class Experiment(_Strict):
     variants: dict[str, Variant]
 
 
+class Exclusion(_Strict):
+    """Users to leave out of the audience: exactly one of a segment, a suppression list, or the
+    users contacted (by any plan) within the last N days."""
+
+    segment: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_./-]+\.sql$")
+    params: dict[str, Any] = Field(default_factory=dict)
+    suppression_list: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    contacted_within_days: int | None = Field(default=None, ge=1, le=3650)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Exclusion:
+        given = [k for k in ("segment", "suppression_list", "contacted_within_days") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("an exclusion is exactly one of {segment: x.sql, params: {...}}, "
+                             f"{{suppression_list: name}} or {{contacted_within_days: N}}; got {given or 'none'}")
+        if self.params and self.segment is None:
+            raise ValueError("'params' only goes with 'segment'")
+        return self
+
+    @property
+    def label(self) -> str:
+        """Short name of the exclusion, used as its key in the extract counts."""
+        if self.segment is not None:
+            return f"segment:{self.segment}"
+        if self.suppression_list is not None:
+            return f"suppression_list:{self.suppression_list}"
+        return f"contacted_within_days:{self.contacted_within_days}"
+
+
 class Audience(_Strict):
     """Who the plan targets: a segment SQL file under include/sql/segments/ with bound params."""
 
     segment: str = Field(pattern=r"^[A-Za-z0-9_./-]+\.sql$")
     params: dict[str, Any] = Field(default_factory=dict)
     limit: int | None = Field(default=None, gt=0)
+    exclude: list[Exclusion] = Field(default_factory=list)
 
 
 class Window(_Strict):

@@ -47,8 +47,9 @@ def stored_columns(plan: Plan, staging: str | Path) -> list[str]:
     return names
 
 
-def step_extract(plan: Plan, run_id: str, warehouse: Warehouse, sample: int | None = None) -> dict[str, Any]:
-    result = extract_audience(plan, warehouse, staging_path(plan, run_id), sample=sample)
+def step_extract(plan: Plan, run_id: str, warehouse: Warehouse, sample: int | None = None,
+                 redis: Any = None) -> dict[str, Any]:
+    result = extract_audience(plan, warehouse, staging_path(plan, run_id), sample=sample, redis=redis)
     return {**result.to_xcom(), "started_at": time.time()}
 
 

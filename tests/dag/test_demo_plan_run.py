@@ -66,7 +66,7 @@ def test_demo_plan_end_to_end(c2b_env: Path, demo_warehouse: Path, redis_client,
     # What outlives the run: each shard's ledger and its totals (the record of what was sent), and
     # the cross-plan records (contacts, frequency-cap counts); every key with a TTL.
     leftover = [k.decode() for k in redis_client.scan_iter("c2b:*")]
-    run_keys = [k for k in leftover if not k.startswith(("c2b:contacted:", "c2b:fcap:"))]
+    run_keys = [k for k in leftover if not k.startswith(("c2b:contacts:", "c2b:fcap:"))]
     assert run_keys and all(k.endswith((":ledger", ":stats")) for k in run_keys)
     assert all(0 < redis_client.ttl(k) <= 7 * 24 * 3600 for k in run_keys)
     assert all(redis_client.ttl(k) > 0 for k in leftover)

@@ -102,5 +102,5 @@ def test_whole_plan_run_on_cluster(redis_cluster, monkeypatch: pytest.MonkeyPatc
     leftover = [k for node in _keys_per_node(redis_cluster) for k in node]
     # What outlives a run: each shard's ledger and its totals; plus the cross-plan records
     # (contacts for exclusion, frequency-cap counts), which belong to no run.
-    run_keys = [k for k in leftover if not k.startswith(("c2b:contacted:", "c2b:fcap:"))]
+    run_keys = [k for k in leftover if not k.startswith(("c2b:contacts:", "c2b:fcap:"))]
     assert run_keys and all(k.endswith((":ledger", ":stats")) for k in run_keys), "cleanup dropped the run's keys"

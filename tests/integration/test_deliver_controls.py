@@ -15,7 +15,7 @@ from pathlib import Path
 
 from c2b import runtime
 from c2b.channels import ChannelConfig, make_channel
-from c2b.contacts import contacted_key, epoch_day
+from c2b.contacts import contacted_since
 from c2b.fcap import FrequencyCap
 from c2b.hashing import shard_index
 from c2b.killswitch import KillSwitch, set_flag
@@ -181,8 +181,8 @@ def test_frequency_cap_counts_across_plans(redis_client, tmp_path: Path) -> None
         assert stats["counts"] == {"all|t0|sent": 60, "all|t1|capped": 60}
     day = datetime.now(UTC).astimezone(__import__("zoneinfo").ZoneInfo("Asia/Shanghai")).strftime("%Y%m%d")
     assert FrequencyCap(redis_client, None).count(day, "f7") == 3
-    # Contacts are recorded for cross-plan exclusion: uid -> epoch day, in 1024 buckets.
-    assert int(redis_client.hget(contacted_key(shard_index("f7", 1024)), "f7")) == epoch_day(datetime.now(UTC))
+    # Sent users are recorded for cross-plan exclusion ("not contacted in the last N days").
+    assert contacted_since(redis_client, ["f7", "never-sent"], datetime.now(UTC)) == [True, False]
 
 
 def test_quiet_hours_park_users_until_their_local_morning_then_send(redis_client, tmp_path: Path) -> None:

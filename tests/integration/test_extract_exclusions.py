@@ -1,0 +1,109 @@
+"""Exclusions (segments, suppression lists, recently contacted) on a real DuckDB file and real Redis."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from c2b.cli import main as cli
+from c2b.contacts import (
+    BUCKETS,
+    bucket_key,
+    contacted_since,
+    contacted_since_array,
+    epoch_day,
+    prune_contacts,
+    record_contacts,
+)
+from c2b.extract import extract_audience
+from c2b.plan import parse_plan
+from c2b.warehouse import DuckDBWarehouse
+
+NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
+
+
+def _plan(exclude: list[dict]):
+    return parse_plan({
+        "id": "excl", "audience": {"segment": "all_users.sql", "exclude": exclude},
+        "touches": [{"name": "t", "channel": "outbox", "template": "hi"}],
+    }, "excl.yaml")
+
+
+def test_exclusions_are_counted_per_item_in_plan_order(demo_warehouse: Path, redis_client, redis_server,
+                                                        monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    con = duckdb.connect(str(demo_warehouse), read_only=True)
+    audience = [str(r[0]) for r in con.execute("SELECT uid FROM users WHERE NOT opted_out ORDER BY uid").fetchall()]
+    ordered = {str(r[0]) for r in con.execute(
+        "SELECT DISTINCT uid FROM orders WHERE created_at >= current_date - INTERVAL 14 DAY").fetchall()}
+    con.close()
+    in_segment = [u for u in audience if u in ordered]
+    rest = [u for u in audience if u not in ordered]
+    assert len(in_segment) > 100
+
+    # Suppression list through the CLI: two audience users, one who is also excluded by the segment
+    # (counted there, the first matching item), and one stranger.
+    monkeypatch.setenv("C2B_REDIS_URL", redis_server.url)
+    assert cli(["suppress", "add", "vip", rest[0], rest[1], in_segment[0], "not_a_user"]) == 0
+    assert cli(["suppress", "remove", "vip", "not_a_user"]) == 0
+    assert cli(["suppress", "list", "vip"]) == 0
+    listed = capsys.readouterr().out
+    assert set(listed.split()) >= {rest[0], rest[1], in_segment[0]} and "not_a_user" not in listed
+    # Contact history: two contacted 2 days ago (excluded), one 30 days ago (not excluded).
+    record_contacts(redis_client, [rest[2], rest[3]], NOW - timedelta(days=2))
+    record_contacts(redis_client, [rest[4]], NOW - timedelta(days=30))
+
+    plan = _plan([{"segment": "ordered_within_days.sql", "params": {"days": 14}},
+                  {"suppression_list": "vip"}, {"contacted_within_days": 7}])
+    result = extract_audience(plan, DuckDBWarehouse(demo_warehouse), tmp_path / "out.parquet",
+                              batch_rows=5000, redis=redis_client, now=NOW)
+    c = result.counts
+    assert c.excluded_by == {"segment:ordered_within_days.sql": len(in_segment), "suppression_list:vip": 2,
+                             "contacted_within_days:7": 2}
+    assert c.excluded == len(in_segment) + 4
+    assert c.kept == len(audience) - c.excluded and c.balanced()
+    kept = set(pq.read_table(result.path).column("uid").to_pylist())
+    assert kept == set(rest) - {rest[0], rest[1], rest[2], rest[3]}
+    assert rest[4] in kept
+
+
+def test_redis_exclusions_need_redis(demo_warehouse: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs Redis"):
+        extract_audience(_plan([{"suppression_list": "vip"}]), DuckDBWarehouse(demo_warehouse), tmp_path / "x.parquet")
+
+
+def test_contact_history_layout_and_semantics(redis_client) -> None:
+    uids = [str(10**9 + i) for i in range(5000)] + ["a\ud800z", "用户"]
+    record_contacts(redis_client, uids, NOW - timedelta(days=3))
+    # An older record never moves a contact back in time.
+    record_contacts(redis_client, uids[:10], NOW - timedelta(days=40))
+    assert contacted_since(redis_client, uids[:10], NOW - timedelta(days=7)) == [True] * 10
+    assert contacted_since(redis_client, uids[:3] + ["never"], NOW - timedelta(days=1)) == [False] * 4
+    assert contacted_since(redis_client, ["never", uids[5]], NOW - timedelta(days=3)) == [False, True]
+    assert contacted_since(redis_client, [], NOW) == []
+
+    keys = [k.decode() for k in redis_client.scan_iter("c2b:contacts:*")]
+    assert 0 < len(keys) <= BUCKETS and all(k.startswith("c2b:contacts:{") and k.endswith("}") for k in keys)
+    assert max(redis_client.hlen(k) for k in keys) < 50  # spread, no big key
+    assert all(0 < redis_client.ttl(k) <= 180 * 86_400 for k in keys)
+    assert redis_client.hget(bucket_key(1), "nobody") is None
+    assert int(redis_client.hget(_key_of(redis_client, uids[0]), uids[0])) == epoch_day(NOW - timedelta(days=3))
+
+    texts = pa.array(uids[:-2] + ["never", "用户"])
+    vector = contacted_since_array(redis_client, texts, NOW - timedelta(days=7)).tolist()
+    assert vector == contacted_since(redis_client, texts.to_pylist(), NOW - timedelta(days=7))
+    assert vector == [True] * 5000 + [False, True]
+
+    record_contacts(redis_client, ["old"], NOW - timedelta(days=100))
+    assert prune_contacts(redis_client, NOW - timedelta(days=90)) == 1
+    assert contacted_since(redis_client, ["old"], NOW - timedelta(days=365)) == [False]
+
+
+def _key_of(redis_client, uid: str) -> str:
+    from c2b.hashing import shard_index
+
+    return bucket_key(shard_index(uid, BUCKETS))
