@@ -79,14 +79,11 @@ def build_dag(plan: Plan, path: Path) -> Any:
 
         @task(map_index_template="shard {{ shard_label }}")
         def deliver(shard: int) -> dict[str, Any]:
-            from c2b import airflow_glue, runtime
+            from c2b import airflow_glue
 
             ctx = get_current_context()
             ctx["shard_label"] = shard  # type: ignore[typeddict-unknown-key]
-            redis = airflow_glue.get_redis()
-            return runtime.step_deliver(plan, run_id(), shard, redis,
-                                        airflow_glue.make_channels(plan, run_id()),
-                                        airflow_glue.kill_switch(redis, plan.id), dict(ctx["params"]))
+            return airflow_glue.deliver_shard(plan, run_id(), shard, dict(ctx["params"]))
 
         @task(trigger_rule=TriggerRule.NONE_FAILED)
         def report(extract: dict[str, Any], shards: list[int], stats: Any) -> dict[str, Any]:

@@ -113,6 +113,35 @@ class Audience(_Strict):
     exclude: list[Exclusion] = Field(default_factory=list)
 
 
+class Window(_Strict):
+    """When a plan may send: a date range and daily ``send_hours`` in the user's timezone."""
+
+    start: date | None = None
+    end: date | None = None
+    send_hours: str | None = Field(default=None, description='"HH:MM-HH:MM", local to the user')
+    timezone: str = "Asia/Shanghai"
+
+    @field_validator("send_hours")
+    @classmethod
+    def _hours_format(cls, v: str | None) -> str | None:
+        if v is not None:
+            from c2b.quiet_hours import parse_send_hours
+
+            parse_send_hours(v)
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(v)
+        except Exception:
+            raise ValueError(f"unknown timezone {v!r}; use an IANA name such as Asia/Shanghai") from None
+        return v
+
+
 class Delivery(_Strict):
     shards: int | Literal["auto"] = 16
     max_shard_members: int = 100_000
@@ -122,6 +151,8 @@ class Delivery(_Strict):
     retries: int = Field(default=2, ge=0, le=20)
     retry_delay_seconds: float = Field(default=30.0, ge=0)
     key_ttl_hours: float = Field(default=48.0, gt=0, description="TTL of a run's shard keys")
+    rate_limit: float | None = Field(default=None, gt=0, description="messages/s for this plan, all shards")
+    frequency_cap: int | None = Field(default=None, ge=1, description="max touches per user per day, all plans")
 
     @field_validator("shards")
     @classmethod
@@ -142,6 +173,7 @@ class Plan(_Strict):
     touches: list[Touch] = Field(min_length=1)
     experiment: Experiment | None = None
     delivery: Delivery = Delivery()
+    window: Window | None = None
 
     @field_validator("id")
     @classmethod
