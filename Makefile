@@ -16,6 +16,7 @@ ui:         ## start the Airflow UI (api-server + scheduler + dag-processor) on 
 lint:
 	@scripts/dev.sh run ruff check plugins dags tests bench
 
-clean:      ## stop the private redis-server and remove local state (.airflow/)
+clean:      ## stop the private redis-server and demo gateway, and remove local state (.airflow/)
 	-@[ -f .airflow/redis.pid ] && kill $$(cat .airflow/redis.pid) 2>/dev/null || true
+	-@[ -f .airflow/gateway.pid ] && kill $$(cat .airflow/gateway.pid) 2>/dev/null || true
 	rm -rf .airflow

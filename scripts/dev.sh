@@ -8,7 +8,7 @@ ensure_venv
 export_env
 case "$cmd" in
   demo)
-    ensure_airflow_db; ensure_redis; ensure_warehouse
+    ensure_airflow_db; ensure_redis; ensure_warehouse; ensure_gateway
     exec "$PY" -m c2b demo "$@" ;;
   test)
     # Tests start their own redis-server (they restart it on purpose); they need the binary.
@@ -17,10 +17,10 @@ case "$cmd" in
   warehouse)
     rm -f "$C2B_WAREHOUSE"; ensure_warehouse ;;
   ui)
-    ensure_airflow_db; ensure_redis; ensure_warehouse
+    ensure_airflow_db; ensure_redis; ensure_warehouse; ensure_gateway
     exec "$ROOT/scripts/airflow_ui.sh" "$@" ;;
   run)
-    ensure_airflow_db; ensure_redis; ensure_warehouse
+    ensure_airflow_db; ensure_redis; ensure_warehouse; ensure_gateway
     exec "$@" ;;
   *) echo "usage: scripts/dev.sh demo|test|warehouse|ui|run CMD..." >&2; exit 2 ;;
 esac

@@ -86,6 +86,35 @@ ensure_redis() {
   export AIRFLOW_CONN_C2B_REDIS="${C2B_REDIS_URL%/}/?db=0"
 }
 
+gateway_answers() { curl -fs "http://127.0.0.1:$1/stats" >/dev/null 2>&1; }
+
+ensure_gateway() {
+  # The local test gateway (tests/gateway.py) stands in for the push/SMS/call/private-domain
+  # gateways of the demo; started once in the background, pid and log in $STATE. Points the
+  # channel connections at it unless they are already set (a real gateway wins).
+  local port
+  port="$(cat "$STATE/gateway.port" 2>/dev/null || true)"
+  if [ -z "$port" ] || ! gateway_answers "$port"; then
+    port="$(free_port)"
+    say "starting the demo channel gateway on 127.0.0.1:$port (pid and log in $STATE)"
+    mkdir -p "$STATE"
+    nohup "$PY" "$ROOT/tests/gateway.py" --port "$port" --latency-ms "${C2B_GATEWAY_LATENCY_MS:-5}" \
+      >"$STATE/gateway.log" 2>&1 &
+    echo $! > "$STATE/gateway.pid"
+    for _ in $(seq 50); do gateway_answers "$port" && break; sleep 0.1; done
+    gateway_answers "$port" || { echo "the demo gateway did not start; see $STATE/gateway.log" >&2; return 1; }
+    echo "$port" > "$STATE/gateway.port"
+  fi
+  export C2B_GATEWAY_URL="http://127.0.0.1:$port"
+  local conn
+  conn() { printf '{"conn_type": "http", "host": "127.0.0.1", "port": %s, "schema": "%s", "password": "demo-token", "extra": %s}' "$port" "$1" "$2"; }
+  export AIRFLOW_CONN_C2B_PUSH="${AIRFLOW_CONN_C2B_PUSH:-$(conn push '{"batch_size": 100, "timeout": 5}')}"
+  export AIRFLOW_CONN_C2B_SMS="${AIRFLOW_CONN_C2B_SMS:-$(conn sms '{"batch_size": 50, "rate_limit": 2000, "sign": "C2B"}')}"
+  export AIRFLOW_CONN_C2B_CALL="${AIRFLOW_CONN_C2B_CALL:-$(conn call '{"rate_limit": 50, "queue": "price_up"}')}"
+  export AIRFLOW_CONN_C2B_PRIVATE_DOMAIN="${AIRFLOW_CONN_C2B_PRIVATE_DOMAIN:-$(conn private_domain '{"batch_size": 20}')}"
+  export AIRFLOW_CONN_C2B_WEBHOOK="${AIRFLOW_CONN_C2B_WEBHOOK:-$(conn webhook '{}')}"
+}
+
 ensure_warehouse() {
   # The demo data's dates end at the day it was built: rebuild it on a new day (about a second).
   local today; today="$(date -u +%F)"

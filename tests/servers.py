@@ -21,11 +21,14 @@ def free_port() -> int:
 class RedisServer:
     """A real ``redis-server`` on a loopback port, which a test may stop and restart."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False) -> None:
+        """``appendonly=True`` keeps data across :meth:`restart` (AOF, fsync always), as a
+        production store would."""
         if not shutil.which("redis-server"):
             raise RuntimeError("redis-server is not installed (make test installs Debian's redis-server)")
         self.workdir = workdir
         self.port = port or free_port()
+        self.appendonly = appendonly
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -39,14 +42,15 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+             "--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 if self.client().ping():
                     return self
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.BusyLoadingError):
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server on port {self.port} did not answer; see {self.workdir}/redis.log")
 

@@ -14,6 +14,7 @@ Connection ids (set them in the UI, the CLI or ``AIRFLOW_CONN_*`` variables):
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 from c2b.channels import Channel, ChannelConfig, make_channel
@@ -80,26 +81,83 @@ def connection_url(conn: Any) -> str:
     return f"{scheme}://{host}{port}{path}"
 
 
-def make_channels(plan: Plan, run_id: str) -> dict[str, Channel]:
-    """Build one channel instance per touch of the plan (keyed by touch name)."""
+# The connection a touch uses when its plan names none (README "Channels").
+DEFAULT_CONNECTIONS = {"push": "c2b_push", "sms": "c2b_sms", "outbound_call": "c2b_call",
+                       "private_domain": "c2b_private_domain", "webhook": "c2b_webhook"}
+
+
+def make_channels(plan: Plan, run_id: str, redis: Any = None) -> dict[str, Channel]:
+    """Build one channel instance per touch of the plan (keyed by touch name).
+
+    HTTP channels read their gateway from the touch's ``connection`` (default: ``c2b_<channel>``,
+    ``c2b_call`` for outbound calls): URL from host/port/schema or extra ``url``, the token from
+    the password, and extras ``batch_size``, ``timeout``, ``rate_limit``, ``burst``. ``inapp``
+    writes to the ``c2b_redis`` store unless its connection says otherwise; ``outbox`` writes files.
+    """
     run_dir = str(outbox_dir() / plan.id / safe_name(run_id))
     channels: dict[str, Channel] = {}
     for touch in plan.touches:
-        if touch.connection:
-            conn = _get_connection(touch.connection)
+        conn_id = touch.connection or DEFAULT_CONNECTIONS.get(touch.channel)
+        if conn_id:
+            try:
+                conn = _get_connection(conn_id)
+            except Exception as exc:
+                raise ValueError(f"touch {touch.name!r} ({touch.channel}) needs the Airflow Connection "
+                                 f"{conn_id!r}: {exc}") from exc
             config = ChannelConfig(url=connection_url(conn), token=conn.password or "",
-                                   extra=dict(conn.extra_dejson), run_dir=run_dir)
+                                   extra=dict(conn.extra_dejson), run_dir=run_dir, conn_id=conn_id, redis=redis)
         else:
-            config = ChannelConfig(run_dir=run_dir)
+            config = ChannelConfig(run_dir=run_dir, redis=redis, conn_id=f"{touch.channel}")
         channels[touch.name] = make_channel(touch.channel, config)
     return channels
 
 
-def kill_switch(redis: Any, plan_id: str):  # -> Callable[[], bool]
-    """Return a check that is true when the global or the plan's kill switch is on.
+def read_kill_variable() -> Any:
+    """Return the ``c2b_kill_switch`` Airflow Variable (``None`` when unset)."""
+    from airflow.sdk import Variable
 
-    Switches are Redis flags (``c2b:kill`` and ``c2b:kill:<plan>``), so all workers see a flip at
-    their next page; ``python -m c2b kill`` sets them.
+    from c2b.killswitch import VARIABLE
+
+    return Variable.get(VARIABLE, default=None)
+
+
+def kill_switch(redis: Any, plan_id: str, with_variable: bool = True):  # -> KillSwitch
+    """Return the plan's kill switch: Redis flags every page, the Airflow Variable every ~2 s."""
+    from c2b.killswitch import KillSwitch
+
+    return KillSwitch(redis, plan_id, read_kill_variable if with_variable else None)
+
+
+def deliver_shard(plan: Plan, run_id: str, shard: int, params: dict[str, Any]) -> dict[str, Any]:
+    """The ``deliver`` task: send one shard, then tell Airflow how it ended.
+
+    - done: return the shard's stats (XCom, read by ``report``);
+    - stopped by the kill switch: fail the task *without retries* with a message saying which
+      switch and how to resume (turn it off, then Clear the task: the ledger and checkpoint make
+      the re-run send only what was not sent). The run shows failed in the grid, on purpose;
+    - users parked by quiet hours: reschedule the task (state ``up_for_reschedule``) for when the
+      earliest of them may be messaged; it frees its worker slot meanwhile.
     """
-    keys = ["c2b:kill", f"c2b:kill:{plan_id}"]
-    return lambda: any(redis.exists(k) for k in keys)
+    from datetime import datetime
+
+    from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
+
+    from c2b import runtime
+
+    redis = get_redis()
+    stats = runtime.step_deliver(plan, run_id, shard, redis, make_channels(plan, run_id, redis),
+                                 kill_switch(redis, plan.id), params)
+    if stats["stopped"]:
+        raise AirflowFailException(
+            f"shard {shard} STOPPED by the kill switch ({stats['stop_reason']}) after {stats['users']} users; "
+            f"sent so far: {sum(n for k, n in stats['counts'].items() if k.endswith('|sent'))}. "
+            "Turn the switch off and Clear this task to resume: nothing is sent twice.")
+    if stats["deferred"]:
+        when = datetime.fromisoformat(stats["next_due"]) if stats["next_due"] else datetime.now(UTC)
+        import logging
+
+        logging.getLogger(__name__).info(
+            "shard %s: %s messages wait for their send hours; rescheduling for %s", shard, stats["deferred"],
+            when.isoformat())
+        raise AirflowRescheduleException(when)
+    return stats

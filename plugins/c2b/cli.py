@@ -233,14 +233,23 @@ def render_preview(plan, counts: dict, took: float) -> str:  # type: ignore[no-u
 
 
 def cmd_kill(args: argparse.Namespace) -> int:
-    key = "c2b:kill" if args.plan == "all" else f"c2b:kill:{args.plan}"
-    r = _redis()
+    """Turn the Redis kill flag of a plan (or ``all``) on or off, or list the flags that are on."""
+    from c2b.killswitch import VARIABLE, flags_on, set_flag
+
+    r = _store_redis(args)
+    if args.status or not args.plan:
+        on = flags_on(r)
+        print("kill switches on (Redis): " + (", ".join(on) if on else "none"))
+        print(f"(the Airflow Variable {VARIABLE} can stop plans too: `airflow variables get {VARIABLE}`)")
+        return 0
+    key = set_flag(r, args.plan, on=not args.off)
     if args.off:
-        r.delete(key)
-        print(f"kill switch {key} is off")
+        print(f"kill switch {key} is off. Shards stopped by it resume without re-sending when you Clear "
+              "their failed deliver tasks (or the run) in Airflow.")
     else:
-        r.set(key, "1")
-        print(f"kill switch {key} is on: every shard of the plan stops before its next page")
+        scope = "every plan" if args.plan == "all" else f"plan {args.plan}"
+        print(f"kill switch {key} is on: every running shard of {scope} stops before its next page; "
+              "its deliver tasks fail with 'STOPPED by the kill switch'.")
     return 0
 
 
@@ -351,9 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warehouse", help="DuckDB file (default: $C2B_WAREHOUSE, else the c2b_warehouse connection)")
     p.add_argument("--sample", type=int, default=None, help="stop after N users, like the trigger param")
     p.set_defaults(func=cmd_preview)
-    p = sub.add_parser("kill", help="turn a kill switch on (or --off) for a plan id or 'all'")
-    p.add_argument("plan")
-    p.add_argument("--off", action="store_true")
+    p = sub.add_parser("kill", help="turn a kill switch on (or --off) for a plan id or 'all'; --status lists them")
+    p.add_argument("plan", nargs="?", help="a plan id, or 'all' for every plan")
+    p.add_argument("--off", action="store_true", help="release the switch")
+    p.add_argument("--status", action="store_true", help="list the switches that are on")
+    p.add_argument("--url", help="Redis URL (default: $C2B_REDIS_URL, else the c2b_redis Airflow connection)")
+    p.add_argument("--cluster", action="store_true", help="the URL points at a Redis Cluster node")
     p.set_defaults(func=cmd_kill)
     p = sub.add_parser("report", help="print the latest run report of a plan")
     p.add_argument("plan")

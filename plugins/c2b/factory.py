@@ -163,9 +163,7 @@ def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard:
     if step == "deliver":
         assert shard is not None, "deliver is mapped over the shards load_shards returns"
         context["shard_label"] = shard  # read by the map_index_template: the UI shows "shard 7"
-        redis = airflow_glue.get_redis()
-        return runtime.step_deliver(plan, run_id, shard, redis, airflow_glue.make_channels(plan, run_id),
-                                    airflow_glue.kill_switch(redis, plan.id), dict(context["params"]))
+        return airflow_glue.deliver_shard(plan, run_id, shard, dict(context["params"]))
     if step == "report":
         return runtime.step_report(plan, run_id, inputs["extract"], inputs["shards"], list(inputs["stats"] or []))
     if step == "cleanup":

@@ -207,20 +207,20 @@ def valid_timezone(name: str) -> bool:
 
 
 def parse_send_hours(text: str) -> tuple[time, time]:
-    """Return ``(start, end)`` of an ``HH:MM-HH:MM`` window; an end of ``24:00`` is ``time.max``.
+    """Return ``(start, end)`` of an ``HH:MM-HH:MM`` window, or raise ``ValueError`` saying the fix.
 
-    Sending is allowed from ``start`` (inclusive) to ``end`` (exclusive); ``end < start`` is an
-    overnight window (``20:00-08:00``). Raises ``ValueError`` if malformed.
+    ``end < start`` is an overnight window (``20:00-08:00``). Whatever passes here also passes the
+    delivery's own reading of the window (:func:`c2b.quiet_hours.parse_send_hours`).
     """
     m = _SEND_HOURS.match(text)
     if not m:
         raise ValueError(f"{text!r} is not HH:MM-HH:MM, e.g. 09:00-21:00")
     h1, m1, h2, m2 = (int(g) for g in m.groups())
-    if h1 > 23 or m1 > 59 or h2 > 24 or m2 > 59 or (h2 == 24 and m2):
-        raise ValueError(f"{text!r}: hours are 00-23 (24:00 as the end), minutes 00-59")
+    if h1 > 23 or m1 > 59 or h2 > 23 or m2 > 59:
+        raise ValueError(f"{text!r}: hours are 00-23 and minutes 00-59 (a window ending at midnight ends at 23:59)")
     if (h1, m1) == (h2, m2):
         raise ValueError(f"{text!r} is an empty window; start and end must differ (or remove send_hours)")
-    return time(h1, m1), (time.max if h2 == 24 else time(h2, m2))
+    return time(h1, m1), time(h2, m2)
 
 
 def _schedule_kind(v: Any) -> str:

@@ -15,6 +15,7 @@ def summarize(plan_id: str, run_id: str, extract: dict[str, Any], shard_stats: I
     counts: Counter = Counter()
     failures: Counter = Counter()
     users = 0
+    waiting = parked = 0  # quiet hours: messages still waiting / ever parked (c2b.delivery)
     stopped = []
     delivered_shards = []
     for st in shard_stats:
@@ -23,6 +24,8 @@ def summarize(plan_id: str, run_id: str, extract: dict[str, Any], shard_stats: I
         counts.update(st["counts"])
         failures.update(st["failures"])
         users += st["users"]
+        waiting += st.get("deferred", 0)
+        parked += st.get("deferred_total", 0)
         delivered_shards.append(st["shard"])
         if st["stopped"]:
             stopped.append(st["shard"])
@@ -40,6 +43,7 @@ def summarize(plan_id: str, run_id: str, extract: dict[str, Any], shard_stats: I
         "outcomes": dict(sorted(counts.items())),
         "per_touch": {t: dict(c) for t, c in sorted(per_touch.items())},
         "failures": dict(failures.most_common(20)),
+        "quiet_hours": {"waiting": waiting, "deferred_total": parked},
         "status": "stopped" if stopped else "complete",
         "seconds": round(finished_at - started_at, 3) if started_at and finished_at else None,
     }

@@ -36,6 +36,17 @@ def attribute_columns(plan: Plan) -> list[str]:
     return sorted(names - BUILTIN_NAMES)
 
 
+def stored_columns(plan: Plan, staging: str | Path) -> list[str]:
+    """Return the attributes kept in Redis: those templates read, plus ``timezone`` when the
+    segment has it (quiet hours and the frequency cap's day are local to the user)."""
+    import pyarrow.parquet as pq
+
+    names = attribute_columns(plan)
+    if "timezone" not in names and "timezone" in pq.read_schema(staging).names:
+        names.append("timezone")
+    return names
+
+
 def step_extract(plan: Plan, run_id: str, warehouse: Warehouse, sample: int | None = None,
                  redis: Any = None) -> dict[str, Any]:
     result = extract_audience(plan, warehouse, staging_path(plan, run_id), sample=sample, redis=redis)
@@ -48,7 +59,7 @@ def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> l
     The list is at most 1024 long (the largest shard count), Airflow's ``max_map_length``.
     """
     d = plan.delivery
-    result = load_shards(redis, extract["path"], plan.id, run_id, d.shards, attribute_columns(plan),
+    result = load_shards(redis, extract["path"], plan.id, run_id, d.shards, stored_columns(plan, extract["path"]),
                          ttl_seconds=int(d.key_ttl_hours * 3600), max_shard_members=d.max_shard_members,
                          encoding=d.encoding)
     kept = (extract.get("counts") or {}).get("kept")
@@ -63,6 +74,13 @@ def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> l
 
 def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict[str, Channel],
                  kill_switch: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Deliver one shard (see :mod:`c2b.delivery`); return its stats for the report.
+
+    ``kill_switch`` is a callable (true = stop), e.g. :class:`c2b.killswitch.KillSwitch`.
+    ``params``: the DAG run's ``dry_run`` and ``only_touches``. The stats are cumulative over all
+    attempts of the shard: ``counts`` per ``variant|touch|outcome``, ``failures`` per reason,
+    ``stopped``/``stop_reason``, ``deferred`` (messages waiting for send hours) and ``next_due``.
+    """
     params = params or {}
     only = set(params["only_touches"]) if params.get("only_touches") else None
     try:

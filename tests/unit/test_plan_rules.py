@@ -30,7 +30,7 @@ RULES = [
     ("manual schedule", "schedule", None, 5, "schedule", "cron expression"),
     ("start_date is a date", "start_date", "2026-03-01", "next monday", "start_date", "date like"),
     ("send_hours format", "window.send_hours", "20:00-08:00", "9-21", "window.send_hours", "HH:MM-HH:MM"),
-    ("send_hours range", "window.send_hours", "00:00-24:00", "09:00-25:00", "window.send_hours", "hours are 00-23"),
+    ("send_hours range", "window.send_hours", "00:00-23:59", "09:00-24:00", "window.send_hours", "hours are 00-23"),
     ("send_hours not empty", "window.send_hours", None, "09:00-09:00", "window.send_hours", "empty window"),
     ("window timezone", "window.timezone", "Europe/London", "Mars/Olympus", "window.timezone", "IANA"),
     ("window end after start", "window.end", "2026-01-01", "2025-12-31", "window.end", "before window.start"),
@@ -238,10 +238,11 @@ def test_defaults_of_the_contract() -> None:
 def test_send_range_parses_overnight_windows() -> None:
     from datetime import time
 
-    plan = parse_plan(mutate(base_plan(), "window.send_hours", "20:30-24:00"), FILE, check_files=True)
-    assert plan.window.send_range == (time(20, 30), time.max)
-    plan = parse_plan(mutate(base_plan(), "window.send_hours", "22:00-07:30"), FILE, check_files=True)
-    assert plan.window.send_range == (time(22, 0), time(7, 30))
+    from c2b import quiet_hours
+
+    for text, want in (("20:30-23:59", (time(20, 30), time(23, 59))), ("22:00-07:30", (time(22, 0), time(7, 30)))):
+        plan = parse_plan(mutate(base_plan(), "window.send_hours", text), FILE)
+        assert plan.window.send_range == want == quiet_hours.parse_send_hours(text)
 
 
 def test_repository_checks_are_opt_in_for_data_built_in_code() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -42,25 +43,63 @@ class Outcome:
 
 @dataclass(frozen=True)
 class ChannelConfig:
-    """A channel's settings, from an Airflow Connection (never from the plan YAML)."""
+    """A channel's settings, from an Airflow Connection (never from the plan YAML).
+
+    ``extra`` keys every channel understands: ``batch_size`` (messages per request, 1 = single
+    sends), ``timeout`` (seconds), ``rate_limit`` (messages/s shared by all workers using this
+    connection) and ``burst``.
+    """
 
     url: str = ""
     token: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     run_dir: str = ""  # where file-based channels write for this run
+    conn_id: str = ""  # the Airflow Connection id: names the shared rate limit
+    redis: Any = field(default=None, compare=False, repr=False)  # for channels that write to Redis
+
+
+def _positive(extra: dict[str, Any], key: str, default: float | None) -> float | None:
+    value = extra.get(key, default)
+    if value in (None, ""):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"connection extra {key!r} must be a number, got {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"connection extra {key!r} must be positive, got {value!r}")
+    return number
 
 
 class Channel(ABC):
-    """A delivery channel. Implementations must be thread-safe: sends run concurrently."""
+    """A delivery channel. Implementations must be thread-safe: sends run concurrently.
+
+    A channel that can take many messages per request overrides :meth:`send_batch` and sets
+    ``max_batch``; ``batch_size`` (from the connection's extras) picks the size actually used.
+    """
 
     name: ClassVar[str]
+    max_batch: ClassVar[int] = 1  # largest batch the channel can send in one request
+    default_batch: ClassVar[int] = 1
 
     def __init__(self, config: ChannelConfig) -> None:
         self.config = config
+        size = int(_positive(config.extra, "batch_size", self.default_batch) or 1)
+        if size > self.max_batch:
+            raise ValueError(f"channel {self.name!r} sends at most {self.max_batch} messages per request; "
+                             f"batch_size {size} is too big")
+        self.batch_size = size
+        self.timeout = float(_positive(config.extra, "timeout", 10.0) or 10.0)
+        self.rate_limit = _positive(config.extra, "rate_limit", None)
+        self.burst = float(config.extra.get("burst", 0) or 0)
 
     @abstractmethod
     def send(self, message: Message) -> Outcome:
         """Deliver one message; never raise for a delivery problem, return an Outcome."""
 
-    def close(self) -> None:
+    def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        """Deliver several messages in one request; one Outcome per message, in order."""
+        return [self.send(m) for m in messages]
+
+    def close(self) -> None:  # noqa: B027 (a no-op unless the channel holds something)
         """Release connections or files."""
