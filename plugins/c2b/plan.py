@@ -46,8 +46,12 @@ from c2b.hashing import MAX_SHARDS
 
 CHANNELS = ("push", "sms", "inapp", "outbound_call", "private_domain", "webhook", "outbox")
 CONNECTIONLESS_CHANNELS = frozenset({"outbox", "inapp"})
+# The connection a gateway channel uses when the touch names none (as c2b.airflow_glue does).
+DEFAULT_CONNECTIONS = {"push": "c2b_push", "sms": "c2b_sms", "outbound_call": "c2b_call",
+                       "private_domain": "c2b_private_domain", "webhook": "c2b_webhook"}
+URL_ASSETS = ("link", "image", "video")
 OFFER_TYPES = ("price_up_coupon", "red_packet", "tutorial", "cs_call")
-ASSET_KEYS = ("link", "image", "video")
+ASSET_KEYS = ("link", "image", "video", "title", "position")
 ALL_USERS_SEGMENT = "all_users.sql"
 SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly",
                     "@yearly", "@annually")
@@ -392,10 +396,12 @@ class Touch(_Strict):
     name: Name
     channel: Literal["push", "sms", "inapp", "outbound_call", "private_domain", "webhook", "outbox"]
     connection: str | None = Field(
-        None, description="Airflow Connection id of the channel gateway; required except for outbox and inapp")
+        None, description="Airflow Connection id of the channel's gateway; default c2b_<channel> (c2b_call for "
+                          "outbound_call); none for outbox, optional for inapp")
     template: str = Field(min_length=1, description="Jinja text; reads the segment's columns and built-ins")
-    assets: dict[Literal["link", "image", "video"], Url] = Field(
-        default_factory=dict, description="URLs sent with the message: link, image, video")
+    assets: dict[Literal["link", "image", "video", "title", "position"], str] = Field(
+        default_factory=dict, description="link, image, video (http(s) URLs); title (push and card title); "
+                                          "position (in-app position, e.g. popup or banner)")
     offer: Offer | None = None
 
     @field_validator("connection")
@@ -405,11 +411,34 @@ class Touch(_Strict):
             raise ValueError("must be an Airflow Connection id: letters, digits, _ . - (no secrets here)")
         return v
 
+    @field_validator("assets")
+    @classmethod
+    def _asset_values(cls, v: dict[str, str]) -> dict[str, str]:
+        problems = []
+        for key, value in v.items():
+            if key in URL_ASSETS and not _URL.match(value):
+                problems.append((key, "must be an http:// or https:// URL"))
+            elif key == "title" and not 0 < len(value) <= 200:
+                problems.append((key, "must be 1-200 characters"))
+            elif key == "position" and not _NAME.match(value):
+                problems.append((key, "must be an in-app position name such as popup or banner"))
+        if problems:
+            raise problems_error(problems)
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_connection(cls, data: Any) -> Any:
+        # A gateway channel without a connection uses its default one, as the delivery does.
+        if isinstance(data, dict) and data.get("connection") is None and data.get("channel") in DEFAULT_CONNECTIONS:
+            return {**data, "connection": DEFAULT_CONNECTIONS[data["channel"]]}
+        return data
+
     @model_validator(mode="after")
     def _connection_needed(self) -> Touch:
         if self.connection is None and self.channel not in CONNECTIONLESS_CHANNELS:
             raise problems_error([("connection", f"required for channel {self.channel}: the id of the Airflow "
-                                                 f"Connection of its gateway, e.g. c2b_{self.channel}")])
+                                                 "Connection of its gateway")])
         return self
 
 

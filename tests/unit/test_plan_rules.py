@@ -79,11 +79,9 @@ RULES = [
     ("touch names unique", "touches[1].name", "red_packet_sms", "coupon_push", "touches[1].name", "unique"),
     ("channel", "touches[0].channel", "private_domain", "email", "touches[0].channel",
      "use one of: push, sms, inapp"),
-    ("connection required", "touches[0].connection", "c2b_push", DELETE, "touches[0].connection",
-     "required for channel push"),
-    ("inapp needs no connection", "touches[0]", {"name": "coupon_push", "channel": "inapp", "template": "hi"},
-     {"name": "coupon_push", "channel": "outbound_call", "template": "hi"}, "touches[0].connection",
-     "c2b_outbound_call"),
+    ("connection defaults per channel", "touches[0]", {"name": "coupon_push", "channel": "inapp", "template": "hi"},
+     {"name": "coupon_push", "channel": "push", "template": "hi", "connection": ""}, "touches[0].connection",
+     "Airflow Connection id"),
     ("connection id", "touches[0].connection", "c2b.push-1", "my secret token", "touches[0].connection",
      "Airflow Connection id"),
     ("template compiles", "touches[1].template", "{% if city %}{{ city }}{% endif %}", "{% if city %}{{ city }}",
@@ -106,9 +104,11 @@ RULES = [
      "touches[0].template", "the offer sets no amount"),
     ("template assets", "touches[1].template", "{{ assets.link }}", "{{ assets.video }}",
      "touches[1].template", "add assets.video"),
-    ("asset keys", "touches[0].assets", {"video": "https://e.com/v.mp4"}, {"qr": "https://e.com/q.png"},
-     "touches[0].assets.qr", "allowed: link, image, video"),
+    ("asset keys", "touches[0].assets", {"video": "https://e.com/v.mp4", "title": "Coupon", "position": "banner"},
+     {"qr": "https://e.com/q.png"}, "touches[0].assets.qr", "allowed: link, image, video, title, position"),
     ("asset URLs", "touches[1].assets.link", "http://e.com/x", "e.com/x", "touches[1].assets.link", "http"),
+    ("asset position", "touches[0].assets", {"position": "popup"}, {"position": "top left"},
+     "touches[0].assets.position", "in-app position"),
     ("coupon amount required", "touches[0].offer.amount", 1.5, DELETE, "touches[0].offer.amount",
      "required for a price_up_coupon"),
     ("red packet amount required", "touches[1].offer", {"type": "red_packet", "amount": 8},
@@ -233,6 +233,15 @@ def test_defaults_of_the_contract() -> None:
     assert (w.start, w.end, w.send_hours, w.timezone, w.send_range) == (None, None, None, "Asia/Shanghai", None)
     audience = parse_plan(mutate(base_plan(), "audience", {"segment": "all_users.sql"}), FILE).audience
     assert (audience.all, audience.params, audience.exclude, audience.limit) == (False, {}, [], None)
+
+
+def test_gateway_channels_default_their_connection() -> None:
+    data = mutate(mutate(base_plan(), "touches[0].connection"), "touches[1].channel", "outbound_call")
+    plan = parse_plan(mutate(data, "touches[1].connection"), FILE)
+    assert [t.connection for t in plan.touches] == ["c2b_push", "c2b_call"]
+    inapp = parse_plan(mutate(base_plan(), "touches[0]", {"name": "coupon_push", "channel": "inapp",
+                                                          "template": "hi"}), FILE)
+    assert inapp.touches[0].connection is None
 
 
 def test_send_range_parses_overnight_windows() -> None:
