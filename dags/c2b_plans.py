@@ -1,19 +1,16 @@
-"""## c2b campaign plans
+"""## c2b campaign plans (fallback loader)
 
-Builds one DAG per plan file in ``dags/plans/``. A broken plan file is reported and does not stop
-the others from loading.
+Every ``dags/plans/<id>.yaml`` is normally its own DAG file, read by the c2b plan importer that
+``plugins/airflow_local_settings.py`` installs; then this module exports nothing. Where that
+importer is not installed, this module builds the plans instead (only the requested one on a
+worker, via Airflow's parsing context), reporting broken plans as warnings.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 from airflow.sdk import get_parsing_context
+from c2b.factory import fallback_dags
 
-from c2b.factory import build_dags
-
-_dags, _errors = build_dags(Path(__file__).parent / "plans", get_parsing_context().dag_id)
-globals().update(_dags)
-for _error in _errors:
-    warnings.warn(str(_error), stacklevel=1)
+globals().update(fallback_dags(Path(__file__).parent / "plans", get_parsing_context().dag_id))

@@ -1,5 +1,5 @@
-"""``python -m c2b``: run the demo, validate plans, flip the kill switch, show a run report, manage
-suppression lists."""
+"""``python -m c2b``: validate plans, write their JSON Schema, preview an audience, run the demo,
+flip the kill switch, show a run report, manage suppression lists."""
 
 from __future__ import annotations
 
@@ -11,8 +11,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from c2b.settings import PROJECT_ROOT, outbox_dir, reports_dir, safe_name
+
+if TYPE_CHECKING:
+    from c2b.plan import PlanError
 
 PLANS_DIR = PROJECT_ROOT / "dags" / "plans"
 
@@ -103,6 +107,128 @@ def render_summary(s: dict, took: float, report_file: Path) -> str:
         "Open the Airflow UI on this same state with `make ui`, then http://127.0.0.1:8080/dags/"
         f"{s['plan']} (the run above is listed there).",
     ]
+    return "\n".join(lines)
+
+
+def plan_paths(paths: list[str]) -> list[Path]:
+    """Expand folders to their ``*.yaml`` plan files; keep files as given."""
+    from c2b.factory import plan_files
+
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        out += plan_files(p) if p.is_dir() else [p]
+    return out
+
+
+def validate_paths(paths: list[Path]) -> tuple[dict[str, Path], list[PlanError]]:
+    """Validate plan files; return the valid plans' ids (-> file) and every error.
+
+    Checks each file fully (as the DAG factory does) and, across files, that plan ids are unique.
+    """
+    from c2b.plan import PlanError, load_plan
+
+    ok: dict[str, Path] = {}
+    errors: list[PlanError] = []
+    for path in paths:
+        try:
+            plan = load_plan(path, check_name=True)
+        except PlanError as exc:
+            errors.append(exc)
+            continue
+        if plan.id in ok:
+            errors.append(PlanError(path, [("id", f"{plan.id!r} is also the id of {ok[plan.id]}; plan ids must be "
+                                                  "unique (they are DAG ids)")]))
+            continue
+        ok[plan.id] = path
+    return ok, errors
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Print every problem of the plan files as ``<file>: <field>: <fix> (line N)``; exit 1 if any."""
+    paths = plan_paths(args.paths or [str(PLANS_DIR)])
+    if not paths:
+        print(f"no plan files (*.yaml) in {' '.join(args.paths or [str(PLANS_DIR)])}", file=sys.stderr)
+        return 2
+    ok, errors = validate_paths(paths)
+    for err in errors:
+        print(err)
+    if not args.quiet:
+        print(f"{len(ok)} plan(s) valid, {len(errors)} with errors", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Write the plan JSON Schema (point your editor's YAML language server at it)."""
+    from c2b.plan import plan_json_schema
+
+    text = json.dumps(plan_json_schema(), indent=2) + "\n"
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _preview_warehouse(path: str | None):  # -> c2b.warehouse.Warehouse
+    import os
+
+    from c2b.warehouse import DuckDBWarehouse
+
+    path = path or os.environ.get("C2B_WAREHOUSE")
+    if path:
+        return DuckDBWarehouse(path)
+    from c2b import airflow_glue
+
+    return airflow_glue.get_warehouse()
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    """Show the audience per variant a run would get now: segment and assignment only, no sends."""
+    import tempfile
+
+    from c2b.extract import extract_audience
+    from c2b.plan import PlanError, load_plan
+
+    path = Path(args.plan) if args.plan.endswith(".yaml") else PLANS_DIR / f"{args.plan}.yaml"
+    try:
+        plan = load_plan(path, check_name=True)
+    except PlanError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    # Suppression lists and contact history live in Redis, which a preview does not touch.
+    skipped = [e.label for e in plan.audience.exclude if e.segment is None]
+    preview = plan.model_copy(update={"audience": plan.audience.model_copy(
+        update={"exclude": [e for e in plan.audience.exclude if e.segment is not None]})})
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="c2b-preview-") as tmp:
+        result = extract_audience(preview, _preview_warehouse(args.warehouse), Path(tmp) / "preview.parquet",
+                                  sample=args.sample)
+    counts = result.to_xcom()["counts"]
+    print(render_preview(plan, counts, time.monotonic() - started))
+    if skipped:
+        print(f"  not applied  {', '.join(skipped)} (kept in Redis: a run applies them)")
+    return 0
+
+
+def render_preview(plan, counts: dict, took: float) -> str:  # type: ignore[no-untyped-def]
+    """Format audience counts per variant, with the messages each touch would send."""
+    per_variant: dict[str, int] = counts.get("per_variant", {})
+    kept = int(counts.get("kept", 0))
+    lines = [f"plan {plan.id}: segment {plan.audience.segment} {dict(plan.audience.params)}",
+             "  audience     " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in counts.items()
+                                          if isinstance(v, int)),
+             "  variant      users     share  touches"]
+    for name, n in per_variant.items():
+        touches = ", ".join(f"{t.name} ({t.channel})" for t in plan.touches_of(name)) or "holdout"
+        lines.append(f"  {name:<12} {n:>8,}  {100 * n / kept if kept else 0:>6.1f}%  {touches}")
+    sends: dict[str, int] = {}
+    for name, n in per_variant.items():
+        for t in plan.touches_of(name):
+            sends[t.name] = sends.get(t.name, 0) + n
+    lines.append("  messages     " + (", ".join(f"{t} {n:,}" for t, n in sends.items()) or "none"))
+    lines.append(f"  took         {took:.1f} s (warehouse only: nothing loaded to Redis, nothing sent)")
     return "\n".join(lines)
 
 
@@ -222,6 +348,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--verbose", action="store_true", help="show Airflow's task logs instead of writing them to a file")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("validate", help="check plan files (default: dags/plans/); exit 1 on any error")
+    p.add_argument("paths", nargs="*", help="plan files or folders of them")
+    p.add_argument("-q", "--quiet", action="store_true", help="print errors only, no summary")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("schema", help="write the plan files' JSON Schema (for editors)")
+    p.add_argument("-o", "--output", help="file to write (default: stdout)")
+    p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("preview", help="audience size per variant on the warehouse; no Redis, no sends")
+    p.add_argument("plan", help="plan id (dags/plans/<id>.yaml) or a plan file path")
+    p.add_argument("--warehouse", help="DuckDB file (default: $C2B_WAREHOUSE, else the c2b_warehouse connection)")
+    p.add_argument("--sample", type=int, default=None, help="stop after N users, like the trigger param")
+    p.set_defaults(func=cmd_preview)
     p = sub.add_parser("kill", help="turn a kill switch on (or --off) for a plan id or 'all'; --status lists them")
     p.add_argument("plan", nargs="?", help="a plan id, or 'all' for every plan")
     p.add_argument("--off", action="store_true", help="release the switch")

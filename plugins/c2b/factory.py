@@ -1,8 +1,24 @@
-"""The DAG factory: every ``dags/plans/*.yaml`` becomes one Airflow DAG.
+"""The DAG factory: every plan file ``dags/plans/<id>.yaml`` becomes one Airflow DAG.
 
-At parse time the factory only reads and validates YAML; warehouse, Redis and channels are touched
-inside tasks. Task bodies live in :mod:`c2b.runtime`; the wrappers here resolve Airflow context and
-connections. Graph of a plan DAG::
+How Airflow finds plans (see README "Validating plans"):
+
+- **The plan importer** (the normal path). :class:`PlanImporter` is an Airflow DAG importer for
+  ``.yaml`` files in a ``plans/`` folder of the DAGs folder, registered in every Airflow process by
+  ``plugins/airflow_local_settings.py`` (:func:`install_plan_importer`). Each plan file is then its
+  own parse unit: a broken plan is its own import error, keyed by its YAML path and carrying the
+  line of the first problem, while every other plan loads; the dag-processor clears the error when
+  the file is fixed; a worker re-parses only the one YAML file of its task; the UI's Code tab shows
+  the YAML. Airflow 3.3.2 has the importer registry but its dag-processor still lists only ``.py``
+  and zip files, so the install also extends that listing with the importer's files.
+- **The fallback loader** ``dags/c2b_plans.py``, used only where the importer is not installed: it
+  builds every valid plan (just the requested one when a worker parses for a task, via
+  ``get_parsing_context``, which relies on the file being named ``<id>.yaml``) and can only report
+  broken plans as warnings, because Airflow records import errors per ``.py`` file.
+
+At parse time the factory only reads and validates YAML and segment headers; warehouse, Redis and
+channels are touched inside tasks. Every task is a ``PlanStep`` operator (cheaper to build than
+``@task`` functions, which matters because every parse builds every plan's DAG): :func:`run_step`
+resolves Airflow context and connections and calls :mod:`c2b.runtime`. Graph of a plan DAG::
 
     extract_audience >> load_shards >> deliver[shard 1..N] >> report
                                                             >> cleanup (all_done)
@@ -13,100 +29,195 @@ always runs.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from datetime import timedelta
+from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from c2b.plan import Plan, PlanError, load_plan
+if TYPE_CHECKING:
+    from c2b.plan import Plan, PlanError
 
+PLANS_DIRNAME = "plans"
+PLAN_SUFFIX = ".yaml"
+
+
+# --- one plan -> one DAG --------------------------------------------------------------------------
 
 def _doc_md(plan: Plan, path: Path) -> str:
-    touches = "\n".join(f"- **{t.name}** via `{t.channel}`" for t in plan.touches)
-    return (f"## {plan.id}\n\n{plan.description}\n\n**Segment:** `{plan.audience.segment}` "
-            f"with `{plan.audience.params}`\n\n**Touches:**\n{touches}\n\n"
-            f"**Shards:** {plan.delivery.shards}, page size {plan.delivery.page_size}\n\n"
-            f"_Plan file:_ `{path.name}`")
+    """Return the DAG's doc: the plan in words, cheap to build (no YAML dump)."""
+    aud = plan.audience
+    who = "everyone (`all_users.sql`)" if aud.all else f"`{aud.segment}` with `{dict(aud.params)}`"
+    lines = [f"## {plan.id}", "", plan.description.strip(), "", f"**Audience:** {who}"]
+    for item in aud.exclude:
+        lines.append(f"- excluding `{item.label}`")
+    if aud.limit:
+        lines.append(f"- at most {aud.limit:,} users")
+    w = plan.window
+    lines += ["", f"**Schedule:** `{_schedule_text(plan)}`, window {w.start or plan.start_date} .. "
+                  f"{w.end or 'open'}, send hours {w.send_hours or 'any'} ({w.timezone} unless the user's own)"]
+    weights = plan.variant_weights
+    total = sum(weights.values())
+    lines += ["", "| variant | share | touches |", "|---|---|---|"]
+    for name, weight in weights.items():
+        touches = ", ".join(t.name for t in plan.touches_of(name)) or "(holdout)"
+        lines.append(f"| {name} | {100 * weight / total:.0f}% | {touches} |")
+    lines += ["", "**Touches:**"]
+    for t in plan.touches:
+        conn = f" (connection `{t.connection}`)" if t.connection else ""
+        offer = f", offer {t.offer.type}" + (f" {t.offer.amount:g} {t.offer.currency}" if t.offer.amount else "") \
+            if t.offer else ""
+        lines.append(f"- **{t.name}** via `{t.channel}`{conn}{offer}")
+    d = plan.delivery
+    lines += ["", f"**Delivery:** {d.shards} shards, page size {d.page_size}, concurrency {d.concurrency}, "
+                  f"rate limit {d.rate_limit or 'none'}/s, frequency cap {d.frequency_cap or 'none'}/day",
+              "", f"_Plan file:_ `{path.name}`"]
+    return "\n".join(lines)
+
+
+def _schedule_text(plan: Plan) -> str:
+    s = plan.schedule
+    return "manual" if s is None else s if isinstance(s, str) else f"on asset {s.asset}"
 
 
 def build_dag(plan: Plan, path: Path) -> Any:
     """Return the Airflow DAG of one validated plan."""
-    from airflow.sdk import DAG, Param, TriggerRule, get_current_context, task
+    import pendulum
+    from airflow.sdk import DAG, Asset, Param, TriggerRule
 
+    step: Any = _plan_step_class()
+    d = plan.delivery
     default_args = {
         "owner": plan.owner,
-        "retries": plan.delivery.retries,
-        "retry_delay": timedelta(seconds=plan.delivery.retry_delay_seconds),
+        "retries": d.retries,
+        "retry_delay": timedelta(seconds=d.retry_delay_seconds),
+        "retry_exponential_backoff": d.retry_backoff,
     }
-    params = {
+    tz = plan.window.timezone
+    first, last = plan.first_day, plan.window.end
+    schedule: Any = plan.schedule if plan.schedule is None or isinstance(plan.schedule, str) \
+        else [Asset(uri=plan.schedule.asset)]
+    with DAG(
+        dag_id=plan.id,
+        description=(plan.description.strip().splitlines() or [""])[0][:200],
+        doc_md=_doc_md(plan, path),
+        schedule=schedule,
+        start_date=pendulum.datetime(first.year, first.month, first.day, tz=tz),
+        end_date=pendulum.datetime(last.year, last.month, last.day, 23, 59, 59, tz=tz) if last else None,
+        catchup=False,
+        max_active_runs=1,
+        tags=sorted({"c2b", *plan.tags}),
+        default_args=default_args,
+    ) as dag:
+        extract = step(task_id="extract_audience", step="extract_audience")
+        shards = step(task_id="load_shards", step="load_shards", inputs={"extract": extract.output})
+        deliver = step.partial(task_id="deliver", step="deliver", map_index_template="shard {{ shard_label }}") \
+            .expand(shard=shards.output)
+        step(task_id="report", step="report", trigger_rule=TriggerRule.NONE_FAILED,
+             inputs={"extract": extract.output, "shards": shards.output, "stats": deliver.output})
+        deliver >> step(task_id="cleanup", step="cleanup", trigger_rule=TriggerRule.ALL_DONE)
+    # Trigger params go on the DAG after its tasks: a task created while the DAG has params gets a
+    # deep copy of them per class of its MRO, and tasks need none: a run's params are the DAG's
+    # params merged with the trigger's conf.
+    dag.params.update({
         "dry_run": Param(False, type="boolean",
                          description="Extract, assign, shard and report, but send nothing."),
         "sample": Param(None, type=["null", "integer"], minimum=1,
                         description="Only the first N users of the segment (a capped trial)."),
         "only_touches": Param([], type="array", items={"type": "string", "enum": [t.name for t in plan.touches]},
                               description="Send only these touches (empty: all)."),
-    }
-
-    def run_id() -> str:
-        return get_current_context()["run_id"]
-
-    with DAG(
-        dag_id=plan.id,
-        description=(plan.description.strip().splitlines() or [""])[0][:200],
-        doc_md=_doc_md(plan, path),
-        schedule=plan.schedule,
-        start_date=datetime.combine(plan.start_date, datetime.min.time(), tzinfo=timezone.utc),
-        catchup=False,
-        max_active_runs=1,
-        tags=sorted({"c2b", *plan.tags}),
-        default_args=default_args,
-        params=params,
-    ) as dag:
-
-        @task
-        def extract_audience() -> dict[str, Any]:
-            from c2b import airflow_glue, runtime
-
-            sample = get_current_context()["params"].get("sample")
-            # Redis only for suppression-list / recently-contacted exclusions.
-            redis = airflow_glue.get_redis() if plan.audience.exclude else None
-            return runtime.step_extract(plan, run_id(), airflow_glue.get_warehouse(), sample, redis=redis)
-
-        @task
-        def load_shards(extract: dict[str, Any]) -> list[int]:
-            from c2b import airflow_glue, runtime
-
-            return runtime.step_load(plan, run_id(), airflow_glue.get_redis(), extract)
-
-        @task(map_index_template="shard {{ shard_label }}")
-        def deliver(shard: int) -> dict[str, Any]:
-            from c2b import airflow_glue
-
-            ctx = get_current_context()
-            ctx["shard_label"] = shard  # type: ignore[typeddict-unknown-key]
-            return airflow_glue.deliver_shard(plan, run_id(), shard, dict(ctx["params"]))
-
-        @task(trigger_rule=TriggerRule.NONE_FAILED)
-        def report(extract: dict[str, Any], shards: list[int], stats: Any) -> dict[str, Any]:
-            from c2b import runtime
-
-            return runtime.step_report(plan, run_id(), extract, shards, list(stats or []))
-
-        @task(trigger_rule=TriggerRule.ALL_DONE)
-        def cleanup() -> int:
-            from c2b import airflow_glue, runtime
-
-            return runtime.step_cleanup(plan, run_id(), airflow_glue.get_redis())
-
-        extracted = extract_audience()
-        shards = load_shards(extracted)
-        delivered = deliver.expand(shard=shards)
-        report(extracted, shards, delivered)
-        delivered >> cleanup()
+    })
+    dag.fileloc = str(path)
+    dag._c2b_plan = plan  # type: ignore[attr-defined]  # what the steps run with (see plan_of)
     return dag
 
 
+def plan_of(dag: Any) -> Plan:
+    """Return the plan a DAG was built from (re-read from its file if the DAG lost it)."""
+    plan = getattr(dag, "_c2b_plan", None)
+    if plan is not None:
+        return plan
+    from c2b.plan import load_plan
+
+    fileloc = Path(dag.fileloc)
+    if fileloc.suffix != PLAN_SUFFIX:  # built by dags/c2b_plans.py
+        fileloc = fileloc.parent / PLANS_DIRNAME / f"{dag.dag_id}{PLAN_SUFFIX}"
+    return load_plan(fileloc)
+
+
+def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard: int | None) -> Any:
+    """Run one step of a plan run: resolve Airflow resources, then call :mod:`c2b.runtime`."""
+    from c2b import airflow_glue, runtime
+
+    run_id = context["run_id"]
+    if step == "extract_audience":
+        # Redis only for suppression-list / recently-contacted exclusions.
+        redis = airflow_glue.get_redis() if plan.audience.exclude else None
+        return runtime.step_extract(plan, run_id, airflow_glue.get_warehouse(), context["params"].get("sample"),
+                                    redis=redis)
+    if step == "load_shards":
+        return runtime.step_load(plan, run_id, airflow_glue.get_redis(), inputs["extract"])
+    if step == "deliver":
+        assert shard is not None, "deliver is mapped over the shards load_shards returns"
+        context["shard_label"] = shard  # read by the map_index_template: the UI shows "shard 7"
+        return airflow_glue.deliver_shard(plan, run_id, shard, dict(context["params"]))
+    if step == "report":
+        return runtime.step_report(plan, run_id, inputs["extract"], inputs["shards"], list(inputs["stats"] or []))
+    if step == "cleanup":
+        return runtime.step_cleanup(plan, run_id, airflow_glue.get_redis())
+    raise ValueError(f"unknown plan step {step!r}")
+
+
+@lru_cache(maxsize=1)
+def _plan_step_class() -> type:
+    """Define the ``PlanStep`` operator on first use (keeps Airflow out of this module's import)."""
+    from airflow.sdk import BaseOperator
+
+    class PlanStep(BaseOperator):
+        """One step of a plan run; its inputs are earlier steps' XComs, resolved when it runs.
+
+        A thin operator rather than ``@task`` functions: every parse builds every plan's DAG, and
+        this builds in about half the time. The plan itself is not an argument (arguments are
+        serialized into the DAG); the step finds it on the parsed DAG (:func:`plan_of`).
+        """
+
+        template_fields = ("inputs", "shard")
+        ui_color = "#e3eefc"
+
+        def __init__(self, *, step: str, inputs: dict[str, Any] | None = None, shard: int | None = None,
+                     **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.step = step
+            self.inputs = inputs or {}
+            self.shard = shard
+
+        def execute(self, context: Any) -> Any:
+            return run_step(self.step, plan_of(self.dag), context, self.inputs, self.shard)
+
+    PlanStep.__module__ = __name__
+    return PlanStep
+
+
+def load_plan_dag(path: Path) -> Any:
+    """Validate the plan file at ``path`` and return its DAG; every failure is a ``PlanError``."""
+    from c2b.plan import PlanError, load_plan
+
+    plan = load_plan(path, check_name=True)
+    try:
+        return build_dag(plan, path)
+    except Exception as exc:  # noqa: BLE001 - a valid plan Airflow still rejects: say so, per file
+        raise PlanError(path, [("", f"Airflow rejected the DAG built from this plan: {type(exc).__name__}: {exc}")]) \
+            from exc
+
+
+# --- many plans (the fallback loader, the demo and tests) ----------------------------------------
+
 def plan_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.glob("*.yaml") if not p.name.startswith("."))
+    """Return the plan files of a ``plans/`` folder, sorted (hidden files skipped)."""
+    return sorted(p for p in folder.glob(f"*{PLAN_SUFFIX}") if not p.name.startswith("."))
 
 
 def build_dags(folder: Path, only_dag_id: str | None = None) -> tuple[dict[str, Any], list[PlanError]]:
@@ -115,6 +226,8 @@ def build_dags(folder: Path, only_dag_id: str | None = None) -> tuple[dict[str, 
     ``only_dag_id`` (from Airflow's parsing context on a worker) builds just that plan's DAG.
     Plan files are named ``<id>.yaml``, which is what makes that shortcut possible.
     """
+    from c2b.plan import PlanError
+
     files = plan_files(folder)
     if only_dag_id:
         files = [p for p in files if p.stem == only_dag_id]
@@ -122,11 +235,160 @@ def build_dags(folder: Path, only_dag_id: str | None = None) -> tuple[dict[str, 
     errors: list[PlanError] = []
     for path in files:
         try:
-            plan = load_plan(path)
-            if plan.id != path.stem:
-                raise PlanError(path, [("id", f"must equal the file name: rename the file to {plan.id}.yaml "
-                                              f"or set id: {path.stem}")])
-            dags[plan.id] = build_dag(plan, path)
+            dag = load_plan_dag(path)
+            dags[dag.dag_id] = dag
         except PlanError as exc:
             errors.append(exc)
     return dags, errors
+
+
+def fallback_dags(folder: Path, only_dag_id: str | None = None) -> dict[str, Any]:
+    """Return the DAGs ``dags/c2b_plans.py`` exports: none when the plan importer is installed.
+
+    With the importer each YAML file is parsed on its own, so exporting the same DAGs from the
+    loader too would make every plan a duplicate DAG id. A worker parsing this file for a task
+    (``only_dag_id`` set) always builds that plan: the DAG was built here by a dag-processor
+    running without the importer, whatever this process has installed.
+    """
+    import warnings
+
+    if not only_dag_id and plan_importer_active():
+        return {}
+    dags, errors = build_dags(folder, only_dag_id)
+    for err in errors:
+        # warn_explicit without a registry: never deduplicated, and it points at the YAML line.
+        warnings.warn_explicit(f"{err} [the c2b plan importer is not installed, so a broken plan is only a "
+                               "warning; see README 'Validating plans']", UserWarning,
+                               str(folder / Path(err.path).name), err.line or 0)
+    return dags
+
+
+# --- the plan importer ----------------------------------------------------------------------------
+
+def is_plan_file(path: str | os.PathLike[str]) -> bool:
+    """Return whether ``path`` is a plan file: ``<id>.yaml`` directly inside a ``plans/`` folder."""
+    p = Path(path)
+    return p.suffix == PLAN_SUFFIX and p.parent.name == PLANS_DIRNAME and not p.name.startswith(".")
+
+
+@lru_cache(maxsize=1)
+def _importer_class() -> type:
+    """Define :class:`PlanImporter` on first use (keeps Airflow out of this module's import)."""
+    from airflow.dag_processing.importers import AbstractDagImporter, DagImportError, DagImportResult
+
+    class PlanImporter(AbstractDagImporter):
+        """Airflow DAG importer for plan files: one YAML file, one DAG or one import error."""
+
+        @classmethod
+        def supported_extensions(cls) -> list[str]:
+            return [PLAN_SUFFIX]
+
+        def list_dag_files(self, directory: str | os.PathLike[str], safe_mode: bool = True) -> Iterator[str]:
+            # Every plans/*.yaml is a plan (no "contains airflow and dag" content heuristic:
+            # a plan file need not mention either), honouring .airflowignore.
+            from airflow._shared.module_loading.file_discovery import find_path_from_directory
+            from airflow.configuration import conf
+
+            syntax = conf.get_mandatory_value("core", "DAG_IGNORE_FILE_SYNTAX", fallback="glob")
+            for file_path in find_path_from_directory(directory, ".airflowignore", syntax):
+                if is_plan_file(file_path) and os.path.isfile(file_path):
+                    yield str(file_path)
+
+        def import_file(self, file_path: str | Path, *, bundle_path: Path | None = None,
+                        bundle_name: str | None = None, safe_mode: bool = True) -> Any:
+            from c2b.plan import PlanError
+
+            rel = self.get_relative_path(file_path, bundle_path)
+            result = DagImportResult(file_path=rel)
+            try:
+                dag = load_plan_dag(Path(file_path))
+            except PlanError as exc:
+                exc = PlanError(rel, exc.problems)  # name the file as the UI does: bundle-relative
+                result.errors.append(DagImportError(
+                    file_path=rel, message=str(exc), error_type="plan", line_number=exc.line,
+                    suggestion="fix the fields named above; `python -m c2b validate` shows the same errors"))
+                return result
+            except Exception as exc:  # noqa: BLE001 - a bug of ours must still be this file's error only
+                result.errors.append(DagImportError(file_path=rel, message=f"{type(exc).__name__}: {exc}",
+                                                    stacktrace=traceback.format_exc()))
+                return result
+            dag.fileloc = str(file_path)
+            dag.relative_fileloc = rel
+            result.dags.append(dag)
+            return result
+
+    return PlanImporter
+
+
+@lru_cache(maxsize=1)
+def preload() -> None:
+    """Import what parsing a plan needs, once, in the dag-processor's manager.
+
+    The manager forks one child per file it parses, and a child inherits the parent's imported
+    modules. Airflow pre-imports the ``airflow.*`` modules a Python DAG file imports; a YAML plan
+    names none, so without this every plan file's child would import the plan models, Jinja and
+    the Task SDK again (about 10x the parse itself).
+    """
+    import pendulum  # noqa: F401
+    import yaml  # noqa: F401
+    from airflow.sdk import DAG, Asset, Param  # noqa: F401
+
+    import c2b.plan_checks  # noqa: F401
+    import c2b.templates  # noqa: F401
+    from c2b.plan import valid_timezone
+
+    _plan_step_class()
+    _importer_class()
+    valid_timezone("Asia/Shanghai")
+
+
+def plan_importer() -> Any:
+    """Return a new :class:`PlanImporter` instance."""
+    return _importer_class()()
+
+
+def plan_importer_active() -> bool:
+    """Return whether Airflow's importer registry hands ``.yaml`` plan files to the plan importer."""
+    from airflow.dag_processing.importers import get_importer_registry
+
+    return isinstance(get_importer_registry().get_importer(f"x{PLAN_SUFFIX}"), _importer_class())
+
+
+def install_plan_importer() -> bool:
+    """Register the plan importer with Airflow in this process; return whether it is active.
+
+    Called from ``airflow_local_settings`` (imported by every Airflow process at start-up, before
+    the dag-processor's manager module is imported). Idempotent. It is all or nothing: if this
+    Airflow lacks either hook the importer is not registered and ``dags/c2b_plans.py`` loads the
+    plans instead, so plans never silently disappear.
+    """
+    try:
+        import airflow.utils.file as airflow_file
+        from airflow.dag_processing.importers import get_importer_registry
+    except ImportError:
+        return False
+    original = getattr(airflow_file, "list_py_file_paths", None)
+    if original is None:
+        return False
+    importer = plan_importer()
+    if not getattr(original, "_c2b_plans", False):
+        def list_py_file_paths(directory: Any, safe_mode: bool = True) -> list[str]:
+            """Airflow's file listing plus plan files (what the dag-processor queues for parsing)."""
+            paths = original(directory, safe_mode=safe_mode)
+            if directory is not None and os.path.isdir(directory):
+                known = set(paths)
+                plans = [p for p in importer.list_dag_files(directory) if p not in known]
+                if plans:
+                    preload()
+                paths += plans
+            return paths
+
+        list_py_file_paths._c2b_plans = True  # type: ignore[attr-defined]
+        airflow_file.list_py_file_paths = list_py_file_paths
+        manager = sys.modules.get("airflow.dag_processing.manager")
+        if manager is not None and hasattr(manager, "list_py_file_paths"):
+            manager.list_py_file_paths = list_py_file_paths  # type: ignore[attr-defined]
+    registry = get_importer_registry()
+    if not isinstance(registry.get_importer(f"x{PLAN_SUFFIX}"), _importer_class()):
+        registry.register(importer)
+    return True

@@ -1,98 +1,308 @@
 """Plan files: the typed, validated model of one campaign.
 
-A plan is one YAML file in ``dags/plans/``; it becomes one Airflow DAG whose ``dag_id`` is the plan
-id. Everything is validated here, at the edge, so the rest of the engine can trust its input. Errors
-are raised as :class:`PlanError` naming the file, the field path and what is allowed.
+A plan is one YAML file ``dags/plans/<id>.yaml``; it becomes one Airflow DAG whose ``dag_id`` is the
+plan id. Everything is validated here, at the edge, so the rest of the engine can trust its input:
+
+1. the YAML itself (syntax, a mapping at the top);
+2. each field (types, ranges, allowed values) by the pydantic models below;
+3. cross-field rules (variants name existing touches, weights sum > 0, window end after start, ...);
+4. the plan against the repository (:mod:`c2b.plan_checks`): the segment file exists, the plan's
+   params match its placeholders and declared params, templates compile in the sandbox and read
+   only the segment's columns.
+
+Every problem is raised as one :class:`PlanError` whose lines read
+``<file>: <field.path>: <what is allowed / how to fix> (line N)``. Nothing here does warehouse,
+Redis or network I/O: it runs at DAG parse time.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
-from datetime import date
+from collections.abc import Sequence
+from datetime import date, time
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Strict,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
-from c2b.hashing import check_shard_count
+from c2b.hashing import MAX_SHARDS
 
-PLAN_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 CHANNELS = ("push", "sms", "inapp", "outbound_call", "private_domain", "webhook", "outbox")
+CONNECTIONLESS_CHANNELS = frozenset({"outbox", "inapp"})
+# The connection a gateway channel uses when the touch names none (as c2b.airflow_glue does).
+DEFAULT_CONNECTIONS = {"push": "c2b_push", "sms": "c2b_sms", "outbound_call": "c2b_call",
+                       "private_domain": "c2b_private_domain", "webhook": "c2b_webhook"}
+URL_ASSETS = ("link", "image", "video")
+OFFER_TYPES = ("price_up_coupon", "red_packet", "tutorial", "cs_call")
+ASSET_KEYS = ("link", "image", "video", "title", "position")
+ALL_USERS_SEGMENT = "all_users.sql"
+SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly",
+                    "@yearly", "@annually")
+PLAN_ID = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_CONN_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,250}$")
+_LIST_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_SEGMENT_FILE = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*\.sql$")
+_SEND_HOURS = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
+_URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_PROBLEMS = "c2b_problems"  # pydantic error type carrying a list of (sub-path, message)
+
+Problem = tuple[str, str] | tuple[str, str, int | None]
 
 
 class PlanError(ValueError):
-    """A plan file is invalid; the message names the file, the field and the fix."""
+    """A plan file is invalid; every line names the file, the field and the fix.
 
-    def __init__(self, path: str | Path, problems: list[tuple[str, str]]) -> None:
-        self.path = str(path)
-        self.problems = problems
-        lines = [f"{self.path}: {field}: {reason}" if field else f"{self.path}: {reason}"
-                 for field, reason in problems]
-        super().__init__("\n".join(lines))
+    ``problems`` holds ``(field_path, message, line)`` tuples; ``line`` (1-based, in the YAML file)
+    is None when it is not known. ``line`` on the exception is the first known one.
+    """
+
+    def __init__(self, path: str | Path, problems: Sequence[Problem]) -> None:
+        self.path = display_path(path)
+        # One line per problem, whatever text a message quotes from the file.
+        self.problems: list[tuple[str, str, int | None]] = [
+            (_one_line(p[0]), _one_line(p[1]), p[2] if len(p) > 2 else None) for p in problems]  # type: ignore[misc]
+        self.line = next((ln for _, _, ln in self.problems if ln), None)
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        """Return one ``<file>: <field>: <fix> (line N)`` line per problem."""
+        out = []
+        for fld, msg, line in self.problems:
+            where = f" (line {line})" if line else ""
+            out.append(f"{self.path}: {fld}: {msg}{where}" if fld else f"{self.path}: {msg}{where}")
+        return out
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def display_path(path: str | Path) -> str:
+    """Return ``path`` relative to the working directory when it is below it (shorter messages)."""
+    p = Path(path)
+    if p.is_absolute():
+        try:
+            return str(p.relative_to(Path.cwd()))
+        except ValueError:
+            return str(p)
+    return str(p)
+
+
+def problems_error(problems: list[tuple[str, str]]) -> PydanticCustomError:
+    """Return a pydantic error carrying several ``(sub-path, message)`` problems of one model.
+
+    Model-level checks raise this so :func:`parse_plan` can report each problem at its own field
+    path instead of one message at the model's path.
+    """
+    text = "; ".join(f"{p}: {m}" if p else m for p, m in problems)
+    return PydanticCustomError(_PROBLEMS, text, {"problems": problems})  # type: ignore[arg-type]
+
+
+# --- reusable field types ------------------------------------------------------------------------
+
+def _check_name(v: str) -> str:
+    if not _NAME.match(v):
+        raise ValueError("must be lower_snake_case: a letter, then letters, digits or _ (at most 64)")
+    return v
+
+
+def _check_url(v: str) -> str:
+    if not _URL.match(v):
+        raise ValueError("must be an http:// or https:// URL")
+    return v
+
+
+def _check_segment_file(v: str) -> str:
+    if not _SEGMENT_FILE.match(v) or ".." in v.split("/"):
+        raise ValueError("must be a .sql file name under include/sql/segments/, e.g. cancelled_for_reason.sql")
+    return v
+
+
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
+Number = Annotated[float, Strict()]
+Name = Annotated[str, AfterValidator(_check_name)]
+Url = Annotated[str, AfterValidator(_check_url)]
+SegmentFile = Annotated[str, AfterValidator(_check_segment_file)]
+Params = Annotated[dict[str, Any], Field(description="values bound to the segment's :placeholders")]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Offer(_Strict):
-    """A conversion offer that travels with a touch's message."""
+# --- schedule and window -------------------------------------------------------------------------
 
-    type: Literal["price_up_coupon", "red_packet", "tutorial", "cs_call"]
-    amount: float | None = Field(default=None, gt=0, description="coupon / red packet amount")
-    currency: str = "CNY"
-    link: str | None = None
+class AssetSchedule(_Strict):
+    """Run when an Airflow Asset (a segment table) is refreshed."""
 
+    asset: str = Field(min_length=1, max_length=1500, description="Asset URI, e.g. warehouse://c2b/order_cancellations")
 
-class Touch(_Strict):
-    """One delivery step: a channel, a message template, assets and an optional offer."""
-
-    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
-    channel: Literal["push", "sms", "inapp", "outbound_call", "private_domain", "webhook", "outbox"]
-    connection: str | None = Field(default=None, description="Airflow Connection id of the channel")
-    template: str = Field(min_length=1)
-    assets: dict[str, str] = Field(default_factory=dict)
-    offer: Offer | None = None
+    @field_validator("asset")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if not v.isascii() or any(c.isspace() or not c.isprintable() for c in v):
+            raise ValueError("must be an ASCII Asset URI without spaces, e.g. warehouse://c2b/order_cancellations")
+        if v.split("://", 1)[0].lower() == "airflow" and "://" in v:
+            raise ValueError("the 'airflow' URI scheme is reserved by Airflow; use another scheme")
+        return v
 
 
-class Variant(_Strict):
-    """An arm of the plan's A/B test; ``control: true`` is the holdout that gets no touch."""
+def _check_schedule(v: Any) -> Any:
+    if v is None or isinstance(v, AssetSchedule):
+        return v
+    if isinstance(v, dict):
+        if set(v) != {"asset"}:
+            raise ValueError('an asset schedule is exactly {asset: "<uri>"}')
+        return v
+    if not isinstance(v, str):
+        raise ValueError('must be a cron expression, a preset like @daily, {asset: "<uri>"} or null')
+    if v.startswith("@"):
+        if v not in SCHEDULE_PRESETS:
+            raise ValueError(f"unknown preset {v!r}; presets: {', '.join(SCHEDULE_PRESETS)}")
+        return v
+    if not _valid_cron(v):
+        raise ValueError(f"{v!r} is not a 5-field cron expression (minute hour day month weekday), "
+                         "e.g. '0 9 * * 1'; or use a preset like @daily")
+    return v
 
-    weight: int = Field(ge=0)
-    touches: list[str] = Field(default_factory=list)
-    control: bool = False
 
-    @model_validator(mode="after")
-    def _control_has_no_touches(self) -> Variant:
-        if self.control and self.touches:
-            raise ValueError("a control variant gets no touches; remove 'touches' or 'control'")
-        return self
+@lru_cache(maxsize=512)
+def _valid_cron(expr: str) -> bool:
+    if len(expr.split()) != 5:
+        return False
+    try:
+        from croniter import croniter
+
+        return bool(croniter.is_valid(expr))
+    except Exception:  # noqa: BLE001 - any failure means "not a cron expression"
+        return False
 
 
-class Experiment(_Strict):
-    salt: str = Field(min_length=1)
-    variants: dict[str, Variant]
+@lru_cache(maxsize=256)
+def valid_timezone(name: str) -> bool:
+    """Return whether ``name`` is an IANA timezone (e.g. Asia/Shanghai)."""
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(name)
+        return True
+    except Exception:  # noqa: BLE001 - ZoneInfoNotFoundError, ValueError for odd strings
+        return False
+
+
+def parse_send_hours(text: str) -> tuple[time, time]:
+    """Return ``(start, end)`` of an ``HH:MM-HH:MM`` window, or raise ``ValueError`` saying the fix.
+
+    ``end < start`` is an overnight window (``20:00-08:00``). Whatever passes here also passes the
+    delivery's own reading of the window (:func:`c2b.quiet_hours.parse_send_hours`).
+    """
+    m = _SEND_HOURS.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not HH:MM-HH:MM, e.g. 09:00-21:00")
+    h1, m1, h2, m2 = (int(g) for g in m.groups())
+    if h1 > 23 or m1 > 59 or h2 > 23 or m2 > 59:
+        raise ValueError(f"{text!r}: hours are 00-23 and minutes 00-59 (a window ending at midnight ends at 23:59)")
+    if (h1, m1) == (h2, m2):
+        raise ValueError(f"{text!r} is an empty window; start and end must differ (or remove send_hours)")
+    return time(h1, m1), time(h2, m2)
+
+
+def _schedule_kind(v: Any) -> str:
+    return "~asset" if isinstance(v, dict | AssetSchedule) else "~cron"
+
+
+# Union tags start with "~" so they cannot be mistaken for field names (see field_path).
+_UNION_TAGS = frozenset({"~cron", "~asset"})
+Schedule = Annotated[
+    Annotated[str, Tag("~cron")] | Annotated[AssetSchedule, Tag("~asset")],
+    Discriminator(_schedule_kind),
+]
+
+
+class Window(_Strict):
+    """When the plan may run and send."""
+
+    start: date | None = Field(None, description="first day the plan runs (the DAG's start_date)")
+    end: date | None = Field(None, description="last day the plan runs (the DAG's end_date)")
+    send_hours: str | None = Field(
+        None, description="HH:MM-HH:MM local send window, in the user's timezone column when the segment "
+                          "returns one, else in window.timezone; 20:00-08:00 spans midnight")
+    timezone: str = Field("Asia/Shanghai", description="IANA timezone of the plan's dates and schedule")
+
+    @field_validator("send_hours")
+    @classmethod
+    def _send_hours(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_send_hours(v)
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        if not valid_timezone(v):
+            raise ValueError(f"{v!r} is not an IANA timezone; e.g. Asia/Shanghai, Europe/London, UTC")
+        return v
+
+    @property
+    def send_range(self) -> tuple[time, time] | None:
+        """The parsed ``send_hours`` (start, end), or None when sending is allowed all day."""
+        return parse_send_hours(self.send_hours) if self.send_hours else None
+
+
+# --- audience -------------------------------------------------------------------------------------
+
+_EXCLUDE_KINDS = ("segment", "suppression_list", "contacted_within_days")
+EXCLUDE_HELP = ("each exclude item is exactly one of {segment: x.sql, params: {...}}, "
+                "{suppression_list: name}, {contacted_within_days: N}")
 
 
 class Exclusion(_Strict):
-    """Users to leave out of the audience: exactly one of a segment, a suppression list, or the
-    users contacted (by any plan) within the last N days."""
+    """Users to leave out of the audience: exactly one of the users another segment returns, a
+    named suppression list (opt-outs, complaints; ``python -m c2b suppress``), or the users any
+    plan touched in the last N days."""
 
-    segment: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_./-]+\.sql$")
-    params: dict[str, Any] = Field(default_factory=dict)
-    suppression_list: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
-    contacted_within_days: int | None = Field(default=None, ge=1, le=3650)
+    segment: SegmentFile | None = None
+    params: Params = Field(default_factory=dict)
+    suppression_list: str | None = Field(None, description="a suppression list's name")
+    contacted_within_days: Int | None = Field(None, ge=1, le=3650)
 
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Exclusion:
-        given = [k for k in ("segment", "suppression_list", "contacted_within_days") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError("an exclusion is exactly one of {segment: x.sql, params: {...}}, "
-                             f"{{suppression_list: name}} or {{contacted_within_days: N}}; got {given or 'none'}")
-        if self.params and self.segment is None:
-            raise ValueError("'params' only goes with 'segment'")
-        return self
+    @field_validator("suppression_list")
+    @classmethod
+    def _list_name(cls, v: str | None) -> str | None:
+        if v is not None and not _LIST_NAME.match(v):
+            raise ValueError("must be a list name: 1-64 letters, digits, _ . - (see python -m c2b suppress)")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exactly_one(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            given = [k for k in _EXCLUDE_KINDS if data.get(k) is not None]
+            if len(given) != 1:
+                raise problems_error([("", f"{EXCLUDE_HELP}; this one has {', '.join(given) or 'none of them'}")])
+            if data.get("params") and "segment" not in given:
+                raise problems_error([("params", "only goes with 'segment'; remove it")])
+        return data
 
     @property
     def label(self) -> str:
@@ -105,75 +315,177 @@ class Exclusion(_Strict):
 
 
 class Audience(_Strict):
-    """Who the plan targets: a segment SQL file under include/sql/segments/ with bound params."""
+    """Who the plan targets: everyone (``all: true``) or a segment SQL file with bound params."""
 
-    segment: str = Field(pattern=r"^[A-Za-z0-9_./-]+\.sql$")
-    params: dict[str, Any] = Field(default_factory=dict)
-    limit: int | None = Field(default=None, gt=0)
-    exclude: list[Exclusion] = Field(default_factory=list)
+    all: Bool = Field(False, description=f"target every user (the segment library's {ALL_USERS_SEGMENT})")
+    # Never None once validated (all: true fills in all_users.sql); optional for the JSON Schema.
+    segment: SegmentFile = Field(None, description="SQL file under include/sql/segments/")  # type: ignore[assignment]
+    params: Params = Field(default_factory=dict)
+    exclude: list[Exclusion] = Field(default_factory=list, description=EXCLUDE_HELP)
+    limit: Int | None = Field(None, gt=0, description="keep at most this many users (a capped trial)")
 
-
-class Window(_Strict):
-    """When a plan may send: a date range and daily ``send_hours`` in the user's timezone."""
-
-    start: date | None = None
-    end: date | None = None
-    send_hours: str | None = Field(default=None, description='"HH:MM-HH:MM", local to the user')
-    timezone: str = "Asia/Shanghai"
-
-    @field_validator("send_hours")
+    @model_validator(mode="before")
     @classmethod
-    def _hours_format(cls, v: str | None) -> str | None:
-        if v is not None:
-            from c2b.quiet_hours import parse_send_hours
+    def _all_or_segment(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        everyone, segment = data.get("all"), data.get("segment")
+        if everyone is True:
+            if segment not in (None, ALL_USERS_SEGMENT):
+                raise problems_error([("segment", "remove it, or remove 'all: true': a plan targets everyone "
+                                                  "or one segment")])
+            return {**data, "segment": ALL_USERS_SEGMENT}
+        if segment is None:
+            raise problems_error([("segment", "missing: set 'segment: <file>.sql' (under include/sql/segments/) "
+                                              "or 'all: true'")])
+        return data
 
-            parse_send_hours(v)
+
+# --- experiment -----------------------------------------------------------------------------------
+
+class Variant(_Strict):
+    """An arm of the plan's A/B test; ``control: true`` is the holdout that gets no touch."""
+
+    weight: Int = Field(ge=0, description="share of users, relative to the other variants' weights")
+    touches: list[Name] = Field(default_factory=list, description="names of the touches this variant gets")
+    control: Bool = Field(False, description="a holdout: gets no touch, the baseline for conversion")
+
+    @model_validator(mode="after")
+    def _control_has_no_touches(self) -> Variant:
+        if self.control and self.touches:
+            raise problems_error([("touches", "a control variant gets no touches; remove 'touches' or 'control'")])
+        return self
+
+
+class Experiment(_Strict):
+    """A/B test: users are split by murmur3(salt + uid) over the variants' weights."""
+
+    salt: str = Field(min_length=1, description="change it to reshuffle users for a new experiment")
+    variants: dict[Name, Variant] = Field(min_length=1)
+
+
+# --- touches --------------------------------------------------------------------------------------
+
+class Offer(_Strict):
+    """A conversion offer that travels with a touch's message."""
+
+    type: Literal["price_up_coupon", "red_packet", "tutorial", "cs_call"]
+    amount: Number | None = Field(None, gt=0, description="required for price_up_coupon and red_packet")
+    currency: str = Field("CNY", description="ISO 4217 code")
+    link: Url | None = Field(None, description="required for tutorial: the tutorial's URL")
+
+    @field_validator("currency")
+    @classmethod
+    def _currency(cls, v: str) -> str:
+        if not _CURRENCY.match(v):
+            raise ValueError("must be a 3-letter ISO 4217 code in capitals, e.g. CNY")
         return v
 
-    @field_validator("timezone")
-    @classmethod
-    def _known_timezone(cls, v: str) -> str:
-        from zoneinfo import ZoneInfo
+    @model_validator(mode="after")
+    def _required_by_type(self) -> Offer:
+        if self.type in ("price_up_coupon", "red_packet") and self.amount is None:
+            raise problems_error([("amount", f"required for a {self.type} offer: a number > 0")])
+        if self.type == "tutorial" and self.link is None:
+            raise problems_error([("link", "required for a tutorial offer: the tutorial's http(s) URL")])
+        return self
 
-        try:
-            ZoneInfo(v)
-        except Exception:
-            raise ValueError(f"unknown timezone {v!r}; use an IANA name such as Asia/Shanghai") from None
+
+class Touch(_Strict):
+    """One delivery step: a channel, a message template, assets and an optional offer."""
+
+    name: Name
+    channel: Literal["push", "sms", "inapp", "outbound_call", "private_domain", "webhook", "outbox"]
+    connection: str | None = Field(
+        None, description="Airflow Connection id of the channel's gateway; default c2b_<channel> (c2b_call for "
+                          "outbound_call); none for outbox, optional for inapp")
+    template: str = Field(min_length=1, description="Jinja text; reads the segment's columns and built-ins")
+    assets: dict[Literal["link", "image", "video", "title", "position"], str] = Field(
+        default_factory=dict, description="link, image, video (http(s) URLs); title (push and card title); "
+                                          "position (in-app position, e.g. popup or banner)")
+    offer: Offer | None = None
+
+    @field_validator("connection")
+    @classmethod
+    def _conn_id(cls, v: str | None) -> str | None:
+        if v is not None and not _CONN_ID.match(v):
+            raise ValueError("must be an Airflow Connection id: letters, digits, _ . - (no secrets here)")
         return v
+
+    @field_validator("assets")
+    @classmethod
+    def _asset_values(cls, v: dict[str, str]) -> dict[str, str]:
+        problems = []
+        for key, value in v.items():
+            if key in URL_ASSETS and not _URL.match(value):
+                problems.append((key, "must be an http:// or https:// URL"))
+            elif key == "title" and not 0 < len(value) <= 200:
+                problems.append((key, "must be 1-200 characters"))
+            elif key == "position" and not _NAME.match(value):
+                problems.append((key, "must be an in-app position name such as popup or banner"))
+        if problems:
+            raise problems_error(problems)
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_connection(cls, data: Any) -> Any:
+        # A gateway channel without a connection uses its default one, as the delivery does.
+        if isinstance(data, dict) and data.get("connection") is None and data.get("channel") in DEFAULT_CONNECTIONS:
+            return {**data, "connection": DEFAULT_CONNECTIONS[data["channel"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _connection_needed(self) -> Touch:
+        if self.connection is None and self.channel not in CONNECTIONLESS_CHANNELS:
+            raise problems_error([("connection", f"required for channel {self.channel}: the id of the Airflow "
+                                                 "Connection of its gateway")])
+        return self
+
+
+# --- delivery -------------------------------------------------------------------------------------
+
+def _check_shards(v: Any) -> Any:
+    if v == "auto":
+        return v
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1 or v > MAX_SHARDS or v & (v - 1):
+        raise ValueError(f"must be a power of two from 1 to {MAX_SHARDS} (Airflow's max_map_length), or 'auto'")
+    return v
 
 
 class Delivery(_Strict):
-    shards: int | Literal["auto"] = 16
-    max_shard_members: int = 100_000
-    encoding: Literal["auto", "zset", "packed"] = "auto"
-    page_size: int = Field(default=100, ge=1, le=10_000)
-    concurrency: int = Field(default=16, ge=1, le=1024)
-    retries: int = Field(default=2, ge=0, le=20)
-    retry_delay_seconds: float = Field(default=30.0, ge=0)
-    key_ttl_hours: float = Field(default=48.0, gt=0, description="TTL of a run's shard keys")
-    rate_limit: float | None = Field(default=None, gt=0, description="messages/s for this plan, all shards")
-    frequency_cap: int | None = Field(default=None, ge=1, description="max touches per user per day, all plans")
+    """How a run sends: sharding, paging, concurrency, limits and retries."""
 
-    @field_validator("shards")
-    @classmethod
-    def _power_of_two(cls, v: int | str) -> int | str:
-        return v if v == "auto" else check_shard_count(int(v))
+    shards: Annotated[int | Literal["auto"], BeforeValidator(_check_shards)] = Field(
+        16, description=f"Redis keys (= mapped deliver tasks) per run: a power of two <= {MAX_SHARDS}, or auto")
+    max_shard_members: Int = Field(100_000, ge=1, description="with shards: auto, the most users per shard key")
+    encoding: Literal["auto", "zset", "packed"] = Field("auto", description="how a shard key stores its users")
+    page_size: Int = Field(100, ge=1, le=10_000, description="users read per page of a shard")
+    concurrency: Int = Field(16, ge=1, le=1024, description="sends in flight per deliver task")
+    rate_limit: Number | None = Field(None, gt=0, description="messages per second for this plan; null = none")
+    retries: Int = Field(2, ge=0, le=20, description="Airflow retries of each task")
+    retry_delay_seconds: Number = Field(30.0, ge=0, description="wait before a task's retry")
+    retry_backoff: Number = Field(0.0, ge=0, description="retry delay multiplier per attempt; 0 = constant")
+    frequency_cap: Int | None = Field(None, ge=1, description="max touches per user per day across all plans")
+    key_ttl_hours: Number = Field(48.0, gt=0, description="TTL of a run's shard keys")
 
+
+# --- the plan -------------------------------------------------------------------------------------
 
 class Plan(_Strict):
     """One campaign; see README "Plan files" for every field."""
 
-    id: str
-    description: str = ""
-    owner: str = "c2b"
-    tags: list[str] = Field(default_factory=list)
-    schedule: str | None = "@daily"
-    start_date: date = date(2026, 1, 1)
+    id: str = Field(description="the DAG id; equals the file name <id>.yaml")
+    description: str = Field("", description="shown as the DAG's doc in the Airflow UI")
+    owner: str = Field("c2b", min_length=1)
+    tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list)
+    schedule: Annotated[Schedule | None, BeforeValidator(_check_schedule)] = Field(
+        "@daily", description='cron, a preset like @daily, {asset: "<uri>"} to run on a segment refresh, or null')
+    start_date: date = Field(date(2026, 1, 1), description="first schedule date when window.start is not set")
+    window: Window = Field(default_factory=Window)  # type: ignore[arg-type]  # (no pydantic mypy plugin)
     audience: Audience
-    touches: list[Touch] = Field(min_length=1)
     experiment: Experiment | None = None
-    delivery: Delivery = Delivery()
-    window: Window | None = None
+    touches: list[Touch] = Field(min_length=1)
+    delivery: Delivery = Field(default_factory=Delivery)  # type: ignore[arg-type]
 
     @field_validator("id")
     @classmethod
@@ -183,20 +495,13 @@ class Plan(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> Plan:
-        names = [t.name for t in self.touches]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"touch names must be unique, repeated: {', '.join(dupes)}")
-        if self.experiment:
-            for vname, variant in self.experiment.variants.items():
-                unknown = [t for t in variant.touches if t not in names]
-                if unknown:
-                    raise ValueError(
-                        f"experiment.variants.{vname}.touches names unknown touch(es) "
-                        f"{', '.join(unknown)}; known: {', '.join(names)}")
-            if sum(v.weight for v in self.experiment.variants.values()) <= 0:
-                raise ValueError("experiment.variants weights must sum to more than 0")
+    def _cross_checks(self, info: ValidationInfo) -> Plan:
+        problems = cross_field_problems(self)
+        deferred = (info.context or {}).get("deferred_problems")
+        if problems and deferred is not None:
+            deferred.extend(problems)  # parse_plan reports them with the repository checks
+        elif problems:
+            raise problems_error(problems)
         return self
 
     @property
@@ -210,6 +515,11 @@ class Plan(_Strict):
     def salt(self) -> str:
         return self.experiment.salt if self.experiment else self.id
 
+    @property
+    def first_day(self) -> date:
+        """The DAG's start date: ``window.start`` when set, else ``start_date``."""
+        return self.window.start or self.start_date
+
     def touches_of(self, variant: str) -> list[Touch]:
         """Return the touches a user in ``variant`` gets, in plan order."""
         if self.experiment is None:
@@ -218,35 +528,256 @@ class Plan(_Strict):
         return [t for t in self.touches if t.name in wanted]
 
 
-def _field_path(loc: tuple[int | str, ...], data: Any) -> str:
-    """Render a pydantic location as ``touches[0].channel`` (list indexes in brackets)."""
+def cross_field_problems(plan: Plan) -> list[tuple[str, str]]:
+    """Return the rules that span fields, as ``(field_path, message)``."""
+    problems: list[tuple[str, str]] = []
+    names = [t.name for t in plan.touches]
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        if n in seen:
+            problems.append((f"touches[{i}].name", f"{n!r} is used by another touch; touch names must be unique"))
+        seen.add(n)
+    if plan.experiment:
+        for vname, variant in plan.experiment.variants.items():
+            for j, t in enumerate(variant.touches):
+                if t not in seen:
+                    hint = _did_you_mean(t, names)
+                    problems.append((f"experiment.variants.{vname}.touches[{j}]",
+                                     f"no touch named {t!r}{hint}; touches: {', '.join(names)}"))
+        if sum(v.weight for v in plan.experiment.variants.values()) <= 0:
+            problems.append(("experiment.variants", "weights must sum to more than 0; give a variant weight > 0"))
+    w = plan.window
+    if w.start and w.end and w.end < w.start:
+        problems.append(("window.end", f"{w.end} is before window.start {w.start}; the window must not be empty"))
+    elif w.end and not w.start and w.end < plan.start_date:
+        problems.append(("window.end", f"{w.end} is before start_date {plan.start_date}"))
+    return problems
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --- error rendering ------------------------------------------------------------------------------
+
+def join_key(base: str, key: object) -> str:
+    """Return the field path of mapping key ``key`` under ``base`` (odd keys quoted)."""
+    part = field_path((str(key),))
+    return part if not base else f"{base}{part}" if part.startswith("[") else f"{base}.{part}"
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """Render a pydantic location as ``touches[0].offer.amount`` (list indexes in brackets)."""
     out = ""
+    previous: int | str | None = None
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out, previous = out + f"[{part}]", part
+            continue
+        part, after = str(part), previous
+        previous = part
+        if part in _UNION_TAGS and after == "schedule":
+            continue  # the union member pydantic names in the location
+        if part.startswith("function-") and "[" in part:
+            continue  # a validator pydantic names in the location
+        if not part or not part.isprintable() or part != part.strip() or any(c in part for c in ".[]:'\""):
+            out += f"[{part!r}]"  # an odd key (empty, control characters, separators): quote it
+            continue
+        out += f".{part}" if out else part
     return out
 
 
-def parse_plan(data: Any, path: str | Path) -> Plan:
-    """Validate already-loaded YAML data as a plan, raising :class:`PlanError`."""
+_MODEL_AT = {  # parent path (indexes as [], variant names as *) -> the model allowed there
+    "": "Plan", "window": "Window", "audience": "Audience", "experiment": "Experiment",
+    "experiment.variants.*": "Variant", "touches[]": "Touch", "touches[].offer": "Offer",
+    "delivery": "Delivery", "schedule.~asset": "AssetSchedule",
+    "audience.exclude[]": "Exclusion",
+}
+
+
+def _allowed_fields(loc: tuple[int | str, ...]) -> list[str]:
+    """Return the field names allowed where an unknown field at ``loc`` was found."""
+    parts = [("[]" if isinstance(p, int) else f".{p}") for p in loc[:-1]]
+    if len(loc) >= 4 and loc[:2] == ("experiment", "variants"):
+        parts[2] = ".*"
+    shape = "".join(parts).lstrip(".").replace(".[]", "[]")
+    name = _MODEL_AT.get(shape)
+    model = globals().get(name or "")
+    return list(model.model_fields) if model else []
+
+
+def _message(err: Any) -> str:
+    """Turn one pydantic error into 'what is allowed / how to fix' text."""
+    kind, ctx, loc = err["type"], err.get("ctx") or {}, err["loc"]
+    value = err.get("input")
+    if kind == "missing":
+        return "missing; this field is required"
+    if kind == "extra_forbidden":
+        allowed = _allowed_fields(loc)
+        hint = _did_you_mean(str(loc[-1]), allowed)
+        return (f"unknown field{hint}; allowed here: {', '.join(allowed)}" if allowed
+                else "unknown field; remove it or check its spelling (see README 'Plan files')")
+    if kind == "literal_error":
+        expected = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        hint = _did_you_mean(str(value), expected) if isinstance(value, str) else ""
+        if loc and loc[-1] == "[key]":
+            return f"unknown key {value!r}{hint}; allowed: {', '.join(expected)}"
+        return f"{value!r} is not allowed{hint}; use one of: {', '.join(expected)}"
+    simple = {
+        "int_type": "must be a whole number", "int_parsing": "must be a whole number",
+        "int_from_float": "must be a whole number", "float_type": "must be a number",
+        "float_parsing": "must be a number", "bool_type": "must be true or false",
+        "bool_parsing": "must be true or false", "string_type": "must be text (quote it in YAML)",
+        "list_type": "must be a list: YAML '- item' lines or [a, b]",
+        "dict_type": "must be a mapping: 'key: value' lines", "model_type": "must be a mapping: 'key: value' lines",
+        "model_attributes_type": "must be a mapping: 'key: value' lines",
+        "date_type": "must be a date like 2026-01-31", "date_parsing": "must be a date like 2026-01-31",
+        "date_from_datetime_parsing": "must be a date like 2026-01-31",
+        "date_from_datetime_inexact": "must be a date like 2026-01-31 (no time of day)",
+        "string_too_short": "must not be empty", "none_required": "must be null",
+    }
+    if kind in simple:
+        return simple[kind]
+    if kind == "greater_than":
+        return f"must be > {ctx['gt']}"
+    if kind == "greater_than_equal":
+        return f"must be >= {ctx['ge']}"
+    if kind == "less_than":
+        return f"must be < {ctx['lt']}"
+    if kind == "less_than_equal":
+        return f"must be <= {ctx['le']}"
+    if kind == "too_short":
+        return f"must have at least {ctx.get('min_length', 1)} item(s)"
+    if kind == "string_too_long":
+        return f"must be at most {ctx.get('max_length')} characters"
+    if kind in ("value_error", "assertion_error"):
+        return str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return str(err["msg"])
+
+
+def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """Return ``(field_path, message)`` for every error of a pydantic ``ValidationError``."""
+    problems: list[tuple[str, str]] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        if err["type"] == _PROBLEMS:
+            base = field_path(loc)
+            for sub, msg in (err.get("ctx") or {}).get("problems", []):
+                path = f"{base}.{sub}" if base and sub and not sub.startswith("[") else f"{base}{sub}" or sub
+                problems.append((path, msg))
+            continue
+        if loc and loc[-1] == "[key]":
+            loc_key: tuple[int | str, ...] = (*loc[:-2], loc[-2])
+            problems.append((field_path(loc_key), _message(err)))
+            continue
+        problems.append((field_path(loc), _message(err)))
+    # Union members of the same location can repeat a message; keep the first of each.
+    return list(dict.fromkeys(problems))
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+def parse_plan(data: Any, path: str | Path, *, text: str | None = None, check_files: bool = False) -> Plan:
+    """Validate already-loaded YAML data as a plan, raising :class:`PlanError`.
+
+    ``text`` (the YAML source) lets errors carry line numbers. ``check_files`` also checks the plan
+    against the segment library and its templates (:mod:`c2b.plan_checks`), as :func:`load_plan`
+    does by default; without it, plans built in code (tests, tools) may name segments that exist
+    elsewhere.
+    """
     if not isinstance(data, dict):
-        raise PlanError(path, [("", "a plan file must be a YAML mapping (id: ..., audience: ...)")])
+        raise PlanError(path, [("", "a plan file must be a YAML mapping (id: ..., audience: ..., touches: ...)", 1)])
+    problems: list[tuple[str, str]] = []
     try:
-        return Plan.model_validate(data)
+        plan = Plan.model_validate(data, context={"deferred_problems": problems})
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field; remove it or check its spelling (see README 'Plan files')"
-            problems.append((_field_path(err["loc"], data), msg))
-        raise PlanError(path, problems) from None
+        raise PlanError(path, with_lines(validation_problems(exc), text)) from None
+    if check_files:
+        from c2b.plan_checks import repository_problems
+
+        problems += repository_problems(plan)
+    if problems:
+        raise PlanError(path, with_lines(problems, text))
+    return plan
 
 
-def load_plan(path: str | Path) -> Plan:
-    """Read and validate one plan file."""
+def read_yaml(path: str | Path) -> tuple[Any, str]:
+    """Return ``(data, text)`` of a YAML file, raising :class:`PlanError` when it cannot be read."""
     path = Path(path)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as exc:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanError(path, [("", f"cannot read the file: {exc}")]) from None
+    try:
+        data = yaml.load(text, Loader=_LOADER)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        what = " ".join(str(x) for x in (exc.context, exc.problem) if x)
+        raise PlanError(path, [("", f"not valid YAML: {what}; check indentation, colons and quotes",
+                                mark.line + 1 if mark else None)]) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. a date like 2026-13-45 raises ValueError in the loader
         raise PlanError(path, [("", f"not valid YAML: {exc}")]) from None
-    return parse_plan(data, path)
+    return data, text
+
+
+def load_plan(path: str | Path, *, check_name: bool = False, check_files: bool = True) -> Plan:
+    """Read and validate one plan file.
+
+    ``check_name`` also requires the file to be named ``<id>.yaml`` (the factory and
+    ``python -m c2b validate`` do; that is what lets a worker build only the DAG it needs).
+    """
+    path = Path(path)
+    data, text = read_yaml(path)
+    plan = parse_plan(data, path, text=text, check_files=check_files)
+    if check_name and plan.id != path.stem:
+        raise PlanError(path, with_lines([("id", f"must equal the file name: rename the file to {plan.id}.yaml "
+                                                 f"or set id: {path.stem}")], text))
+    return plan
+
+
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def with_lines(problems: list[tuple[str, str]], text: str | None) -> list[Problem]:
+    """Attach the YAML line of each problem's field (or of its nearest existing parent)."""
+    if not text:
+        return list(problems)
+    try:
+        root = yaml.compose(text, Loader=_LOADER)
+    except Exception:  # noqa: BLE001 - the text loaded once already; be safe anyway
+        return list(problems)
+    return [(p, m, _line_of(root, p)) for p, m in problems]
+
+
+_PATH_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
+
+
+def _line_of(root: Any, path: str) -> int | None:
+    """Return the 1-based line of ``path`` in the composed YAML, or of its deepest existing parent."""
+    if root is None:
+        return None
+    node, line = root, root.start_mark.line + 1
+    for index, key in _PATH_PART.findall(path):
+        if isinstance(node, yaml.SequenceNode) and index:
+            if int(index) >= len(node.value):
+                break
+            node = node.value[int(index)]
+            line = node.start_mark.line + 1
+        elif isinstance(node, yaml.MappingNode) and key:
+            found = next(((k, v) for k, v in node.value if str(k.value) == key), None)
+            if found is None:
+                break
+            line = found[0].start_mark.line + 1  # the key's line: where the author looks
+            node = found[1]
+        else:
+            break
+    return line
+
+
+def plan_json_schema() -> dict[str, Any]:
+    """Return the JSON Schema of a plan file (for editors: YAML language servers read it)."""
+    schema = Plan.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "c2b campaign plan"
+    return schema

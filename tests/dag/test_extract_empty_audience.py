@@ -13,7 +13,8 @@ from c2b.factory import build_dags
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = {
     "id": "empty_audience_plan",
-    "audience": {"segment": "cancelled_for_reason.sql", "params": {"reason": "no_such_reason", "days": 30}},
+    # Nothing in the demo data is quoted anywhere near this (a valid param value: plans are validated).
+    "audience": {"segment": "high_value_cancellations.sql", "params": {"min_price": 100_000_000, "days": 30}},
     "touches": [{"name": "push", "channel": "outbox", "template": "hi {{ nickname }}"}],
     "delivery": {"shards": 4, "retries": 0},
 }

@@ -89,7 +89,7 @@ def test_plan_exclusions_each_exactly_one_kind() -> None:
     for bad, reason in [({"suppression_list": "vip", "contacted_within_days": 3}, "exactly one"),
                         ({}, "exactly one"),
                         ({"suppression_list": "vip", "params": {"x": 1}}, "only goes with 'segment'"),
-                        ({"contacted_within_days": 0}, "greater than or equal to 1"),
-                        ({"suppression_list": "a b"}, "pattern")]:
+                        ({"contacted_within_days": 0}, "must be >= 1"),
+                        ({"suppression_list": "a b"}, "must be a list name")]:
         with pytest.raises(PlanError, match=reason):
             parse_plan({**BASE, "audience": {"segment": "all_users.sql", "exclude": [bad]}}, "p.yaml")
