@@ -56,6 +56,11 @@ def test_push_plan_through_airflow_then_kill_switch_variable_fails_the_shards(
 
     dags_folder = tmp_path / "dags"
     plans = _write_plan(dags_folder)
+    # dag.test() re-syncs the bundle folder, which Airflow fixed at import (settings.DAGS_FOLDER):
+    # point both at this test's folder, or the run depends on which test imported Airflow first.
+    from airflow import settings
+
+    monkeypatch.setattr(settings, "DAGS_FOLDER", str(dags_folder))
     monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(dags_folder))
     dags, errors = build_dags(plans)
     assert not errors
