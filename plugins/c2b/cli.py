@@ -37,6 +37,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.plan not in dags:
         print(f"no valid plan {args.plan!r} in {PLANS_DIR}", file=sys.stderr)
         return 2
+    if not args.wait and not args.dry_run and (why := _closed_now(args.plan)):
+        print(why, file=sys.stderr)
+        return 3
     log_file = reports_dir().parent / "demo.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     print(f"running plan {args.plan} with dag.test() (task logs: {log_file}) ...", flush=True)
@@ -51,6 +54,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return 1
     print(render_summary(json.loads(report_file.read_text()), took, report_file))
     return 0
+
+
+def _closed_now(plan_id: str) -> str:
+    """Say why a demo run of the plan would wait now (outside its send window), or return ''.
+
+    Deliveries outside ``send_hours`` reschedule themselves until the window opens, and
+    ``dag.test()`` waits with them: tell the user instead of sitting silent until the morning.
+    """
+    from datetime import datetime, timedelta, timezone
+
+    from c2b.plan import load_plan
+    from c2b.quiet_hours import SendWindow
+
+    window = SendWindow.of(load_plan(PLANS_DIR / f"{plan_id}.yaml").window)
+    now = datetime.now(timezone.utc)
+    opens = window.next_open(now)
+    if opens is not None and opens - now < timedelta(minutes=1):
+        return ""
+    when = f"opens at {opens.astimezone(window.zone(None)):%Y-%m-%d %H:%M %Z}" if opens else "has closed for good"
+    return (f"plan {plan_id}'s send window ({window.send_hours or 'dates'}, {window.default_tz}) {when}: "
+            "deliveries would wait for it. Use --dry-run to run everything but the sends, --wait to "
+            "wait, or trigger it in the Airflow UI (`make ui`).")
 
 
 @contextlib.contextmanager
@@ -346,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="run a plan end to end with dag.test() and print a summary")
     p.add_argument("--plan", default="cancelled_price_coupon")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--wait", action="store_true",
+                   help="run even outside the plan's send window (deliveries wait for it to open)")
     p.add_argument("--verbose", action="store_true", help="show Airflow's task logs instead of writing them to a file")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("validate", help="check plan files (default: dags/plans/); exit 1 on any error")
