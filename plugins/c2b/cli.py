@@ -10,6 +10,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,12 +20,6 @@ if TYPE_CHECKING:
     from c2b.plan import PlanError
 
 PLANS_DIR = PROJECT_ROOT / "dags" / "plans"
-
-
-def _redis():  # -> redis.Redis
-    import redis
-
-    return redis.Redis.from_url(os.environ.get("C2B_REDIS_URL", "redis://127.0.0.1:6379"))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -62,13 +57,13 @@ def _closed_now(plan_id: str) -> str:
     Deliveries outside ``send_hours`` reschedule themselves until the window opens, and
     ``dag.test()`` waits with them: tell the user instead of sitting silent until the morning.
     """
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from c2b.plan import load_plan
     from c2b.quiet_hours import SendWindow
 
     window = SendWindow.of(load_plan(PLANS_DIR / f"{plan_id}.yaml").window)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     opens = window.next_open(now)
     if opens is not None and opens - now < timedelta(minutes=1):
         return ""
@@ -261,7 +256,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
     """Turn the Redis kill flag of a plan (or ``all``) on or off, or list the flags that are on."""
     from c2b.killswitch import VARIABLE, flags_on, set_flag
 
-    r = _store_redis(args)
+    r = _redis(args)
     if args.status or not args.plan:
         on = flags_on(r)
         print("kill switches on (Redis): " + (", ".join(on) if on else "none"))
@@ -299,7 +294,7 @@ def cmd_suppress(args: argparse.Namespace) -> int:
         print(f"bad list name {args.name!r}: use letters, digits, '_', '.', '-'", file=sys.stderr)
         return 2
     key = f"c2b:suppression:{args.name}"
-    r = _redis()
+    r = _redis(args)
     if args.action == "list":
         n = 0
         for member in r.sscan_iter(key, count=10_000):
@@ -324,7 +319,12 @@ def cmd_suppress(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_redis(args: argparse.Namespace):
+def _redis_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="Redis URL (default: $C2B_REDIS_URL, else the c2b_redis Airflow connection)")
+    parser.add_argument("--cluster", action="store_true", help="the URL points at a Redis Cluster node")
+
+
+def _redis(args: argparse.Namespace):
     """Return the Redis of the store: ``--url`` / C2B_REDIS_URL, else the ``c2b_redis`` Airflow connection."""
     import os
 
@@ -346,7 +346,7 @@ def cmd_store_check(args: argparse.Namespace) -> int:
     """Report the keys of one run: layout, largest key (MEMORY USAGE and members), TTLs, bound."""
     from c2b.store import inspect_run
 
-    check = inspect_run(_store_redis(args), args.plan, args.run_id, args.shards)
+    check = inspect_run(_redis(args), args.plan, args.run_id, args.shards)
     if args.json:
         print(json.dumps(check.to_dict(), indent=2, default=str))
         return 1 if check.problems else 0
@@ -391,8 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("plan", nargs="?", help="a plan id, or 'all' for every plan")
     p.add_argument("--off", action="store_true", help="release the switch")
     p.add_argument("--status", action="store_true", help="list the switches that are on")
-    p.add_argument("--url", help="Redis URL (default: $C2B_REDIS_URL, else the c2b_redis Airflow connection)")
-    p.add_argument("--cluster", action="store_true", help="the URL points at a Redis Cluster node")
+    _redis_options(p)
     p.set_defaults(func=cmd_kill)
     p = sub.add_parser("report", help="print the latest run report of a plan")
     p.add_argument("plan")
@@ -402,12 +401,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", help="list name; plans exclude it with {suppression_list: NAME}")
     p.add_argument("uids", nargs="*", help="uids to add or remove")
     p.add_argument("--file", help="read more uids from this file, one per line ('-' for stdin)")
+    _redis_options(p)
     p.set_defaults(func=cmd_suppress)
     p = sub.add_parser("store-check", help="report a run's shard keys: largest key, TTLs, member bound")
     p.add_argument("plan")
     p.add_argument("run_id")
-    p.add_argument("--url", help="Redis URL (default: $C2B_REDIS_URL, else the c2b_redis Airflow connection)")
-    p.add_argument("--cluster", action="store_true", help="the URL points at a Redis Cluster node")
+    _redis_options(p)
     p.add_argument("--shards", type=int, default=None, help="also look at shards up to N (default: the run's meta)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_store_check)
