@@ -2,10 +2,12 @@
 
 Why it looks like this:
 
-- *Sliding window, no page barrier.* Up to ``concurrency`` requests are in flight; the next page is
-  read as soon as there is room, so one slow send never holds back the next page (the seed waited
-  for a whole page behind a count-down latch). Channels that take batches get one request per
-  ``batch_size`` messages.
+- *Sliding window, no page barrier.* Up to ``concurrency`` requests are in flight on one asyncio
+  loop (:mod:`c2b.inflight`); a request starts the moment another ends, and the next page is read
+  and checked while the current one is sending, so one slow send never holds back the rest (the
+  seed waited for a whole page behind a count-down latch). The loop, not a thread per send, is
+  what lets one worker keep a hundred sends in flight on little CPU. Channels that take batches
+  get one request per ``batch_size`` messages.
 - *Exactly once.* Every (touch, uid) has a ledger entry (:mod:`c2b.ledger`): ``p`` is written for a
   whole page in one call before its sends, ``s`` or ``f:<reason>`` after, in batched atomic calls
   from one recorder thread (not one round trip per message). A retried task skips final entries
@@ -13,7 +15,9 @@ Why it looks like this:
   each message once, even after kill -9.
 - *Resumable.* The checkpoint is the start of the first page not completely recorded; a retry
   reads from there instead of from rank 0.
-- *Stoppable.* The kill switch is checked before every page (and every second inside a long one).
+- *Stoppable.* The kill switch is checked before a page is read and again before it is handed to
+  the loop (and every second while waiting for room); when it trips, requests not yet started are
+  dropped (their entries stay pending for a resume) and those in flight finish.
 - *Polite.* Per-channel and per-plan rate limits are shared by every worker through Redis
   (:mod:`c2b.ratelimit`); the frequency cap (:mod:`c2b.fcap`) and quiet hours
   (:mod:`c2b.quiet_hours`) are applied per user before anything is sent. Users outside their
@@ -23,6 +27,7 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import random
@@ -30,7 +35,6 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -39,6 +43,7 @@ from typing import Any
 from c2b.channels.base import Channel, Message, Outcome
 from c2b.fcap import FrequencyCap
 from c2b.hashing import VariantPicker
+from c2b.inflight import InFlight
 from c2b.ledger import CAPPED, DEFERRED, EXPIRED, PENDING, SENT, Change, ShardLedger
 from c2b.plan import Plan, Touch
 from c2b.quiet_hours import SendWindow
@@ -92,15 +97,16 @@ class RetryPolicy:
     first_delay: float = 0.2
     max_delay: float = 5.0
 
-    def send(self, channel: Channel, messages: Sequence[Message], limits: Limits | None = None) -> list[Outcome]:
+    async def send(self, channel: Channel, messages: Sequence[Message], limits: Limits | None = None
+                   ) -> list[Outcome]:
         """Send ``messages`` (one request, or a batch); return one final outcome per message."""
         outcomes: list[Outcome] = [Outcome("retry", "not tried")] * len(messages)
         todo = list(range(len(messages)))
         for attempt in range(self.attempts):
             batch = [messages[i] for i in todo]
             if limits:
-                limits.acquire(len(batch))
-            answers = channel.send_batch(batch) if len(batch) > 1 else [channel.send(batch[0])]
+                await limits.acquire_async(len(batch))
+            answers = await channel.asend_batch(batch)
             again = []
             for i, outcome in zip(todo, answers, strict=True):
                 outcomes[i] = outcome
@@ -111,7 +117,7 @@ class RetryPolicy:
                 return outcomes
             if attempt + 1 < self.attempts:
                 delay = min(self.max_delay, self.first_delay * 2**attempt)
-                time.sleep(delay * random.uniform(0.5, 1.5))
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
         for i in todo:
             outcomes[i] = Outcome("failed", f"gave up after {self.attempts} attempts: {outcomes[i].reason}")
         return outcomes
@@ -413,14 +419,14 @@ class ShardDelivery:
             out.extend(its[i:i + size] for i in range(0, len(its), size))
         return out
 
-    def _send(self, items: list[Item], recorder: Recorder | None) -> None:
+    async def _send(self, items: list[Item], recorder: Recorder | None) -> None:
         if self.dry_run:
             for it in items:
                 self.stats.counts[f"{it.vt}|dry_run"] += 1
             return
         touch = items[0].touch
-        outcomes = self.retry.send(self.channels[touch], [it.message for it in items if it.message is not None],
-                                   self.limits[touch])
+        outcomes = await self.retry.send(self.channels[touch], [it.message for it in items if it.message is not None],
+                                         self.limits[touch])
         assert recorder is not None
         recorder.add(items, outcomes)
 
@@ -432,39 +438,32 @@ class ShardDelivery:
         recorder = None if self.dry_run else Recorder(
             self.ledger, self.fcap, self.cap is not None,
             lambda uids: self._record_contacts(self.redis, uids, datetime.now(UTC)))
-        window = threading.BoundedSemaphore(concurrency)
-        failed: list[BaseException] = []
+        sends = InFlight(concurrency, backlog=max(concurrency, page_size), name=f"shard{st.shard}-send")
         cursor = 0 if self.dry_run else with_redis_retry(self.ledger.checkpoint)
         if cursor:
             log.info("shard %s: resuming from checkpoint at rank %s", st.shard, cursor)
-        last_kill_check = [0.0]
         last_log = [time.monotonic()]
 
         def killed() -> bool:
-            last_kill_check[0] = time.monotonic()
             if with_redis_retry(self.kill_switch):
                 st.stopped = True
                 st.stop_reason = getattr(self.kill_switch, "reason", "") or "kill switch"
+                sends.drop_waiting()  # what has not started stays pending in the ledger for a resume
                 return True
             return False
 
-        def done(fut: Any) -> None:
-            window.release()
-            if fut.exception() is not None:
-                failed.append(fut.exception())
+        def failing() -> bool:
+            return sends.error is not None or bool(recorder and recorder.error)
 
-        def dispatch(pool: ThreadPoolExecutor, items: list[Item]) -> bool:
-            """Send items through the window; return False when the shard must stop."""
-            for request in self._requests(items):
-                while not window.acquire(timeout=1.0):
-                    if failed or (recorder and recorder.error):
-                        return False
-                if failed or (recorder and recorder.error):
-                    window.release()
+        def dispatch(items: list[Item]) -> bool:
+            """Hand a page's requests to the send loop; return False when the shard must stop."""
+            while not sends.wait_for_room(timeout=1.0):
+                if failing() or killed():
                     return False
-                pool.submit(self._send, request, recorder).add_done_callback(done)
-                if time.monotonic() - last_kill_check[0] > 1.0 and killed():
-                    return False
+            # Checked again right before handing the page over: the wait may have been long.
+            if failing() or killed():
+                return False
+            sends.submit([partial(self._send, request, recorder) for request in self._requests(items)])
             return True
 
         def progress(force: bool = False) -> None:
@@ -479,9 +478,9 @@ class ShardDelivery:
                      recorder.done["failed"] if recorder else 0, st.attempt["deferred_now"], st.attempt["resent"])
 
         try:
-            with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"shard{st.shard}") as pool:
+            try:
                 # Main pass: the shard's audience from the checkpoint, page by page.
-                while not failed and not (recorder and recorder.error):
+                while not failing():
                     if killed():
                         break
                     uids: list[str] = with_redis_retry(partial(read_page, self.redis, self.keys, cursor, page_size))
@@ -496,39 +495,46 @@ class ShardDelivery:
                     st.attempt["pages"] += 1
                     st.attempt["users"] += len(uids)
                     cursor += len(uids)
-                    if not dispatch(pool, go):
+                    if not dispatch(go):
                         break
                     progress()
                 # Deferred pass: first what a crashed attempt had picked up from the queue, then
                 # users whose send hours have opened since they were parked.
-                leftover = with_redis_retry(self.ledger.picked_up) if self._may_continue(failed, recorder) else []
+                leftover = with_redis_retry(self.ledger.picked_up) if self._may_continue(failing) else []
                 for i in range(0, len(leftover), page_size):
-                    if not self._may_continue(failed, recorder) or killed():
+                    if not self._may_continue(failing) or killed():
                         break
-                    if not dispatch(pool, self._deferred_items(leftover[i:i + page_size])):
+                    if not dispatch(self._deferred_items(leftover[i:i + page_size])):
                         break
-                while self._may_continue(failed, recorder):
+                while self._may_continue(failing):
                     fields = with_redis_retry(lambda: self.ledger.due(self.clock(), page_size))
                     if not fields or killed():
                         break
                     # Every field leaves the due range here (picked up, re-parked or final), so
                     # the loop ends.
-                    if not dispatch(pool, self._deferred_items(fields)):
+                    if not dispatch(self._deferred_items(fields)):
                         break
                     progress()
+            finally:
+                sends.close(self._close_channels)
         finally:
             if recorder:
                 recorder.close()
-        if failed:
-            raise failed[0]
+        if sends.error is not None:
+            raise sends.error
         self._finish(started)
         progress(force=True)
         log.info("shard %s %s: %s", st.shard, "STOPPED by " + st.stop_reason if st.stopped else "done",
                  {k: v for k, v in sorted(st.counts.items())})
         return st
 
-    def _may_continue(self, failed: list[BaseException], recorder: Recorder | None) -> bool:
-        return not (self.dry_run or self.stats.stopped or failed or (recorder and recorder.error))
+    def _may_continue(self, failing: Callable[[], bool]) -> bool:
+        return not (self.dry_run or self.stats.stopped or failing())
+
+    async def _close_channels(self) -> None:
+        """Release what the channels hold in the send loop (their connections live there)."""
+        for channel in self.channels.values():
+            await channel.aclose()
 
     def _deferred_items(self, fields: list[str]) -> list[Item]:
         wanted: dict[str, set[str]] = defaultdict(set)

@@ -13,6 +13,7 @@ Key: ``c2b:rl:{<name>}`` (its own cluster slot), with a TTL just past the last r
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -74,9 +75,21 @@ class Limits:
         """Block until ``n`` messages may go under every limit."""
         if not self.limiters:
             return
-        from c2b.redis_retry import with_redis_retry
-
-        wait = max(with_redis_retry(partial(lim.reserve, n)) for lim in self.limiters)
+        wait = self._reserve(n)
         if wait > 0:
             self.waited += wait
             self.sleep(wait)
+
+    async def acquire_async(self, n: int = 1) -> None:
+        """Wait, without blocking the event loop, until ``n`` messages may go under every limit."""
+        if not self.limiters:
+            return
+        wait = await asyncio.get_running_loop().run_in_executor(None, self._reserve, n)
+        if wait > 0:
+            self.waited += wait
+            await asyncio.sleep(wait)
+
+    def _reserve(self, n: int) -> float:
+        from c2b.redis_retry import with_redis_retry
+
+        return max(with_redis_retry(partial(lim.reserve, n)) for lim in self.limiters)

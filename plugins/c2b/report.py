@@ -10,7 +10,8 @@ from typing import Any
 
 
 def summarize(plan_id: str, run_id: str, extract: dict[str, Any], shard_stats: Iterable[dict[str, Any]],
-              shards_loaded: list[int], started_at: float | None = None, finished_at: float | None = None) -> dict[str, Any]:
+              shards_loaded: list[int], started_at: float | None = None,
+              finished_at: float | None = None) -> dict[str, Any]:
     """Return the run summary (JSON-able): audience counts, outcomes, stopped shards, failures."""
     counts: Counter = Counter()
     failures: Counter = Counter()
@@ -55,7 +56,7 @@ def format_table(summary: dict[str, Any]) -> str:
     for key, n in summary["outcomes"].items():
         rows.append((*key.split("|"), str(n)))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
 def write_report(summary: dict[str, Any], folder: Path) -> Path:

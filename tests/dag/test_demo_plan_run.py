@@ -8,7 +8,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from c2b.hashing import VariantPicker
 from c2b.plan import load_plan
 

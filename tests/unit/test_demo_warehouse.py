@@ -8,7 +8,6 @@ from pathlib import Path
 
 import duckdb
 import pytest
-
 from c2b.demo_warehouse import CANCEL_REASONS, SCHEMA, build_demo_warehouse
 
 ROOT = Path(__file__).resolve().parents[2]

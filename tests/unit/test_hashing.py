@@ -7,7 +7,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from c2b.hashing import VariantPicker, check_shard_count, murmur3_32, shard_index, shard_indexes, uid_bytes
 
 VECTORS = Path(__file__).parents[1] / "data" / "guava_murmur3_shard_vectors.tsv"

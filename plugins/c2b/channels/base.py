@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,9 @@ def _positive(extra: dict[str, Any], key: str, default: float | None) -> float |
 class Channel(ABC):
     """A delivery channel. Implementations must be thread-safe: sends run concurrently.
 
+    The delivery loop calls :meth:`asend_batch` on an asyncio loop; a blocking channel needs only
+    :meth:`send` (and :meth:`send_batch` for batches), which the default runs on a thread pool.
+
     A channel that can take many messages per request overrides :meth:`send_batch` and sets
     ``max_batch``; ``batch_size`` (from the connection's extras) picks the size actually used.
     """
@@ -100,6 +104,20 @@ class Channel(ABC):
     def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
         """Deliver several messages in one request; one Outcome per message, in order."""
         return [self.send(m) for m in messages]
+
+    async def asend_batch(self, messages: Sequence[Message]) -> list[Outcome]:
+        """Deliver from the delivery loop's event loop: one Outcome per message, in order.
+
+        This default runs the blocking :meth:`send_batch` (or :meth:`send`) on the loop's thread
+        pool; a channel with a native asyncio client (the HTTP ones) overrides it.
+        """
+        loop = asyncio.get_running_loop()
+        if len(messages) == 1:
+            return [await loop.run_in_executor(None, self.send, messages[0])]
+        return await loop.run_in_executor(None, self.send_batch, messages)
+
+    async def aclose(self) -> None:  # noqa: B027 (a no-op unless the channel holds loop resources)
+        """Release what :meth:`asend_batch` holds in the event loop (called from that loop)."""
 
     def close(self) -> None:  # noqa: B027 (a no-op unless the channel holds something)
         """Release connections or files."""
