@@ -75,8 +75,11 @@ ensure_redis() {
       port="$(free_port)"; url="redis://127.0.0.1:$port"
       say "starting a private redis-server on 127.0.0.1:$port (pid and log in $STATE)"
       mkdir -p "$STATE/redis"
+      # Long-lived daemons get no descriptors beyond 0-2: one inherited from the caller (a lock
+      # taken by `flock`, a pipe) would stay open as long as they live.
       redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
-        --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log" --dir "$STATE/redis" >/dev/null
+        --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log" --dir "$STATE/redis" >/dev/null \
+        3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-
       for _ in $(seq 50); do redis_answers "$url" && break; sleep 0.1; done
       redis_answers "$url" || { echo "redis-server did not start; see $STATE/redis.log" >&2; return 1; }
       echo "$port" > "$STATE/redis.port"
@@ -99,7 +102,7 @@ ensure_gateway() {
     say "starting the demo channel gateway on 127.0.0.1:$port (pid and log in $STATE)"
     mkdir -p "$STATE"
     nohup "$PY" "$ROOT/tests/gateway.py" --port "$port" --latency-ms "${C2B_GATEWAY_LATENCY_MS:-5}" \
-      >"$STATE/gateway.log" 2>&1 &
+      >"$STATE/gateway.log" 2>&1 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
     echo $! > "$STATE/gateway.pid"
     for _ in $(seq 50); do gateway_answers "$port" && break; sleep 0.1; done
     gateway_answers "$port" || { echo "the demo gateway did not start; see $STATE/gateway.log" >&2; return 1; }
