@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-Job = Callable[[], Awaitable[Any]]
+Job = Callable[[], Coroutine[Any, Any, Any]]
 
 
 class InFlight:

@@ -158,7 +158,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool
     if status in (204, 304):
         return status, b"", keep
     if chunked:
-        parts = []
+        parts: list[bytes] = []
         while True:
             size_line = await reader.readuntil(b"\r\n")
             size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
