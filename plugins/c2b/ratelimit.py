@@ -5,8 +5,9 @@ many workers. Each send first *reserves* its slot with one atomic Lua call: the 
 theoretical arrival time (TAT) of the next free slot; the script moves it forward by ``n``
 emission intervals and answers how long the caller must wait. All clocks are Redis's (``TIME``),
 so workers with skewed clocks still share one schedule, and no caller polls: it sleeps exactly
-until its slot. ``burst`` lets that many messages go early after an idle spell (default 0: strict
-pacing, so a window of any length never sees more than ``rate`` x length + 1 request).
+until its slot (and books a new one if it wakes too late, see :class:`Limits`). ``burst`` lets
+that many messages go early after an idle spell (default 0: strict pacing, so a window of any
+length never sees more than ``rate`` x length + 1 request).
 
 Key: ``c2b:rl:{<name>}`` (its own cluster slot), with a TTL just past the last reservation.
 """
@@ -61,12 +62,19 @@ class RateLimiter:
 
 
 class Limits:
-    """All limits one send must respect (the channel's and the plan's); waits for the latest slot."""
+    """All limits one send must respect (the channel's and the plan's); waits for the latest slot.
 
-    def __init__(self, limiters: Sequence[RateLimiter] = (), sleep: Any = time.sleep) -> None:
+    A send that reaches its slot late (its process was starved of CPU, or the loop was busy) does
+    not go late: other workers have used the slots since, so sending now would add to theirs and
+    overshoot the shared rate. It books a new slot instead, up to ``rebook`` times, then goes.
+    """
+
+    def __init__(self, limiters: Sequence[RateLimiter] = (), late_after: float = 0.05, rebook: int = 3) -> None:
         self.limiters = list(limiters)
-        self.sleep = sleep
+        self.late_after = late_after
+        self.rebook = rebook
         self.waited = 0.0  # seconds spent waiting (read by progress logs; races are harmless)
+        self.rebooked = 0  # slots given up because they were reached late
 
     def __bool__(self) -> bool:
         return bool(self.limiters)
@@ -75,21 +83,36 @@ class Limits:
         """Block until ``n`` messages may go under every limit."""
         if not self.limiters:
             return
-        wait = self._reserve(n)
-        if wait > 0:
-            self.waited += wait
-            self.sleep(wait)
+        for attempt in range(self.rebook + 1):
+            due = self._book(n)
+            if due > time.monotonic():
+                self.waited += due - time.monotonic()
+                time.sleep(max(0.0, due - time.monotonic()))
+            if not self._late(due, attempt):
+                return
 
     async def acquire_async(self, n: int = 1) -> None:
         """Wait, without blocking the event loop, until ``n`` messages may go under every limit."""
         if not self.limiters:
             return
-        wait = await asyncio.get_running_loop().run_in_executor(None, self._reserve, n)
-        if wait > 0:
-            self.waited += wait
-            await asyncio.sleep(wait)
+        loop = asyncio.get_running_loop()
+        for attempt in range(self.rebook + 1):
+            due = await loop.run_in_executor(None, self._book, n)
+            if due > time.monotonic():
+                self.waited += due - time.monotonic()
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+            if not self._late(due, attempt):
+                return
 
-    def _reserve(self, n: int) -> float:
+    def _book(self, n: int) -> float:
+        """Reserve ``n`` messages under every limit; return when (``time.monotonic()``) they may go."""
         from c2b.redis_retry import with_redis_retry
 
-        return max(with_redis_retry(partial(lim.reserve, n)) for lim in self.limiters)
+        wait = max(with_redis_retry(partial(lim.reserve, n)) for lim in self.limiters)
+        return time.monotonic() + wait
+
+    def _late(self, due: float, attempt: int) -> bool:
+        if time.monotonic() - due <= self.late_after or attempt == self.rebook:
+            return False
+        self.rebooked += 1
+        return True

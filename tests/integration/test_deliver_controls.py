@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
+import signal
 import threading
 import time
 from datetime import UTC, datetime
@@ -126,6 +128,43 @@ def test_eight_shard_processes_share_one_rate_limit(redis_server, redis_client, 
     print(f"\nrate limit: {shards} processes, limit {rate:.0f}/s: busiest 1 s window {busiest}, "
           f"middle 90% {steady:.1f}/s ({steady / rate:.1%}), whole run {whole:.1f}/s over {times[-1] - times[0]:.2f}s")
     assert abs(steady - rate) <= 0.05 * rate
+    assert busiest <= 1.10 * rate
+
+
+def test_a_stalled_shard_process_does_not_burst_past_the_shared_limit_when_it_resumes(
+        redis_server, redis_client, tmp_path: Path) -> None:
+    """Four shard processes share 1,000/s; two are frozen (SIGSTOP) for 0.6 s, three times.
+
+    A frozen process holds reservations whose slots pass while it sleeps; the other processes use
+    the slots after them. Sending those late would add to the others' sends: the resumed process
+    must book new slots instead, so no one-second window sees more than the limit (+10%).
+    """
+    shards, rate = 4, 1000.0
+    data = plan_dict("p_stall", shards=shards, page_size=50, concurrency=16)
+    plan = make_plan(data)
+    users = [f"z{i:05d}" for i in range(6000)]
+    load_audience(redis_client, plan, "r1", users, tmp_path)
+    with Gateway() as gw:
+        extra = {"rate_limit": rate, "batch_size": 10}
+        procs = [start_shard(spec(redis_server.url, data, "r1", s, gw.url, extra), tmp_path, f"s{s}")
+                 for s in range(1, shards + 1)]
+        deadline = time.monotonic() + 60
+        while len(gw.record.accept_times) < 500 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for round_ in range(3):
+            frozen = procs[round_ % 2::2]  # shards 1 and 3, then 2 and 4, then 1 and 3
+            for proc in frozen:
+                os.kill(proc.pid, signal.SIGSTOP)
+            time.sleep(0.6)
+            for proc in frozen:
+                os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.5)
+        for proc in procs:
+            _stats(proc)
+        times = sorted(gw.record.accept_times)
+    assert len(times) == len(users) and gw.record.duplicates == 0
+    busiest = max(bisect.bisect_right(times, t + 1.0) - i for i, t in enumerate(times))
+    print(f"\nrate limit with stalls: busiest 1 s window {busiest} (limit {rate:.0f}/s)")
     assert busiest <= 1.10 * rate
 
 
