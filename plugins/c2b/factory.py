@@ -202,15 +202,22 @@ def _plan_step_class() -> type:
 
 
 def load_plan_dag(path: Path) -> Any:
-    """Validate the plan file at ``path`` and return its DAG; every failure is a ``PlanError``."""
-    from c2b.plan import PlanError, load_plan
+    """Validate the plan file at ``path`` and return its DAG; every failure is a ``PlanError``.
 
-    plan = load_plan(path, check_name=True)
+    An unchanged plan that was valid before comes from the plan cache (:mod:`c2b.plan_cache`),
+    skipping YAML and validation; a plan is cached only once its DAG is built.
+    """
+    from c2b.plan import PlanError
+    from c2b.plan_cache import load_cached_plan
+
+    plan, store = load_cached_plan(path)
     try:
-        return build_dag(plan, path)
+        dag = build_dag(plan, path)
     except Exception as exc:  # noqa: BLE001 - a valid plan Airflow still rejects: say so, per file
         raise PlanError(path, [("", f"Airflow rejected the DAG built from this plan: {type(exc).__name__}: {exc}")]) \
             from exc
+    store()
+    return dag
 
 
 # --- many plans (the fallback loader, the demo and tests) ----------------------------------------
@@ -336,10 +343,12 @@ def preload() -> None:
     import c2b.plan_checks  # noqa: F401
     import c2b.templates  # noqa: F401
     from c2b.plan import valid_timezone
+    from c2b.plan_cache import code_salt
 
     _plan_step_class()
     _importer_class()
     valid_timezone("Asia/Shanghai")
+    code_salt()  # read the validating modules' sources once, not in every child
 
 
 def plan_importer() -> Any:

@@ -678,13 +678,15 @@ def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
 
 # --- loading --------------------------------------------------------------------------------------
 
-def parse_plan(data: Any, path: str | Path, *, text: str | None = None, check_files: bool = False) -> Plan:
+def parse_plan(data: Any, path: str | Path, *, text: str | None = None, check_files: bool = False,
+               segments_used: dict[str, str] | None = None) -> Plan:
     """Validate already-loaded YAML data as a plan, raising :class:`PlanError`.
 
     ``text`` (the YAML source) lets errors carry line numbers. ``check_files`` also checks the plan
     against the segment library and its templates (:mod:`c2b.plan_checks`), as :func:`load_plan`
     does by default; without it, plans built in code (tests, tools) may name segments that exist
-    elsewhere.
+    elsewhere. ``segments_used`` collects the path and digest of each segment file the checks read
+    (what :mod:`c2b.plan_cache` compares).
     """
     if not isinstance(data, dict):
         raise PlanError(path, [("", "a plan file must be a YAML mapping (id: ..., audience: ..., touches: ...)", 1)])
@@ -696,19 +698,23 @@ def parse_plan(data: Any, path: str | Path, *, text: str | None = None, check_fi
     if check_files:
         from c2b.plan_checks import repository_problems
 
-        problems += repository_problems(plan)
+        problems += repository_problems(plan, used=segments_used)
     if problems:
         raise PlanError(path, with_lines(problems, text))
     return plan
 
 
-def read_yaml(path: str | Path) -> tuple[Any, str]:
-    """Return ``(data, text)`` of a YAML file, raising :class:`PlanError` when it cannot be read."""
+def read_yaml(path: str | Path, text: str | None = None) -> tuple[Any, str]:
+    """Return ``(data, text)`` of a YAML file, raising :class:`PlanError` when it cannot be read.
+
+    ``text``, when given, is the file's text already read (it is not read again).
+    """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PlanError(path, [("", f"cannot read the file: {exc}")]) from None
+    if text is None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PlanError(path, [("", f"cannot read the file: {exc}")]) from None
     try:
         data = yaml.load(text, Loader=_LOADER)
     except yaml.MarkedYAMLError as exc:
@@ -721,15 +727,17 @@ def read_yaml(path: str | Path) -> tuple[Any, str]:
     return data, text
 
 
-def load_plan(path: str | Path, *, check_name: bool = False, check_files: bool = True) -> Plan:
+def load_plan(path: str | Path, *, check_name: bool = False, check_files: bool = True, text: str | None = None,
+              segments_used: dict[str, str] | None = None) -> Plan:
     """Read and validate one plan file.
 
     ``check_name`` also requires the file to be named ``<id>.yaml`` (the factory and
     ``python -m c2b validate`` do; that is what lets a worker build only the DAG it needs).
+    ``text`` is the file's text when already read; ``segments_used`` as for :func:`parse_plan`.
     """
     path = Path(path)
-    data, text = read_yaml(path)
-    plan = parse_plan(data, path, text=text, check_files=check_files)
+    data, text = read_yaml(path, text)
+    plan = parse_plan(data, path, text=text, check_files=check_files, segments_used=segments_used)
     if check_name and plan.id != path.stem:
         raise PlanError(path, with_lines([("id", f"must equal the file name: rename the file to {plan.id}.yaml "
                                                  f"or set id: {path.stem}")], text))

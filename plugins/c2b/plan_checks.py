@@ -15,13 +15,13 @@ lists what the query returns; templates may read those plus the built-ins
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from c2b.plan import ALL_USERS_SEGMENT, Plan, Touch, join_key
@@ -99,6 +99,8 @@ class SegmentSpec:
     params: dict[str, ParamSpec] | None
     columns: tuple[str, ...] | None
     placeholders: frozenset[str] = field(default_factory=frozenset)
+    path: str = ""  # the file read, and the digest of its bytes (see c2b.plan_cache)
+    digest: str = ""
 
     def params_help(self) -> str:
         if not self.params:
@@ -158,22 +160,27 @@ def parse_header(sql: str, name: str = "") -> SegmentSpec:
 
 
 @lru_cache(maxsize=256)
-def _spec_cached(path: str, mtime_ns: int, size: int, name: str) -> SegmentSpec:
-    return parse_header(Path(path).read_text(encoding="utf-8"), name)
+def _spec_cached(path: str, digest: str, data: bytes, name: str) -> SegmentSpec:
+    # As read_text does: strict UTF-8, universal newlines.
+    text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    return dataclasses.replace(parse_header(text, name), path=path, digest=digest)
 
 
 def read_segment(name: str) -> SegmentSpec:
-    """Return the spec of segment file ``name`` (cached per file version).
+    """Return the spec of segment file ``name`` (cached per file content).
 
     Raises ``FileNotFoundError`` when it does not exist under the segments folder and
     ``ValueError`` when its header cannot be read.
     """
+    from c2b.plan_cache import digest
+
     base = sql_dir() / "segments"
     path = segment_path(name)
     if not os.path.normpath(path).startswith(os.path.normpath(base) + os.sep):
         raise FileNotFoundError(name)
-    st = os.stat(path)  # FileNotFoundError when missing
-    return _spec_cached(str(path), st.st_mtime_ns, st.st_size, name)
+    with open(path, "rb") as f:  # FileNotFoundError when missing
+        data = f.read()
+    return _spec_cached(str(path), digest(data), data, name)
 
 
 def available_segments() -> list[str]:
@@ -309,13 +316,21 @@ def _hint(word: str, options: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def repository_problems(plan: Plan) -> list[tuple[str, str]]:
-    """Return every problem of ``plan`` against the segment library and the template sandbox."""
+def repository_problems(plan: Plan, used: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """Return every problem of ``plan`` against the segment library and the template sandbox.
+
+    ``used`` (when given) receives ``{path: digest}`` of every segment file the checks read.
+    """
     aud = plan.audience
     spec, problems = segment_problems(aud.segment or ALL_USERS_SEGMENT, dict(aud.params), "audience")
+    specs = [spec]
     for j, item in enumerate(aud.exclude):
         if item.segment is not None:
-            problems += segment_problems(item.segment, dict(item.params), f"audience.exclude[{j}]")[1]
+            excluded, more = segment_problems(item.segment, dict(item.params), f"audience.exclude[{j}]")
+            specs.append(excluded)
+            problems += more
+    if used is not None:
+        used.update((s.path, s.digest) for s in specs if s is not None)
     if spec is not None:
         if spec.columns is None:
             problems.append(("audience.segment", f"{spec.name} has no '-- columns:' header; declare what it returns "
