@@ -245,6 +245,14 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
 
     env = templates._ENV  # the sandbox the delivery renders with (its filters and tests)
     where = f"touches[{i}].template"
+    simple = templates.simple_template_reads(touch.template)
+    if simple is not None:
+        # A template Jinja parses to these reads; when they are all fine, so is the template.
+        # Any problem is reported from Jinja's own parse below, so messages stay the same.
+        names, getattrs, filters = simple
+        if filters <= env.filters.keys() and not _read_problems(
+                names, sorted(getattrs), touch, columns, segment, where):
+            return []
     try:
         ast = env.parse(touch.template)
     except TemplateSyntaxError as exc:
@@ -282,7 +290,16 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
             return [(where, f"does not compile: {exc.message}; see Jinja syntax")]
     else:
         names = loads - stores - ({"loop"} if looped else set())
-    known = set(columns) | set(templates.BUILTIN_NAMES) | set(env.globals)
+    return _read_problems(names, attrs, touch, columns, segment, where)
+
+
+def _read_problems(names: Any, attrs: list[tuple[str, str]], touch: Touch, columns: tuple[str, ...], segment: str,
+                   where: str) -> list[tuple[str, str]]:
+    """Return the problems of the names and ``owner.attr`` reads of a touch's template."""
+    from c2b import templates
+
+    problems: list[tuple[str, str]] = []
+    known = set(columns) | set(templates.BUILTIN_NAMES) | set(templates._ENV.globals)
     for name in sorted(names):
         if name not in known:
             problems.append((where, f"unknown attribute {name!r}{_hint(name, known)}; {segment} gives "
