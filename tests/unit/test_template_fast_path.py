@@ -126,5 +126,5 @@ def test_problems_still_come_from_jinja(monkeypatch: pytest.MonkeyPatch) -> None
     assert [m for _, m in problems] == ["unknown filter 'titel' (did you mean 'title'?)"]
     problems = checks(text.replace("titel", "title"))
     assert [m.split(";")[0] for _, m in problems] == [
-        "unknown attribute 'nick_name' (did you mean 'nickname'?)", "reads assets.image but the touch's assets are link",
-        "offer has no 'amout' (did you mean 'amount'?)"]
+        "unknown attribute 'nick_name' (did you mean 'nickname'?)",
+        "reads assets.image but the touch's assets are link", "offer has no 'amout' (did you mean 'amount'?)"]
