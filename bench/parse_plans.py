@@ -256,10 +256,14 @@ def measure(n: int, runs: int) -> dict:
         for r in range(runs):
             caches = {}
             for name, (mode, folder, target, dag_id, cache) in modes.items():
-                if cache and name.endswith("cold"):
+                if cache and ", cold" in name:
                     caches[cache] = Path(tmp) / f"cache-{r}-{cache}"  # empty: created by the run
                     assert not caches[cache].exists()
+                assert not cache or cache in caches, f"{name}: a warm row needs its cold row first"
                 samples[name].append(run_child(mode, folder, target, dag_id, caches.get(cache)))
+                if cache and ", cold" in name:  # the cold run must have filled the cache the warm row reads
+                    filled = len(list(caches[cache].glob("*.pickle")))
+                    assert filled == samples[name][-1]["dags"], f"{name}: {filled} plans cached"
             print(f"run {r + 1}/{runs}: " + ", ".join(f"{k} {v[-1]['seconds']:.3f}s" for k, v in samples.items()),
                   file=sys.stderr)
         stage_ms = run_child("stages", ours)
