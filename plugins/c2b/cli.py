@@ -191,6 +191,22 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    """Show where the plan cache is, or clear it (it refills on the next parse)."""
+    from c2b.plan_cache import cache_dir, get_cache
+
+    folder, cache = cache_dir(), get_cache()
+    if cache is None:
+        print("the plan cache is off (C2B_PLAN_CACHE=off)")
+        return 0
+    if args.action == "clear":
+        print(f"removed {cache.clear()} cached plan(s) from {folder}")
+    else:
+        n = len(list(folder.glob("*.pickle"))) if folder and folder.is_dir() else 0
+        print(f"{folder}: {n} cached plan(s)")
+    return 0
+
+
 def _preview_warehouse(path: str | None):  # -> c2b.warehouse.Warehouse
     import os
 
@@ -382,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("schema", help="write the plan files' JSON Schema (for editors)")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
     p.set_defaults(func=cmd_schema)
+    p = sub.add_parser("cache", help="where the plan cache is and how many plans it holds, or clear it")
+    p.add_argument("action", nargs="?", choices=["show", "clear"], default="show")
+    p.set_defaults(func=cmd_cache)
     p = sub.add_parser("preview", help="audience size per variant on the warehouse; no Redis, no sends")
     p.add_argument("plan", help="plan id (dags/plans/<id>.yaml) or a plan file path")
     p.add_argument("--warehouse", help="DuckDB file (default: $C2B_WAREHOUSE, else the c2b_warehouse connection)")

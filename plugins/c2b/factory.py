@@ -111,6 +111,7 @@ def build_dag(plan: Plan, path: Path) -> Any:
         max_active_runs=1,
         tags=sorted({"c2b", *plan.tags}),
         default_args=default_args,
+        **_dag_config_defaults(),
     ) as dag:
         extract = step(task_id="extract_audience", step="extract_audience")
         shards = step(task_id="load_shards", step="load_shards", inputs={"extract": extract.output})
@@ -133,6 +134,20 @@ def build_dag(plan: Plan, path: Path) -> Any:
     dag.fileloc = str(path)
     dag._c2b_plan = plan  # type: ignore[attr-defined]  # what the steps run with (see plan_of)
     return dag
+
+
+@lru_cache(maxsize=1)
+def _dag_config_defaults() -> dict[str, Any]:
+    """Return the DAG arguments Airflow would read from its config for every DAG, read once.
+
+    The same values a ``DAG()`` without them gets (config does not change within a process);
+    reading them per DAG is a measurable part of building hundreds of plans.
+    """
+    from airflow.sdk.configuration import conf
+
+    return {"max_active_tasks": conf.getint("core", "max_active_tasks_per_dag"),
+            "max_consecutive_failed_dag_runs": conf.getint("core", "max_consecutive_failed_dag_runs_per_dag"),
+            "disable_bundle_versioning": conf.getboolean("dag_processor", "disable_bundle_versioning")}
 
 
 def plan_of(dag: Any) -> Plan:
@@ -202,15 +217,22 @@ def _plan_step_class() -> type:
 
 
 def load_plan_dag(path: Path) -> Any:
-    """Validate the plan file at ``path`` and return its DAG; every failure is a ``PlanError``."""
-    from c2b.plan import PlanError, load_plan
+    """Validate the plan file at ``path`` and return its DAG; every failure is a ``PlanError``.
 
-    plan = load_plan(path, check_name=True)
+    An unchanged plan that was valid before comes from the plan cache (:mod:`c2b.plan_cache`),
+    skipping YAML and validation; a plan is cached only once its DAG is built.
+    """
+    from c2b.plan import PlanError
+    from c2b.plan_cache import load_cached_plan
+
+    plan, store = load_cached_plan(path)
     try:
-        return build_dag(plan, path)
+        dag = build_dag(plan, path)
     except Exception as exc:  # noqa: BLE001 - a valid plan Airflow still rejects: say so, per file
         raise PlanError(path, [("", f"Airflow rejected the DAG built from this plan: {type(exc).__name__}: {exc}")]) \
             from exc
+    store()
+    return dag
 
 
 # --- many plans (the fallback loader, the demo and tests) ----------------------------------------
@@ -336,10 +358,13 @@ def preload() -> None:
     import c2b.plan_checks  # noqa: F401
     import c2b.templates  # noqa: F401
     from c2b.plan import valid_timezone
+    from c2b.plan_cache import code_salt
 
     _plan_step_class()
     _importer_class()
+    _dag_config_defaults()
     valid_timezone("Asia/Shanghai")
+    code_salt()  # read the validating modules' sources once, not in every child
 
 
 def plan_importer() -> Any:

@@ -15,13 +15,13 @@ lists what the query returns; templates may read those plus the built-ins
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 from c2b.plan import ALL_USERS_SEGMENT, Plan, Touch, join_key
@@ -99,6 +99,8 @@ class SegmentSpec:
     params: dict[str, ParamSpec] | None
     columns: tuple[str, ...] | None
     placeholders: frozenset[str] = field(default_factory=frozenset)
+    path: str = ""  # the file read, and the digest of its bytes (see c2b.plan_cache)
+    digest: str = ""
 
     def params_help(self) -> str:
         if not self.params:
@@ -158,22 +160,27 @@ def parse_header(sql: str, name: str = "") -> SegmentSpec:
 
 
 @lru_cache(maxsize=256)
-def _spec_cached(path: str, mtime_ns: int, size: int, name: str) -> SegmentSpec:
-    return parse_header(Path(path).read_text(encoding="utf-8"), name)
+def _spec_cached(path: str, digest: str, data: bytes, name: str) -> SegmentSpec:
+    # As read_text does: strict UTF-8, universal newlines.
+    text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+    return dataclasses.replace(parse_header(text, name), path=path, digest=digest)
 
 
 def read_segment(name: str) -> SegmentSpec:
-    """Return the spec of segment file ``name`` (cached per file version).
+    """Return the spec of segment file ``name`` (cached per file content).
 
     Raises ``FileNotFoundError`` when it does not exist under the segments folder and
     ``ValueError`` when its header cannot be read.
     """
+    from c2b.plan_cache import digest
+
     base = sql_dir() / "segments"
     path = segment_path(name)
     if not os.path.normpath(path).startswith(os.path.normpath(base) + os.sep):
         raise FileNotFoundError(name)
-    st = os.stat(path)  # FileNotFoundError when missing
-    return _spec_cached(str(path), st.st_mtime_ns, st.st_size, name)
+    with open(path, "rb") as f:  # FileNotFoundError when missing
+        data = f.read()
+    return _spec_cached(str(path), digest(data), data, name)
 
 
 def available_segments() -> list[str]:
@@ -238,6 +245,14 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
 
     env = templates._ENV  # the sandbox the delivery renders with (its filters and tests)
     where = f"touches[{i}].template"
+    simple = templates.simple_template_reads(touch.template)
+    if simple is not None:
+        # A template Jinja parses to these reads; when they are all fine, so is the template.
+        # Any problem is reported from Jinja's own parse below, so messages stay the same.
+        names, getattrs, filters = simple
+        if filters <= env.filters.keys() and not _read_problems(
+                names, sorted(getattrs), touch, columns, segment, where):
+            return []
     try:
         ast = env.parse(touch.template)
     except TemplateSyntaxError as exc:
@@ -275,7 +290,16 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
             return [(where, f"does not compile: {exc.message}; see Jinja syntax")]
     else:
         names = loads - stores - ({"loop"} if looped else set())
-    known = set(columns) | set(templates.BUILTIN_NAMES) | set(env.globals)
+    return _read_problems(names, attrs, touch, columns, segment, where)
+
+
+def _read_problems(names: Any, attrs: list[tuple[str, str]], touch: Touch, columns: tuple[str, ...], segment: str,
+                   where: str) -> list[tuple[str, str]]:
+    """Return the problems of the names and ``owner.attr`` reads of a touch's template."""
+    from c2b import templates
+
+    problems: list[tuple[str, str]] = []
+    known = set(columns) | set(templates.BUILTIN_NAMES) | set(templates._ENV.globals)
     for name in sorted(names):
         if name not in known:
             problems.append((where, f"unknown attribute {name!r}{_hint(name, known)}; {segment} gives "
@@ -309,13 +333,21 @@ def _hint(word: str, options: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def repository_problems(plan: Plan) -> list[tuple[str, str]]:
-    """Return every problem of ``plan`` against the segment library and the template sandbox."""
+def repository_problems(plan: Plan, used: dict[str, str] | None = None) -> list[tuple[str, str]]:
+    """Return every problem of ``plan`` against the segment library and the template sandbox.
+
+    ``used`` (when given) receives ``{path: digest}`` of every segment file the checks read.
+    """
     aud = plan.audience
     spec, problems = segment_problems(aud.segment or ALL_USERS_SEGMENT, dict(aud.params), "audience")
+    specs = [spec]
     for j, item in enumerate(aud.exclude):
         if item.segment is not None:
-            problems += segment_problems(item.segment, dict(item.params), f"audience.exclude[{j}]")[1]
+            excluded, more = segment_problems(item.segment, dict(item.params), f"audience.exclude[{j}]")
+            specs.append(excluded)
+            problems += more
+    if used is not None:
+        used.update((s.path, s.digest) for s in specs if s is not None)
     if spec is not None:
         if spec.columns is None:
             problems.append(("audience.segment", f"{spec.name} has no '-- columns:' header; declare what it returns "

@@ -85,6 +85,28 @@ def test_fixing_the_plan_clears_its_error(dags_folder: Path) -> None:
     assert set(bag.dags) == GOOD_IDS | {"broken_plan"}
 
 
+def test_a_reparse_uses_the_plan_cache_but_never_for_the_broken_plan(
+        dags_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the dag-processor does every 30 s: the same DAGs and the same error, the good plans cached."""
+    from airflow.serialization.serialized_objects import DagSerialization
+    from c2b import plan as plan_module
+
+    monkeypatch.setenv("C2B_PLAN_CACHE", str(tmp_path / "cache"))
+    validated: list[str] = []
+    real = plan_module.load_plan
+    monkeypatch.setattr(plan_module, "load_plan",
+                        lambda path, **kw: validated.append(Path(path).name) or real(path, **kw))
+    cold = _bag(dags_folder)
+    assert sorted(validated) == sorted([p.name for p in EXAMPLES] + ["broken_plan.yaml"])
+    assert len(list((tmp_path / "cache").glob("*.pickle"))) == len(EXAMPLES)
+    validated.clear()
+    warm = _bag(dags_folder)
+    assert validated == ["broken_plan.yaml"]  # validated (and reported) on every parse
+    assert warm.import_errors == cold.import_errors and set(warm.dags) == GOOD_IDS
+    for dag_id in GOOD_IDS:  # the same DAG, as the scheduler stores it
+        assert DagSerialization.to_dict(warm.dags[dag_id]) == DagSerialization.to_dict(cold.dags[dag_id])
+
+
 def test_a_worker_parses_only_its_plan_file(dags_folder: Path) -> None:
     """The task runner re-parses the DAG's file: with the importer that is the one YAML file."""
     from airflow.dag_processing.dagbag import BundleDagBag
