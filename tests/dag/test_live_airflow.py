@@ -53,6 +53,16 @@ class LiveAirflow:
         r.raise_for_status()
         return r.json()
 
+    def trigger(self, dag_id: str) -> str:
+        """Unpause ``dag_id``, start a manual run and return its run id."""
+        r = requests.patch(f"{self.url}/api/v2/dags/{dag_id}?update_mask=is_paused", json={"is_paused": False},
+                           timeout=10)
+        r.raise_for_status()
+        r = requests.post(f"{self.url}/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": {}},
+                          timeout=10)
+        r.raise_for_status()
+        return r.json()["dag_run_id"]
+
     def wait(self, what: str, check: Callable[[], Any], timeout: float = 180) -> Any:
         deadline = time.monotonic() + timeout
         last: Any = None
@@ -140,13 +150,7 @@ def test_broken_plan_under_a_real_scheduler(live: LiveAirflow) -> None:
     live.wait("the error to clear", lambda: not errors() and "broken_plan" in loaded())
 
     # The fixed plan runs end to end on a LocalExecutor worker (which parses plans/broken_plan.yaml).
-    r = requests.patch(f"{live.url}/api/v2/dags/broken_plan?update_mask=is_paused", json={"is_paused": False},
-                       timeout=10)
-    r.raise_for_status()
-    r = requests.post(f"{live.url}/api/v2/dags/broken_plan/dagRuns", json={"logical_date": None, "conf": {}},
-                      timeout=10)
-    r.raise_for_status()
-    run_id = r.json()["dag_run_id"]
+    run_id = live.trigger("broken_plan")
     state = live.wait("the run to finish", lambda: live.get(f"dags/broken_plan/dagRuns/{run_id}")["state"]
                       in ("success", "failed") and live.get(f"dags/broken_plan/dagRuns/{run_id}")["state"])
     tis = live.get(f"dags/broken_plan/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
@@ -194,13 +198,7 @@ def test_quiet_hours_park_the_shards_until_the_users_morning_under_a_real_schedu
     (live.dags / "plans" / "quiet_hours_live.yaml").write_text(plan)
     live.wait("the quiet-hours plan to load", lambda: "quiet_hours_live" in
               {d["dag_id"] for d in live.get("dags?limit=100")["dags"]}, timeout=60)
-    r = requests.patch(f"{live.url}/api/v2/dags/quiet_hours_live?update_mask=is_paused", json={"is_paused": False},
-                       timeout=10)
-    r.raise_for_status()
-    r = requests.post(f"{live.url}/api/v2/dags/quiet_hours_live/dagRuns", json={"logical_date": None, "conf": {}},
-                      timeout=10)
-    r.raise_for_status()
-    run_id = r.json()["dag_run_id"]
+    run_id = live.trigger("quiet_hours_live")
 
     def deliver_states() -> list[str]:
         tis = live.get(f"dags/quiet_hours_live/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]

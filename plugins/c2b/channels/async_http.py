@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,6 +27,31 @@ _MAX_HEAD = 64 * 1024
 
 class HttpProtocolError(OSError):
     """The gateway's answer is not HTTP/1.x as we can read it (a network-level failure: retried)."""
+
+
+@dataclass(frozen=True)
+class GatewayUrl:
+    """Where a channel's requests go: the parts of its ``http(s)://host[:port]/path?query`` URL."""
+
+    https: bool
+    host: str
+    port: int
+    base_path: str
+    query: str  # with its "?", or ""
+
+    @classmethod
+    def parse(cls, url: str) -> GatewayUrl:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"channel URL must be http(s)://host[:port]/path, got {url!r}")
+        https = parts.scheme == "https"
+        return cls(https, parts.hostname, parts.port or (443 if https else 80), parts.path.rstrip("/"),
+                   f"?{parts.query}" if parts.query else "")
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
+        return host if self.port == (443 if self.https else 80) else f"{host}:{self.port}"
 
 
 class _Connection:
@@ -50,20 +76,11 @@ class AsyncHttpClient:
     """
 
     def __init__(self, url: str, token: str = "", timeout: float = 10.0) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"channel URL must be http(s)://host[:port]/path, got {url!r}")
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port or (443 if self.https else 80)
-        self.base_path = parts.path.rstrip("/") or ""
-        self.query = f"?{parts.query}" if parts.query else ""
+        target = GatewayUrl.parse(url)
+        self.https, self.host, self.port = target.https, target.host, target.port
+        self.base_path, self.query = target.base_path, target.query
         self.timeout = timeout
-        default_port = 443 if self.https else 80
-        host_header = self.host if self.port == default_port else f"{self.host}:{self.port}"
-        if ":" in self.host and not host_header.startswith("["):  # an IPv6 literal
-            host_header = f"[{self.host}]" + ("" if self.port == default_port else f":{self.port}")
-        self._fixed_headers = f"Host: {host_header}\r\nContent-Type: application/json\r\n"
+        self._fixed_headers = f"Host: {target.host_header}\r\nContent-Type: application/json\r\n"
         if token:
             self._fixed_headers += f"Authorization: Bearer {token}\r\n"
         self._ssl = ssl.create_default_context() if self.https else None

@@ -25,9 +25,8 @@ import json
 import threading
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
-from c2b.channels.async_http import AsyncHttpClient
+from c2b.channels.async_http import AsyncHttpClient, GatewayUrl
 from c2b.channels.base import Channel, ChannelConfig, Message, Outcome
 
 TRANSIENT = {408, 425, 429}
@@ -48,14 +47,9 @@ class HttpClient:
     """POST JSON to one base URL over per-thread keep-alive connections."""
 
     def __init__(self, url: str, token: str = "", timeout: float = 10.0) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"channel URL must be http(s)://host[:port]/path, got {url!r}")
-        self.https = parts.scheme == "https"
-        self.host = parts.hostname
-        self.port = parts.port
-        self.base_path = parts.path.rstrip("/") or ""
-        self.query = f"?{parts.query}" if parts.query else ""
+        target = GatewayUrl.parse(url)
+        self.https, self.host, self.port = target.https, target.host, target.port
+        self.base_path, self.query = target.base_path, target.query
         self.timeout = timeout
         self.headers = {"Content-Type": "application/json"}
         if token:
