@@ -15,6 +15,7 @@ ui:         ## start the Airflow UI (api-server + scheduler + dag-processor) on 
 
 lint:
 	@scripts/dev.sh run ruff check plugins dags tests bench
+	@scripts/dev.sh run mypy plugins/c2b
 
 clean:      ## stop the private redis-server and demo gateway, and remove local state (.airflow/)
 	-@[ -f .airflow/redis.pid ] && kill $$(cat .airflow/redis.pid) 2>/dev/null || true

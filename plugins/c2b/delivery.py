@@ -266,6 +266,8 @@ class ShardDelivery:
         self.picker = VariantPicker(plan.salt, plan.variant_weights)
         self.touches: dict[str, Touch] = {t.name: t for t in plan.touches}
         self.templates = {t.name: compile_template(t.template) for t in plan.touches}
+        self.assets: dict[str, dict[str, str]] = {t.name: {str(k): v for k, v in t.assets.items()}
+                                                   for t in plan.touches}
         self.offers = {t.name: (t.offer.model_dump(exclude_none=True) if t.offer else None) for t in plan.touches}
         self.touches_by_variant = {
             v: [t for t in plan.touches_of(v) if only_touches is None or t.name in only_touches]
@@ -326,7 +328,7 @@ class ShardDelivery:
         text = self.templates[touch.name].render(values)
         return Message(idempotency_key(self.plan.id, self.run_id, touch.name, item.uid), self.plan.id,
                        self.run_id, touch.name, touch.channel, item.uid, item.variant, text,
-                       dict(touch.assets), offer)
+                       dict(self.assets[touch.name]), offer)
 
     def _triage(self, items: list[Item], attrs: dict[str, dict[str, Any]], deferred_pass: bool = False) -> list[Item]:
         """Decide each item's fate before sending; return the items to send now (ledger ``p``).

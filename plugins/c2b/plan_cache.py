@@ -42,7 +42,9 @@ FORMAT = 1  # bump when the entry layout changes
 OFF_VALUES = ("off", "0", "false", "no", "")
 # The modules whose code decides whether a plan is valid and what the validated plan holds.
 _VALIDATING_MODULES = ("plan", "plan_checks", "templates", "sql", "settings", "hashing", "plan_cache")
-_LIBRARIES = ("pydantic", "pydantic_core", "jinja2", "yaml", "croniter")
+# tzdata: plans name timezones (checked against the zone database); Python's zoneinfo reads the
+# system database first, whose changes this cannot see (`python -m c2b cache clear` after one).
+_LIBRARIES = ("pydantic", "pydantic_core", "jinja2", "yaml", "croniter", "tzdata")
 
 
 def cache_dir() -> Path | None:

@@ -283,14 +283,15 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
         stack.extend(node.iter_child_nodes())
     if problems:
         return problems
+    read: set[str] | frozenset[str]
     if scoped:
         try:
-            names = meta.find_undeclared_variables(ast)
+            read = meta.find_undeclared_variables(ast)
         except TemplateError as exc:
             return [(where, f"does not compile: {exc.message}; see Jinja syntax")]
     else:
-        names = loads - stores - ({"loop"} if looped else set())
-    return _read_problems(names, attrs, touch, columns, segment, where)
+        read = loads - stores - ({"loop"} if looped else set())
+    return _read_problems(read, attrs, touch, columns, segment, where)
 
 
 def _read_problems(names: Any, attrs: list[tuple[str, str]], touch: Touch, columns: tuple[str, ...], segment: str,
