@@ -30,11 +30,9 @@ import json
 import multiprocessing
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor, wait
 from functools import partial
 from pathlib import Path
@@ -51,6 +49,7 @@ from c2b.delivery import ShardDelivery, idempotency_key  # noqa: E402
 from c2b.plan import parse_plan  # noqa: E402
 from c2b.store import ShardKeys, load_shards, read_page  # noqa: E402
 from c2b.templates import compile_template  # noqa: E402
+from gateway import GatewayProcess  # noqa: E402
 from servers import RedisServer, free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -66,32 +65,6 @@ def plan_for(concurrency: int, rate_limit: float | None = None):  # -> Plan
                      "offer": {"type": "price_up_coupon", "amount": 30}}],
         "delivery": {"shards": SHARDS, "page_size": PAGE, "concurrency": concurrency, "rate_limit": rate_limit},
     }, "<bench>")
-
-
-class GatewayProcess:
-    """tests/gateway.py in its own process (its own GIL), reset between runs over HTTP."""
-
-    def __init__(self, latency_ms: float, sigma: float, workdir: Path) -> None:
-        port_file = workdir / f"gw-{sigma}.port"
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "gateway.py"), "--port", "0",
-                                      "--latency-ms", str(latency_ms), "--sigma", str(sigma),
-                                      "--port-file", str(port_file)], stdout=subprocess.DEVNULL)
-        for _ in range(100):
-            if port_file.exists() and port_file.read_text():
-                break
-            time.sleep(0.05)
-        self.base = f"http://127.0.0.1:{port_file.read_text()}"
-        self.url = f"{self.base}/push"
-
-    def reset(self) -> None:
-        urllib.request.urlopen(urllib.request.Request(f"{self.base}/reset", data=b"{}", method="POST")).read()
-
-    def stats(self) -> dict[str, Any]:
-        return json.loads(urllib.request.urlopen(f"{self.base}/stats").read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
 
 
 def seed_style(redis: Any, plan: Any, run_id: str, url: str, concurrency: int) -> None:
@@ -247,7 +220,7 @@ def main() -> None:
           f"{args.latency_ms:g} ms; load average {load[0]:.2f}", flush=True)
     try:
         for sigma in sigmas:
-            gw = GatewayProcess(args.latency_ms, sigma, work)
+            gw = GatewayProcess(work, args.latency_ms, sigma)
             try:
                 for c in concs:
                     print(f"sigma {sigma}, concurrency {c}:", flush=True)

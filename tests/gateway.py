@@ -25,6 +25,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 
@@ -116,7 +117,10 @@ class Gateway:
 
             def do_GET(self) -> None:  # noqa: N802 (http.server API)
                 with gateway._lock:
-                    self._answer(200, gateway.record.summary())
+                    if self.path.rstrip("/").endswith("/accept_times"):
+                        self._answer(200, {"accept_times": list(gateway.record.accept_times)})
+                    else:
+                        self._answer(200, gateway.record.summary())
 
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -216,6 +220,59 @@ class Gateway:
                     conn.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+class GatewayProcess:
+    """This gateway in its own Python process: its timing is not disturbed by the caller's GIL or
+    garbage collector (a big pytest process can pause for a large fraction of a second, which would
+    show as a burst in the acceptance times). ``GET /stats``, ``GET /accept_times``, ``POST /reset``.
+    """
+
+    def __init__(self, workdir: Path, latency_ms: float = 0.0, sigma: float = 0.5) -> None:
+        import subprocess
+        import sys
+
+        port_file = workdir / f"gateway-{id(self)}.port"
+        self.proc = subprocess.Popen([sys.executable, str(Path(__file__)), "--port", "0", "--latency-ms",
+                                      str(latency_ms), "--sigma", str(sigma), "--port-file", str(port_file)],
+                                     stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text()):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                self.stop()
+                raise RuntimeError("the gateway process did not start")
+            time.sleep(0.05)
+        self.base = f"http://127.0.0.1:{port_file.read_text()}"
+        self.url = f"{self.base}/send"
+
+    def _get(self, path: str) -> Any:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.base}{path}", timeout=30) as answer:
+            return json.loads(answer.read())
+
+    def stats(self) -> dict[str, Any]:
+        return self._get("/stats")
+
+    def accept_times(self) -> list[float]:
+        return self._get("/accept_times")["accept_times"]
+
+    def reset(self) -> None:
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.base}/reset", data=b"{}", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            answer.read()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+    def __enter__(self) -> GatewayProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def main() -> None:
