@@ -172,3 +172,45 @@ def test_async_client_rejects_an_answer_that_is_not_http(scripted) -> None:
     server = scripted([b"SSH-2.0-OpenSSH_9.2\r\n\r\n"])
     with pytest.raises(OSError, match="not an HTTP/1.x answer"):
         _post_all(server.port, 1)
+
+
+@pytest.fixture(scope="module")
+def tls_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, str]]:
+    """The gateway behind TLS with a certificate for 127.0.0.1 from its own CA (self-signed)."""
+    import ssl
+    import subprocess
+
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "gateway.pem", folder / "gateway.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(cert, key)
+    with Gateway() as gw:
+        gw.server.socket = server_side.wrap_socket(gw.server.socket, server_side=True)
+        yield gw, str(cert)
+
+
+@pytest.mark.parametrize("client", ["async", "blocking"])
+def test_https_gateway_signed_by_the_connections_ca_file(tls_gateway, client: str) -> None:
+    gw, ca_file = tls_gateway
+    url = gw.url.replace("http://", "https://")
+    trusted = make_channel("push", ChannelConfig(url=url, extra={"ca_file": ca_file}))
+    untrusted = make_channel("push", ChannelConfig(url=url))
+    if client == "async":
+        [ok], [refused] = _send(trusted, [_message(f"tls-{client}")]), _send(untrusted, [_message("tls-x")])
+    else:
+        ok, refused = trusted.send(_message(f"tls-{client}")), untrusted.send(_message("tls-x"))
+    assert ok.status == "sent" and f"key-tls-{client}" in gw.record.accepted
+    # Not signed by a CA the system trusts: refused (and never delivered), with the reason.
+    assert (refused.status, refused.reason) == ("retry", "network: SSLCertVerificationError")
+    assert "key-tls-x" not in gw.record.accepted
+
+
+def test_ca_file_must_be_a_pem_bundle(tmp_path) -> None:
+    with pytest.raises(ValueError, match="no such file"):
+        make_channel("sms", ChannelConfig(url="https://gw.example", extra={"ca_file": str(tmp_path / "none.pem")}))
+    (tmp_path / "bad.pem").write_text("not a certificate")
+    with pytest.raises(ValueError, match="not a PEM bundle"):
+        make_channel("sms", ChannelConfig(url="https://gw.example", extra={"ca_file": str(tmp_path / "bad.pem")}))

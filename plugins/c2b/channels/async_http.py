@@ -17,6 +17,7 @@ import asyncio
 import json
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -54,6 +55,18 @@ class GatewayUrl:
         return host if self.port == (443 if self.https else 80) else f"{host}:{self.port}"
 
 
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Return the TLS settings for an https gateway: the system's CAs, or the PEM bundle ``ca_file``
+    (a company CA that signed the gateway's certificate). Certificates are always verified."""
+    if ca_file and not Path(ca_file).is_file():
+        raise ValueError(f"connection extra 'ca_file': no such file {ca_file!r} (a PEM bundle of CA certificates)")
+    try:
+        return ssl.create_default_context(cafile=ca_file or None)
+    except ssl.SSLError as exc:
+        raise ValueError(f"connection extra 'ca_file': {ca_file!r} is not a PEM bundle of CA certificates: {exc}"
+                         ) from None
+
+
 class _Connection:
     __slots__ = ("reader", "writer")
 
@@ -75,7 +88,8 @@ class AsyncHttpClient:
     :meth:`aclose` in that loop when done; a client used again on a new loop starts a new pool.
     """
 
-    def __init__(self, url: str, token: str = "", timeout: float = 10.0) -> None:
+    def __init__(self, url: str, token: str = "", timeout: float = 10.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         target = GatewayUrl.parse(url)
         self.https, self.host, self.port = target.https, target.host, target.port
         self.base_path, self.query = target.base_path, target.query
@@ -83,7 +97,7 @@ class AsyncHttpClient:
         self._fixed_headers = f"Host: {target.host_header}\r\nContent-Type: application/json\r\n"
         if token:
             self._fixed_headers += f"Authorization: Bearer {token}\r\n"
-        self._ssl = ssl.create_default_context() if self.https else None
+        self._ssl = (tls or ssl.create_default_context()) if self.https else None
         self._idle: list[_Connection] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import threading
 from collections.abc import Sequence
 from typing import Any
 
-from c2b.channels.async_http import AsyncHttpClient, GatewayUrl
+from c2b.channels.async_http import AsyncHttpClient, GatewayUrl, tls_context
 from c2b.channels.base import Channel, ChannelConfig, Message, Outcome
 
 TRANSIENT = {408, 425, 429}
@@ -46,8 +47,10 @@ def classify(status: int, error: str = "") -> Outcome:
 class HttpClient:
     """POST JSON to one base URL over per-thread keep-alive connections."""
 
-    def __init__(self, url: str, token: str = "", timeout: float = 10.0) -> None:
+    def __init__(self, url: str, token: str = "", timeout: float = 10.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         target = GatewayUrl.parse(url)
+        self.tls = tls
         self.https, self.host, self.port = target.https, target.host, target.port
         self.base_path, self.query = target.base_path, target.query
         self.timeout = timeout
@@ -61,8 +64,10 @@ class HttpClient:
     def _conn(self) -> http.client.HTTPConnection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-            conn = cls(self.host, self.port, timeout=self.timeout)
+            if self.https:
+                conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout, context=self.tls)
+            else:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -117,8 +122,9 @@ class HttpJsonChannel(Channel):
         if not config.url:
             raise ValueError(f"channel {self.name!r} needs a URL: set the Airflow Connection's host "
                              "(and port/schema) or its extra 'url'")
-        self.client = HttpClient(config.url, config.token, self.timeout)
-        self.aclient = AsyncHttpClient(config.url, config.token, self.timeout)
+        tls = tls_context(config.extra.get("ca_file")) if GatewayUrl.parse(config.url).https else None
+        self.client = HttpClient(config.url, config.token, self.timeout, tls)
+        self.aclient = AsyncHttpClient(config.url, config.token, self.timeout, tls)
         self.batch_path = str(config.extra.get("batch_path", self.batch_path_default))
 
     def body(self, message: Message) -> dict[str, Any]:
