@@ -169,3 +169,91 @@ class RedisClusterServers:
             except subprocess.TimeoutExpired:
                 proc.kill()
         self.procs = []
+
+
+class ReplyCuttingProxy:
+    """A TCP proxy in front of a real Redis that can lose the reply to one chosen request.
+
+    It forwards everything both ways; once armed with :meth:`cut_reply_to`, the first request
+    containing the marker reaches Redis (which runs it), and the connection is closed instead of
+    passing Redis's answer back. That is what a client sees when Redis goes down right after
+    running a command (a SIGTERM shutdown persists the write but never sends the reply): it does
+    not know whether its command ran.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        import threading
+
+        self.upstream_port = upstream_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._marker: bytes | None = None
+        self._skip = 0
+        self.cuts = 0
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def cut_reply_to(self, marker: bytes, skip: int = 0) -> None:
+        """Lose the reply to the ``skip + 1``-th request from now that contains ``marker``."""
+        with self._lock:
+            self._marker, self._skip = marker, skip
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            doomed = threading.Event()
+            threading.Thread(target=self._requests, args=(client, upstream, doomed), daemon=True).start()
+            threading.Thread(target=self._replies, args=(upstream, client, doomed), daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket, doomed) -> None:
+        try:
+            while data := client.recv(65536):
+                with self._lock:
+                    if self._marker is not None and self._marker in data:
+                        if self._skip == 0:
+                            self._marker = None
+                            doomed.set()
+                        else:
+                            self._skip -= 1
+                upstream.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close(client, upstream)
+
+    def _replies(self, upstream: socket.socket, client: socket.socket, doomed) -> None:
+        try:
+            while data := upstream.recv(65536):
+                if doomed.is_set():  # the doomed request ran; its answer never reaches the client
+                    with self._lock:
+                        self.cuts += 1
+                    break
+                client.sendall(data)
+        except OSError:
+            pass
+        finally:
+            _close(client, upstream)
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+
+
+def _close(*socks: socket.socket) -> None:
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        s.close()

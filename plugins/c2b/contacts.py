@@ -65,11 +65,27 @@ def record_contacts(redis: Any, uids: list[str], when: datetime, ttl_days: int =
     if not uids:
         return
     day = epoch_day(when)
-    pipe = redis.pipeline(transaction=False)
+    pipes: dict[str, Any] = {}
     for bucket, members in _by_bucket(uids).items():
+        key = bucket_key(bucket)
+        pipe = _script_pipeline(redis, key, pipes)
         # EVAL, not EVALSHA: no script cache to miss, in a pipeline or on a cluster node.
-        pipe.eval(_RECORD_MAX, 1, bucket_key(bucket), day, ttl_days * 86_400, *(b for _, b in members))
-    pipe.execute()
+        pipe.eval(_RECORD_MAX, 1, key, day, ttl_days * 86_400, *(b for _, b in members))
+    for pipe in pipes.values():
+        pipe.execute()
+
+
+def _script_pipeline(redis: Any, key: str, pipes: dict[str, Any]) -> Any:
+    """Return the pipeline that may run a script on ``key``: the client's own, or on Redis Cluster
+    (whose pipeline refuses scripts) a plain pipeline to the node holding the key's slot."""
+    if not hasattr(redis, "get_node_from_key"):
+        name, client = "", redis
+    else:
+        node = redis.get_node_from_key(key)
+        name, client = node.name, redis.get_redis_connection(node)
+    if name not in pipes:
+        pipes[name] = client.pipeline(transaction=False)
+    return pipes[name]
 
 
 def contacted_since(redis: Any, uids: list[str], since: datetime) -> list[bool]:

@@ -400,7 +400,8 @@ class ShardDelivery:
                 go.append(it)
                 if is_fresh:
                     changes.append(Change(it.field, PENDING, it.vt, "pending"))
-        applied = with_redis_retry(lambda: self.ledger.prepare(changes)) if changes else []
+        receipt = self.ledger.new_receipt()  # one per decision: a replay gets the first answer back
+        applied = with_redis_retry(lambda: self.ledger.prepare(changes, receipt)) if changes else []
         mine = {c.field for c, ok in zip(changes, applied, strict=True) if ok and c.state == PENDING}
         resent = {it.field for it in resend}
         self.stats.attempt["resent"] += len(resend)

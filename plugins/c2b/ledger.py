@@ -25,6 +25,7 @@ mean nothing for another load), which is why the per-page counters live there.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,12 +36,22 @@ PENDING, SENT, DEFERRED, CAPPED, EXPIRED = "p", "s", "d", "c", "x"
 FINAL_PREFIXES = (SENT, "f", CAPPED, EXPIRED)
 LEDGER_TTL = 7 * 24 * 3600
 
-# KEYS: ledger, stats, deferred. ARGV: ttl, then (field, state, "variant|touch", outcome, due) x n.
-# Moves an entry that is new or deferred to ``state`` (and a pending one back to deferred, or to
-# failed when its message can no longer be rendered).
+# KEYS: ledger, stats, deferred, receipts. ARGV: ttl, receipt ttl, receipt, previous receipt, then
+# (field, state, "variant|touch", outcome, due) x n. Moves an entry that is new or deferred to
+# ``state`` (and a pending one back to deferred, or to failed when its message can no longer be
+# rendered). The answer is kept under the call's receipt: a replay of the same call (its reply was
+# lost when Redis went down right after running it, and the client sent it again) gets the first
+# answer back instead of "not yours" for the entries the first run made pending. The caller's
+# previous receipt is dropped: it got that answer, so that call can no longer be replayed.
 _PREPARE = """
+local done = redis.call('HGET', KEYS[4], ARGV[3])
+if done then
+  local out = {}
+  for i = 1, #done do out[i] = tonumber(string.sub(done, i, i)) end
+  return out
+end
 local out = {}
-for i = 2, #ARGV, 5 do
+for i = 5, #ARGV, 5 do
   local f, st, vt, outcome, due = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local cur = redis.call('HGET', KEYS[1], f)
   local ok = 0
@@ -68,8 +79,12 @@ local ttl = tonumber(ARGV[1])
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('EXPIRE', KEYS[3], ttl)
+if ARGV[4] ~= '' then redis.call('HDEL', KEYS[4], ARGV[4]) end
+redis.call('HSET', KEYS[4], ARGV[3], table.concat(out))
+redis.call('EXPIRE', KEYS[4], tonumber(ARGV[2]))
 return out
 """
+RECEIPT_TTL = 3600  # longer than any replay: the client's own retries plus C2B_REDIS_PATIENCE_S
 
 # KEYS: ledger, stats, deferred. ARGV: ttl, then (field, state, "variant|touch", outcome) x n.
 # Only from pending; a message sent from the deferred queue leaves it here.
@@ -141,6 +156,7 @@ class ShardLedger:
         self._prepare = redis.register_script(_PREPARE)
         self._finalize = redis.register_script(_FINALIZE)
         self._advance = redis.register_script(_ADVANCE)
+        self._answered = ""  # receipt of the last prepare call whose answer arrived
 
     def states(self, fields: Sequence[str]) -> list[str | None]:
         """Return the current state of each ledger field (``None``: never seen)."""
@@ -148,14 +164,26 @@ class ShardLedger:
             return []
         return [_text(v) for v in self.redis.hmget(self.ledger, list(fields))]
 
-    def prepare(self, changes: Sequence[Change]) -> list[bool]:
-        """Apply changes to new/deferred entries (and pending -> deferred); return which applied."""
+    def prepare(self, changes: Sequence[Change], receipt: str | None = None) -> list[bool]:
+        """Apply changes to new/deferred entries (and pending -> deferred); return which applied.
+
+        ``receipt`` names this logical call (:meth:`new_receipt`): pass the same one when retrying
+        it, so a call that ran but whose answer was lost gets its own answer back.
+        """
         if not changes:
             return []
-        args: list[Any] = [self.ttl]
+        receipt = receipt or self.new_receipt()
+        args: list[Any] = [self.ttl, RECEIPT_TTL, receipt, self._answered]
         for c in changes:
             args += [c.field, c.state, c.variant_touch, c.outcome, f"{c.due:.0f}"]
-        return [bool(x) for x in self._prepare(keys=[self.ledger, self.stats, self.deferred], args=args)]
+        keys = [self.ledger, self.stats, self.deferred, self.keys.receipts]
+        applied = [bool(x) for x in self._prepare(keys=keys, args=args)]
+        self._answered = receipt
+        return applied
+
+    @staticmethod
+    def new_receipt() -> str:
+        return uuid.uuid4().hex
 
     def finalize(self, pipe: Any, changes: Sequence[Change]) -> None:
         """Queue on ``pipe`` (or run, on a cluster): pending -> final state (sent or failed)."""

@@ -8,6 +8,7 @@ while different shards hash to different slots and so spread over the cluster's 
     c2b:{<plan>:<run>:<shard>}:aud      ZSET    zset encoding: uids with score 0, paged by rank
     c2b:{<plan>:<run>:<shard>}:attrs    HASH    uid -> JSON of template attributes (only if used)
     c2b:{<plan>:<run>:<shard>}:ckpt     HASH    delivery checkpoint (next page start)
+    c2b:{<plan>:<run>:<shard>}:rcpt     HASH    answer of the ledger's last decision (replay guard)
     c2b:{<plan>:<run>:<shard>}:ledger   HASH    "<touch>|<uid>" -> p (pending) | s (sent) | f:<reason>
 
 A shard holds its uids in exactly one of ``pk`` / ``aud``: ``packed`` when every uid of the run is a
@@ -15,7 +16,7 @@ canonical integer (~8.5 bytes per member, see :mod:`c2b.packed`), ``zset`` other
 The meta key records which, so readers and ``python -m c2b store-check`` know the layout.
 
 Every key carries a TTL (the plan's ``delivery.key_ttl_hours``), set when the key is created, so an
-abandoned run cleans itself up. ``cleanup`` drops the meta, audience, attribute and checkpoint keys;
+abandoned run cleans itself up. ``cleanup`` drops the meta, audience, attribute, checkpoint and receipt keys;
 the ledger keeps its own, longer TTL because it is the record of what was sent (a cleared and re-run
 DAG run consults it and sends nothing twice).
 
@@ -103,9 +104,13 @@ class ShardKeys:
     def ledger(self) -> str:
         return f"c2b:{self.tag}:ledger"
 
+    @property
+    def receipts(self) -> str:
+        return f"c2b:{self.tag}:rcpt"
+
     def run_scoped(self) -> list[str]:
         """Keys that only live for the run (dropped by cleanup)."""
-        return [self.audience, self.packed, self.attrs, self.checkpoint]
+        return [self.audience, self.packed, self.attrs, self.checkpoint, self.receipts]
 
 
 @dataclass

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import redis
+import redis.cluster
 from c2b.store import ShardKeys, drop_run, inspect_run, load_shards
 from servers import RedisClusterServers
 from store_cases import assert_resume, assert_round_trip, staging
@@ -93,12 +95,21 @@ def test_whole_plan_run_on_cluster(redis_cluster, monkeypatch: pytest.MonkeyPatc
     assert not errors
     dr = dags["cancelled_price_coupon"].test()
     assert str(getattr(dr.state, "value", dr.state)) == "success"
+    # Every task succeeded on its first try: a retry that finds the shard already recorded would
+    # hide a first attempt that failed half-way (it once did: contact records on the cluster).
+    tries = {(ti.task_id, ti.map_index): (str(getattr(ti.state, "value", ti.state)), ti.try_number)
+             for ti in dr.get_task_instances()}
+    assert set(tries.values()) == {("success", 1)}, tries
 
     summary = json.loads(next((tmp_path / "c2b" / "reports").rglob("*.json")).read_text())
     files = list((tmp_path / "c2b" / "outbox").rglob("*.jsonl"))
     sent = Counter(json.loads(line)["uid"] for f in files for line in f.read_text().splitlines())
     assert summary["audience"]["kept"] > 100 and sent and max(sent.values()) == 1
     assert sum(sent.values()) == summary["outcomes"]["coupon|coupon_push|sent"]
+    from c2b.contacts import contacted_since
+
+    cluster = redis.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0])
+    assert all(contacted_since(cluster, list(sent), datetime.now(UTC))), "every sent user is in the contact record"
     leftover = [k for node in _keys_per_node(redis_cluster) for k in node]
     # What outlives a run: each shard's ledger and its totals; plus the cross-plan records
     # (contacts for exclusion, frequency-cap counts), which belong to no run.

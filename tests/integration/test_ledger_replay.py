@@ -1,0 +1,98 @@
+"""A ledger call whose reply is lost is replayed safely (real Redis behind a reply-cutting proxy).
+
+When Redis stops right after running a command (a SIGTERM shutdown persists the write, then exits
+without sending the reply), the client cannot tell whether the command ran and sends it again:
+redis-py's own retry does, and so does :func:`c2b.redis_retry.with_redis_retry`. The ledger's
+``prepare`` is conditional ("only a new entry becomes pending"), so a naive replay answers "not
+yours" for the entries the first run made pending, and the shard would skip sending them. A CI
+run lost exactly one page that way. These tests lose that reply on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import redis
+from deliverkit import expected_keys, load_audience, make_plan, plan_dict, spec, start_shard
+from gateway import Faults, Gateway
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from servers import ReplyCuttingProxy
+
+
+@pytest.fixture
+def proxy(redis_server, redis_client):
+    p = ReplyCuttingProxy(redis_server.port)
+    yield p
+    p.close()
+
+
+def _client(url: str, client_retries: int) -> redis.Redis:
+    return redis.Redis.from_url(url, retry=Retry(NoBackoff(), client_retries))
+
+
+@pytest.mark.parametrize("client_retries", [3, 0], ids=["redis-py-replays", "with_redis_retry-replays"])
+def test_prepare_replayed_after_a_lost_reply_returns_the_first_answer(redis_client, proxy, client_retries) -> None:
+    from c2b.ledger import Change, ShardLedger
+    from c2b.redis_retry import with_redis_retry
+    from c2b.store import ShardKeys
+
+    ledger = ShardLedger(_client(proxy.url, client_retries), ShardKeys("p_replay", "r1", 1))
+    fields = [f"t0|u{i}" for i in range(5)]
+    changes = [Change(f, "p", "all|t0", "pending") for f in fields]
+    proxy.cut_reply_to(ledger._prepare.sha.encode())
+    receipt = ledger.new_receipt()
+
+    applied = with_redis_retry(lambda: ledger.prepare(changes, receipt), patience=5)
+
+    assert proxy.cuts == 1  # the first run's answer really was lost
+    assert applied == [True] * 5
+    assert ledger.states(fields) == ["p"] * 5
+    # Another call (a racing attempt) still finds the entries taken: the receipt is per call.
+    assert ledger.prepare(changes) == [False] * 5
+    assert redis_client.hgetall(ledger.stats) == {}  # pending moves no counter, however often replayed
+
+
+def test_deferred_move_replayed_after_a_lost_reply_counts_once(redis_client, proxy) -> None:
+    from c2b.ledger import Change, ShardLedger
+    from c2b.redis_retry import with_redis_retry
+    from c2b.store import ShardKeys
+
+    ledger = ShardLedger(_client(proxy.url, 0), ShardKeys("p_replay", "r1", 1))
+    changes = [Change(f"t0|u{i}", "d", "all|t0", "deferred", 2_000_000_000) for i in range(3)]
+    proxy.cut_reply_to(ledger._prepare.sha.encode())
+    receipt = ledger.new_receipt()
+    assert with_redis_retry(lambda: ledger.prepare(changes, receipt), patience=5) == [True] * 3
+    assert proxy.cuts == 1
+    assert redis_client.hget(ledger.stats, "all|t0|deferred") == b"3"
+    assert redis_client.hget(ledger.stats, "#deferred_total") == b"3"
+
+
+def test_shard_whose_page_decision_reply_is_lost_still_sends_every_message_once(
+        redis_client, proxy, tmp_path: Path) -> None:
+    """End to end: the shard process talks to Redis through the proxy, which loses the reply to the
+    prepare call of the 4th page; the shard must still send all its messages, each once."""
+    from c2b.ledger import ShardLedger
+    from c2b.store import ShardKeys
+
+    users = [f"q{i:04d}" for i in range(600)]
+    data = plan_dict("p_lost_reply", page_size=50, concurrency=8)
+    plan = make_plan(data)
+    load_audience(redis_client, plan, "r1", users, tmp_path)
+    want = expected_keys(plan, "r1", users)
+    sha = ShardLedger(redis_client, ShardKeys(plan.id, "r1", 1))._prepare.sha.encode()
+    proxy.cut_reply_to(sha, skip=3)
+    with Gateway(Faults(median_latency_s=0.002)) as gw:
+        proc = start_shard(spec(proxy.url, data, "r1", 1, gw.url), tmp_path)
+        out, _ = proc.communicate(timeout=60)
+        rec = gw.record
+    assert proc.returncode == 0, (tmp_path / "shard.log").read_text()[-3000:]
+    assert proxy.cuts == 1
+    assert set(rec.accepted) == want, f"lost {len(want - set(rec.accepted))}"
+    assert rec.duplicates == 0
+    stats = json.loads(out.strip().splitlines()[-1])
+    assert stats["counts"] == {"all|t0|sent": len(want)}
+    ledger = redis_client.hgetall(f"c2b:{{{plan.id}:r1:1}}:ledger")
+    assert len(ledger) == len(want) and set(ledger.values()) == {b"s"}
