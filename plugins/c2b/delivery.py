@@ -14,7 +14,9 @@ Why it looks like this:
   and re-sends ``p`` ones with the same idempotency key, so a receiver that honours the key sees
   each message once, even after kill -9.
 - *Resumable.* The checkpoint is the start of the first page not completely recorded; a retry
-  reads from there instead of from rank 0.
+  reads from there instead of from rank 0. The ledger counts its pending entries, so after a full
+  pass a shard knows in one read whether anything is still unaccounted for (an entry no page or
+  queue brings back); it then re-sends those too, with their keys, before it reports done.
 - *Stoppable.* The kill switch is checked before a page is read, before it is handed to the loop
   and every 20 ms while waiting for room; when it trips, requests not yet started are dropped
   (their entries stay pending for a resume) and those in flight finish.
@@ -149,7 +151,8 @@ class Recorder:
     """
 
     def __init__(self, ledger: ShardLedger, fcap: FrequencyCap, capped_plan: bool,
-                 on_contacts: Callable[[list[str]], None], flush_every: float = 0.01, flush_at: int = 64) -> None:
+                 on_contacts: Callable[[list[str]], None], flush_every: float = 0.01, flush_at: int = 64,
+                 done: Counter[str] | None = None) -> None:
         self.ledger = ledger
         self.fcap = fcap
         self.capped_plan = capped_plan
@@ -163,7 +166,7 @@ class Recorder:
         self._wake = threading.Event()
         self._closing = False
         self.error: BaseException | None = None
-        self.done: Counter[str] = Counter()  # sent / failed recorded by this attempt
+        self.done: Counter[str] = Counter() if done is None else done  # sent / failed recorded
         self._thread = threading.Thread(target=self._loop, name="c2b-recorder", daemon=True)
         self._thread.start()
 
@@ -245,6 +248,44 @@ class Recorder:
             raise self.error
 
 
+class Driver:
+    """One send window of a shard: hands pages to the loop, watches the kill switch and errors."""
+
+    def __init__(self, shard: ShardDelivery, sends: InFlight, recorder: Recorder | None) -> None:
+        self.shard = shard
+        self.sends = sends
+        self.recorder = recorder
+
+    def killed(self) -> bool:
+        sd = self.shard
+        if with_redis_retry(sd.kill_switch):
+            sd.stats.stopped = True
+            sd.stats.stop_reason = getattr(sd.kill_switch, "reason", "") or "kill switch"
+            self.sends.drop_waiting()  # what has not started stays pending in the ledger for a resume
+            return True
+        return False
+
+    def failing(self) -> bool:
+        return self.sends.error is not None or bool(self.recorder and self.recorder.error)
+
+    def dispatch(self, items: list[Item]) -> bool:
+        """Hand a page's requests to the send loop; return False when the shard must stop."""
+        # While the window is full, look at the switch every 20 ms: sends keep starting from the
+        # backlog meanwhile, so this bounds what starts after a flip (~20 ms worth).
+        while not self.sends.wait_for_room(timeout=0.02):
+            if self.failing() or self.killed():
+                return False
+        # Checked again right before handing the page over: the wait may have been long.
+        if self.failing() or self.killed():
+            return False
+        sd = self.shard
+        self.sends.submit([partial(sd._send, request, self.recorder) for request in sd._requests(items)])
+        return True
+
+    def progress(self) -> None:
+        self.shard._progress()
+
+
 class ShardDelivery:
     """Deliver one shard of one run of a plan."""
 
@@ -283,6 +324,8 @@ class ShardDelivery:
         self._record_contacts: Callable[[Any, list[str], datetime], None] = record_contacts
         self.limits = self._limits()
         self.stats = ShardStats(shard)
+        self.done: Counter[str] = Counter()  # sent / failed recorded by this attempt
+        self._started = self._last_log = time.monotonic()
 
     def _limits(self) -> dict[str, Limits]:
         """Rate limits per touch: its channel connection's and the plan's, shared via Redis."""
@@ -436,90 +479,37 @@ class ShardDelivery:
     # -- the shard ----------------------------------------------------------------------------
     def run(self, page_size: int, concurrency: int) -> ShardStats:
         """Deliver the shard from its checkpoint, then its due deferred users; return the stats."""
-        started = time.monotonic()
+        started = self._started = time.monotonic()
         st = self.stats
-        recorder = None if self.dry_run else Recorder(
-            self.ledger, self.fcap, self.cap is not None,
-            lambda uids: self._record_contacts(self.redis, uids, datetime.now(UTC)))
-        sends = InFlight(concurrency, backlog=max(concurrency, page_size), name=f"shard{st.shard}-send")
         cursor = 0 if self.dry_run else with_redis_retry(self.ledger.checkpoint)
         if cursor:
             log.info("shard %s: resuming from checkpoint at rank %s", st.shard, cursor)
-        last_log = [time.monotonic()]
+        self._drive(page_size, concurrency, partial(self._main_passes, cursor, page_size))
+        if not (self.dry_run or st.stopped):
+            # Every send of this attempt is recorded by now, so a pending entry left is nobody's:
+            # an attempt ended without recording it behind a checkpoint that had moved on.
+            orphans = with_redis_retry(self.ledger.pending_count)
+            if orphans > 0:
+                log.warning("shard %s: %s messages still pending after a full pass; re-sending them with "
+                            "their idempotency keys", st.shard, orphans)
+                st.attempt["orphans"] += orphans
+                self._drive(page_size, concurrency, partial(self._orphan_pass, page_size))
+        self._finish(started)
+        self._progress(force=True)
+        log.info("shard %s %s: %s", st.shard, "STOPPED by " + st.stop_reason if st.stopped else "done",
+                 {k: v for k, v in sorted(st.counts.items())})
+        return st
 
-        def killed() -> bool:
-            if with_redis_retry(self.kill_switch):
-                st.stopped = True
-                st.stop_reason = getattr(self.kill_switch, "reason", "") or "kill switch"
-                sends.drop_waiting()  # what has not started stays pending in the ledger for a resume
-                return True
-            return False
-
-        def failing() -> bool:
-            return sends.error is not None or bool(recorder and recorder.error)
-
-        def dispatch(items: list[Item]) -> bool:
-            """Hand a page's requests to the send loop; return False when the shard must stop."""
-            # While the window is full, look at the switch every 20 ms: sends keep starting from
-            # the backlog meanwhile, so this bounds what starts after a flip (~20 ms worth).
-            while not sends.wait_for_room(timeout=0.02):
-                if failing() or killed():
-                    return False
-            # Checked again right before handing the page over: the wait may have been long.
-            if failing() or killed():
-                return False
-            sends.submit([partial(self._send, request, recorder) for request in self._requests(items)])
-            return True
-
-        def progress(force: bool = False) -> None:
-            now = time.monotonic()
-            if not force and now - last_log[0] < self.progress_every:
-                return
-            last_log[0] = now
-            took = max(now - started, 1e-9)
-            sent = recorder.done["sent"] if recorder else st.counts.total()
-            log.info("shard %s: %s pages, %s users, %s sent (%.0f/s), %s failed, %s deferred, %s re-sent",
-                     st.shard, st.attempt["pages"], st.attempt["users"], sent, sent / took,
-                     recorder.done["failed"] if recorder else 0, st.attempt["deferred_now"], st.attempt["resent"])
-
+    def _drive(self, page_size: int, concurrency: int, passes: Callable[[Driver], None]) -> None:
+        """Run ``passes`` with a send window and a recorder; return once all is sent and recorded."""
+        st = self.stats
+        recorder = None if self.dry_run else Recorder(
+            self.ledger, self.fcap, self.cap is not None,
+            lambda uids: self._record_contacts(self.redis, uids, datetime.now(UTC)), done=self.done)
+        sends = InFlight(concurrency, backlog=max(concurrency, page_size), name=f"shard{st.shard}-send")
         try:
             try:
-                # Main pass: the shard's audience from the checkpoint, page by page.
-                while not failing():
-                    if killed():
-                        break
-                    uids: list[str] = with_redis_retry(partial(read_page, self.redis, self.keys, cursor, page_size))
-                    if not uids:
-                        break
-                    items, attrs, holdout = self._items(uids, cursor)
-                    go = self._triage(items, attrs)
-                    if recorder:
-                        recorder.open_page(cursor, cursor + len(uids), len(go), len(uids), holdout)
-                    else:
-                        st.counts.update(holdout)
-                    st.attempt["pages"] += 1
-                    st.attempt["users"] += len(uids)
-                    cursor += len(uids)
-                    if not dispatch(go):
-                        break
-                    progress()
-                # Deferred pass: first what a crashed attempt had picked up from the queue, then
-                # users whose send hours have opened since they were parked.
-                leftover = with_redis_retry(self.ledger.picked_up) if self._may_continue(failing) else []
-                for i in range(0, len(leftover), page_size):
-                    if not self._may_continue(failing) or killed():
-                        break
-                    if not dispatch(self._deferred_items(leftover[i:i + page_size])):
-                        break
-                while self._may_continue(failing):
-                    fields = with_redis_retry(lambda: self.ledger.due(self.clock(), page_size))
-                    if not fields or killed():
-                        break
-                    # Every field leaves the due range here (picked up, re-parked or final), so
-                    # the loop ends.
-                    if not dispatch(self._deferred_items(fields)):
-                        break
-                    progress()
+                passes(Driver(self, sends, recorder))
             finally:
                 sends.close(self._close_channels)
         finally:
@@ -527,11 +517,66 @@ class ShardDelivery:
                 recorder.close()
         if sends.error is not None:
             raise sends.error
-        self._finish(started)
-        progress(force=True)
-        log.info("shard %s %s: %s", st.shard, "STOPPED by " + st.stop_reason if st.stopped else "done",
-                 {k: v for k, v in sorted(st.counts.items())})
-        return st
+
+    def _main_passes(self, cursor: int, page_size: int, drive: Driver) -> None:
+        """The shard's audience from the checkpoint page by page, then its deferred users."""
+        st = self.stats
+        while not drive.failing():
+            if drive.killed():
+                break
+            uids: list[str] = with_redis_retry(partial(read_page, self.redis, self.keys, cursor, page_size))
+            if not uids:
+                break
+            items, attrs, holdout = self._items(uids, cursor)
+            go = self._triage(items, attrs)
+            if drive.recorder:
+                drive.recorder.open_page(cursor, cursor + len(uids), len(go), len(uids), holdout)
+            else:
+                st.counts.update(holdout)
+            st.attempt["pages"] += 1
+            st.attempt["users"] += len(uids)
+            cursor += len(uids)
+            if not drive.dispatch(go):
+                break
+            drive.progress()
+        # Deferred pass: first what a crashed attempt had picked up from the queue, then users
+        # whose send hours have opened since they were parked.
+        leftover = with_redis_retry(self.ledger.picked_up) if self._may_continue(drive.failing) else []
+        for i in range(0, len(leftover), page_size):
+            if not self._may_continue(drive.failing) or drive.killed():
+                break
+            if not drive.dispatch(self._deferred_items(leftover[i:i + page_size])):
+                break
+        while self._may_continue(drive.failing):
+            fields = with_redis_retry(lambda: self.ledger.due(self.clock(), page_size))
+            if not fields or drive.killed():
+                break
+            # Every field leaves the due range here (picked up, re-parked or final), so the loop ends.
+            if not drive.dispatch(self._deferred_items(fields)):
+                break
+            drive.progress()
+
+    def _orphan_pass(self, page_size: int, drive: Driver) -> None:
+        """Re-send pending entries no page or queue will bring back (same keys: sent once)."""
+        fields = with_redis_retry(self.ledger.pending_fields)
+        for i in range(0, len(fields), page_size):
+            if not self._may_continue(drive.failing) or drive.killed():
+                break
+            if not drive.dispatch(self._deferred_items(fields[i:i + page_size])):
+                break
+            drive.progress()
+
+    def _progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_log < self.progress_every:
+            return
+        self._last_log = now
+        st = self.stats
+        took = max(now - self._started, 1e-9)
+        sent = st.counts.total() if self.dry_run else self.done["sent"]
+        log.info("shard %s: %s pages, %s users, %s sent (%.0f/s), %s failed, %s deferred, %s re-sent",
+                 st.shard, st.attempt["pages"], st.attempt["users"], sent, sent / took,
+                 self.done["failed"], st.attempt["deferred_now"], st.attempt["resent"])
 
     def _may_continue(self, failing: Callable[[], bool]) -> bool:
         return not (self.dry_run or self.stats.stopped or failing())

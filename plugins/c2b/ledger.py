@@ -11,7 +11,8 @@ Keys (all share the shard's hash tag, so every script below touches a single clu
 States: ``p`` pending (about to be sent, or in flight), ``s`` sent, ``f:<reason>`` failed for good,
 ``c`` capped (frequency cap), ``x`` expired (the plan's window closed before the user's hours
 opened), ``d`` deferred (quiet hours). Only ``p`` is re-sent by a retry; ``s``, ``f``, ``c``, ``x``
-are final.
+are final. The stats' ``#pending`` counts the ``p`` entries, so a shard can tell in one read whether
+anything is still unaccounted for.
 
 Why scripts: a state change and its counter move together in one atomic call, and each call is
 conditional on the current state, so replaying it (a flush retried after a Redis blip, two
@@ -58,6 +59,8 @@ for i = 5, #ARGV, 5 do
   if cur == false or cur == 'd' or (cur == 'p' and (st == 'd' or string.sub(st, 1, 2) == 'f:')) then
     ok = 1
     redis.call('HSET', KEYS[1], f, st)
+    if st == 'p' then redis.call('HINCRBY', KEYS[2], '#pending', 1) end
+    if cur == 'p' then redis.call('HINCRBY', KEYS[2], '#pending', -1) end
     if cur == 'd' and st ~= 'd' then
       redis.call('HINCRBY', KEYS[2], vt .. '|deferred', -1)
       if st == 'p' then redis.call('ZADD', KEYS[3], '+inf', f) else redis.call('ZREM', KEYS[3], f) end
@@ -96,6 +99,7 @@ for i = 2, #ARGV, 4 do
   if redis.call('HGET', KEYS[1], f) == 'p' then
     ok = 1
     redis.call('HSET', KEYS[1], f, st)
+    redis.call('HINCRBY', KEYS[2], '#pending', -1)
     redis.call('HINCRBY', KEYS[2], vt .. '|' .. outcome, 1)
     if string.sub(st, 1, 2) == 'f:' then redis.call('HINCRBY', KEYS[2], '!' .. string.sub(st, 3), 1) end
     redis.call('ZREM', KEYS[3], f)
@@ -216,6 +220,14 @@ class ShardLedger:
         All at once: they leave the queue as they are recorded, so paging by offset would skip some.
         """
         return [_text(f) or "" for f in self.redis.zrangebyscore(self.deferred, "+inf", "+inf")]
+
+    def pending_count(self) -> int:
+        """Return how many entries are pending (handed to a send whose outcome is not recorded)."""
+        return int(self.redis.hget(self.stats, "#pending") or 0)
+
+    def pending_fields(self, count: int = 1000) -> list[str]:
+        """Return every pending entry's field (a scan of the ledger: only for the orphan sweep)."""
+        return [_text(f) or "" for f, v in self.redis.hscan_iter(self.ledger, count=count) if v == b"p"]
 
     def forget_deferred(self, fields: Sequence[str]) -> None:
         """Drop queue members whose ledger entry is already final (keeps the queue honest)."""

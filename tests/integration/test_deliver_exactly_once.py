@@ -41,6 +41,10 @@ def _ledger(redis, plan_id: str, run_id: str, shard: int = 1) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
+def _pending_count(redis, plan_id: str, run_id: str, shard: int = 1) -> int:
+    return int(redis.hget(f"c2b:{{{plan_id}:{run_id}:{shard}}}:stats", "#pending") or 0)
+
+
 def test_kill_minus_9_at_random_points_then_retry_sends_each_message_once(
         redis_server, redis_client, tmp_path: Path) -> None:
     rng = random.Random(20260506)
@@ -74,6 +78,8 @@ def test_kill_minus_9_at_random_points_then_retry_sends_each_message_once(
             assert stats["attempt"].get("resent", 0) == pending and replays <= pending, (trial, pending, replays)
             ledger = _ledger(redis_client, plan.id, run_id)
             assert len(ledger) == len(want) and set(ledger.values()) == {"s"}
+            # The pending count agrees with the ledger, and nothing needed the orphan sweep.
+            assert _pending_count(redis_client, plan.id, run_id) == 0 and not stats["attempt"].get("orphans")
             sent = sum(n for k, n in stats["counts"].items() if k.endswith("|sent"))
             assert sent == len(want), stats["counts"]
             assert stats["users"] == len(users)
@@ -142,8 +148,45 @@ def test_redis_restart_during_delivery_the_retry_completes_the_shard(tmp_path: P
         assert rec.duplicates == 0
         ledger = _ledger(server.client(), plan.id, "r1")
         assert len(ledger) == len(want) and set(ledger.values()) == {"s"}
+        assert _pending_count(server.client(), plan.id, "r1") == 0
         log = (tmp_path / "first.log").read_text()
         assert attempts == (1 if patience == "30" else 2), log[-3000:]
         print(f"\nredis restart: completed in {attempts} attempt(s), {sum(rec.replays.values())} replays")
     finally:
         server.stop()
+
+
+def test_pending_entries_behind_the_checkpoint_are_swept_and_sent_once(redis_client, tmp_path: Path) -> None:
+    """The state a lost ledger reply used to leave: an attempt recorded most of page 0, left 10 of
+    its entries pending and still moved the checkpoint past it. No page read brings those back;
+    the shard's pending count does, and the sweep sends them (and nothing else twice)."""
+    from c2b.channels import ChannelConfig, make_channel
+    from c2b.delivery import ShardDelivery
+    from c2b.ledger import Change, ShardLedger
+    from c2b.store import ShardKeys, read_page
+
+    users = [f"o{i:04d}" for i in range(200)]
+    data = plan_dict("p_orphans", page_size=50, concurrency=8)
+    plan = make_plan(data)
+    load_audience(redis_client, plan, "r1", users, tmp_path)
+    keys = ShardKeys(plan.id, "r1", 1)
+    ledger = ShardLedger(redis_client, keys)
+    page0 = [u.decode() if isinstance(u, bytes) else u for u in read_page(redis_client, keys, 0, 50)]
+    assert ledger.prepare([Change(f"t0|{u}", "p", "all|t0", "pending") for u in page0]) == [True] * 50
+    pipe = redis_client.pipeline(transaction=False)
+    ledger.finalize(pipe, [Change(f"t0|{u}", "s", "all|t0", "sent") for u in page0[10:]])
+    ledger.advance(pipe, 0, 50, 50, {})
+    pipe.execute()
+    assert ledger.pending_count() == 10 and ledger.checkpoint() == 50
+
+    with Gateway() as gw:
+        channels = {t.name: make_channel(t.channel, ChannelConfig(url=gw.url, conn_id="c_push", redis=redis_client))
+                    for t in plan.touches}
+        stats = ShardDelivery(redis_client, plan, "r1", 1, channels, lambda: False).run(50, 8).to_xcom()
+        rec = gw.record
+    orphans = expected_keys(plan, "r1", page0[:10])
+    rest = expected_keys(plan, "r1", [u for u in users if u not in page0])
+    assert set(rec.accepted) == orphans | rest and rec.duplicates == 0 and not rec.replays
+    assert stats["attempt"]["orphans"] == 10 and stats["counts"] == {"all|t0|sent": 200}
+    assert ledger.pending_count() == 0
+    assert set(_ledger(redis_client, plan.id, "r1").values()) == {"s"}
