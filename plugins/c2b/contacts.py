@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from c2b.hashing import shard_index, shard_indexes_arrow, uid_bytes
+from c2b.script_pipelines import run_scripts
 
 BUCKETS = 1024
 DEFAULT_TTL_DAYS = 180
@@ -65,27 +66,13 @@ def record_contacts(redis: Any, uids: list[str], when: datetime, ttl_days: int =
     if not uids:
         return
     day = epoch_day(when)
-    pipes: dict[str, Any] = {}
+    calls = []
     for bucket, members in _by_bucket(uids).items():
         key = bucket_key(bucket)
-        pipe = _script_pipeline(redis, key, pipes)
+        args = (day, ttl_days * 86_400, *(b for _, b in members))
         # EVAL, not EVALSHA: no script cache to miss, in a pipeline or on a cluster node.
-        pipe.eval(_RECORD_MAX, 1, key, day, ttl_days * 86_400, *(b for _, b in members))
-    for pipe in pipes.values():
-        pipe.execute()
-
-
-def _script_pipeline(redis: Any, key: str, pipes: dict[str, Any]) -> Any:
-    """Return the pipeline that may run a script on ``key``: the client's own, or on Redis Cluster
-    (whose pipeline refuses scripts) a plain pipeline to the node holding the key's slot."""
-    if not hasattr(redis, "get_node_from_key"):
-        name, client = "", redis
-    else:
-        node = redis.get_node_from_key(key)
-        name, client = node.name, redis.get_redis_connection(node)
-    if name not in pipes:
-        pipes[name] = client.pipeline(transaction=False)
-    return pipes[name]
+        calls.append((key, lambda pipe, key=key, args=args: pipe.eval(_RECORD_MAX, 1, key, *args)))
+    run_scripts(redis, calls)
 
 
 def contacted_since(redis: Any, uids: list[str], since: datetime) -> list[bool]:

@@ -235,9 +235,11 @@ class Recorder:
         if sent:
             with_redis_retry(lambda: self.on_contacts([uid for _, uid in sent]))
             if not self.capped_plan:
-                with_redis_retry(lambda: self.fcap.take((d, u, 1) for d, u in sent))
+                receipt = self.fcap.new_receipt()  # the same on a replay: counted once
+                with_redis_retry(lambda: self.fcap.take(((d, u, 1) for d, u in sent), receipt))
         if failed and self.capped_plan:
-            with_redis_retry(lambda: self.fcap.give_back(failed))
+            receipt = self.fcap.new_receipt()
+            with_redis_retry(lambda: self.fcap.give_back(failed, receipt))
 
     def close(self) -> None:
         """Flush everything and stop; raise the first error the thread met."""
@@ -248,7 +250,7 @@ class Recorder:
             raise self.error
 
 
-class Driver:
+class Dispatcher:
     """One send window of a shard: hands pages to the loop, watches the kill switch and errors."""
 
     def __init__(self, shard: ShardDelivery, sends: InFlight, recorder: Recorder | None) -> None:
@@ -422,7 +424,8 @@ class ShardDelivery:
             with_redis_retry(lambda: self.ledger.forget_deferred(stale))
         if self.cap is not None and fresh:
             want = Counter((it.day, it.uid) for it in fresh)
-            granted = with_redis_retry(lambda: self.fcap.take((d, u, n) for (d, u), n in want.items()))
+            receipt = self.fcap.new_receipt()  # the same on a replay: taken once
+            granted = with_redis_retry(lambda: self.fcap.take(((d, u, n) for (d, u), n in want.items()), receipt))
             allowed = []
             for it in fresh:  # touches in plan order take the user's remaining slots first
                 key = (it.day, it.uid)
@@ -500,16 +503,16 @@ class ShardDelivery:
                  {k: v for k, v in sorted(st.counts.items())})
         return st
 
-    def _drive(self, page_size: int, concurrency: int, passes: Callable[[Driver], None]) -> None:
+    def _drive(self, page_size: int, concurrency: int, passes: Callable[[Dispatcher], None]) -> None:
         """Run ``passes`` with a send window and a recorder; return once all is sent and recorded."""
         st = self.stats
         recorder = None if self.dry_run else Recorder(
-            self.ledger, self.fcap, self.cap is not None,
+            self.ledger, FrequencyCap(self.redis, self.cap), self.cap is not None,
             lambda uids: self._record_contacts(self.redis, uids, datetime.now(UTC)), done=self.done)
         sends = InFlight(concurrency, backlog=max(concurrency, page_size), name=f"shard{st.shard}-send")
         try:
             try:
-                passes(Driver(self, sends, recorder))
+                passes(Dispatcher(self, sends, recorder))
             finally:
                 sends.close(self._close_channels)
         finally:
@@ -518,53 +521,53 @@ class ShardDelivery:
         if sends.error is not None:
             raise sends.error
 
-    def _main_passes(self, cursor: int, page_size: int, drive: Driver) -> None:
+    def _main_passes(self, cursor: int, page_size: int, dispatcher: Dispatcher) -> None:
         """The shard's audience from the checkpoint page by page, then its deferred users."""
         st = self.stats
-        while not drive.failing():
-            if drive.killed():
+        while not dispatcher.failing():
+            if dispatcher.killed():
                 break
             uids: list[str] = with_redis_retry(partial(read_page, self.redis, self.keys, cursor, page_size))
             if not uids:
                 break
             items, attrs, holdout = self._items(uids, cursor)
             go = self._triage(items, attrs)
-            if drive.recorder:
-                drive.recorder.open_page(cursor, cursor + len(uids), len(go), len(uids), holdout)
+            if dispatcher.recorder:
+                dispatcher.recorder.open_page(cursor, cursor + len(uids), len(go), len(uids), holdout)
             else:
                 st.counts.update(holdout)
             st.attempt["pages"] += 1
             st.attempt["users"] += len(uids)
             cursor += len(uids)
-            if not drive.dispatch(go):
+            if not dispatcher.dispatch(go):
                 break
-            drive.progress()
+            dispatcher.progress()
         # Deferred pass: first what a crashed attempt had picked up from the queue, then users
         # whose send hours have opened since they were parked.
-        leftover = with_redis_retry(self.ledger.picked_up) if self._may_continue(drive.failing) else []
+        leftover = with_redis_retry(self.ledger.picked_up) if self._may_continue(dispatcher.failing) else []
         for i in range(0, len(leftover), page_size):
-            if not self._may_continue(drive.failing) or drive.killed():
+            if not self._may_continue(dispatcher.failing) or dispatcher.killed():
                 break
-            if not drive.dispatch(self._deferred_items(leftover[i:i + page_size])):
+            if not dispatcher.dispatch(self._deferred_items(leftover[i:i + page_size])):
                 break
-        while self._may_continue(drive.failing):
+        while self._may_continue(dispatcher.failing):
             fields = with_redis_retry(lambda: self.ledger.due(self.clock(), page_size))
-            if not fields or drive.killed():
+            if not fields or dispatcher.killed():
                 break
             # Every field leaves the due range here (picked up, re-parked or final), so the loop ends.
-            if not drive.dispatch(self._deferred_items(fields)):
+            if not dispatcher.dispatch(self._deferred_items(fields)):
                 break
-            drive.progress()
+            dispatcher.progress()
 
-    def _orphan_pass(self, page_size: int, drive: Driver) -> None:
+    def _orphan_pass(self, page_size: int, dispatcher: Dispatcher) -> None:
         """Re-send pending entries no page or queue will bring back (same keys: sent once)."""
         fields = with_redis_retry(self.ledger.pending_fields)
         for i in range(0, len(fields), page_size):
-            if not self._may_continue(drive.failing) or drive.killed():
+            if not self._may_continue(dispatcher.failing) or dispatcher.killed():
                 break
-            if not drive.dispatch(self._deferred_items(fields[i:i + page_size])):
+            if not dispatcher.dispatch(self._deferred_items(fields[i:i + page_size])):
                 break
-            drive.progress()
+            dispatcher.progress()
 
     def _progress(self, force: bool = False) -> None:
         now = time.monotonic()

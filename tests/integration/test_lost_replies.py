@@ -1,11 +1,13 @@
-"""A ledger call whose reply is lost is replayed safely (real Redis behind a reply-cutting proxy).
+"""A ledger or frequency-cap call whose reply is lost is replayed safely (real Redis behind a
+reply-cutting proxy).
 
 When Redis stops right after running a command (a SIGTERM shutdown persists the write, then exits
 without sending the reply), the client cannot tell whether the command ran and sends it again:
 redis-py's own retry does, and so does :func:`c2b.redis_retry.with_redis_retry`. The ledger's
 ``prepare`` is conditional ("only a new entry becomes pending"), so a naive replay answers "not
 yours" for the entries the first run made pending, and the shard would skip sending them. A CI
-run lost exactly one page that way. These tests lose that reply on purpose.
+run lost exactly one page that way; the frequency cap's counts would have been taken (or given
+back) twice. These tests lose that reply on purpose.
 """
 
 from __future__ import annotations
@@ -96,3 +98,39 @@ def test_shard_whose_page_decision_reply_is_lost_still_sends_every_message_once(
     assert stats["counts"] == {"all|t0|sent": len(want)}
     ledger = redis_client.hgetall(f"c2b:{{{plan.id}:r1:1}}:ledger")
     assert len(ledger) == len(want) and set(ledger.values()) == {b"s"}
+
+
+@pytest.mark.parametrize("client_retries", [3, 0], ids=["redis-py-replays", "with_redis_retry-replays"])
+def test_frequency_cap_take_replayed_after_a_lost_reply_counts_once(redis_client, proxy, client_retries) -> None:
+    from c2b.fcap import FrequencyCap
+    from c2b.redis_retry import with_redis_retry
+
+    fcap = FrequencyCap(_client(proxy.url, client_retries), cap=2)
+    wants = [("20261125", f"u{i}", 1 + i % 2) for i in range(40)]  # many buckets: one pipelined call
+    proxy.cut_reply_to(fcap._script.sha.encode())
+    receipt = fcap.new_receipt()
+
+    granted = with_redis_retry(lambda: fcap.take(wants, receipt), patience=5)
+
+    assert proxy.cuts == 1
+    assert granted == {(d, u): n for d, u, n in wants}  # the first answer: everything fitted under 2
+    assert [fcap.count(d, u) for d, u, _ in wants] == [n for _, _, n in wants]  # not twice
+    # A new call is a new decision: the cap of 2 now refuses what would go over it.
+    assert fcap.take([("20261125", "u1", 1), ("20261125", "u0", 1)]) == {("20261125", "u1"): 0,
+                                                                      ("20261125", "u0"): 1}
+
+
+def test_frequency_cap_give_back_replayed_after_a_lost_reply_gives_back_once(redis_client, proxy) -> None:
+    from c2b.fcap import FrequencyCap
+    from c2b.redis_retry import with_redis_retry
+
+    fcap = FrequencyCap(_client(proxy.url, 0), cap=3)
+    users = [("20261125", f"g{i}") for i in range(10)]
+    assert fcap.take([(d, u, 3) for d, u in users]) == {k: 3 for k in users}
+    proxy.cut_reply_to(fcap._script.sha.encode())
+    receipt = fcap.new_receipt()
+    with_redis_retry(lambda: fcap.give_back(users, receipt), patience=5)
+    assert proxy.cuts == 1
+    # Given back once: 2 touches left, so exactly one more fits under the cap of 3.
+    assert [fcap.count(d, u) for d, u in users] == [2] * 10
+    assert fcap.take([(d, u, 2) for d, u in users]) == {k: 1 for k in users}
