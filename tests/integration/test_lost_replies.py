@@ -24,6 +24,19 @@ from redis.retry import Retry
 from servers import ReplyCuttingProxy
 
 
+def _run_of(script) -> bytes:
+    """The proxy's marker for a call that runs ``script`` (not redis-py's SCRIPT EXISTS check of
+    it, which a pipeline sends first and which changes nothing)."""
+    return b"EVALSHA\r\n$40\r\n" + script.sha.encode()
+
+
+def _lose_reply_to(proxy, redis, script, skip: int = 0) -> None:
+    """Arm the proxy for the ``skip + 1``-th run of ``script`` from now, loaded first: a NOSCRIPT
+    answer that the proxy cut would change nothing, and the test would prove nothing."""
+    assert redis.script_load(script.script) == script.sha
+    proxy.cut_reply_to(_run_of(script), skip)
+
+
 @pytest.fixture
 def proxy(redis_server, redis_client):
     p = ReplyCuttingProxy(redis_server.port)
@@ -44,7 +57,7 @@ def test_prepare_replayed_after_a_lost_reply_returns_the_first_answer(redis_clie
     ledger = ShardLedger(_client(proxy.url, client_retries), ShardKeys("p_replay", "r1", 1))
     fields = [f"t0|u{i}" for i in range(5)]
     changes = [Change(f, "p", "all|t0", "pending") for f in fields]
-    proxy.cut_reply_to(ledger._prepare.sha.encode())
+    _lose_reply_to(proxy, redis_client, ledger._prepare)
     receipt = ledger.new_receipt()
 
     applied = with_redis_retry(lambda: ledger.prepare(changes, receipt), patience=5)
@@ -64,7 +77,7 @@ def test_deferred_move_replayed_after_a_lost_reply_counts_once(redis_client, pro
 
     ledger = ShardLedger(_client(proxy.url, 0), ShardKeys("p_replay", "r1", 1))
     changes = [Change(f"t0|u{i}", "d", "all|t0", "deferred", 2_000_000_000) for i in range(3)]
-    proxy.cut_reply_to(ledger._prepare.sha.encode())
+    _lose_reply_to(proxy, redis_client, ledger._prepare)
     receipt = ledger.new_receipt()
     assert with_redis_retry(lambda: ledger.prepare(changes, receipt), patience=5) == [True] * 3
     assert proxy.cuts == 1
@@ -72,20 +85,29 @@ def test_deferred_move_replayed_after_a_lost_reply_counts_once(redis_client, pro
     assert redis_client.hget(ledger.stats, "#deferred_total") == b"3"
 
 
-def test_shard_whose_page_decision_reply_is_lost_still_sends_every_message_once(
-        redis_client, proxy, tmp_path: Path) -> None:
-    """End to end: the shard process talks to Redis through the proxy, which loses the reply to the
-    prepare call of the 4th page; the shard must still send all its messages, each once."""
+def _script_of(redis, plan, which: str):
+    from c2b.fcap import FrequencyCap
     from c2b.ledger import ShardLedger
     from c2b.store import ShardKeys
 
+    ledger = ShardLedger(redis, ShardKeys(plan.id, "r1", 1))
+    script = {"page decision": ledger._prepare, "outcomes": ledger._finalize,
+              "frequency counts": FrequencyCap(redis, None)._script}[which]
+    return script
+
+
+@pytest.mark.parametrize("which", ["page decision", "outcomes", "frequency counts"])
+def test_shard_whose_redis_reply_is_lost_still_sends_every_message_once_and_counts_it_once(
+        redis_client, proxy, tmp_path: Path, which: str) -> None:
+    """End to end: the shard process talks to Redis through the proxy, which loses the reply to
+    the 4th call of one script (the page decision, the recorded outcomes, or the cross-plan
+    frequency counts); the shard must still send all its messages, each once, and count each once."""
     users = [f"q{i:04d}" for i in range(600)]
     data = plan_dict("p_lost_reply", page_size=50, concurrency=8)
     plan = make_plan(data)
     load_audience(redis_client, plan, "r1", users, tmp_path)
     want = expected_keys(plan, "r1", users)
-    sha = ShardLedger(redis_client, ShardKeys(plan.id, "r1", 1))._prepare.sha.encode()
-    proxy.cut_reply_to(sha, skip=3)
+    _lose_reply_to(proxy, redis_client, _script_of(redis_client, plan, which), skip=3)
     with Gateway(Faults(median_latency_s=0.002)) as gw:
         proc = start_shard(spec(proxy.url, data, "r1", 1, gw.url), tmp_path)
         out, _ = proc.communicate(timeout=60)
@@ -96,8 +118,13 @@ def test_shard_whose_page_decision_reply_is_lost_still_sends_every_message_once(
     assert rec.duplicates == 0
     stats = json.loads(out.strip().splitlines()[-1])
     assert stats["counts"] == {"all|t0|sent": len(want)}
+    assert not stats["attempt"].get("orphans"), "the replay was answered right; no sweep was needed"
     ledger = redis_client.hgetall(f"c2b:{{{plan.id}:r1:1}}:ledger")
     assert len(ledger) == len(want) and set(ledger.values()) == {b"s"}
+    assert redis_client.hget(f"c2b:{{{plan.id}:r1:1}}:stats", "#pending") == b"0"
+    counts = [int(v) for key in redis_client.scan_iter("c2b:fcap:*") if not key.endswith(b":rcpt")
+              for v in redis_client.hvals(key)]
+    assert len(counts) == len(users) and set(counts) == {1}, "every user counted once across plans"
 
 
 @pytest.mark.parametrize("client_retries", [3, 0], ids=["redis-py-replays", "with_redis_retry-replays"])
@@ -107,7 +134,7 @@ def test_frequency_cap_take_replayed_after_a_lost_reply_counts_once(redis_client
 
     fcap = FrequencyCap(_client(proxy.url, client_retries), cap=2)
     wants = [("20261125", f"u{i}", 1 + i % 2) for i in range(40)]  # many buckets: one pipelined call
-    proxy.cut_reply_to(fcap._script.sha.encode())
+    _lose_reply_to(proxy, redis_client, fcap._script)
     receipt = fcap.new_receipt()
 
     granted = with_redis_retry(lambda: fcap.take(wants, receipt), patience=5)
@@ -127,7 +154,7 @@ def test_frequency_cap_give_back_replayed_after_a_lost_reply_gives_back_once(red
     fcap = FrequencyCap(_client(proxy.url, 0), cap=3)
     users = [("20261125", f"g{i}") for i in range(10)]
     assert fcap.take([(d, u, 3) for d, u in users]) == {k: 3 for k in users}
-    proxy.cut_reply_to(fcap._script.sha.encode())
+    _lose_reply_to(proxy, redis_client, fcap._script)
     receipt = fcap.new_receipt()
     with_redis_retry(lambda: fcap.give_back(users, receipt), patience=5)
     assert proxy.cuts == 1
