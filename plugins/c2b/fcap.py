@@ -29,6 +29,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from c2b.hashing import shard_index
 from c2b.script_pipelines import run_scripts
 
@@ -105,13 +107,21 @@ class FrequencyCap:
         for day, uid, n in asks:
             by_key[fcap_key(day, uid)].append((day, uid, n))
         calls = []
+        sha = self._script.sha
         for key, group in by_key.items():
             args: list[Any] = [cap, TTL_SECONDS, RECEIPT_TTL, receipt, self._answered.get(key, "")]
             for _, uid, n in group:
                 args += [uid, n]
-            calls.append((key, lambda pipe, key=key, args=args: self._script(
-                keys=[key, key + ":rcpt"], args=args, client=pipe)))
-        answers = run_scripts(self.redis, calls)
+            # Plain EVALSHA: redis-py's script objects make a pipeline ask SCRIPT EXISTS first, a
+            # round trip per call.
+            calls.append((key, lambda pipe, key=key, args=args: pipe.evalsha(sha, 2, key, key + ":rcpt", *args)))
+        try:
+            answers = run_scripts(self.redis, calls)
+        except NoScriptError:
+            # A server lost its script cache (restart, failover): load it and run the call again.
+            # Safe: the buckets that did run it answer from their receipts.
+            self.redis.script_load(_TAKE)
+            answers = run_scripts(self.redis, calls)
         granted: dict[tuple[str, str], int] = defaultdict(int)
         for (key, group), answer in zip(by_key.items(), answers, strict=True):
             self._answered[key] = receipt

@@ -161,3 +161,14 @@ def test_frequency_cap_give_back_replayed_after_a_lost_reply_gives_back_once(red
     # Given back once: 2 touches left, so exactly one more fits under the cap of 3.
     assert [fcap.count(d, u) for d, u in users] == [2] * 10
     assert fcap.take([(d, u, 2) for d, u in users]) == {k: 1 for k in users}
+
+
+def test_frequency_cap_after_redis_lost_its_script_cache_loads_it_and_counts_once(redis_client) -> None:
+    from c2b.fcap import FrequencyCap
+
+    fcap = FrequencyCap(redis_client, cap=1)
+    assert fcap.take([("20261125", "s1", 1)]) == {("20261125", "s1"): 1}
+    redis_client.script_flush()  # what a restart or a failover to a fresh replica does
+    assert fcap.take([("20261125", "s1", 1), ("20261125", "s2", 1)]) == {("20261125", "s1"): 0,
+                                                                      ("20261125", "s2"): 1}
+    assert (fcap.count("20261125", "s1"), fcap.count("20261125", "s2")) == (1, 1)
