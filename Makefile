@@ -14,7 +14,7 @@ ui:         ## start the Airflow UI (api-server + scheduler + dag-processor) on 
 	@scripts/dev.sh ui
 
 lint:
-	@scripts/dev.sh run ruff check plugins dags tests bench
+	@scripts/dev.sh run ruff check plugins dags tests bench devtools
 	@scripts/dev.sh run mypy plugins/c2b
 
 clean:      ## stop the private redis-server and demo gateway, and remove local state (.airflow/)

@@ -1,6 +1,6 @@
 """Benchmark: delivery throughput, the seed's page barrier against our sliding window.
 
-Measured in one run, against the same real HTTP gateway (``tests/gateway.py`` in its own process,
+Measured in one run, against the same real HTTP gateway (``devtools/gateway.py`` in its own process,
 lognormal latency, median 20 ms) and the same private redis-server, on the same audience (50k
 users in 16 shards, one push per user), with the same number of sends in flight (``concurrency``):
 
@@ -38,19 +38,18 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "plugins"))
-sys.path.insert(0, str(ROOT / "tests"))
+import pyarrow as pa
+import pyarrow.parquet as pq
+from c2b.channels import ChannelConfig, Message, make_channel
+from c2b.delivery.shard import ShardDelivery, idempotency_key
+from c2b.plan.model import parse_plan
+from c2b.plan.templates import compile_template
+from c2b.store.shards import ShardKeys, load_shards, read_page
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from c2b.channels import ChannelConfig, Message, make_channel  # noqa: E402
-from c2b.delivery import ShardDelivery, idempotency_key  # noqa: E402
-from c2b.plan import parse_plan  # noqa: E402
-from c2b.store import ShardKeys, load_shards, read_page  # noqa: E402
-from c2b.templates import compile_template  # noqa: E402
-from gateway import GatewayProcess  # noqa: E402
-from servers import RedisServer, free_port  # noqa: E402
+from devtools.gateway import GatewayProcess
+from devtools.servers import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "bench" / "results"
 SHARDS = 16
@@ -266,7 +265,7 @@ def write_results(out: Path, meta: dict[str, Any], rows: list[dict[str, Any]], a
         "# Delivery benchmark (`bench/deliver.py`)",
         "",
         f"{meta['users']:,} users in {meta['shards']} shards, one push each, pages of {meta['page']}; the gateway "
-        f"(`tests/gateway.py`, own process) answers after a lognormal latency with median "
+        f"(`devtools/gateway.py`, own process) answers after a lognormal latency with median "
         f"{meta['latency_median_ms']:g} ms; a private redis-server holds audience and ledger. Python "
         f"{meta['python']}, {meta['cpus']} CPUs shared with other engineers' work (load average before "
         f"{meta['load_before'][0]}, after {meta['load_after'][0]}): absolute figures move between runs; the "

@@ -6,14 +6,14 @@ BY uid) on the same DuckDB file, each in a fresh child process so that its peak 
 
 (a) baseline: DuckDB's ``COPY (<segment>) TO 'copy.parquet' (FORMAT parquet)``: DuckDB runs the
     query and writes Parquet itself, on all its threads, and does nothing else;
-(b) ours: ``c2b.extract.extract_audience``: the same query streamed as Arrow batches, every uid
+(b) ours: ``c2b.audience.extract.extract_audience``: the same query streamed as Arrow batches, every uid
     cleaned (null / malformed), de-duplicated, checked against exclusions (none here), given its
     A/B variant, and written batch by batch to the staging Parquet.
 
 Clocks start after the imports, in the child, and include opening the DuckDB file. The two run in
 alternation ``--repeat`` times; medians are reported with every value, and the ratio is
 copy time / extract time (>= 0.5 is the goal: the extract at least half as fast as DuckDB's copy).
-The warehouse is built once by ``c2b.demo_warehouse`` (cached under ``--workdir``). Usage::
+The warehouse is built once by ``devtools.demo_warehouse`` (cached under ``--workdir``). Usage::
 
     .venv/bin/python bench/extract.py [--users 10000000] [--repeat 3] [--batch-rows 262144]
 """
@@ -33,10 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "plugins"))
+
 
 RESULTS = ROOT / "bench" / "results"
-DUCKDB_MEMORY_LIMIT = "256MB"  # c2b.warehouse.DUCKDB_MEMORY_LIMIT, the extract's default
+DUCKDB_MEMORY_LIMIT = "256MB"  # c2b.audience.warehouse.DUCKDB_MEMORY_LIMIT, the extract's default
 PLAN = {
     "id": "bench_extract",
     "audience": {"segment": "all_users.sql"},
@@ -64,10 +64,10 @@ def child(args: argparse.Namespace) -> None:
     import duckdb  # noqa: F401 - imports stay off both clocks
     import pandas  # noqa: F401 - pyarrow imports it on its first Parquet write
     import pyarrow.parquet as pq
-    from c2b.extract import extract_audience
-    from c2b.plan import parse_plan
-    from c2b.sql import bind, read_segment
-    from c2b.warehouse import DuckDBWarehouse
+    from c2b.audience.extract import extract_audience
+    from c2b.audience.sql import bind, read_segment
+    from c2b.audience.warehouse import DuckDBWarehouse
+    from c2b.plan.model import parse_plan
 
     limit = None if args.memory_limit == "none" else args.memory_limit
     warehouse = DuckDBWarehouse(args.warehouse, memory_limit=limit)
@@ -96,7 +96,7 @@ def child(args: argparse.Namespace) -> None:
 def keyset_figures(n: int, batch: int) -> dict:
     """Time the de-duplication structure alone on n distinct uids: in key order and shuffled."""
     import numpy as np
-    from c2b.uids import KeySet
+    from c2b.audience.uids import KeySet
 
     keys = (1_000_000_000 + 7 * np.random.default_rng(1).permutation(n)).astype(np.uint64)
     out = {}
@@ -184,9 +184,8 @@ def build_warehouse(users: int, workdir: Path) -> tuple[Path, float | None]:
         return path, None
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "c2b.demo_warehouse", "--path", str(path), "--users", str(users),
-                    "--seed", "42", "--as-of", today.isoformat()], check=True,
-                   env={**os.environ, "PYTHONPATH": str(ROOT / "plugins")})
+    subprocess.run([sys.executable, "-m", "devtools.demo_warehouse", "--path", str(path), "--users", str(users),
+                    "--seed", "42", "--as-of", today.isoformat()], check=True)
     stamp.write_text(today.isoformat())
     return path, time.perf_counter() - started
 

@@ -173,13 +173,13 @@ def child(mode: str, folder: str, target: str) -> dict:
     if mode.startswith("dagfactory"):
         import dagfactory  # noqa: F401
     else:
-        import c2b.factory
+        import c2b.airflow.dag_factory
 
-        c2b.factory.preload()  # the imports the dag-processor's manager does once (as dag-factory's import)
+        c2b.airflow.dag_factory.preload()  # the imports the dag-processor's manager does once (as dag-factory's import)
         if mode.startswith("loader"):
             DagImporterRegistry.reset()  # Airflow without the plan importer: c2b_plans.py builds the plans
         else:
-            assert c2b.factory.plan_importer_active()
+            assert c2b.airflow.dag_factory.plan_importer_active()
     path = target or folder
     started = time.perf_counter()
     bag = DagBag(dag_folder=path, bundle_path=Path(folder), bundle_name="bench", safe_mode=not target)
@@ -192,11 +192,11 @@ def stages(folder: str) -> dict:
     """Milliseconds per plan of each stage of a cold plan parse, in-process (plan cache off)."""
     import airflow  # noqa: F401
     import airflow.sdk  # noqa: F401
-    import c2b.factory
-    from c2b.plan import load_yaml, parse_plan
-    from c2b.plan_checks import repository_problems
+    import c2b.airflow.dag_factory
+    from c2b.plan.checks import repository_problems
+    from c2b.plan.model import load_yaml, parse_plan
 
-    c2b.factory.preload()
+    c2b.airflow.dag_factory.preload()
     files = sorted((Path(folder) / "plans").glob("*.yaml"))
     took = dict.fromkeys(("read + YAML", "fields + cross-field", "segments + templates", "DAG build"), 0.0)
     for path in files:
@@ -208,7 +208,7 @@ def stages(folder: str) -> dict:
         t2 = time.perf_counter()
         assert not repository_problems(plan)
         t3 = time.perf_counter()
-        c2b.factory.build_dag(plan, path)
+        c2b.airflow.dag_factory.build_dag(plan, path)
         t4 = time.perf_counter()
         for k, a, b in zip(took, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
             took[k] += b - a

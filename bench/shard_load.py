@@ -6,7 +6,7 @@ Measured in one run, each on a fresh private redis-server (same flags, loopback)
     of 1000-member ``ZADD key 0 uid ...`` commands, piped by ``redis-cli --pipe`` (the file is
     written before the clock starts; the time is redis-cli's, from its start to its last reply);
 (b) the seed's way: one ``ZADD`` round trip per user (redis-py + hiredis), on a 50k sample;
-(c) our loader, ``c2b.store.load_shards``, from the staging Parquet (uid, variant): the ``packed``
+(c) our loader, ``c2b.store.shards.load_shards``, from the staging Parquet (uid, variant): the ``packed``
     encoding (what ``encoding: auto`` picks for these uids) and the ``zset`` encoding, timed end to
     end (scan + shard sizing + write + TTLs + verification).
 
@@ -26,22 +26,20 @@ import platform
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "plugins"))
-sys.path.insert(0, str(ROOT / "tests"))
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import redis
+from c2b.hashing import shard_indexes_arrow
+from c2b.store.shards import inspect_run, load_shards
 
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import redis  # noqa: E402
-from c2b.hashing import shard_indexes_arrow  # noqa: E402
-from c2b.store import inspect_run, load_shards  # noqa: E402
-from servers import RedisServer  # noqa: E402
+from devtools.servers import RedisServer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "bench" / "results"
 

@@ -11,6 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from airflow.sdk import get_parsing_context
-from c2b.factory import fallback_dags
+from c2b.airflow.dag_factory import fallback_dags
 
 globals().update(fallback_dags(Path(__file__).parent / "plans", get_parsing_context().dag_id))

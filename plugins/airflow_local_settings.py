@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from c2b.factory import install_plan_importer
+from c2b.airflow.dag_factory import install_plan_importer
 
 # Airflow copies every public name of this module into airflow.settings; export none.
 __all__: list[str] = []

@@ -21,16 +21,22 @@ apt_install() {
 }
 
 ensure_venv() {
+  # The runtime pins, the dev/test tools, and this repo installed in editable mode (the `c2b`
+  # command, and `c2b` / `devtools` importable from anywhere), redone when any of them changes.
   local want have
   if ! command -v python3 >/dev/null || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
     apt_install python3 python3-venv python3-dev
   fi
-  want="$(sha256sum "$ROOT/requirements.txt" | cut -c1-16)"
+  want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
   have="$(cat "$VENV/.requirements" 2>/dev/null || true)"
-  [ "$want" = "$have" ] && return 0
-  say "creating $VENV and installing requirements.txt (about a minute the first time)"
+  [ "$want" = "$have" ] && [ -x "$VENV/bin/c2b" ] && return 0
+  say "creating $VENV and installing the requirements (about a minute the first time)"
   [ -x "$PY" ] || python3 -m venv "$VENV"
-  "$PY" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements.txt"
+  "$PY" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements.txt" -r "$ROOT/requirements-dev.txt" 2>&1 \
+    | grep -v "^WARNING: Location .* is ignored" >&2 || true
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps -e "$ROOT" 2>&1 \
+    | grep -v "^WARNING: Location .* is ignored" >&2 || true
+  "$PY" -c 'import c2b, devtools' || { echo "the editable install of $ROOT failed" >&2; return 1; }
   echo "$want" > "$VENV/.requirements"
 }
 
@@ -40,7 +46,6 @@ export_env() {
   export AIRFLOW__CORE__PLUGINS_FOLDER="$ROOT/plugins"
   export AIRFLOW__CORE__LOAD_EXAMPLES=False
   export AIRFLOW__CORE__UNIT_TEST_MODE="${AIRFLOW__CORE__UNIT_TEST_MODE:-False}"
-  export PYTHONPATH="$ROOT/plugins${PYTHONPATH:+:$PYTHONPATH}"
   export C2B_WAREHOUSE="${C2B_WAREHOUSE:-$STATE/warehouse.duckdb}"
   export AIRFLOW_CONN_C2B_WAREHOUSE="{\"conn_type\": \"duckdb\", \"host\": \"$C2B_WAREHOUSE\"}"
   export PATH="$VENV/bin:$PATH"
@@ -92,7 +97,7 @@ ensure_redis() {
 gateway_answers() { curl -fs "http://127.0.0.1:$1/stats" >/dev/null 2>&1; }
 
 ensure_gateway() {
-  # The local test gateway (tests/gateway.py) stands in for the push/SMS/call/private-domain
+  # The local test gateway (devtools/gateway.py) stands in for the push/SMS/call/private-domain
   # gateways of the demo; started once in the background, pid and log in $STATE. Points the
   # channel connections at it unless they are already set (a real gateway wins).
   local port
@@ -101,7 +106,7 @@ ensure_gateway() {
     port="$(free_port)"
     say "starting the demo channel gateway on 127.0.0.1:$port (pid and log in $STATE)"
     mkdir -p "$STATE"
-    nohup "$PY" "$ROOT/tests/gateway.py" --port "$port" --latency-ms "${C2B_GATEWAY_LATENCY_MS:-5}" \
+    nohup "$PY" -m devtools.gateway --port "$port" --latency-ms "${C2B_GATEWAY_LATENCY_MS:-5}" \
       >"$STATE/gateway.log" 2>&1 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- &
     echo $! > "$STATE/gateway.pid"
     for _ in $(seq 50); do gateway_answers "$port" && break; sleep 0.1; done
@@ -123,6 +128,6 @@ ensure_warehouse() {
   local today; today="$(date -u +%F)"
   [ -f "$C2B_WAREHOUSE" ] && [ "$(cat "$C2B_WAREHOUSE.as_of" 2>/dev/null)" = "$today" ] && return 0
   say "building the demo warehouse ($C2B_WAREHOUSE, ${C2B_USERS:-200000} users, as of $today)"
-  "$PY" -m c2b.demo_warehouse --path "$C2B_WAREHOUSE" --users "${C2B_USERS:-200000}" --as-of "$today"
+  "$PY" -m devtools.demo_warehouse --path "$C2B_WAREHOUSE" --users "${C2B_USERS:-200000}" --as-of "$today"
   echo "$today" > "$C2B_WAREHOUSE.as_of"
 }

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
-for p in (ROOT / "plugins", TESTS):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
 
 # Airflow reads its config at import: point it at the project before anything imports it.
 os.environ.setdefault("AIRFLOW_HOME", str(ROOT / ".airflow"))
@@ -21,7 +16,7 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
-from servers import RedisServer  # noqa: E402
+from devtools.servers import RedisServer  # noqa: E402 (after the Airflow env above)
 
 DEMO_USERS = 20_000
 
@@ -47,7 +42,7 @@ def redis_client(redis_server: RedisServer):  # -> redis.Redis
 @pytest.fixture(scope="session")
 def demo_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real DuckDB demo warehouse (20k users, fixed seed)."""
-    from c2b.demo_warehouse import build_demo_warehouse
+    from devtools.demo_warehouse import build_demo_warehouse
 
     path = tmp_path_factory.mktemp("warehouse") / "warehouse.duckdb"
     build_demo_warehouse(path, users=DEMO_USERS, seed=42)

@@ -1,6 +1,6 @@
 """c2b-campaigns engine: plans, audiences, sharded Redis store, delivery and reports.
 
-The engine does not import Airflow except in :mod:`c2b.factory` and :mod:`c2b.airflow_glue`, so the
+The engine does not import Airflow except in :mod:`c2b.airflow.dag_factory` and :mod:`c2b.airflow.resources`, so the
 core stays fast to import and testable without an Airflow process.
 """
 

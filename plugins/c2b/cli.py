@@ -1,4 +1,4 @@
-"""``python -m c2b``: validate plans, write their JSON Schema, preview an audience, run the demo,
+"""``c2b`` (or ``python -m c2b``): validate plans, write their JSON Schema, preview an audience, run the demo,
 flip the kill switch, show a run report, manage suppression lists."""
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING
 from c2b.settings import PROJECT_ROOT, outbox_dir, reports_dir, safe_name
 
 if TYPE_CHECKING:
-    from c2b.plan import PlanError
+    from c2b.plan.model import PlanError
 
 PLANS_DIR = PROJECT_ROOT / "dags" / "plans"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run one plan's DAG in-process with ``dag.test()`` (recorded in the Airflow DB) and summarize."""
-    from c2b.factory import build_dags
+    from c2b.airflow.dag_factory import build_dags
 
     dags, errors = build_dags(PLANS_DIR, args.plan)
     for err in errors:
@@ -59,8 +59,8 @@ def _closed_now(plan_id: str) -> str:
     """
     from datetime import datetime, timedelta
 
-    from c2b.plan import load_plan
-    from c2b.quiet_hours import SendWindow
+    from c2b.delivery.controls.quiet_hours import SendWindow
+    from c2b.plan.model import load_plan
 
     window = SendWindow.of(load_plan(PLANS_DIR / f"{plan_id}.yaml").window)
     now = datetime.now(UTC)
@@ -132,7 +132,7 @@ def render_summary(s: dict, took: float, report_file: Path) -> str:
 
 def plan_paths(paths: list[str]) -> list[Path]:
     """Expand folders to their ``*.yaml`` plan files; keep files as given."""
-    from c2b.factory import plan_files
+    from c2b.airflow.dag_factory import plan_files
 
     out: list[Path] = []
     for raw in paths:
@@ -146,7 +146,7 @@ def validate_paths(paths: list[Path]) -> tuple[dict[str, Path], list[PlanError]]
 
     Checks each file fully (as the DAG factory does) and, across files, that plan ids are unique.
     """
-    from c2b.plan import PlanError, load_plan
+    from c2b.plan.model import PlanError, load_plan
 
     ok: dict[str, Path] = {}
     errors: list[PlanError] = []
@@ -180,7 +180,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     """Write the plan JSON Schema (point your editor's YAML language server at it)."""
-    from c2b.plan import plan_json_schema
+    from c2b.plan.model import plan_json_schema
 
     text = json.dumps(plan_json_schema(), indent=2) + "\n"
     if args.output:
@@ -193,7 +193,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 def cmd_cache(args: argparse.Namespace) -> int:
     """Show where the plan cache is, or clear it (it refills on the next parse)."""
-    from c2b.plan_cache import cache_dir, get_cache
+    from c2b.plan.cache import cache_dir, get_cache
 
     folder, cache = cache_dir(), get_cache()
     if cache is None:
@@ -207,25 +207,25 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preview_warehouse(path: str | None):  # -> c2b.warehouse.Warehouse
+def _preview_warehouse(path: str | None):  # -> c2b.audience.warehouse.Warehouse
     import os
 
-    from c2b.warehouse import DuckDBWarehouse
+    from c2b.audience.warehouse import DuckDBWarehouse
 
     path = path or os.environ.get("C2B_WAREHOUSE")
     if path:
         return DuckDBWarehouse(path)
-    from c2b import airflow_glue
+    from c2b.airflow import resources
 
-    return airflow_glue.get_warehouse()
+    return resources.get_warehouse()
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
     """Show the audience per variant a run would get now: segment and assignment only, no sends."""
     import tempfile
 
-    from c2b.extract import extract_audience
-    from c2b.plan import PlanError, load_plan
+    from c2b.audience.extract import extract_audience
+    from c2b.plan.model import PlanError, load_plan
 
     path = Path(args.plan) if args.plan.endswith(".yaml") else PLANS_DIR / f"{args.plan}.yaml"
     try:
@@ -270,7 +270,7 @@ def render_preview(plan, counts: dict, took: float) -> str:  # type: ignore[no-u
 
 def cmd_kill(args: argparse.Namespace) -> int:
     """Turn the Redis kill flag of a plan (or ``all``) on or off, or list the flags that are on."""
-    from c2b.killswitch import VARIABLE, flags_on, set_flag
+    from c2b.delivery.controls.kill_switch import VARIABLE, flags_on, set_flag
 
     r = _redis(args)
     if args.status or not args.plan:
@@ -295,7 +295,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not files:
         print(f"no reports under {folder}", file=sys.stderr)
         return 1
-    from c2b.report import format_table
+    from c2b.results.report import format_table
 
     summary = json.loads(files[-1].read_text())
     print(f"{files[-1]}\n{format_table(summary)}")
@@ -353,14 +353,14 @@ def _redis(args: argparse.Namespace):
 
             return RedisCluster.from_url(url)
         return redis.Redis.from_url(url)
-    from c2b.airflow_glue import get_redis
+    from c2b.airflow.resources import get_redis
 
     return get_redis()
 
 
 def cmd_store_check(args: argparse.Namespace) -> int:
     """Report the keys of one run: layout, largest key (MEMORY USAGE and members), TTLs, bound."""
-    from c2b.store import inspect_run
+    from c2b.store.shards import inspect_run
 
     check = inspect_run(_redis(args), args.plan, args.run_id, args.shards)
     if args.json:
@@ -382,7 +382,7 @@ def cmd_store_check(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m c2b", description=__doc__)
+    parser = argparse.ArgumentParser(prog="c2b", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("demo", help="run a plan end to end with dag.test() and print a summary")
     p.add_argument("--plan", default="cancelled_price_coupon")

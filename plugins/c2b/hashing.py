@@ -92,7 +92,7 @@ class VariantPicker:
 # -- vectorised: the loader's hot path -----------------------------------------------------------
 # mmh3 costs ~1 µs per uid once Python's loop is counted, which alone would cap the loader at about
 # the server's own ZADD ingest rate. The same murmur3_32 written as numpy array arithmetic hashes
-# a whole Arrow batch at a time (c2b.arrow_hash: uids grouped by byte length, one column of 4-byte
+# a whole Arrow batch at a time (c2b.hashing_arrow: uids grouped by byte length, one column of 4-byte
 # blocks per step), several times faster; tests check it against mmh3 and the Guava vectors.
 
 def string_groups(uids: Any) -> Iterator[tuple[Any, int, Any]]:
@@ -135,9 +135,9 @@ def string_groups(uids: Any) -> Iterator[tuple[Any, int, Any]]:
 
 def murmur3_32_matrix(mat: Any) -> Any:
     """Return ``murmur3_32`` (signed, numpy int32) of every row of a uint8 matrix of equal-length strings."""
-    from c2b import arrow_hash
+    from c2b import hashing_arrow
 
-    return arrow_hash.murmur3_32_matrix(mat)
+    return hashing_arrow.murmur3_32_matrix(mat)
 
 
 def murmur3_32_arrow(uids: Any) -> Any:
@@ -145,9 +145,9 @@ def murmur3_32_arrow(uids: Any) -> Any:
 
     Equal to ``murmur3_32(s.encode("utf-8"))`` row by row (Arrow strings are UTF-8 already).
     """
-    from c2b import arrow_hash
+    from c2b import hashing_arrow
 
-    return arrow_hash.murmur3_32(uids).view("int32")
+    return hashing_arrow.murmur3_32(uids).view("int32")
 
 
 def shard_of_hashes(hashes: Any, shards: int) -> Any:

@@ -52,7 +52,7 @@ def _bag(folder: Path, **kwargs):  # -> DagBag
 
 
 def test_the_plan_importer_is_installed_by_local_settings() -> None:
-    from c2b.factory import plan_importer_active
+    from c2b.airflow.dag_factory import plan_importer_active
 
     assert plan_importer_active(), "plugins/airflow_local_settings.py should have registered the plan importer"
 
@@ -89,7 +89,7 @@ def test_a_reparse_uses_the_plan_cache_but_never_for_the_broken_plan(
         dags_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the dag-processor does every 30 s: the same DAGs and the same error, the good plans cached."""
     from airflow.serialization.serialized_objects import DagSerialization
-    from c2b import plan as plan_module
+    from c2b.plan import model as plan_module
 
     monkeypatch.setenv("C2B_PLAN_CACHE", str(tmp_path / "cache"))
     validated: list[str] = []
@@ -125,7 +125,7 @@ def without_importer():
     DagImporterRegistry.reset()
     yield
     DagImporterRegistry.reset()
-    from c2b.factory import install_plan_importer
+    from c2b.airflow.dag_factory import install_plan_importer
 
     assert install_plan_importer()
 
@@ -150,11 +150,10 @@ def test_every_airflow_process_installs_the_importer(dags_folder: Path) -> None:
     """A fresh ``import airflow`` (any component, any CLI) registers it and lists plan files."""
     code = ("import json, sys, airflow\n"
             "from airflow.dag_processing.manager import list_py_file_paths\n"
-            "from c2b.factory import plan_importer_active\n"
+            "from c2b.airflow.dag_factory import plan_importer_active\n"
             "print(plan_importer_active())\n"
             "print(json.dumps(sorted(p.rsplit('/', 1)[1] for p in list_py_file_paths(sys.argv[1]))))\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "plugins"),
-           "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins")}
+    env = {**os.environ, "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins")}
     out = subprocess.run([sys.executable, "-c", code, str(dags_folder)], env=env, capture_output=True,
                          text=True, check=True, timeout=120).stdout.splitlines()
     assert out[0] == "True"

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from gateway import Gateway
+
+from devtools.gateway import Gateway
 
 PLAN = "push_coupon_gw"
 
@@ -52,7 +53,7 @@ def gw_env(c2b_env: Path, monkeypatch: pytest.MonkeyPatch):
 
 def test_push_plan_through_airflow_then_kill_switch_variable_fails_the_shards(
         gw_env: Gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c2b_env: Path) -> None:
-    from c2b.factory import build_dags
+    from c2b.airflow.dag_factory import build_dags
 
     dags_folder = tmp_path / "dags"
     plans = _write_plan(dags_folder)
@@ -91,8 +92,9 @@ def test_users_outside_send_hours_reschedule_the_task_for_their_morning(
     from datetime import UTC, datetime, timedelta
 
     from airflow.sdk.exceptions import AirflowRescheduleException
-    from c2b.airflow_glue import deliver_shard
-    from deliverkit import load_audience, make_plan, plan_dict
+    from c2b.airflow.resources import deliver_shard
+
+    from devtools.deliverkit import load_audience, make_plan, plan_dict
 
     now = datetime.now(UTC)
     opens, closes = now + timedelta(hours=2), now + timedelta(hours=3)
@@ -107,8 +109,9 @@ def test_users_outside_send_hours_reschedule_the_task_for_their_morning(
 
 
 def test_dry_run_sends_nothing_and_writes_no_ledger(gw_env: Gateway, redis_client, tmp_path: Path) -> None:
-    from c2b.airflow_glue import deliver_shard
-    from deliverkit import load_audience, make_plan, plan_dict
+    from c2b.airflow.resources import deliver_shard
+
+    from devtools.deliverkit import load_audience, make_plan, plan_dict
 
     plan = make_plan(plan_dict("p_dry", touches=2))
     load_audience(redis_client, plan, "r1", [f"d{i}" for i in range(30)], tmp_path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from c2b.hashing import VariantPicker
-from c2b.plan import load_plan
+from c2b.plan.model import load_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = "cancelled_price_coupon"
@@ -24,7 +24,7 @@ INDEPENDENT = """
 
 @pytest.fixture
 def demo_dag():
-    from c2b.factory import build_dags
+    from c2b.airflow.dag_factory import build_dags
 
     dags, errors = build_dags(ROOT / "dags" / "plans", PLAN)
     assert not errors
@@ -75,16 +75,16 @@ def test_rerun_of_same_run_sends_nothing_twice(c2b_env: Path, redis_client, demo
     """Clearing a finished run re-runs every task; the ledger makes the second pass send nothing."""
     dr = demo_dag.test(run_after=None)
     first = len(_outbox_lines(c2b_env))
-    from c2b import runtime
+    from c2b import steps
     from c2b.channels import ChannelConfig, make_channel
 
     plan = load_plan(ROOT / "dags" / "plans" / f"{PLAN}.yaml")
     extract = json.loads(next((c2b_env / "reports" / PLAN).glob("*.json")).read_text())
-    shards = runtime.step_load(plan, dr.run_id, redis_client, {"path": extract["staging_path"]})
+    shards = steps.step_load(plan, dr.run_id, redis_client, {"path": extract["staging_path"]})
     sent = 0
     for shard in shards:
         ch = {"coupon_push": make_channel("outbox", ChannelConfig(run_dir=str(c2b_env / "outbox" / PLAN / "again")))}
-        stats = runtime.step_deliver(plan, dr.run_id, shard, redis_client, ch, lambda: False)
+        stats = steps.step_deliver(plan, dr.run_id, shard, redis_client, ch, lambda: False)
         assert stats["attempt"].get("skipped_final", 0) > 0 and not stats["attempt"].get("resent"), stats
         sent += stats["counts"].get("coupon|coupon_push|sent", 0)  # cumulative: the first pass's, not doubled
     assert len(_outbox_lines(c2b_env)) == first == sent

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from c2b.factory import build_dags
+from c2b.airflow.dag_factory import build_dags
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = {

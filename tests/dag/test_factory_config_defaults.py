@@ -13,10 +13,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_config_read_once_builds_the_same_dag(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Passing the config-derived DAG arguments read once equals letting DAG() read them."""
     from airflow.serialization.serialized_objects import DagSerialization
-    from c2b import factory
-    from c2b.plan import load_plan
+    from c2b.airflow import dag_factory
+    from c2b.plan.model import load_plan
 
     plan = load_plan(path, check_name=True)
-    fast = DagSerialization.to_dict(factory.build_dag(plan, path))
-    monkeypatch.setattr(factory, "_dag_config_defaults", dict)
-    assert DagSerialization.to_dict(factory.build_dag(plan, path)) == fast
+    fast = DagSerialization.to_dict(dag_factory.build_dag(plan, path))
+    monkeypatch.setattr(dag_factory, "_dag_config_defaults", dict)
+    assert DagSerialization.to_dict(dag_factory.build_dag(plan, path)) == fast

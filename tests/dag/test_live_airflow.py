@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 import requests
-from servers import free_port
+
+from devtools.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "dags" / "plans").glob("*.yaml"))
@@ -90,7 +91,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, redis_server, demo_warehouse:
     port = free_port()
     env = {**os.environ,
            "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-           "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"), "PYTHONPATH": str(ROOT / "plugins"),
+           "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",

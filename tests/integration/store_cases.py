@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from c2b.store import ShardKeys, load_shards, read_page
+from c2b.store.shards import ShardKeys, load_shards, read_page
 
 
 def staging(path: Path, uids: list[str], **attrs: list[Any]) -> Path:

@@ -1,6 +1,6 @@
 """The asyncio HTTP client the delivery loop sends through, against real local servers.
 
-The gateway (``tests/gateway.py``) checks the channel rules (keys, batches, errors, timeouts,
+The gateway (``devtools/gateway.py``) checks the channel rules (keys, batches, errors, timeouts,
 restarts) through ``asend_batch``, as the delivery loop calls it. A scripted TCP server checks
 the answer framings a real gateway may use that ``http.server`` never produces.
 """
@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import pytest
 from c2b.channels import ChannelConfig, Message, make_channel
 from c2b.channels.async_http import AsyncHttpClient
-from gateway import Faults, Gateway
+
+from devtools.gateway import Faults, Gateway
 
 
 def _message(uid: str, channel: str = "push") -> Message:

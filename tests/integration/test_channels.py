@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from c2b.channels import REGISTRY, ChannelConfig, Message, make_channel
 from c2b.channels.inapp import InAppChannel, inbox_key
-from gateway import Faults, Gateway
+
+from devtools.gateway import Faults, Gateway
 
 HTTP_CHANNELS = ["push", "sms", "outbound_call", "private_domain", "webhook"]
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 import redis.cluster
-from c2b.store import ShardKeys, drop_run, inspect_run, load_shards
-from servers import RedisClusterServers
+from c2b.store.shards import ShardKeys, drop_run, inspect_run, load_shards
 from store_cases import assert_resume, assert_round_trip, staging
+
+from devtools.servers import RedisClusterServers
 
 ROOT = Path(__file__).resolve().parents[2]
 INTS = [str(i) for i in range(5_000_000, 5_012_000)]
@@ -33,8 +34,8 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 
 @pytest.fixture
 def cluster_client(redis_cluster: RedisClusterServers, monkeypatch: pytest.MonkeyPatch):
-    """A RedisCluster client built by ``airflow_glue.get_redis()`` from a ``cluster: true`` connection."""
-    from c2b.airflow_glue import get_redis
+    """A RedisCluster client built by ``c2b.airflow.resources.get_redis()`` from a ``cluster: true`` connection."""
+    from c2b.airflow.resources import get_redis
     from redis.cluster import RedisCluster
 
     redis_cluster.flush()
@@ -85,7 +86,7 @@ def test_ttls_check_and_cleanup_on_cluster(cluster_client, redis_cluster, tmp_pa
 def test_whole_plan_run_on_cluster(redis_cluster, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                    demo_warehouse: Path) -> None:
     """extract -> load -> deliver[shards] -> report -> cleanup, all through the cluster connection."""
-    from c2b.factory import build_dags
+    from c2b.airflow.dag_factory import build_dags
 
     redis_cluster.flush()
     monkeypatch.setenv("AIRFLOW_CONN_C2B_REDIS", redis_cluster.airflow_conn())
@@ -106,7 +107,7 @@ def test_whole_plan_run_on_cluster(redis_cluster, monkeypatch: pytest.MonkeyPatc
     sent = Counter(json.loads(line)["uid"] for f in files for line in f.read_text().splitlines())
     assert summary["audience"]["kept"] > 100 and sent and max(sent.values()) == 1
     assert sum(sent.values()) == summary["outcomes"]["coupon|coupon_push|sent"]
-    from c2b.contacts import contacted_since
+    from c2b.delivery.contacts import contacted_since
 
     cluster = redis.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0])
     assert all(contacted_since(cluster, list(sent), datetime.now(UTC))), "every sent user is in the contact record"

@@ -15,15 +15,16 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from c2b import runtime
+from c2b import steps
 from c2b.channels import ChannelConfig, make_channel
-from c2b.contacts import contacted_since
-from c2b.fcap import FrequencyCap
+from c2b.delivery.contacts import contacted_since
+from c2b.delivery.controls.frequency_cap import FrequencyCap
+from c2b.delivery.controls.kill_switch import KillSwitch, set_flag
+from c2b.delivery.controls.rate_limit import RateLimiter
 from c2b.hashing import shard_index
-from c2b.killswitch import KillSwitch, set_flag
-from c2b.ratelimit import RateLimiter
-from deliverkit import expected_keys, load_audience, make_plan, plan_dict, spec, start_shard
-from gateway import Faults, Gateway, GatewayProcess
+
+from devtools.deliverkit import expected_keys, load_audience, make_plan, plan_dict, spec, start_shard
+from devtools.gateway import Faults, Gateway, GatewayProcess
 
 
 def _stats(proc) -> dict:
@@ -223,7 +224,7 @@ def test_frequency_cap_counts_across_plans(redis_client, tmp_path: Path) -> None
     with Gateway() as gw:
         for plan in (a, b):
             load_audience(redis_client, plan, "r1", users, tmp_path)
-            stats = runtime.step_deliver(plan, "r1", 1, redis_client, _channels(plan, gw.url), lambda: False)
+            stats = steps.step_deliver(plan, "r1", 1, redis_client, _channels(plan, gw.url), lambda: False)
         assert stats["counts"] == {"all|t0|sent": 60, "all|t1|capped": 60}
     day = datetime.now(UTC).astimezone(__import__("zoneinfo").ZoneInfo("Asia/Shanghai")).strftime("%Y%m%d")
     assert FrequencyCap(redis_client, None).count(day, "f7") == 3
@@ -242,7 +243,7 @@ def test_quiet_hours_park_users_until_their_local_morning_then_send(redis_client
     load_audience(redis_client, plan, "r1", users, tmp_path, {"timezone": tzs})
     night = datetime(2026, 5, 6, 15, 30, tzinfo=UTC).timestamp()
     morning = datetime(2026, 5, 7, 1, 0, 30, tzinfo=UTC).timestamp()  # 09:00:30 in Shanghai
-    from c2b.delivery import ShardDelivery
+    from c2b.delivery.shard import ShardDelivery
 
     with Gateway() as gw:
         first = ShardDelivery(redis_client, plan, "r1", 1, _channels(plan, gw.url), lambda: False,
@@ -255,8 +256,8 @@ def test_quiet_hours_park_users_until_their_local_morning_then_send(redis_client
 
         # An attempt that picked 5 parked users up at 09:00 and was killed before recording them:
         # the next attempt re-sends exactly those (same keys) and then the rest.
-        from c2b.ledger import Change, ShardLedger
-        from c2b.store import ShardKeys
+        from c2b.delivery.ledger import Change, ShardLedger
+        from c2b.store.shards import ShardKeys
 
         ledger = ShardLedger(redis_client, ShardKeys(plan.id, "r1", 1))
         parked = ledger.due(morning, 5)
@@ -276,7 +277,7 @@ def test_window_closed_for_good_marks_messages_expired(redis_client, tmp_path: P
     data["window"] = {"end": "2026-05-06", "send_hours": "09:00-21:00"}
     plan = make_plan(data)
     load_audience(redis_client, plan, "r1", ["e1", "e2"], tmp_path)
-    from c2b.delivery import ShardDelivery
+    from c2b.delivery.shard import ShardDelivery
 
     late = datetime(2026, 5, 6, 15, 30, tzinfo=UTC).timestamp()  # 23:30 on the last day
     with Gateway() as gw:

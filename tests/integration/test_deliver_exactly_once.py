@@ -1,6 +1,6 @@
 """Exactly once under crashes, channel errors and a Redis restart (real processes, real servers).
 
-Each shard runs in its own Python process (``tests/deliverkit.py``), as under a real executor; the
+Each shard runs in its own Python process (``devtools/deliverkit.py``), as under a real executor; the
 test kills it with SIGKILL and starts the retry, like Airflow would. The gateway honours
 idempotency keys the way a production gateway must, and counts what it received: the set of keys
 it accepted must equal the expected set (nothing lost, nothing extra), no key may be accepted
@@ -17,9 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
-from deliverkit import expected_keys, load_audience, make_plan, plan_dict, spec, start_shard
-from gateway import Faults, Gateway
-from servers import RedisServer
+
+from devtools.deliverkit import expected_keys, load_audience, make_plan, plan_dict, spec, start_shard
+from devtools.gateway import Faults, Gateway
+from devtools.servers import RedisServer
 
 
 def _wait_for(predicate, timeout: float = 30.0, every: float = 0.001) -> None:
@@ -107,7 +108,7 @@ def test_injected_5xx_and_timeouts_end_sent_or_failed_with_reason(redis_server, 
     assert rec.duplicates == 0
     assert set(rec.accepted) <= want
     # Everything recorded sent was accepted by the gateway (sent means delivered).
-    from c2b.delivery import idempotency_key
+    from c2b.delivery.shard import idempotency_key
 
     sent_keys = {idempotency_key(plan.id, "r1", *f.split("|", 1)) for f, v in ledger.items() if v == "s"}
     assert sent_keys <= set(rec.accepted)
@@ -161,9 +162,9 @@ def test_pending_entries_behind_the_checkpoint_are_swept_and_sent_once(redis_cli
     its entries pending and still moved the checkpoint past it. No page read brings those back;
     the shard's pending count does, and the sweep sends them (and nothing else twice)."""
     from c2b.channels import ChannelConfig, make_channel
-    from c2b.delivery import ShardDelivery
-    from c2b.ledger import Change, ShardLedger
-    from c2b.store import ShardKeys, read_page
+    from c2b.delivery.ledger import Change, ShardLedger
+    from c2b.delivery.shard import ShardDelivery
+    from c2b.store.shards import ShardKeys, read_page
 
     users = [f"o{i:04d}" for i in range(200)]
     data = plan_dict("p_orphans", page_size=50, concurrency=8)

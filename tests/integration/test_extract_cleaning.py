@@ -8,11 +8,11 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from c2b.extract import extract_audience
+from c2b.audience.extract import extract_audience
+from c2b.audience.sql import SegmentError
+from c2b.audience.warehouse import DbApiWarehouse, DuckDBWarehouse
 from c2b.hashing import VariantPicker
-from c2b.plan import Plan, parse_plan
-from c2b.sql import SegmentError
-from c2b.warehouse import DbApiWarehouse, DuckDBWarehouse
+from c2b.plan.model import Plan, parse_plan
 
 
 def make_plan(segment: str, params: dict | None = None, **audience) -> Plan:

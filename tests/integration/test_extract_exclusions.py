@@ -9,8 +9,10 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from c2b.audience.extract import extract_audience
+from c2b.audience.warehouse import DuckDBWarehouse
 from c2b.cli import main as cli
-from c2b.contacts import (
+from c2b.delivery.contacts import (
     BUCKETS,
     bucket_key,
     contacted_since,
@@ -19,9 +21,7 @@ from c2b.contacts import (
     prune_contacts,
     record_contacts,
 )
-from c2b.extract import extract_audience
-from c2b.plan import parse_plan
-from c2b.warehouse import DuckDBWarehouse
+from c2b.plan.model import parse_plan
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 

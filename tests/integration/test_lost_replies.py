@@ -3,7 +3,7 @@ reply-cutting proxy).
 
 When Redis stops right after running a command (a SIGTERM shutdown persists the write, then exits
 without sending the reply), the client cannot tell whether the command ran and sends it again:
-redis-py's own retry does, and so does :func:`c2b.redis_retry.with_redis_retry`. The ledger's
+redis-py's own retry does, and so does :func:`c2b.store.redis_retry.with_redis_retry`. The ledger's
 ``prepare`` is conditional ("only a new entry becomes pending"), so a naive replay answers "not
 yours" for the entries the first run made pending, and the shard would skip sending them. A CI
 run lost exactly one page that way; the frequency cap's counts would have been taken (or given
@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 import redis
-from deliverkit import expected_keys, load_audience, make_plan, plan_dict, spec, start_shard
-from gateway import Faults, Gateway
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from servers import ReplyCuttingProxy
+
+from devtools.deliverkit import expected_keys, load_audience, make_plan, plan_dict, spec, start_shard
+from devtools.gateway import Faults, Gateway
+from devtools.servers import ReplyCuttingProxy
 
 
 def _run_of(script) -> bytes:
@@ -50,9 +51,9 @@ def _client(url: str, client_retries: int) -> redis.Redis:
 
 @pytest.mark.parametrize("client_retries", [3, 0], ids=["redis-py-replays", "with_redis_retry-replays"])
 def test_prepare_replayed_after_a_lost_reply_returns_the_first_answer(redis_client, proxy, client_retries) -> None:
-    from c2b.ledger import Change, ShardLedger
-    from c2b.redis_retry import with_redis_retry
-    from c2b.store import ShardKeys
+    from c2b.delivery.ledger import Change, ShardLedger
+    from c2b.store.redis_retry import with_redis_retry
+    from c2b.store.shards import ShardKeys
 
     ledger = ShardLedger(_client(proxy.url, client_retries), ShardKeys("p_replay", "r1", 1))
     fields = [f"t0|u{i}" for i in range(5)]
@@ -71,9 +72,9 @@ def test_prepare_replayed_after_a_lost_reply_returns_the_first_answer(redis_clie
 
 
 def test_deferred_move_replayed_after_a_lost_reply_counts_once(redis_client, proxy) -> None:
-    from c2b.ledger import Change, ShardLedger
-    from c2b.redis_retry import with_redis_retry
-    from c2b.store import ShardKeys
+    from c2b.delivery.ledger import Change, ShardLedger
+    from c2b.store.redis_retry import with_redis_retry
+    from c2b.store.shards import ShardKeys
 
     ledger = ShardLedger(_client(proxy.url, 0), ShardKeys("p_replay", "r1", 1))
     changes = [Change(f"t0|u{i}", "d", "all|t0", "deferred", 2_000_000_000) for i in range(3)]
@@ -86,9 +87,9 @@ def test_deferred_move_replayed_after_a_lost_reply_counts_once(redis_client, pro
 
 
 def _script_of(redis, plan, which: str):
-    from c2b.fcap import FrequencyCap
-    from c2b.ledger import ShardLedger
-    from c2b.store import ShardKeys
+    from c2b.delivery.controls.frequency_cap import FrequencyCap
+    from c2b.delivery.ledger import ShardLedger
+    from c2b.store.shards import ShardKeys
 
     ledger = ShardLedger(redis, ShardKeys(plan.id, "r1", 1))
     script = {"page decision": ledger._prepare, "outcomes": ledger._finalize,
@@ -129,8 +130,8 @@ def test_shard_whose_redis_reply_is_lost_still_sends_every_message_once_and_coun
 
 @pytest.mark.parametrize("client_retries", [3, 0], ids=["redis-py-replays", "with_redis_retry-replays"])
 def test_frequency_cap_take_replayed_after_a_lost_reply_counts_once(redis_client, proxy, client_retries) -> None:
-    from c2b.fcap import FrequencyCap
-    from c2b.redis_retry import with_redis_retry
+    from c2b.delivery.controls.frequency_cap import FrequencyCap
+    from c2b.store.redis_retry import with_redis_retry
 
     fcap = FrequencyCap(_client(proxy.url, client_retries), cap=2)
     wants = [("20261125", f"u{i}", 1 + i % 2) for i in range(40)]  # many buckets: one pipelined call
@@ -148,8 +149,8 @@ def test_frequency_cap_take_replayed_after_a_lost_reply_counts_once(redis_client
 
 
 def test_frequency_cap_give_back_replayed_after_a_lost_reply_gives_back_once(redis_client, proxy) -> None:
-    from c2b.fcap import FrequencyCap
-    from c2b.redis_retry import with_redis_retry
+    from c2b.delivery.controls.frequency_cap import FrequencyCap
+    from c2b.store.redis_retry import with_redis_retry
 
     fcap = FrequencyCap(_client(proxy.url, 0), cap=3)
     users = [("20261125", f"g{i}") for i in range(10)]
@@ -164,7 +165,7 @@ def test_frequency_cap_give_back_replayed_after_a_lost_reply_gives_back_once(red
 
 
 def test_frequency_cap_after_redis_lost_its_script_cache_loads_it_and_counts_once(redis_client) -> None:
-    from c2b.fcap import FrequencyCap
+    from c2b.delivery.controls.frequency_cap import FrequencyCap
 
     fcap = FrequencyCap(redis_client, cap=1)
     assert fcap.take([("20261125", "s1", 1)]) == {("20261125", "s1"): 1}

@@ -10,12 +10,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from c2b.extract import extract_audience
-from c2b.plan import parse_plan
-from c2b.sql import read_segment
-from c2b.warehouse import DbApiWarehouse, DuckDBWarehouse
-from postgres import PG_DSN, connect, drop_schema, ensure_running, load_demo
-from segment_examples import EXAMPLES
+from c2b.audience.extract import extract_audience
+from c2b.audience.sql import read_segment
+from c2b.audience.warehouse import DbApiWarehouse, DuckDBWarehouse
+from c2b.plan.model import parse_plan
+
+from devtools.postgres import PG_DSN, connect, drop_schema, ensure_running, load_demo
+from devtools.segment_examples import EXAMPLES
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +121,9 @@ def test_get_warehouse_resolves_a_postgres_connection(monkeypatch: pytest.Monkey
     monkeypatch.setenv("AIRFLOW_CONN_C2B_WAREHOUSE", json.dumps({
         "conn_type": "postgres", "host": dsn["host"], "port": int(dsn["port"]), "login": dsn["user"],
         "schema": dsn["dbname"], "extra": {"options": f"-c search_path={pg_schema}"}}))
-    from c2b import airflow_glue
+    from c2b.airflow import resources
 
-    warehouse = airflow_glue.get_warehouse()
+    warehouse = resources.get_warehouse()
     assert isinstance(warehouse, DbApiWarehouse) and warehouse.server_side
     params = EXAMPLES["cancelled_for_reason.sql"]
     assert _uids(warehouse, "cancelled_for_reason.sql", params) == \

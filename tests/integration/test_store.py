@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from c2b.shard_sizing import ShardCountError
-from c2b.store import (
+from c2b.store.shards import (
     ShardKeys,
     StoreError,
     drop_run,
@@ -18,6 +17,7 @@ from c2b.store import (
     read_layout,
     read_page,
 )
+from c2b.store.sizing import ShardCountError
 from store_cases import assert_resume, assert_round_trip, page_through, staging
 
 INTS = [str(i) for i in range(1_000_000, 1_020_000)] + ["0", "-42", "9223372036854775807"]
@@ -129,18 +129,18 @@ def test_store_check_cli_reports_the_largest_key(redis_server, redis_client, tmp
 
 
 def test_runtime_load_and_cleanup_with_auto_shards(redis_client, tmp_path: Path) -> None:
-    from c2b import runtime
-    from c2b.plan import parse_plan
+    from c2b import steps
+    from c2b.plan.model import parse_plan
 
     plan = parse_plan({"id": "plan_auto", "audience": {"segment": "x.sql"},
                        "touches": [{"name": "t", "channel": "outbox", "template": "hi {{ nickname }}"}],
                        "delivery": {"shards": "auto", "max_shard_members": 1500, "key_ttl_hours": 1}}, "plan_auto.yaml")
     uids = INTS[:10_000]
     path = staging(tmp_path / "r.parquet", uids, nickname=["n"] * len(uids))
-    shards = runtime.step_load(plan, "run-1", redis_client, {"path": str(path), "counts": {"kept": len(uids)}})
+    shards = steps.step_load(plan, "run-1", redis_client, {"path": str(path), "counts": {"kept": len(uids)}})
     assert read_layout(redis_client, "plan_auto", "run-1")["shards"] == 8 and shards == list(range(1, 9))
     assert all(0 < redis_client.ttl(k) <= 3600 for k in redis_client.scan_iter("c2b:*"))
     with pytest.raises(RuntimeError, match="extract kept 5 users"):
-        runtime.step_load(plan, "run-1", redis_client, {"path": str(path), "counts": {"kept": 5}})
-    assert runtime.step_cleanup(plan, "run-1", redis_client) == 1 + 8 * 2
+        steps.step_load(plan, "run-1", redis_client, {"path": str(path), "counts": {"kept": 5}})
+    assert steps.step_cleanup(plan, "run-1", redis_client) == 1 + 8 * 2
     assert redis_client.dbsize() == 0

@@ -1,4 +1,4 @@
-"""`python -m c2b demo` refuses to sit silent when the plan's send window is closed."""
+"""`c2b demo` refuses to sit silent when the plan's send window is closed."""
 
 from __future__ import annotations
 

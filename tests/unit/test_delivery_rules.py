@@ -6,9 +6,9 @@ from datetime import UTC, date, datetime
 
 import pytest
 from c2b.channels.http import classify
-from c2b.delivery import idempotency_key
-from c2b.killswitch import variable_stops
-from c2b.quiet_hours import SendWindow, parse_send_hours
+from c2b.delivery.controls.kill_switch import variable_stops
+from c2b.delivery.controls.quiet_hours import SendWindow, parse_send_hours
+from c2b.delivery.shard import idempotency_key
 
 
 def _utc(*args: int) -> datetime:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from c2b.demo_warehouse import CANCEL_REASONS, SCHEMA, build_demo_warehouse
+
+from devtools.demo_warehouse import CANCEL_REASONS, SCHEMA, build_demo_warehouse
 
 ROOT = Path(__file__).resolve().parents[2]
 SEGMENT = ROOT / "include" / "sql" / "segments" / "cancelled_for_reason.sql"

@@ -8,9 +8,9 @@ import mmh3
 import numpy as np
 import pyarrow as pa
 import pytest
-from c2b.arrow_hash import murmur3_32
-from c2b.extract import VariantAssigner
+from c2b.audience.extract import VariantAssigner
 from c2b.hashing import VariantPicker
+from c2b.hashing_arrow import murmur3_32
 
 
 def _values(n: int = 3000) -> list[str]:

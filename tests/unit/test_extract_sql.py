@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from c2b.plan import PlanError, parse_plan
+from c2b.audience.sql import SegmentError, bind, check_params, placeholders, read_segment, segment_info
+from c2b.plan.model import PlanError, parse_plan
 from c2b.settings import sql_dir
-from c2b.sql import SegmentError, bind, check_params, placeholders, read_segment, segment_info
 
 SQL = """-- a comment with :not_a_param and 100%
 SELECT ':nope', x::int, "col:x" FROM t WHERE a = :a AND b LIKE 'x%' AND c = :b OR d = :a /* :c */"""

@@ -7,7 +7,7 @@ from decimal import Decimal
 import numpy as np
 import pyarrow as pa
 import pytest
-from c2b.uids import KeySet, first_occurrences, normalize_uids, uid_keys
+from c2b.audience.uids import KeySet, first_occurrences, normalize_uids, uid_keys
 
 
 def _masks(values, type=None):

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from c2b.inflight import InFlight
+from c2b.delivery.inflight import InFlight
 
 
 class Probe:

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from c2b import plan as plan_module
-from c2b import plan_cache
-from c2b.plan import PlanError, load_plan
-from c2b.plan_cache import load_cached_plan
+from c2b.plan import cache as plan_cache
+from c2b.plan import model as plan_module
+from c2b.plan.cache import load_cached_plan
+from c2b.plan.model import PlanError, load_plan
 from c2b.settings import PROJECT_ROOT
-from plan_samples import base_plan, mutate
+
+from devtools.plan_samples import base_plan, mutate
 
 
 @pytest.fixture
@@ -162,8 +163,8 @@ def test_changed_validating_code_invalidates(env: Path, validations: list[Path],
 
 def test_the_salt_covers_the_validating_modules() -> None:
     for name in plan_cache._VALIDATING_MODULES:
-        assert (Path(plan_cache.__file__).parent / f"{name}.py").is_file()
-    assert {"plan", "plan_checks", "templates"} <= set(plan_cache._VALIDATING_MODULES)
+        assert (Path(plan_cache.__file__).parents[1] / f"{name}.py").is_file()
+    assert {"plan/model", "plan/checks", "plan/templates"} <= set(plan_cache._VALIDATING_MODULES)
 
 
 def test_a_renamed_file_is_validated_again(env: Path, validations: list[Path]) -> None:

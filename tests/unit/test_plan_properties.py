@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from c2b.factory import load_plan_dag
-from c2b.plan import PlanError, parse_plan
+from c2b.airflow.dag_factory import load_plan_dag
+from c2b.plan.model import PlanError, parse_plan
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from plan_samples import base_plan
+
+from devtools.plan_samples import base_plan
 
 INTERESTING = ["@daily", "@weekly", "0 9 * * 1", "0 25 * * *", "", " ", "auto", "zset", "all_users.sql",
                "nps_detractors.sql", "../x.sql", "x.sql", "Asia/Shanghai", "UTC", "Nowhere/City", "09:00-21:00",

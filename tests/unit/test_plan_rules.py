@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from c2b.plan import PlanError, load_plan, parse_plan
-from plan_samples import DELETE, base_plan, mutate
+from c2b.plan.model import PlanError, load_plan, parse_plan
+
+from devtools.plan_samples import DELETE, base_plan, mutate
 
 FILE = "dags/plans/sample_plan.yaml"
 
@@ -247,7 +248,7 @@ def test_gateway_channels_default_their_connection() -> None:
 def test_send_range_parses_overnight_windows() -> None:
     from datetime import time
 
-    from c2b import quiet_hours
+    from c2b.delivery.controls import quiet_hours
 
     for text, want in (("20:30-23:59", (time(20, 30), time(23, 59))), ("22:00-07:30", (time(22, 0), time(7, 30)))):
         plan = parse_plan(mutate(base_plan(), "window.send_hours", text), FILE)

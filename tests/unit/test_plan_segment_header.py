@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from c2b.plan import PlanError, parse_plan
-from c2b.plan_checks import ParamSpec, parse_header, read_segment
-from plan_samples import base_plan, mutate
+from c2b.plan.checks import ParamSpec, parse_header, read_segment
+from c2b.plan.model import PlanError, parse_plan
+
+from devtools.plan_samples import base_plan, mutate
 
 FILE = "dags/plans/sample_plan.yaml"
 GOOD_SQL = """-- Test segment.

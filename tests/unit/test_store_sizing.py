@@ -9,9 +9,9 @@ import mmh3
 import numpy as np
 import pyarrow as pa
 import pytest
-from c2b import packed
 from c2b.hashing import MAX_SHARDS, murmur3_32_arrow, shard_index, shard_indexes_arrow
-from c2b.shard_sizing import ShardCountError, choose_shard_count, shard_sizes, smallest_fitting
+from c2b.store import packed
+from c2b.store.sizing import ShardCountError, choose_shard_count, shard_sizes, smallest_fitting
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from c2b import plan_checks, templates
-from c2b.plan import Touch
-from c2b.templates import simple_template_reads
+from c2b.plan import checks as plan_checks
+from c2b.plan import templates
+from c2b.plan.model import Touch
+from c2b.plan.templates import simple_template_reads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jinja2 import nodes

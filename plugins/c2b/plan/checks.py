@@ -10,7 +10,7 @@ never run here, so they are safe and fast at DAG parse time)::
 ``boolean``, ``date``, ``timestamp``) and, for text, optionally the allowed values after a colon;
 after a comma comes a note, e.g. ``max_score (integer, 0-10)`` (a range is checked). ``columns``
 lists what the query returns; templates may read those plus the built-ins
-(:data:`c2b.templates.BUILTIN_NAMES`).
+(:data:`c2b.plan.templates.BUILTIN_NAMES`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
-from c2b.plan import ALL_USERS_SEGMENT, Plan, Touch, join_key
+from c2b.audience.sql import placeholders, segment_path
+from c2b.plan.model import ALL_USERS_SEGMENT, Plan, Touch, join_key
 from c2b.settings import sql_dir
-from c2b.sql import placeholders, segment_path
 
 OFFER_FIELDS = ("type", "amount", "currency", "link")
 _PARAM_ITEM = re.compile(r"^([A-Za-z_]\w*)\s*(?:\(\s*([A-Za-z]\w*)\s*(?:([:,])\s*(.*?))?\s*\))?$", re.DOTALL)
@@ -99,7 +99,7 @@ class SegmentSpec:
     params: dict[str, ParamSpec] | None
     columns: tuple[str, ...] | None
     placeholders: frozenset[str] = field(default_factory=frozenset)
-    path: str = ""  # the file read, and the digest of its bytes (see c2b.plan_cache)
+    path: str = ""  # the file read, and the digest of its bytes (see c2b.plan.cache)
     digest: str = ""
 
     def params_help(self) -> str:
@@ -172,7 +172,7 @@ def read_segment(name: str) -> SegmentSpec:
     Raises ``FileNotFoundError`` when it does not exist under the segments folder and
     ``ValueError`` when its header cannot be read.
     """
-    from c2b.plan_cache import digest
+    from c2b.plan.cache import digest
 
     base = sql_dir() / "segments"
     path = segment_path(name)
@@ -241,7 +241,7 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
     """
     from jinja2 import TemplateError, TemplateSyntaxError, meta, nodes
 
-    from c2b import templates
+    from c2b.plan import templates
 
     env = templates._ENV  # the sandbox the delivery renders with (its filters and tests)
     where = f"touches[{i}].template"
@@ -297,7 +297,7 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
 def _read_problems(names: Any, attrs: list[tuple[str, str]], touch: Touch, columns: tuple[str, ...], segment: str,
                    where: str) -> list[tuple[str, str]]:
     """Return the problems of the names and ``owner.attr`` reads of a touch's template."""
-    from c2b import templates
+    from c2b.plan import templates
 
     problems: list[tuple[str, str]] = []
     known = set(columns) | set(templates.BUILTIN_NAMES) | set(templates._ENV.globals)

@@ -13,7 +13,7 @@ days ago ages: rebuild it (or pass ``--as-of``) rather than widen the segment.
 Columns are built with numpy, handed to DuckDB as Arrow tables and appended one chunk of users at a
 time (1M users a chunk), so 10M users build in bounded memory.
 
-``python -m c2b.demo_warehouse --path data/warehouse.duckdb --users 200000 --seed 42 [--as-of D]``
+``python -m devtools.demo_warehouse --path data/warehouse.duckdb --users 200000 --seed 42 [--as-of D]``
 """
 
 from __future__ import annotations
@@ -503,7 +503,7 @@ def build_demo_warehouse(path: str | Path, users: int = 200_000, seed: int = 42,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m c2b.demo_warehouse", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m devtools.demo_warehouse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--path", default="data/warehouse.duckdb", help="DuckDB file to (re)create")
     parser.add_argument("--users", type=int, default=200_000, help="number of users (default 200000)")

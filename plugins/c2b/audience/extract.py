@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from c2b.arrow_hash import murmur3_32
-from c2b.plan import Exclusion, Plan
-from c2b.sql import check_params, read_segment
-from c2b.uids import KeySet, normalize_uids
-from c2b.warehouse import Warehouse
+from c2b.audience.sql import check_params, read_segment
+from c2b.audience.uids import KeySet, normalize_uids
+from c2b.audience.warehouse import Warehouse
+from c2b.hashing_arrow import murmur3_32
+from c2b.plan.model import Exclusion, Plan
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class _Exclusion:
     def matches(self, texts: pa.Array, keys: np.ndarray) -> np.ndarray:
         if self.keys is not None:
             return self.keys.contains(keys)
-        from c2b.contacts import contacted_since_array
+        from c2b.delivery.contacts import contacted_since_array
 
         assert self.since is not None
         return contacted_since_array(self.redis, texts, self.since)

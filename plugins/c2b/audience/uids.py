@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from c2b.arrow_hash import murmur3_32, string_buffers
+from c2b.hashing_arrow import murmur3_32, string_buffers
 
 MAX_UID_BYTES = 128
 # Separators, control and format characters, and U+FFFD (what an undecodable byte becomes).

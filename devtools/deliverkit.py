@@ -1,23 +1,19 @@
 """Helpers for delivery tests: plans, loaded shards, and a shard run in its own process.
 
-``python tests/deliverkit.py SPEC.json`` runs one shard the way an Airflow worker runs the
-``deliver`` task body (``runtime.step_deliver`` with real channels, the Redis kill switch and the
+``python -m devtools.deliverkit SPEC.json`` runs one shard the way an Airflow worker runs the
+``deliver`` task body (``steps.step_deliver`` with real channels, the Redis kill switch and the
 real Redis), in its own process, so a test can ``kill -9`` it mid-way and start the retry.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT / "plugins", ROOT / "tests"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
 
 
 def plan_dict(plan_id: str = "p_test", channel: str = "push", touches: int = 1, shards: int = 1,
@@ -37,7 +33,7 @@ def plan_dict(plan_id: str = "p_test", channel: str = "push", touches: int = 1, 
 
 
 def make_plan(data: dict[str, Any]):  # -> Plan
-    from c2b.plan import parse_plan
+    from c2b.plan.model import parse_plan
 
     return parse_plan(data, "<test>")
 
@@ -47,7 +43,7 @@ def load_audience(redis: Any, plan: Any, run_id: str, uids: list[str], folder: P
     """Write a staging Parquet of ``uids`` (+ columns) and load it into the run's shards."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from c2b.store import load_shards
+    from c2b.store.shards import load_shards
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{plan.id}-{run_id}.parquet"
@@ -57,7 +53,7 @@ def load_audience(redis: Any, plan: Any, run_id: str, uids: list[str], folder: P
 
 def expected_keys(plan: Any, run_id: str, uids: list[str]) -> set[str]:
     """Idempotency keys of every message the run should send (targeted users x their touches)."""
-    from c2b.delivery import idempotency_key
+    from c2b.delivery.shard import idempotency_key
     from c2b.hashing import VariantPicker
 
     picker = VariantPicker(plan.salt, plan.variant_weights)
@@ -76,10 +72,9 @@ def start_shard(spec_data: dict[str, Any], folder: Path, name: str = "shard") ->
     folder.mkdir(parents=True, exist_ok=True)
     spec_file = folder / f"{name}.json"
     spec_file.write_text(json.dumps(spec_data))
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'plugins'}"}
     log = (folder / f"{name}.log").open("a")
-    return subprocess.Popen([sys.executable, str(Path(__file__)), str(spec_file)], stdout=subprocess.PIPE,
-                            stderr=log, env=env, text=True)
+    return subprocess.Popen([sys.executable, "-m", "devtools.deliverkit", str(spec_file)], stdout=subprocess.PIPE,
+                            stderr=log, text=True)
 
 
 def run_shard_process(spec_file: str) -> int:
@@ -87,9 +82,9 @@ def run_shard_process(spec_file: str) -> int:
     import logging
 
     import redis
-    from c2b import runtime
+    from c2b import steps
     from c2b.channels import ChannelConfig, make_channel
-    from c2b.killswitch import KillSwitch
+    from c2b.delivery.controls.kill_switch import KillSwitch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(message)s")
     s = json.loads(Path(spec_file).read_text())
@@ -99,7 +94,7 @@ def run_shard_process(spec_file: str) -> int:
                                      ChannelConfig(url=s["url"], extra=s["extra"], conn_id=f"test_{t.channel}",
                                                    redis=client))
                 for t in plan.touches}
-    stats = runtime.step_deliver(plan, s["run_id"], s["shard"], client, channels, KillSwitch(client, plan.id))
+    stats = steps.step_deliver(plan, s["run_id"], s["shard"], client, channels, KillSwitch(client, plan.id))
     print(json.dumps(stats), flush=True)
     return 0
 

@@ -18,7 +18,7 @@ How Airflow finds plans (see README "Validating plans"):
 At parse time the factory only reads and validates YAML and segment headers; warehouse, Redis and
 channels are touched inside tasks. Every task is a ``PlanStep`` operator (cheaper to build than
 ``@task`` functions, which matters because every parse builds every plan's DAG): :func:`run_step`
-resolves Airflow context and connections and calls :mod:`c2b.runtime`. Graph of a plan DAG::
+resolves Airflow context and connections and calls :mod:`c2b.steps`. Graph of a plan DAG::
 
     extract_audience >> load_shards >> deliver[shard 1..N] >> report
                                                             >> cleanup (all_done)
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from c2b.plan import Plan, PlanError
+    from c2b.plan.model import Plan, PlanError
 
 PLANS_DIRNAME = "plans"
 PLAN_SUFFIX = ".yaml"
@@ -155,7 +155,7 @@ def plan_of(dag: Any) -> Plan:
     plan = getattr(dag, "_c2b_plan", None)
     if plan is not None:
         return plan
-    from c2b.plan import load_plan
+    from c2b.plan.model import load_plan
 
     fileloc = Path(dag.fileloc)
     if fileloc.suffix != PLAN_SUFFIX:  # built by dags/c2b_plans.py
@@ -164,25 +164,26 @@ def plan_of(dag: Any) -> Plan:
 
 
 def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard: int | None) -> Any:
-    """Run one step of a plan run: resolve Airflow resources, then call :mod:`c2b.runtime`."""
-    from c2b import airflow_glue, runtime
+    """Run one step of a plan run: resolve Airflow resources, then call :mod:`c2b.steps`."""
+    from c2b import steps
+    from c2b.airflow import resources
 
     run_id = context["run_id"]
     if step == "extract_audience":
         # Redis only for suppression-list / recently-contacted exclusions.
-        redis = airflow_glue.get_redis() if plan.audience.exclude else None
-        return runtime.step_extract(plan, run_id, airflow_glue.get_warehouse(), context["params"].get("sample"),
+        redis = resources.get_redis() if plan.audience.exclude else None
+        return steps.step_extract(plan, run_id, resources.get_warehouse(), context["params"].get("sample"),
                                     redis=redis)
     if step == "load_shards":
-        return runtime.step_load(plan, run_id, airflow_glue.get_redis(), inputs["extract"])
+        return steps.step_load(plan, run_id, resources.get_redis(), inputs["extract"])
     if step == "deliver":
         assert shard is not None, "deliver is mapped over the shards load_shards returns"
         context["shard_label"] = shard  # read by the map_index_template: the UI shows "shard 7"
-        return airflow_glue.deliver_shard(plan, run_id, shard, dict(context["params"]))
+        return resources.deliver_shard(plan, run_id, shard, dict(context["params"]))
     if step == "report":
-        return runtime.step_report(plan, run_id, inputs["extract"], inputs["shards"], list(inputs["stats"] or []))
+        return steps.step_report(plan, run_id, inputs["extract"], inputs["shards"], list(inputs["stats"] or []))
     if step == "cleanup":
-        return runtime.step_cleanup(plan, run_id, airflow_glue.get_redis())
+        return steps.step_cleanup(plan, run_id, resources.get_redis())
     raise ValueError(f"unknown plan step {step!r}")
 
 
@@ -219,11 +220,11 @@ def _plan_step_class() -> type:
 def load_plan_dag(path: Path) -> Any:
     """Validate the plan file at ``path`` and return its DAG; every failure is a ``PlanError``.
 
-    An unchanged plan that was valid before comes from the plan cache (:mod:`c2b.plan_cache`),
+    An unchanged plan that was valid before comes from the plan cache (:mod:`c2b.plan.cache`),
     skipping YAML and validation; a plan is cached only once its DAG is built.
     """
-    from c2b.plan import PlanError
-    from c2b.plan_cache import load_cached_plan
+    from c2b.plan.cache import load_cached_plan
+    from c2b.plan.model import PlanError
 
     plan, store = load_cached_plan(path)
     try:
@@ -248,7 +249,7 @@ def build_dags(folder: Path, only_dag_id: str | None = None) -> tuple[dict[str, 
     ``only_dag_id`` (from Airflow's parsing context on a worker) builds just that plan's DAG.
     Plan files are named ``<id>.yaml``, which is what makes that shortcut possible.
     """
-    from c2b.plan import PlanError
+    from c2b.plan.model import PlanError
 
     files = plan_files(folder)
     if only_dag_id:
@@ -318,7 +319,7 @@ def _importer_class() -> type:
 
         def import_file(self, file_path: str | Path, *, bundle_path: Path | None = None,
                         bundle_name: str | None = None, safe_mode: bool = True) -> Any:
-            from c2b.plan import PlanError
+            from c2b.plan.model import PlanError
 
             rel = self.get_relative_path(file_path, bundle_path)
             result = DagImportResult(file_path=rel)
@@ -328,7 +329,7 @@ def _importer_class() -> type:
                 exc = PlanError(rel, exc.problems)  # name the file as the UI does: bundle-relative
                 result.errors.append(DagImportError(
                     file_path=rel, message=str(exc), error_type="plan", line_number=exc.line,
-                    suggestion="fix the fields named above; `python -m c2b validate` shows the same errors"))
+                    suggestion="fix the fields named above; `c2b validate` shows the same errors"))
                 return result
             except Exception as exc:  # noqa: BLE001 - a bug of ours must still be this file's error only
                 result.errors.append(DagImportError(file_path=rel, message=f"{type(exc).__name__}: {exc}",
@@ -355,10 +356,10 @@ def preload() -> None:
     import yaml  # noqa: F401
     from airflow.sdk import DAG, Asset, Param  # noqa: F401
 
-    import c2b.plan_checks  # noqa: F401
-    import c2b.templates  # noqa: F401
-    from c2b.plan import valid_timezone
-    from c2b.plan_cache import code_salt
+    import c2b.plan.checks  # noqa: F401
+    import c2b.plan.templates  # noqa: F401
+    from c2b.plan.cache import code_salt
+    from c2b.plan.model import valid_timezone
 
     _plan_step_class()
     _importer_class()

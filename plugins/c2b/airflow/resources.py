@@ -17,10 +17,10 @@ from __future__ import annotations
 from datetime import UTC
 from typing import Any
 
+from c2b.audience.warehouse import DUCKDB_MEMORY_LIMIT, DbApiWarehouse, DuckDBWarehouse, Warehouse
 from c2b.channels import Channel, ChannelConfig, make_channel
-from c2b.plan import Plan
+from c2b.plan.model import Plan
 from c2b.settings import outbox_dir, safe_name
-from c2b.warehouse import DUCKDB_MEMORY_LIMIT, DbApiWarehouse, DuckDBWarehouse, Warehouse
 
 REDIS_CONN_ID = "c2b_redis"
 WAREHOUSE_CONN_ID = "c2b_warehouse"
@@ -116,14 +116,14 @@ def read_kill_variable() -> Any:
     """Return the ``c2b_kill_switch`` Airflow Variable (``None`` when unset)."""
     from airflow.sdk import Variable
 
-    from c2b.killswitch import VARIABLE
+    from c2b.delivery.controls.kill_switch import VARIABLE
 
     return Variable.get(VARIABLE, default=None)
 
 
 def kill_switch(redis: Any, plan_id: str, with_variable: bool = True):  # -> KillSwitch
     """Return the plan's kill switch: Redis flags every page, the Airflow Variable every ~2 s."""
-    from c2b.killswitch import KillSwitch
+    from c2b.delivery.controls.kill_switch import KillSwitch
 
     return KillSwitch(redis, plan_id, read_kill_variable if with_variable else None)
 
@@ -142,10 +142,10 @@ def deliver_shard(plan: Plan, run_id: str, shard: int, params: dict[str, Any]) -
 
     from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 
-    from c2b import runtime
+    from c2b import steps
 
     redis = get_redis()
-    stats = runtime.step_deliver(plan, run_id, shard, redis, make_channels(plan, run_id, redis),
+    stats = steps.step_deliver(plan, run_id, shard, redis, make_channels(plan, run_id, redis),
                                  kill_switch(redis, plan.id), params)
     if stats["stopped"]:
         raise AirflowFailException(

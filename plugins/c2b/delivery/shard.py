@@ -3,12 +3,12 @@
 Why it looks like this:
 
 - *Sliding window, no page barrier.* Up to ``concurrency`` requests are in flight on one asyncio
-  loop (:mod:`c2b.inflight`); a request starts the moment another ends, and the next page is read
+  loop (:mod:`c2b.delivery.inflight`); a request starts the moment another ends, and the next page is read
   and checked while the current one is sending, so one slow send never holds back the rest (the
   seed waited for a whole page behind a count-down latch). The loop, not a thread per send, is
   what lets one worker keep a hundred sends in flight on little CPU. Channels that take batches
   get one request per ``batch_size`` messages.
-- *Exactly once.* Every (touch, uid) has a ledger entry (:mod:`c2b.ledger`): ``p`` is written for a
+- *Exactly once.* Every (touch, uid) has a ledger entry (:mod:`c2b.delivery.ledger`): ``p`` is written for a
   whole page in one call before its sends, ``s`` or ``f:<reason>`` after, in batched atomic calls
   from one recorder thread (not one round trip per message). A retried task skips final entries
   and re-sends ``p`` ones with the same idempotency key, so a receiver that honours the key sees
@@ -21,10 +21,11 @@ Why it looks like this:
   and every 20 ms while waiting for room; when it trips, requests not yet started are dropped
   (their entries stay pending for a resume) and those in flight finish.
 - *Polite.* Per-channel and per-plan rate limits are shared by every worker through Redis
-  (:mod:`c2b.ratelimit`); the frequency cap (:mod:`c2b.fcap`) and quiet hours
-  (:mod:`c2b.quiet_hours`) are applied per user before anything is sent. Users outside their
+  (:mod:`c2b.delivery.controls.rate_limit`); the frequency cap
+  (:mod:`c2b.delivery.controls.frequency_cap`) and quiet hours
+  (:mod:`c2b.delivery.controls.quiet_hours`) are applied per user before anything is sent. Users outside their
   hours are parked in the shard's deferred queue and sent when their hours open (the Airflow task
-  reschedules itself for then, see ``airflow_glue.deliver_shard``).
+  reschedules itself for then, see ``c2b.airflow.resources.deliver_shard``).
 """
 
 from __future__ import annotations
@@ -43,16 +44,16 @@ from functools import partial
 from typing import Any
 
 from c2b.channels.base import Channel, Message, Outcome
-from c2b.fcap import FrequencyCap
+from c2b.delivery.controls.frequency_cap import FrequencyCap
+from c2b.delivery.controls.quiet_hours import SendWindow
+from c2b.delivery.controls.rate_limit import Limits, RateLimiter
+from c2b.delivery.inflight import InFlight
+from c2b.delivery.ledger import CAPPED, DEFERRED, EXPIRED, PENDING, SENT, Change, ShardLedger
 from c2b.hashing import VariantPicker
-from c2b.inflight import InFlight
-from c2b.ledger import CAPPED, DEFERRED, EXPIRED, PENDING, SENT, Change, ShardLedger
-from c2b.plan import Plan, Touch
-from c2b.quiet_hours import SendWindow
-from c2b.ratelimit import Limits, RateLimiter
-from c2b.redis_retry import with_redis_retry
-from c2b.store import ShardKeys, read_attrs, read_page
-from c2b.templates import compile_template
+from c2b.plan.model import Plan, Touch
+from c2b.plan.templates import compile_template
+from c2b.store.redis_retry import with_redis_retry
+from c2b.store.shards import ShardKeys, read_attrs, read_page
 
 log = logging.getLogger(__name__)
 
@@ -319,8 +320,8 @@ class ShardDelivery:
         self.cap = getattr(plan.delivery, "frequency_cap", None)
         self.ledger = ShardLedger(redis, self.keys, ckpt_ttl=int(plan.delivery.key_ttl_hours * 3600))
         self.fcap = FrequencyCap(redis, self.cap)
-        if record_contacts is None:  # the cross-plan contact record (c2b.contacts), unless a test swaps it
-            from c2b.contacts import record_contacts as default_contacts
+        if record_contacts is None:  # the cross-plan contact record (c2b.delivery.contacts), unless a test swaps it
+            from c2b.delivery.contacts import record_contacts as default_contacts
 
             record_contacts = default_contacts
         self._record_contacts: Callable[[Any, list[str], datetime], None] = record_contacts

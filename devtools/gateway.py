@@ -9,7 +9,7 @@ duplicates), and injects faults at given rates: lognormal latency, 503s, timeout
 client's timeout, optionally after accepting, as real gateways do), and permanent 400s for some
 recipients (the same keys every time).
 
-Run it alone with ``python tests/gateway.py --port 8099 [--latency-ms 20]``; ``GET /stats`` answers
+Run it alone with ``python -m devtools.gateway --port 8099 [--latency-ms 20]``; ``GET /stats`` answers
 the counts as JSON and ``POST /reset`` clears them.
 """
 
@@ -233,7 +233,7 @@ class GatewayProcess:
         import sys
 
         port_file = workdir / f"gateway-{id(self)}.port"
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__)), "--port", "0", "--latency-ms",
+        self.proc = subprocess.Popen([sys.executable, "-m", "devtools.gateway", "--port", "0", "--latency-ms",
                                       str(latency_ms), "--sigma", str(sigma), "--port-file", str(port_file)],
                                      stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 30

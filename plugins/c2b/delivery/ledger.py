@@ -31,7 +31,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from c2b.store import ShardKeys
+from c2b.store.shards import ShardKeys
 
 PENDING, SENT, DEFERRED, CAPPED, EXPIRED = "p", "s", "d", "c", "x"
 FINAL_PREFIXES = (SENT, "f", CAPPED, EXPIRED)

@@ -2,7 +2,7 @@
 
 The dag-processor re-parses every plan file every 30 s (``[dag_processor] min_file_process_interval``)
 and a worker re-parses a plan's file before each task; almost always nothing changed. A cache entry
-holds the validated :class:`~c2b.plan.Plan` and is used only when all of these are unchanged:
+holds the validated :class:`~c2b.plan.model.Plan` and is used only when all of these are unchanged:
 
 - the plan file's text;
 - every segment file the validation read (the audience's and each excluded segment's), compared by
@@ -36,12 +36,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from c2b.plan import Plan
+    from c2b.plan.model import Plan
 
 FORMAT = 1  # bump when the entry layout changes
 OFF_VALUES = ("off", "0", "false", "no", "")
 # The modules whose code decides whether a plan is valid and what the validated plan holds.
-_VALIDATING_MODULES = ("plan", "plan_checks", "templates", "sql", "settings", "hashing", "plan_cache")
+_VALIDATING_MODULES = (
+    "plan/model", "plan/checks", "plan/templates", "audience/sql", "settings", "hashing", "plan/cache",
+)
 # tzdata: plans name timezones (checked against the zone database); Python's zoneinfo reads the
 # system database first, whose changes this cannot see (`python -m c2b cache clear` after one).
 _LIBRARIES = ("pydantic", "pydantic_core", "jinja2", "yaml", "croniter", "tzdata")
@@ -63,7 +65,7 @@ def code_salt() -> bytes:
     from importlib import metadata
 
     h = hashlib.sha256(f"c2b-plan-cache {FORMAT} {sys.version}\n".encode())
-    here = Path(__file__).parent
+    here = Path(__file__).parents[1]
     for name in _VALIDATING_MODULES:
         h.update(name.encode() + b"\0" + (here / f"{name}.py").read_bytes() + b"\0")
     for lib in _LIBRARIES:
@@ -206,9 +208,9 @@ def load_cached_plan(path: Path) -> tuple[Plan, Any]:
     """Return ``(plan, store)`` for the plan file at ``path``, fully validated unless cached.
 
     ``store()`` records a freshly validated plan in the cache; call it only once the plan is known
-    good (its DAG built). Raises :class:`~c2b.plan.PlanError` exactly as ``load_plan`` does.
+    good (its DAG built). Raises :class:`~c2b.plan.model.PlanError` exactly as ``load_plan`` does.
     """
-    from c2b.plan import load_plan
+    from c2b.plan.model import load_plan
 
     def nothing() -> None:
         return None

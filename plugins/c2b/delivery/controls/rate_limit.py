@@ -106,7 +106,7 @@ class Limits:
 
     def _book(self, n: int) -> float:
         """Reserve ``n`` messages under every limit; return when (``time.monotonic()``) they may go."""
-        from c2b.redis_retry import with_redis_retry
+        from c2b.store.redis_retry import with_redis_retry
 
         wait = max(with_redis_retry(partial(lim.reserve, n)) for lim in self.limiters)
         return time.monotonic() + wait

@@ -11,15 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from c2b.audience.extract import extract_audience
+from c2b.audience.warehouse import Warehouse
 from c2b.channels import Channel
-from c2b.delivery import RetryPolicy, ShardDelivery
-from c2b.extract import extract_audience
-from c2b.plan import Plan
-from c2b.report import format_table, summarize, write_report
+from c2b.delivery.shard import RetryPolicy, ShardDelivery
+from c2b.plan.model import Plan
+from c2b.plan.templates import BUILTIN_NAMES, template_names
+from c2b.results.report import format_table, summarize, write_report
 from c2b.settings import reports_dir, safe_name, staging_dir
-from c2b.store import drop_run, load_shards
-from c2b.templates import BUILTIN_NAMES, template_names
-from c2b.warehouse import Warehouse
+from c2b.store.shards import drop_run, load_shards
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,9 @@ def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> l
 
 def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict[str, Channel],
                  kill_switch: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Deliver one shard (see :mod:`c2b.delivery`); return its stats for the report.
+    """Deliver one shard (see :mod:`c2b.delivery.shard`); return its stats for the report.
 
-    ``kill_switch`` is a callable (true = stop), e.g. :class:`c2b.killswitch.KillSwitch`.
+    ``kill_switch`` is a callable (true = stop), e.g. :class:`c2b.delivery.controls.kill_switch.KillSwitch`.
     ``params``: the DAG run's ``dry_run`` and ``only_touches``. The stats are cumulative over all
     attempts of the shard: ``counts`` per ``variant|touch|outcome``, ``failures`` per reason,
     ``stopped``/``stop_reason``, ``deferred`` (messages waiting for send hours) and ``next_due``.

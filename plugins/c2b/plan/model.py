@@ -6,7 +6,7 @@ plan id. Everything is validated here, at the edge, so the rest of the engine ca
 1. the YAML itself (syntax, a mapping at the top);
 2. each field (types, ranges, allowed values) by the pydantic models below;
 3. cross-field rules (variants name existing touches, weights sum > 0, window end after start, ...);
-4. the plan against the repository (:mod:`c2b.plan_checks`): the segment file exists, the plan's
+4. the plan against the repository (:mod:`c2b.plan.checks`): the segment file exists, the plan's
    params match its placeholders and declared params, templates compile in the sandbox and read
    only the segment's columns.
 
@@ -46,7 +46,7 @@ from c2b.hashing import MAX_SHARDS
 
 CHANNELS = ("push", "sms", "inapp", "outbound_call", "private_domain", "webhook", "outbox")
 CONNECTIONLESS_CHANNELS = frozenset({"outbox", "inapp"})
-# The connection a gateway channel uses when the touch names none (as c2b.airflow_glue does).
+# The connection a gateway channel uses when the touch names none (as c2b.airflow.resources does).
 DEFAULT_CONNECTIONS = {"push": "c2b_push", "sms": "c2b_sms", "outbound_call": "c2b_call",
                        "private_domain": "c2b_private_domain", "webhook": "c2b_webhook"}
 URL_ASSETS = ("link", "image", "video")
@@ -214,7 +214,7 @@ def parse_send_hours(text: str) -> tuple[time, time]:
     """Return ``(start, end)`` of an ``HH:MM-HH:MM`` window, or raise ``ValueError`` saying the fix.
 
     ``end < start`` is an overnight window (``20:00-08:00``). Whatever passes here also passes the
-    delivery's own reading of the window (:func:`c2b.quiet_hours.parse_send_hours`).
+    delivery's own reading of the window (:func:`c2b.delivery.controls.quiet_hours.parse_send_hours`).
     """
     m = _SEND_HOURS.match(text)
     if not m:
@@ -278,7 +278,7 @@ EXCLUDE_HELP = ("each exclude item is exactly one of {segment: x.sql, params: {.
 
 class Exclusion(_Strict):
     """Users to leave out of the audience: exactly one of the users another segment returns, a
-    named suppression list (opt-outs, complaints; ``python -m c2b suppress``), or the users any
+    named suppression list (opt-outs, complaints; ``c2b suppress``), or the users any
     plan touched in the last N days."""
 
     segment: SegmentFile | None = None
@@ -290,7 +290,7 @@ class Exclusion(_Strict):
     @classmethod
     def _list_name(cls, v: str | None) -> str | None:
         if v is not None and not _LIST_NAME.match(v):
-            raise ValueError("must be a list name: 1-64 letters, digits, _ . - (see python -m c2b suppress)")
+            raise ValueError("must be a list name: 1-64 letters, digits, _ . - (see `c2b suppress`)")
         return v
 
     @model_validator(mode="before")
@@ -683,10 +683,10 @@ def parse_plan(data: Any, path: str | Path, *, text: str | None = None, check_fi
     """Validate already-loaded YAML data as a plan, raising :class:`PlanError`.
 
     ``text`` (the YAML source) lets errors carry line numbers. ``check_files`` also checks the plan
-    against the segment library and its templates (:mod:`c2b.plan_checks`), as :func:`load_plan`
+    against the segment library and its templates (:mod:`c2b.plan.checks`), as :func:`load_plan`
     does by default; without it, plans built in code (tests, tools) may name segments that exist
     elsewhere. ``segments_used`` collects the path and digest of each segment file the checks read
-    (what :mod:`c2b.plan_cache` compares).
+    (what :mod:`c2b.plan.cache` compares).
     """
     if not isinstance(data, dict):
         raise PlanError(path, [("", "a plan file must be a YAML mapping (id: ..., audience: ..., touches: ...)", 1)])
@@ -696,7 +696,7 @@ def parse_plan(data: Any, path: str | Path, *, text: str | None = None, check_fi
     except ValidationError as exc:
         raise PlanError(path, with_lines(validation_problems(exc), text)) from None
     if check_files:
-        from c2b.plan_checks import repository_problems
+        from c2b.plan.checks import repository_problems
 
         problems += repository_problems(plan, used=segments_used)
     if problems:
@@ -732,7 +732,7 @@ def load_plan(path: str | Path, *, check_name: bool = False, check_files: bool =
     """Read and validate one plan file.
 
     ``check_name`` also requires the file to be named ``<id>.yaml`` (the factory and
-    ``python -m c2b validate`` do; that is what lets a worker build only the DAG it needs).
+    ``c2b validate`` do; that is what lets a worker build only the DAG it needs).
     ``text`` is the file's text when already read; ``segments_used`` as for :func:`parse_plan`.
     """
     path = Path(path)

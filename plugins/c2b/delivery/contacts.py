@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from c2b.hashing import shard_index, shard_indexes_arrow, uid_bytes
-from c2b.script_pipelines import run_scripts
+from c2b.store.script_pipelines import run_scripts
 
 BUCKETS = 1024
 DEFAULT_TTL_DAYS = 180

@@ -12,8 +12,8 @@ while different shards hash to different slots and so spread over the cluster's 
     c2b:{<plan>:<run>:<shard>}:ledger   HASH    "<touch>|<uid>" -> p (pending) | s (sent) | f:<reason>
 
 A shard holds its uids in exactly one of ``pk`` / ``aud``: ``packed`` when every uid of the run is a
-canonical integer (~8.5 bytes per member, see :mod:`c2b.packed`), ``zset`` otherwise (~105 bytes).
-The meta key records which, so readers and ``python -m c2b store-check`` know the layout.
+canonical integer (~8.5 bytes per member, see :mod:`c2b.store.packed`), ``zset`` otherwise (~105 bytes).
+The meta key records which, so readers and ``c2b store-check`` know the layout.
 
 Every key carries a TTL (the plan's ``delivery.key_ttl_hours``), set when the key is created, so an
 abandoned run cleans itself up. ``cleanup`` drops the meta, audience, attribute, checkpoint and receipt keys;
@@ -21,7 +21,7 @@ the ledger keeps its own, longer TTL because it is the record of what was sent (
 DAG run consults it and sends nothing twice).
 
 No big keys: before writing, the loader hashes every uid once to get the exact size of every shard
-for every allowed shard count (:mod:`c2b.shard_sizing`) and refuses a count that would put more than
+for every allowed shard count (:mod:`c2b.store.sizing`) and refuses a count that would put more than
 ``delivery.max_shard_members`` users into one key, naming the count to use (``shards: auto`` picks it).
 
 Paging: a shard's members have a fixed order (insertion order for ``packed``, byte order for
@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from c2b import packed
 from c2b.hashing import MAX_SHARDS, murmur3_32_arrow, murmur3_32_matrix, shard_of_hashes, string_groups
-from c2b.redis_stream import CommandStream
-from c2b.shard_sizing import choose_shard_count, shard_sizes
+from c2b.store import packed
+from c2b.store.redis_stream import CommandStream
+from c2b.store.sizing import choose_shard_count, shard_sizes
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def load_shards(redis: Any, staging_path: str | Path, plan_id: str, run_id: str,
     """Stream the staging Parquet into the run's shard keys; return members per shard.
 
     ``shards`` is a power of two or ``"auto"``; ``encoding`` is ``auto`` (packed when every uid is a
-    canonical integer), ``packed`` or ``zset``. Raises :class:`~c2b.shard_sizing.ShardCountError`
+    canonical integer), ``packed`` or ``zset``. Raises :class:`~c2b.store.sizing.ShardCountError`
     (nothing written) when a shard would exceed ``max_shard_members``, and :class:`StoreError` when
     ``packed`` is forced on non-integer uids. Loading the same file again is a no-op.
     """
@@ -402,7 +402,7 @@ def drop_run(redis: Any, plan_id: str, run_id: str, shards: int | None = None) -
     return sum(int(n) for n in pipe.execute())
 
 
-# -- inspection (python -m c2b store-check) --------------------------------------------------------
+# -- inspection (c2b store-check) --------------------------------------------------------
 
 @dataclass
 class KeyInfo:

@@ -2,11 +2,11 @@
 
 Two places can turn it on, and either is enough:
 
-- **Redis flags** ``c2b:kill`` (all plans) and ``c2b:kill:<plan>``, set by ``python -m c2b kill``.
+- **Redis flags** ``c2b:kill`` (all plans) and ``c2b:kill:<plan>``, set by ``c2b kill``.
   Checked before every page: one pipelined round trip.
 - **The Airflow Variable** ``c2b_kill_switch`` (UI: Admin -> Variables), ``all`` or a list of plan
   ids (JSON list or comma separated). Reading it costs an API call, so it is read at most every
-  ``variable_every`` seconds; the engine gets it as a plain callable from ``airflow_glue``.
+  ``variable_every`` seconds; the engine gets it as a plain callable from ``c2b.airflow.resources``.
 """
 
 from __future__ import annotations

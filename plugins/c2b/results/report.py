@@ -16,7 +16,7 @@ def summarize(plan_id: str, run_id: str, extract: dict[str, Any], shard_stats: I
     counts: Counter = Counter()
     failures: Counter = Counter()
     users = 0
-    waiting = parked = 0  # quiet hours: messages still waiting / ever parked (c2b.delivery)
+    waiting = parked = 0  # quiet hours: messages still waiting / ever parked (c2b.delivery.shard)
     stopped = []
     delivered_shards = []
     for st in shard_stats:

@@ -5,12 +5,12 @@ touches other plans sent the same user today.
 
 Keys (no big keys, cluster-safe): ``c2b:fcap:{<YYYYMMDD>:<bucket>}`` HASH uid -> touches that day,
 ``bucket = shard_index(uid, 1024)``; one key per day and bucket, each on its own slot, with a TTL
-of two days. The day is the user's local day (see :mod:`c2b.quiet_hours`).
+of two days. The day is the user's local day (see :mod:`c2b.delivery.controls.quiet_hours`).
 
 A capped plan takes a slot *before* the send and gives it back when the send fails for good.
 Both are one script per bucket that moves the counts and returns what it granted, so of two shards
 racing for a user's last slot exactly one gets it. The scripts of one call are pipelined (one round
-trip; on Redis Cluster one per node, see :mod:`c2b.script_pipelines`). A worker killed between
+trip; on Redis Cluster one per node, see :mod:`c2b.store.script_pipelines`). A worker killed between
 taking the slot and recording the message leaves the slot taken: the user may get one touch fewer
 that day, never one more.
 
@@ -32,7 +32,7 @@ from typing import Any
 from redis.exceptions import NoScriptError
 
 from c2b.hashing import shard_index
-from c2b.script_pipelines import run_scripts
+from c2b.store.script_pipelines import run_scripts
 
 BUCKETS = 1024
 TTL_SECONDS = 2 * 24 * 3600

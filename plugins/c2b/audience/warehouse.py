@@ -8,8 +8,8 @@ Two kinds cover every SQL warehouse:
   server-side (named) cursor where the driver has one (psycopg2/psycopg for PostgreSQL), so the
   server, not this process, holds the result, and each ``fetchmany`` becomes one Arrow batch.
 
-Both bind the segment's ``:name`` parameters through the driver (:func:`c2b.sql.bind`); values are
-never formatted into SQL. Nothing here imports Airflow: :func:`c2b.airflow_glue.get_warehouse` turns
+Both bind the segment's ``:name`` parameters through the driver (:func:`c2b.audience.sql.bind`); values are
+never formatted into SQL. Nothing here imports Airflow: :func:`c2b.airflow.resources.get_warehouse` turns
 the ``c2b_warehouse`` connection into one of these.
 """
 
@@ -26,8 +26,8 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from c2b.sql import bind
-from c2b.uids import uid_text
+from c2b.audience.sql import bind
+from c2b.audience.uids import uid_text
 
 log = logging.getLogger(__name__)
 

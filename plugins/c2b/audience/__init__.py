@@ -1,0 +1,1 @@
+"""Audiences: warehouse connections, segment SQL, uid cleaning and the extract to staging."""

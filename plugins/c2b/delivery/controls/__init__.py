@@ -1,0 +1,1 @@
+"""Delivery controls checked on every page: rate limit, frequency cap, quiet hours, kill switch."""

@@ -1,0 +1,1 @@
+"""Plans: the typed model of a plan file, its validation, error wording and message templates."""

@@ -1,0 +1,1 @@
+"""Results: what a run did (per-shard stats reduced to a report)."""
