@@ -18,7 +18,7 @@ from datetime import UTC
 from typing import Any
 
 from c2b.audience.warehouse import DUCKDB_MEMORY_LIMIT, DbApiWarehouse, DuckDBWarehouse, Warehouse
-from c2b.channels import Channel, ChannelConfig, make_channel
+from c2b.channels import Channel, ChannelConfig, channel_class, make_channel
 from c2b.plan.model import Plan
 from c2b.settings import outbox_dir, safe_name
 
@@ -81,23 +81,19 @@ def connection_url(conn: Any) -> str:
     return f"{scheme}://{host}{port}{path}"
 
 
-# The connection a touch uses when its plan names none (README "Channels").
-DEFAULT_CONNECTIONS = {"push": "c2b_push", "sms": "c2b_sms", "outbound_call": "c2b_call",
-                       "private_domain": "c2b_private_domain", "webhook": "c2b_webhook"}
-
-
 def make_channels(plan: Plan, run_id: str, redis: Any = None) -> dict[str, Channel]:
     """Build one channel instance per touch of the plan (keyed by touch name).
 
-    HTTP channels read their gateway from the touch's ``connection`` (default: ``c2b_<channel>``,
-    ``c2b_call`` for outbound calls): URL from host/port/schema or extra ``url``, the token from
-    the password, and extras ``batch_size``, ``timeout``, ``rate_limit``, ``burst``. ``inapp``
-    writes to the ``c2b_redis`` store unless its connection says otherwise; ``outbox`` writes files.
+    HTTP channels read their gateway from the touch's ``connection`` (default: the channel class's
+    ``default_connection``, e.g. ``c2b_sms``, ``c2b_call`` for outbound calls): URL from
+    host/port/schema or extra ``url``, the token from the password, and extras ``batch_size``,
+    ``timeout``, ``rate_limit``, ``burst``. ``inapp`` writes to the ``c2b_redis`` store unless its
+    connection says otherwise; ``outbox`` writes files.
     """
     run_dir = str(outbox_dir() / plan.id / safe_name(run_id))
     channels: dict[str, Channel] = {}
     for touch in plan.touches:
-        conn_id = touch.connection or DEFAULT_CONNECTIONS.get(touch.channel)
+        conn_id = touch.connection or channel_class(touch.channel).default_connection
         if conn_id:
             try:
                 conn = _get_connection(conn_id)

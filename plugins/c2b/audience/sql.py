@@ -145,11 +145,3 @@ def bind(sql: str, params: Mapping[str, Any], style: str) -> tuple[str, dict[str
     if style in ("dollar", "pyformat", "named"):
         return out, {name: params[name] for name in dict.fromkeys(order)}
     return out, [params[name] for name in order]
-
-
-def to_paramstyle(sql: str, style: str) -> str:
-    """Rewrite ``:name`` placeholders to a named driver style (``dollar``, ``pyformat``, ``named``)."""
-    if style not in ("dollar", "pyformat", "named"):
-        raise ValueError(f"unknown or positional paramstyle {style!r}: use bind()")
-    names = placeholders(sql)
-    return bind(sql, {n: None for n in names}, style)[0]

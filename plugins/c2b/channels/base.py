@@ -80,11 +80,22 @@ class Channel(ABC):
 
     A channel that can take many messages per request overrides :meth:`send_batch` and sets
     ``max_batch``; ``batch_size`` (from the connection's extras) picks the size actually used.
+
+    The class attributes are the one place the rest of the engine learns a channel's facts from
+    (plan validation, the Airflow resource resolution, the delivery loop): its name, the Airflow
+    Connection a touch uses when it names none, whether it needs one at all, and its batch sizes.
     """
 
     name: ClassVar[str]
+    default_connection: ClassVar[str | None] = None  # Airflow Connection id when the touch names none
+    needs_connection: ClassVar[bool] = True  # False: works without one (files, the c2b_redis store)
     max_batch: ClassVar[int] = 1  # largest batch the channel can send in one request
     default_batch: ClassVar[int] = 1
+
+    @classmethod
+    def supports_batches(cls) -> bool:
+        """Return whether the channel can send several messages in one request."""
+        return cls.max_batch > 1
 
     def __init__(self, config: ChannelConfig) -> None:
         self.config = config

@@ -26,6 +26,7 @@ def inbox_key(uid: str) -> str:
 
 class InAppChannel(Channel):
     name = "inapp"
+    needs_connection = False
     max_batch = 10_000
     default_batch = 100
 

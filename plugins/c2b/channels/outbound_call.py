@@ -15,6 +15,7 @@ from c2b.channels.http import HttpJsonChannel
 
 class OutboundCallChannel(HttpJsonChannel):
     name = "outbound_call"
+    default_connection = "c2b_call"
 
     def fields(self, message: Message) -> dict[str, Any]:
         return {"to": message.uid, "script": message.text, "queue": self.config.extra.get("queue", "default"),

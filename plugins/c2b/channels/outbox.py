@@ -18,6 +18,7 @@ from c2b.channels.base import Channel, ChannelConfig, Message, Outcome
 
 class OutboxChannel(Channel):
     name = "outbox"
+    needs_connection = False
     max_batch = 10_000
     default_batch = 100
 

@@ -14,6 +14,7 @@ from c2b.channels.http import HttpJsonChannel
 
 class PrivateDomainChannel(HttpJsonChannel):
     name = "private_domain"
+    default_connection = "c2b_private_domain"
 
     def fields(self, message: Message) -> dict[str, Any]:
         a = message.assets

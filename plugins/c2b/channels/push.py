@@ -14,6 +14,7 @@ from c2b.channels.http import HttpJsonChannel
 
 class PushChannel(HttpJsonChannel):
     name = "push"
+    default_connection = "c2b_push"
 
     def fields(self, message: Message) -> dict[str, Any]:
         a = message.assets

@@ -14,6 +14,7 @@ from c2b.channels.http import HttpJsonChannel
 
 class SmsChannel(HttpJsonChannel):
     name = "sms"
+    default_connection = "c2b_sms"
 
     def fields(self, message: Message) -> dict[str, Any]:
         return {"to": message.uid, "text": message.text, "sign": self.config.extra.get("sign", "")}

@@ -11,3 +11,4 @@ from c2b.channels.http import HttpJsonChannel
 
 class WebhookChannel(HttpJsonChannel):
     name = "webhook"
+    default_connection = "c2b_webhook"

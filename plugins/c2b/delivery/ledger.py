@@ -27,14 +27,13 @@ mean nothing for another load), which is why the per-page counters live there.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from c2b.store.shards import ShardKeys
 
 PENDING, SENT, DEFERRED, CAPPED, EXPIRED = "p", "s", "d", "c", "x"
-FINAL_PREFIXES = (SENT, "f", CAPPED, EXPIRED)
 LEDGER_TTL = 7 * 24 * 3600
 
 # KEYS: ledger, stats, deferred, receipts. ARGV: ttl, receipt ttl, receipt, previous receipt, then
@@ -267,6 +266,3 @@ class ShardLedger:
                 extra[key] = int(v)
         return counts, failures, extra
 
-
-def fields_of(changes: Iterable[Change]) -> list[str]:
-    return [c.field for c in changes]

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from datetime import date, time
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -42,13 +42,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from c2b.channels import CHANNEL_NAMES
+from c2b.channels import REGISTRY as CHANNEL_REGISTRY
 from c2b.hashing import MAX_SHARDS
 
-CHANNELS = ("push", "sms", "inapp", "outbound_call", "private_domain", "webhook", "outbox")
-CONNECTIONLESS_CHANNELS = frozenset({"outbox", "inapp"})
-# The connection a gateway channel uses when the touch names none (as c2b.airflow.resources does).
-DEFAULT_CONNECTIONS = {"push": "c2b_push", "sms": "c2b_sms", "outbound_call": "c2b_call",
-                       "private_domain": "c2b_private_domain", "webhook": "c2b_webhook"}
+# Channel names, default connections and whether one is needed come from the channel registry.
+if TYPE_CHECKING:
+    ChannelName = str
+else:
+    ChannelName = Literal[CHANNEL_NAMES]
 URL_ASSETS = ("link", "image", "video")
 OFFER_TYPES = ("price_up_coupon", "red_packet", "tutorial", "cs_call")
 ASSET_KEYS = ("link", "image", "video", "title", "position")
@@ -394,7 +396,7 @@ class Touch(_Strict):
     """One delivery step: a channel, a message template, assets and an optional offer."""
 
     name: Name
-    channel: Literal["push", "sms", "inapp", "outbound_call", "private_domain", "webhook", "outbox"]
+    channel: ChannelName
     connection: str | None = Field(
         None, description="Airflow Connection id of the channel's gateway; default c2b_<channel> (c2b_call for "
                           "outbound_call); none for outbox, optional for inapp")
@@ -430,13 +432,15 @@ class Touch(_Strict):
     @classmethod
     def _default_connection(cls, data: Any) -> Any:
         # A gateway channel without a connection uses its default one, as the delivery does.
-        if isinstance(data, dict) and data.get("connection") is None and data.get("channel") in DEFAULT_CONNECTIONS:
-            return {**data, "connection": DEFAULT_CONNECTIONS[data["channel"]]}
+        if isinstance(data, dict) and data.get("connection") is None:
+            cls_ = CHANNEL_REGISTRY.get(data.get("channel"))  # type: ignore[arg-type]
+            if cls_ is not None and cls_.default_connection:
+                return {**data, "connection": cls_.default_connection}
         return data
 
     @model_validator(mode="after")
     def _connection_needed(self) -> Touch:
-        if self.connection is None and self.channel not in CONNECTIONLESS_CHANNELS:
+        if self.connection is None and CHANNEL_REGISTRY[self.channel].needs_connection:
             raise problems_error([("connection", f"required for channel {self.channel}: the id of the Airflow "
                                                  "Connection of its gateway")])
         return self

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -97,9 +96,5 @@ def simple_template_reads(text: str) -> tuple[frozenset[str], frozenset[tuple[st
     return frozenset(names), frozenset(attrs), frozenset(filters)
 
 
-def render(template, values: dict[str, Any]) -> str:  # type: ignore[no-untyped-def]
-    return template.render(values)
-
-
-__all__ = ["BUILTIN_NAMES", "TemplateSyntaxError", "compile_template", "render", "simple_template_reads",
+__all__ = ["BUILTIN_NAMES", "TemplateSyntaxError", "compile_template", "simple_template_reads",
            "template_names"]

@@ -79,18 +79,6 @@ class Limits:
     def __bool__(self) -> bool:
         return bool(self.limiters)
 
-    def acquire(self, n: int = 1) -> None:
-        """Block until ``n`` messages may go under every limit."""
-        if not self.limiters:
-            return
-        for attempt in range(self.rebook + 1):
-            due = self._book(n)
-            if due > time.monotonic():
-                self.waited += due - time.monotonic()
-                time.sleep(max(0.0, due - time.monotonic()))
-            if not self._late(due, attempt):
-                return
-
     async def acquire_async(self, n: int = 1) -> None:
         """Wait, without blocking the event loop, until ``n`` messages may go under every limit."""
         if not self.limiters:
