@@ -14,7 +14,8 @@ from typing import Any
 from c2b.audience.extract import extract_audience
 from c2b.audience.warehouse import Warehouse
 from c2b.channels import Channel
-from c2b.delivery.shard import RetryPolicy, ShardDelivery
+from c2b.delivery.senders import RetryPolicy
+from c2b.delivery.shard import ShardDelivery
 from c2b.plan.model import Plan
 from c2b.plan.templates import BUILTIN_NAMES, template_names
 from c2b.results.report import format_table, summarize, write_report

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from c2b.channels import CHANNEL_NAMES, REGISTRY
 from c2b.plan.model import Touch
 

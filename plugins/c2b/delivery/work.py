@@ -1,0 +1,102 @@
+"""Turn a page of a shard's users into work: one :class:`Item` per (touch, uid), and its message.
+
+Pure: the caller reads the users' stored attributes; this module only decides which touches a
+user gets (their variant, the run's ``only_touches``) and renders the message a touch sends.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from c2b.channels.base import Message
+from c2b.delivery.controls.quiet_hours import SendWindow
+from c2b.hashing import VariantPicker
+from c2b.plan.model import Plan, Touch
+from c2b.plan.templates import compile_template
+
+Attrs = dict[str, dict[str, Any]]  # uid -> its stored attributes
+
+
+def idempotency_key(plan_id: str, run_id: str, touch: str, uid: str) -> str:
+    """Return the key every send of (plan, run, touch, uid) carries, the same on every retry."""
+    return hashlib.sha256(f"{plan_id}\x1f{run_id}\x1f{touch}\x1f{uid}".encode("utf-8", "replace")).hexdigest()[:32]
+
+
+@dataclass
+class Item:
+    """One (touch, uid) on its way: ledger field, counters, the message, and its page."""
+
+    field: str
+    variant: str
+    touch: str
+    uid: str
+    day: str
+    page: int  # start rank of its page; -1 for the deferred pass (no checkpoint)
+    message: Message | None = None
+
+    @property
+    def vt(self) -> str:
+        return f"{self.variant}|{self.touch}"
+
+
+@dataclass
+class PageWork:
+    """The items of one page of users, their attributes, and the control (holdout) counters."""
+
+    items: list[Item]
+    attrs: Attrs
+    holdout: dict[str, int] = field(default_factory=dict)
+
+
+class WorkBuilder:
+    """Know a plan's touches by variant, their templates, assets and offers; build items and messages."""
+
+    def __init__(self, plan: Plan, run_id: str, window: SendWindow, clock: Callable[[], float],
+                 only_touches: set[str] | None = None) -> None:
+        self.plan = plan
+        self.run_id = run_id
+        self.window = window
+        self.clock = clock
+        self.picker = VariantPicker(plan.salt, plan.variant_weights)
+        self.touches: dict[str, Touch] = {t.name: t for t in plan.touches}
+        self.templates = {t.name: compile_template(t.template) for t in plan.touches}
+        self.assets: dict[str, dict[str, str]] = {t.name: {str(k): v for k, v in t.assets.items()}
+                                                   for t in plan.touches}
+        self.offers = {t.name: (t.offer.model_dump(exclude_none=True) if t.offer else None) for t in plan.touches}
+        self.touches_by_variant = {
+            v: [t for t in plan.touches_of(v) if only_touches is None or t.name in only_touches]
+            for v in plan.variant_weights}
+
+    def page(self, uids: Sequence[str], attrs: Attrs, page: int,
+             wanted: Mapping[str, set[str]] | None = None) -> PageWork:
+        """Return the (touch, uid) items of ``uids`` (only the ``wanted`` touches, when given)."""
+        items: list[Item] = []
+        holdout: Counter[str] = Counter()
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        for uid in uids:
+            variant = self.picker.pick(uid.encode("utf-8", "replace"))
+            touches = self.touches_by_variant[variant]
+            if wanted is not None:
+                touches = [t for t in touches if t.name in wanted.get(uid, ())]
+            elif not touches:
+                holdout[f"{variant}|-|holdout"] += 1
+                continue
+            day = self.window.local_day(now, attrs[uid].get("timezone"))
+            items.extend(Item(f"{t.name}|{uid}", variant, t.name, uid, day, page) for t in touches)
+        return PageWork(items, attrs, dict(holdout))
+
+    def message(self, item: Item, attrs: dict[str, Any]) -> Message:
+        """Render the message of ``item``; raises whatever the template raises (missing attribute...)."""
+        touch = self.touches[item.touch]
+        offer = self.offers[item.touch]
+        values = {**attrs, "uid": item.uid, "variant": item.variant, "offer": offer or {},
+                  "assets": touch.assets, "plan": self.plan.id, "touch": touch.name}
+        text = self.templates[touch.name].render(values)
+        return Message(idempotency_key(self.plan.id, self.run_id, touch.name, item.uid), self.plan.id,
+                       self.run_id, touch.name, touch.channel, item.uid, item.variant, text,
+                       dict(self.assets[touch.name]), offer)
