@@ -6,7 +6,8 @@ from datetime import UTC, date, datetime
 
 from c2b.delivery.controls.quiet_hours import SendWindow
 from c2b.delivery.triage import PageDecisions, QuietHours, Render
-from c2b.delivery.work import PageWork, WorkBuilder
+from c2b.delivery.work import WorkBuilder
+
 from devtools.deliverkit import make_plan, plan_dict
 
 NIGHT_IN_SHANGHAI = datetime(2026, 5, 6, 15, 30, tzinfo=UTC).timestamp()  # 23:30 there, 16:30 in London
