@@ -7,7 +7,8 @@ them like a real gateway should (a key accepted before is answered 200 ``"duplic
 counted as a *replay*, not accepted again; ``dedupe=False`` turns that off to count raw
 duplicates), and injects faults at given rates: lognormal latency, 503s, timeouts (sleep past the
 client's timeout, optionally after accepting, as real gateways do), and permanent 400s for some
-recipients (the same keys every time).
+recipients (the same keys every time). ``bare_batch_ok`` answers a batch ``200 {"ok": true}``
+without per-message results, as some real batch gateways do once they have taken the batch.
 
 Run it alone with ``python -m devtools.gateway --port 8099 [--latency-ms 20]``; ``GET /stats`` answers
 the counts as JSON and ``POST /reset`` clears them.
@@ -46,6 +47,7 @@ class Faults:
     timeout_accepts: bool = False  # a timed-out request was processed anyway (the client can't know)
     reject_rate: float = 0.0     # 400 "invalid recipient" for this share of keys (stable per key)
     dedupe: bool = True          # honour idempotency keys
+    bare_batch_ok: bool = False  # answer an accepted batch 200 {"ok": true}, with no per-message results
     seed: int = 7
 
 
@@ -203,6 +205,8 @@ class Gateway:
                 key = m.get("idempotency_key") or header_key
                 status, error = self._accept(key, m)
                 results.append({"idempotency_key": key, "status": status, "error": error or None})
+        if batch and f.bare_batch_ok:
+            return 200, {"ok": True}
         if batch:
             return 200, {"status": 200, "results": results}
         return results[0]["status"], results[0]
@@ -283,10 +287,13 @@ def main() -> None:
     parser.add_argument("--error-rate", type=float, default=0.0)
     parser.add_argument("--timeout-rate", type=float, default=0.0)
     parser.add_argument("--reject-rate", type=float, default=0.0)
+    parser.add_argument("--bare-batch-ok", action="store_true",
+                        help='answer batches 200 {"ok": true} without per-message results')
     parser.add_argument("--port-file", help="write the bound port here once listening")
     args = parser.parse_args()
     faults = Faults(median_latency_s=args.latency_ms / 1000, latency_sigma=args.sigma, error_rate=args.error_rate,
-                    timeout_rate=args.timeout_rate, reject_rate=args.reject_rate)
+                    timeout_rate=args.timeout_rate, reject_rate=args.reject_rate,
+                    bare_batch_ok=args.bare_batch_ok)
     with Gateway(faults, args.port) as gw:
         if args.port_file:
             with open(args.port_file, "w") as fh:

@@ -59,6 +59,19 @@ class ChannelConfig:
     redis: Any = field(default=None, compare=False, repr=False)  # for channels that write to Redis
 
 
+def flag(extra: dict[str, Any], key: str, default: bool = False) -> bool:
+    """Read a yes/no connection extra (``true``/``false``, also as a string or 0/1)."""
+    value = extra.get(key, default)
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", ""):
+        return False
+    raise ValueError(f"connection extra {key!r} must be true or false, got {value!r}")
+
+
 def _positive(extra: dict[str, Any], key: str, default: float | None) -> float | None:
     value = extra.get(key, default)
     if value in (None, ""):

@@ -5,7 +5,12 @@ Request format (README "Channels"):
 
 - single: ``POST <url>`` with the message as a JSON object and the header ``Idempotency-Key``;
 - batch: ``POST <url>/batch`` (extra ``batch_path``) with ``{"messages": [...]}``; the answer is
-  ``{"results": [{"idempotency_key": ..., "status": <http-like code>, "error": ...}, ...]}``.
+  ``{"results": [{"idempotency_key": ..., "status": <http-like code>, "error": ...}, ...]}``, or a
+  bare 2xx (e.g. ``{"ok": true}``): the gateway took the whole batch, every message is sent. A
+  connection with the extra ``per_message_results: true`` says its gateway always answers per
+  message: a 2xx without them is then a protocol error, recorded as failed for each message and
+  not retried. A result list that leaves a message out (or gives it no status) is a protocol error
+  for that message either way. A batch answered 2xx is never sent again.
 
 Every message object carries ``idempotency_key`` (the same on every re-send), so the gateway can
 drop a message it already accepted. Outcomes: 2xx sent; 408, 425, 429, 5xx, timeouts and network
@@ -28,7 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from c2b.channels.async_http import AsyncHttpClient, GatewayUrl, tls_context
-from c2b.channels.base import Channel, ChannelConfig, Message, Outcome
+from c2b.channels.base import Channel, ChannelConfig, Message, Outcome, flag
 
 TRANSIENT = {408, 425, 429}
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, http.client.CannotSendRequest)
@@ -126,6 +131,7 @@ class HttpJsonChannel(Channel):
         self.client = HttpClient(config.url, config.token, self.timeout, tls)
         self.aclient = AsyncHttpClient(config.url, config.token, self.timeout, tls)
         self.batch_path = str(config.extra.get("batch_path", self.batch_path_default))
+        self.per_message_results = flag(config.extra, "per_message_results")
 
     def body(self, message: Message) -> dict[str, Any]:
         """Return the JSON object sent for one message (the common envelope plus channel fields)."""
@@ -149,7 +155,7 @@ class HttpJsonChannel(Channel):
             status, data = self.client.post(self.batch_path, {"messages": [self.body(m) for m in messages]})
         except (OSError, http.client.HTTPException) as exc:
             return [Outcome("retry", _error_reason(exc))] * len(messages)
-        return _batch_outcomes(messages, status, data)
+        return _batch_outcomes(messages, status, data, self.per_message_results)
 
     async def asend_batch(self, messages: Sequence[Message]) -> list[Outcome]:
         """The same requests as :meth:`send_batch`, on the event loop (no thread per request)."""
@@ -164,7 +170,7 @@ class HttpJsonChannel(Channel):
             status, data = await self.aclient.post(self.batch_path, {"messages": [self.body(m) for m in messages]})
         except OSError as exc:
             return [Outcome("retry", _error_reason(exc))] * len(messages)
-        return _batch_outcomes(messages, status, data)
+        return _batch_outcomes(messages, status, data, self.per_message_results)
 
     async def aclose(self) -> None:
         await self.aclient.aclose()
@@ -177,20 +183,51 @@ def _single_outcome(status: int, data: bytes) -> Outcome:
     return classify(status, _gateway_error(data) if status >= 300 else "")
 
 
-def _batch_outcomes(messages: Sequence[Message], status: int, data: bytes) -> list[Outcome]:
-    """One outcome per message from a batch answer (``results`` matched by idempotency key)."""
+def _batch_outcomes(messages: Sequence[Message], status: int, data: bytes,
+                    per_message_results: bool = False) -> list[Outcome]:
+    """One outcome per message from a batch answer (``results`` matched by idempotency key).
+
+    A 2xx means the gateway accepted the batch, so nothing of it is ever ``retry``: without
+    results every message is sent, unless the connection promised per-message results, in which
+    case their absence is a protocol error (failed: resending could deliver the batch twice).
+    """
     if not 200 <= status < 300:
         return [classify(status, _gateway_error(data))] * len(messages)
-    try:
-        results = {r["idempotency_key"]: r for r in json.loads(data)["results"]}
-    except (ValueError, KeyError, TypeError):
-        return [Outcome("retry", "batch answer without per-message results")] * len(messages)
+    results = _batch_results(data)
+    if results is None:
+        if per_message_results:
+            return [Outcome("failed", f"protocol: http {status} batch answer without per-message results "
+                                      "(connection extra per_message_results is true)")] * len(messages)
+        return [Outcome("sent")] * len(messages)
     out = []
     for m in messages:
         r = results.get(m.idempotency_key)
-        out.append(classify(int(r.get("status", 500)), str(r.get("error") or "")) if r
-                   else Outcome("retry", "message missing from batch answer"))
+        code = _result_status(r) if r is not None else None
+        if code is None:  # the gateway answers per message but not for this one: unknown, never resent
+            out.append(Outcome("failed", f"protocol: http {status} batch answer without a valid result "
+                                         "for this message"))
+        else:
+            out.append(classify(code, str(r.get("error") or "") if r else ""))
     return out
+
+
+def _batch_results(data: bytes) -> dict[str, dict[str, Any]] | None:
+    """Return a batch answer's per-message results by idempotency key, or None if it has none."""
+    try:
+        answer = json.loads(data) if data.strip() else None
+    except ValueError:
+        return None
+    if not isinstance(answer, dict) or not isinstance(answer.get("results"), list):
+        return None
+    return {str(r["idempotency_key"]): r for r in answer["results"]
+            if isinstance(r, dict) and "idempotency_key" in r}
+
+
+def _result_status(result: dict[str, Any]) -> int | None:
+    try:
+        return int(result["status"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _gateway_error(data: bytes) -> str:
