@@ -3,10 +3,19 @@
 Sends only hand outcomes over; one recorder thread turns many of them into one pipelined round
 trip (the finalize script per batch, the checkpoint advance per finished page, contact records
 and frequency-cap counts). A page's checkpoint moves only after every message of it is recorded.
+
+A send waits for its outcome to be in the ledger before it frees its slot of the in-flight window
+(:meth:`Recorder.record`). That is what bounds repeats after a crash: at any moment, the messages
+sent but not recorded (the ones a retry sends again, because they are still pending) are at most
+the window, ``concurrency`` requests. Without the wait, sends went on while outcomes sat in the
+buffer (10 ms of them, or a whole Redis outage's worth) and a retry repeated all of those. The
+recorder flushes as soon as an outcome arrives; what arrives during a flush goes in the next one,
+so the wait is about one Redis round trip and the batching stays.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -54,6 +63,7 @@ class Recorder:
         self.flush_every = flush_every
         self.flush_at = flush_at
         self._buffer: list[tuple[Item, Outcome]] = []
+        self._waiters: list[Callable[[BaseException | None], None]] = []  # told once their outcomes are written
         self._pages: dict[int, PageRecord] = {}
         self._order: list[int] = []
         self._lock = threading.Lock()
@@ -72,13 +82,45 @@ class Recorder:
         if outstanding == 0:
             self._wake.set()
 
-    def add(self, items: Sequence[Item], outcomes: Sequence[Outcome]) -> None:
-        """Hand over the outcomes of one request (any thread)."""
+    def add(self, items: Sequence[Item], outcomes: Sequence[Outcome],
+            written: Callable[[BaseException | None], None] | None = None) -> None:
+        """Hand over the outcomes of one request (any thread).
+
+        ``written`` is called (on the recorder thread) once they are in the ledger, with ``None``,
+        or with the error that stopped the recorder.
+        """
         with self._lock:
-            self._buffer.extend(zip(items, outcomes, strict=True))
+            error = self.error
+            if error is None:
+                self._buffer.extend(zip(items, outcomes, strict=True))
+                if written is not None:
+                    self._waiters.append(written)
             big = len(self._buffer) >= self.flush_at
-        if big:
+        if error is not None and written is not None:
+            written(error)
+        elif big or written is not None:
             self._wake.set()
+
+    async def record(self, items: Sequence[Item], outcomes: Sequence[Outcome]) -> None:
+        """Hand over the outcomes of one request and wait until they are in the ledger (in the send loop).
+
+        Raises the recorder's error if it stopped before writing them.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if not done.done():
+                if error is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(error)
+
+        def written(error: BaseException | None) -> None:  # on the recorder thread
+            loop.call_soon_threadsafe(settle, error)
+
+        self.add(items, outcomes, written)
+        await done
 
     def close(self) -> None:
         """Flush everything and stop; raise the first error the thread met."""
@@ -96,7 +138,11 @@ class Recorder:
             try:
                 self._flush()
             except BaseException as exc:  # noqa: BLE001 (surfaced to the send loop, which fails the task)
-                self.error = exc
+                with self._lock:
+                    self.error = exc
+                    waiters, self._waiters = self._waiters, []
+                for written in waiters:
+                    written(exc)
                 return
             if closing:
                 return
@@ -104,6 +150,7 @@ class Recorder:
     def _flush(self) -> None:
         with self._lock:
             batch, self._buffer = self._buffer, []
+            waiters, self._waiters = self._waiters, []
             for item, _ in batch:
                 if item.page >= 0:
                     self._pages[item.page].outstanding -= 1
@@ -128,7 +175,14 @@ class Recorder:
                 self.ledger.advance(pipe, page.start, page.end, page.users, page.counters)
             pipe.execute()
 
-        with_redis_retry(write)
+        try:
+            with_redis_retry(write)
+        except BaseException:
+            with self._lock:  # told of the error with the rest
+                self._waiters[:0] = waiters
+            raise
+        for written in waiters:
+            written(None)
         sent = [(item.day, item.uid) for item, outcome in batch if outcome.status == "sent"]
         failed = [(item.day, item.uid) for item, outcome in batch if outcome.status != "sent"]
         self.done["sent"] += len(sent)

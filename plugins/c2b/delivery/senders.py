@@ -89,7 +89,9 @@ class ChannelSender:
         touch = request[0].touch
         outcomes = await self.retry.send(self.channels[touch], [it.message for it in request if it.message],
                                          self.limits[touch])
-        self.recorder.add(request, outcomes)
+        # The slot stays taken until the outcomes are in the ledger: what a crash can leave sent
+        # but unrecorded (and a retry sends again) is at most the in-flight window.
+        await self.recorder.record(request, outcomes)
 
     async def aclose(self) -> None:
         """Close the channels' connections (they live in the send loop)."""
