@@ -53,7 +53,7 @@ def load_audience(redis: Any, plan: Any, run_id: str, uids: list[str], folder: P
 
 def expected_keys(plan: Any, run_id: str, uids: list[str]) -> set[str]:
     """Idempotency keys of every message the run should send (targeted users x their touches)."""
-    from c2b.delivery.shard import idempotency_key
+    from c2b.delivery.work import idempotency_key
     from c2b.hashing import VariantPicker
 
     picker = VariantPicker(plan.salt, plan.variant_weights)

@@ -108,7 +108,7 @@ def test_injected_5xx_and_timeouts_end_sent_or_failed_with_reason(redis_server, 
     assert rec.duplicates == 0
     assert set(rec.accepted) <= want
     # Everything recorded sent was accepted by the gateway (sent means delivered).
-    from c2b.delivery.shard import idempotency_key
+    from c2b.delivery.work import idempotency_key
 
     sent_keys = {idempotency_key(plan.id, "r1", *f.split("|", 1)) for f, v in ledger.items() if v == "s"}
     assert sent_keys <= set(rec.accepted)

@@ -8,7 +8,7 @@ import pytest
 from c2b.channels.http import classify
 from c2b.delivery.controls.kill_switch import variable_stops
 from c2b.delivery.controls.quiet_hours import SendWindow, parse_send_hours
-from c2b.delivery.shard import idempotency_key
+from c2b.delivery.work import idempotency_key
 
 
 def _utc(*args: int) -> datetime:

@@ -17,7 +17,9 @@ Why it looks like this:
   whole page in one call before its sends, ``s`` or ``f:<reason>`` after, in batched atomic calls
   from one recorder thread (not one round trip per message). A retried task skips final entries
   and re-sends ``p`` ones with the same idempotency key, so a receiver that honours the key sees
-  each message once, even after kill -9.
+  each message once, even after kill -9. A request keeps its slot of the window until its outcomes
+  are in the ledger, so what a crash leaves sent but unrecorded (sent again by the retry) is at
+  most the window: ``concurrency`` requests (``docs/delivery-guarantees.md``).
 - *Resumable.* The checkpoint is the start of the first page not completely recorded; a retry
   reads from there instead of from rank 0. The ledger counts its pending entries, so after a full
   pass a shard knows in one read whether anything is still unaccounted for (an entry no page or
