@@ -79,15 +79,15 @@ class ShardDelivery:
         self.stats = ShardStats(shard)
         window = SendWindow.of(getattr(plan, "window", None))
         self.builder = WorkBuilder(plan, run_id, window, clock, only_touches)
+        self.ledger = ShardLedger(redis, self.keys, ckpt_ttl=int(plan.delivery.key_ttl_hours * 3600))
         self.mode: DeliveryMode
-        if dry_run:
+        if dry_run:  # the ledger is never read or written
             self.mode = DryRunMode(channels, self.builder, self.stats)
         else:
             if record_contacts is None:  # the cross-plan contact record (c2b.delivery.contacts), unless a test swaps it
                 from c2b.delivery.contacts import record_contacts as default_contacts
 
                 record_contacts = default_contacts
-            self.ledger = ShardLedger(redis, self.keys, ckpt_ttl=int(plan.delivery.key_ttl_hours * 3600))
             self.mode = LiveMode(redis, self.ledger, channels, _limits(redis, plan, channels), retry or RetryPolicy(),
                                  self.builder, window, getattr(plan.delivery, "frequency_cap", None), clock,
                                  self.stats, record_contacts)
