@@ -19,6 +19,8 @@ from c2b.plan.model import Plan
 from c2b.plan.templates import BUILTIN_NAMES, template_names
 from c2b.results.report import format_table, summarize, write_report
 from c2b.settings import reports_dir, safe_name, staging_dir
+from c2b.store.redis_retry import with_redis_retry
+from c2b.store.run_meta import loaded_size
 from c2b.store.shards import drop_run, load_shards
 
 log = logging.getLogger(__name__)
@@ -80,13 +82,20 @@ def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict
     ``params``: the DAG run's ``dry_run`` and ``only_touches``. The stats are cumulative over all
     attempts of the shard: ``counts`` per ``variant|touch|outcome``, ``failures`` per reason,
     ``stopped``/``stop_reason``, ``deferred`` (messages waiting for send hours) and ``next_due``.
+
+    Raises :class:`~c2b.store.run_meta.RunStateLost` when the shard's keys are not what was loaded,
+    before the first page or after the last: a wiped Redis reads like an empty shard, never "done".
+    The stats carry ``loaded`` (the shard's members at load time) so the report can tell.
     """
     params = params or {}
     only = set(params["only_touches"]) if params.get("only_touches") else None
     try:
+        loaded = with_redis_retry(lambda: loaded_size(redis, plan.id, run_id, shard))
         delivery = ShardDelivery(redis, plan, run_id, shard, channels, kill_switch, RetryPolicy(),
                                  only_touches=only, dry_run=bool(params.get("dry_run")))
-        return delivery.run(plan.delivery.page_size, plan.delivery.concurrency).to_xcom()
+        stats = delivery.run(plan.delivery.page_size, plan.delivery.concurrency).to_xcom()
+        with_redis_retry(lambda: loaded_size(redis, plan.id, run_id, shard))
+        return {**stats, "loaded": loaded}
     finally:
         for ch in channels.values():
             ch.close()
