@@ -49,6 +49,7 @@ from c2b.delivery.controls.quiet_hours import SendWindow
 from c2b.delivery.controls.rate_limit import Limits, RateLimiter
 from c2b.delivery.inflight import InFlight
 from c2b.delivery.ledger import CAPPED, DEFERRED, EXPIRED, PENDING, SENT, Change, ShardLedger
+from c2b.delivery.targeting import untouched_outcomes
 from c2b.hashing import VariantPicker
 from c2b.plan.model import Plan, Touch
 from c2b.plan.templates import compile_template
@@ -316,6 +317,7 @@ class ShardDelivery:
         self.touches_by_variant = {
             v: [t for t in plan.touches_of(v) if only_touches is None or t.name in only_touches]
             for v in plan.variant_weights}
+        self.untouched = untouched_outcomes(plan)
         self.window = SendWindow.of(getattr(plan, "window", None))
         self.cap = getattr(plan.delivery, "frequency_cap", None)
         self.ledger = ShardLedger(redis, self.keys, ckpt_ttl=int(plan.delivery.key_ttl_hours * 3600))
@@ -360,7 +362,7 @@ class ShardDelivery:
             if wanted is not None:
                 touches = [t for t in touches if t.name in wanted.get(uid, ())]
             elif not touches:
-                holdout[f"{variant}|-|holdout"] += 1
+                holdout[self.untouched[variant]] += 1  # holdout, or not_targeted by only_touches
                 continue
             day = self.window.local_day(now, attrs[uid].get("timezone"))
             items.extend(Item(f"{t.name}|{uid}", variant, t.name, uid, day, page) for t in touches)
