@@ -46,6 +46,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report_file = reports_dir() / args.plan / f"{safe_name(dr.run_id)}.json"
     if state != "success" or not report_file.exists():
         print(f"\nrun {dr.run_id} ended {state}; task logs: {log_file}", file=sys.stderr)
+        if not args.verbose:
+            from c2b.results.task_errors import failed_task_errors
+
+            for line in failed_task_errors(log_file.read_text(encoding="utf-8", errors="replace")):
+                print(f"  failed: {line}", file=sys.stderr)
         return 1
     print(render_summary(json.loads(report_file.read_text()), took, report_file))
     return 0
@@ -239,8 +244,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
         update={"exclude": [e for e in plan.audience.exclude if e.segment is not None]})})
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="c2b-preview-") as tmp:
-        result = extract_audience(preview, _preview_warehouse(args.warehouse), Path(tmp) / "preview.parquet",
-                                  sample=args.sample)
+        try:
+            result = extract_audience(preview, _preview_warehouse(args.warehouse), Path(tmp) / "preview.parquet",
+                                      sample=args.sample)
+        except Exception as exc:  # noqa: BLE001 - the warehouse's error, as one line, not a traceback
+            from c2b.results.task_errors import error_line
+
+            print(f"preview of {plan.id} failed: {error_line(exc)}", file=sys.stderr)
+            return 1
     counts = result.to_xcom()["counts"]
     print(render_preview(plan, counts, time.monotonic() - started))
     if skipped:
@@ -430,4 +441,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_store_check)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except Exception as exc:  # noqa: BLE001 - a user sees one line; C2B_TRACEBACK=1 shows the rest
+        if os.environ.get("C2B_TRACEBACK"):
+            raise
+        from c2b.results.task_errors import error_line
+
+        print(f"c2b {args.cmd}: {error_line(exc)} (C2B_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return 1

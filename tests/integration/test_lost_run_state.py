@@ -48,7 +48,6 @@ def _point_airflow_at(monkeypatch: pytest.MonkeyPatch, server: RedisServer, gw: 
 def test_redis_restart_without_persistence_fails_the_task_and_the_report_is_not_complete(
         volatile_redis: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from airflow.sdk.exceptions import AirflowFailException
-
     from c2b.airflow.resources import deliver_shard
     from c2b.results.report import summarize
 
