@@ -85,6 +85,9 @@ class Channel(ABC):
     name: ClassVar[str]
     max_batch: ClassVar[int] = 1  # largest batch the channel can send in one request
     default_batch: ClassVar[int] = 1
+    # Longest message text the channel carries: a longer rendered message is recorded failed with
+    # the reason, never sent (c2b.plan.template_limits). Channels with a real limit override it.
+    max_text_chars: ClassVar[int] = 10_000
 
     def __init__(self, config: ChannelConfig) -> None:
         self.config = config

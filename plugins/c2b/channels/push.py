@@ -14,6 +14,7 @@ from c2b.channels.http import HttpJsonChannel
 
 class PushChannel(HttpJsonChannel):
     name = "push"
+    max_text_chars = 1000  # a notification body (APNs/FCM payloads are a few KB in all)
 
     def fields(self, message: Message) -> dict[str, Any]:
         a = message.assets

@@ -14,6 +14,7 @@ from c2b.channels.http import HttpJsonChannel
 
 class SmsChannel(HttpJsonChannel):
     name = "sms"
+    max_text_chars = 500  # an SMS: ~7 concatenated 70-character segments
 
     def fields(self, message: Message) -> dict[str, Any]:
         return {"to": message.uid, "text": message.text, "sign": self.config.extra.get("sign", "")}

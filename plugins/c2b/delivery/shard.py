@@ -49,10 +49,10 @@ from c2b.delivery.controls.quiet_hours import SendWindow
 from c2b.delivery.controls.rate_limit import Limits, RateLimiter
 from c2b.delivery.inflight import InFlight
 from c2b.delivery.ledger import CAPPED, DEFERRED, EXPIRED, PENDING, SENT, Change, ShardLedger
+from c2b.delivery.message_limits import bounded_templates
 from c2b.delivery.targeting import untouched_outcomes
 from c2b.hashing import VariantPicker
 from c2b.plan.model import Plan, Touch
-from c2b.plan.templates import compile_template
 from c2b.store.redis_retry import with_redis_retry
 from c2b.store.shards import ShardKeys, read_attrs, read_page
 
@@ -310,7 +310,7 @@ class ShardDelivery:
         self.progress_every = progress_every
         self.picker = VariantPicker(plan.salt, plan.variant_weights)
         self.touches: dict[str, Touch] = {t.name: t for t in plan.touches}
-        self.templates = {t.name: compile_template(t.template) for t in plan.touches}
+        self.templates = bounded_templates(plan, channels)  # per channel: max_text_chars, time
         self.assets: dict[str, dict[str, str]] = {t.name: {str(k): v for k, v in t.assets.items()}
                                                    for t in plan.touches}
         self.offers = {t.name: (t.offer.model_dump(exclude_none=True) if t.offer else None) for t in plan.touches}

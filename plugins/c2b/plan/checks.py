@@ -272,6 +272,7 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
     from jinja2 import TemplateError, TemplateSyntaxError, meta, nodes
 
     from c2b.plan import templates
+    from c2b.plan.template_limits import ast_problems, name_problems
 
     env = templates._ENV  # the sandbox the delivery renders with (its filters and tests)
     where = f"touches[{i}].template"
@@ -280,6 +281,9 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
         # A template Jinja parses to these reads; when they are all fine, so is the template.
         # Any problem is reported from Jinja's own parse below, so messages stay the same.
         names, getattrs, filters = simple
+        internal = name_problems(names, getattrs)
+        if internal:
+            return [(where, p) for p in internal]
         if filters <= env.filters.keys() and not _read_problems(
                 names, sorted(getattrs), touch, columns, segment, where):
             return []
@@ -289,7 +293,7 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
         return [(where, f"does not compile: {exc.message} (template line {exc.lineno}); see Jinja syntax")]
     except Exception as exc:  # noqa: BLE001 - e.g. RecursionError on absurd nesting
         return [(where, f"does not compile: {exc}")]
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = [(where, p) for p in ast_problems(ast)]
     loads: set[str] = set()
     stores: set[str] = set()
     attrs: list[tuple[str, str]] = []
