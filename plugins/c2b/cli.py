@@ -314,20 +314,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_suppress(args: argparse.Namespace) -> int:
-    """Manage a suppression list: the Redis set ``c2b:suppression:<name>`` read by exclusions."""
+    """Manage a suppression list, sharded in Redis (c2b.store.suppression); read by exclusions at
+    extract and by every page at send time."""
     import re
+
+    from c2b.store import suppression
 
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.name):
         print(f"bad list name {args.name!r}: use letters, digits, '_', '.', '-'", file=sys.stderr)
         return 2
-    key = f"c2b:suppression:{args.name}"
     r = _redis(args)
     if args.action == "list":
         n = 0
-        for member in r.sscan_iter(key, count=10_000):
-            print(member.decode("utf-8", "replace"))
+        for member in suppression.members(r, args.name):
+            print(member)
             n += 1
-        print(f"{n} uid(s) in {key}", file=sys.stderr)
+        print(f"{n} uid(s) in suppression list {args.name}", file=sys.stderr)
         return 0
     uids = list(args.uids)
     if args.file:
@@ -337,12 +339,10 @@ def cmd_suppress(args: argparse.Namespace) -> int:
     if not uids:
         print("no uids given (as arguments or --file)", file=sys.stderr)
         return 2
-    changed = 0
-    op = r.sadd if args.action == "add" else r.srem
-    for i in range(0, len(uids), 10_000):
-        changed += int(op(key, *uids[i:i + 10_000]))
+    op = suppression.add if args.action == "add" else suppression.remove
+    changed = op(r, args.name, uids)
     verb = "added to" if args.action == "add" else "removed from"
-    print(f"{changed} uid(s) {verb} {key} ({r.scard(key)} now)")
+    print(f"{changed} uid(s) {verb} suppression list {args.name} ({suppression.count(r, args.name)} now)")
     return 0
 
 

@@ -35,7 +35,6 @@ from c2b.plan.model import Exclusion, Plan
 
 log = logging.getLogger(__name__)
 
-SUPPRESSION_KEY = "c2b:suppression:{}"
 
 
 @dataclass
@@ -112,8 +111,10 @@ def _uid_chunks(warehouse: Warehouse, sql: str, params: Mapping[str, Any], batch
 
 def _suppression_chunks(redis: Any, name: str, chunk: int = 100_000) -> Iterator[np.ndarray]:
     members: list[str] = []
-    for m in redis.sscan_iter(SUPPRESSION_KEY.format(name), count=10_000):
-        members.append(m.decode("utf-8", "replace") if isinstance(m, bytes) else str(m))
+    from c2b.store import suppression
+
+    for m in suppression.members(redis, name):  # sharded by murmur3 (c2b.store.suppression)
+        members.append(m)
         if len(members) >= chunk:
             yield _keys_of_texts(members)
             members = []

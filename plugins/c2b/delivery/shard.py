@@ -47,6 +47,7 @@ from c2b.channels.base import Channel, Message, Outcome
 from c2b.delivery.controls.frequency_cap import FrequencyCap
 from c2b.delivery.controls.quiet_hours import SendWindow
 from c2b.delivery.controls.rate_limit import Limits, RateLimiter
+from c2b.delivery.controls.suppression import SendTimeSuppression
 from c2b.delivery.inflight import InFlight
 from c2b.delivery.ledger import CAPPED, DEFERRED, EXPIRED, PENDING, SENT, Change, ShardLedger
 from c2b.delivery.message_limits import bounded_templates
@@ -318,6 +319,7 @@ class ShardDelivery:
             v: [t for t in plan.touches_of(v) if only_touches is None or t.name in only_touches]
             for v in plan.variant_weights}
         self.untouched = untouched_outcomes(plan)
+        self.suppression = SendTimeSuppression(redis, plan)
         self.window = SendWindow.of(getattr(plan, "window", None))
         self.cap = getattr(plan.delivery, "frequency_cap", None)
         self.ledger = ShardLedger(redis, self.keys, ckpt_ttl=int(plan.delivery.key_ttl_hours * 3600))
@@ -425,6 +427,7 @@ class ShardDelivery:
             (resend if state == PENDING else fresh).append(it)
         if stale:
             with_redis_retry(lambda: self.ledger.forget_deferred(stale))
+        fresh = self.suppression.drop(fresh, changes)  # consent at send time: ledger 'u', 'suppressed'
         if self.cap is not None and fresh:
             want = Counter((it.day, it.uid) for it in fresh)
             receipt = self.fcap.new_receipt()  # the same on a replay: taken once
