@@ -126,7 +126,7 @@ def render_summary(s: dict, took: float, report_file: Path) -> str:
     lines += [
         f"  run time     {took:.1f} s (dag.test, whole DAG)",
         f"  outbox       {outbox}/",
-        f"  staging      {s['staging_path']}",
+        f"  staging      {s['staging_path']} (deleted by the run's cleanup)",
         f"  report       {report_file}",
         "",
         "Open the Airflow UI on this same state with `make ui`, then http://127.0.0.1:8080/dags/"

@@ -11,14 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from c2b.audience.columns import template_attributes
 from c2b.audience.extract import extract_audience
 from c2b.audience.warehouse import Warehouse
 from c2b.channels import Channel
 from c2b.delivery.shard import RetryPolicy, ShardDelivery
 from c2b.plan.model import Plan
-from c2b.plan.templates import BUILTIN_NAMES, template_names
 from c2b.results.report import format_table, summarize, write_report
-from c2b.settings import reports_dir, safe_name, staging_dir
+from c2b.results.retention import purge_expired
+from c2b.settings import reports_dir, retention_days, safe_name, staging_dir
 from c2b.store.redis_retry import with_redis_retry
 from c2b.store.run_meta import loaded_size
 from c2b.store.shards import drop_run, load_shards
@@ -32,10 +33,7 @@ def staging_path(plan: Plan, run_id: str) -> Path:
 
 def attribute_columns(plan: Plan) -> list[str]:
     """Return the user attributes the plan's templates read (only these are stored in Redis)."""
-    names: set[str] = set()
-    for t in plan.touches:
-        names |= template_names(t.template)
-    return sorted(names - BUILTIN_NAMES)
+    return template_attributes(plan)
 
 
 def stored_columns(plan: Plan, staging: str | Path) -> list[str]:
@@ -111,8 +109,15 @@ def step_report(plan: Plan, run_id: str, extract: dict[str, Any], shards: list[i
 
 
 def step_cleanup(plan: Plan, run_id: str, redis: Any) -> int:
-    """Drop the run's keys (the shard count comes from the run's meta, so ``shards: auto`` works)."""
+    """Drop the run's keys (the shard count comes from the run's meta, so ``shards: auto`` works),
+    delete its staging file (personal data kept no longer than the run), and purge the plan's
+    outboxes and reports older than the retention setting (``C2B_RETENTION_DAYS``)."""
     shards = plan.delivery.shards if isinstance(plan.delivery.shards, int) else None
     dropped = drop_run(redis, plan.id, run_id, shards)
-    log.info("dropped %s run keys of %s / %s", dropped, plan.id, run_id)
+    staging = staging_path(plan, run_id)
+    had_staging = staging.exists()
+    staging.unlink(missing_ok=True)
+    purged = purge_expired(plan.id, retention_days())
+    log.info("dropped %s run keys of %s / %s; staging file %s; %s outbox/report files past %s days purged",
+             dropped, plan.id, run_id, "deleted" if had_staging else "already gone", purged, retention_days())
     return dropped

@@ -104,12 +104,28 @@ def make_channels(plan: Plan, run_id: str, redis: Any = None) -> dict[str, Chann
             except Exception as exc:
                 raise ValueError(f"touch {touch.name!r} ({touch.channel}) needs the Airflow Connection "
                                  f"{conn_id!r}: {exc}") from exc
+            mask_connection_secrets(conn)
             config = ChannelConfig(url=connection_url(conn), token=conn.password or "",
                                    extra=dict(conn.extra_dejson), run_dir=run_dir, conn_id=conn_id, redis=redis)
         else:
             config = ChannelConfig(run_dir=run_dir, redis=redis, conn_id=f"{touch.channel}")
         channels[touch.name] = make_channel(touch.channel, config)
     return channels
+
+
+SECRET_EXTRA_WORDS = ("token", "secret", "password", "api_key", "apikey")
+
+
+def mask_connection_secrets(conn: Any) -> None:
+    """Register a channel connection's password and secret-looking extras with Airflow's secrets
+    masker, so a token never appears in task logs (a gateway error echoing it, a debug line)."""
+    from airflow.sdk.log import mask_secret
+
+    if conn.password:
+        mask_secret(conn.password)
+    for name, value in (conn.extra_dejson or {}).items():
+        if isinstance(value, str) and value and any(w in name.lower() for w in SECRET_EXTRA_WORDS):
+            mask_secret(value, name)
 
 
 def read_kill_variable() -> Any:
@@ -133,8 +149,8 @@ def deliver_shard(plan: Plan, run_id: str, shard: int, params: dict[str, Any]) -
 
     - done: return the shard's stats (XCom, read by ``report``);
     - stopped by the kill switch: fail the task *without retries* with a message saying which
-      switch and how to resume (turn it off, then Clear the task: the ledger and checkpoint make
-      the re-run send only what was not sent). The run shows failed in the grid, on purpose;
+      switch and how to resume (turn it off, then Clear the run: cleanup has dropped the shard
+      keys, and the ledger makes the re-run send only what was not sent). The run shows failed in the grid, on purpose;
     - the shard's keys missing or not what was loaded (:class:`~c2b.store.run_meta.RunStateLost`):
       fail *without retries*, saying to re-run the plan;
     - users parked by quiet hours: reschedule the task (state ``up_for_reschedule``) for when the
@@ -157,7 +173,8 @@ def deliver_shard(plan: Plan, run_id: str, shard: int, params: dict[str, Any]) -
         raise AirflowFailException(
             f"shard {shard} STOPPED by the kill switch ({stats['stop_reason']}) after {stats['users']} users; "
             f"sent so far: {sum(n for k, n in stats['counts'].items() if k.endswith('|sent'))}. "
-            "Turn the switch off and Clear this task to resume: nothing is sent twice.")
+            "Turn the switch off and Clear the whole run to resume (cleanup has dropped this run's shard "
+            "keys, so the run extracts and loads again): the ledger sends nothing twice.")
     if stats["deferred"]:
         when = datetime.fromisoformat(stats["next_due"]) if stats["next_due"] else datetime.now(UTC)
         import logging

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from c2b.audience.columns import keep_only, staged_columns
 from c2b.audience.sql import check_params, read_segment
 from c2b.audience.uids import KeySet, normalize_uids
 from c2b.audience.warehouse import Warehouse
@@ -267,6 +268,7 @@ def extract_audience(plan: Plan, warehouse: Warehouse, out_path: str | Path, bat
     counts = ExtractCounts(per_variant={v: 0 for v in plan.variant_weights},
                            excluded_by={e.label: 0 for e in exclusions})
     seen = KeySet()
+    keep = staged_columns(plan)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer = _StagingWriter(out_path.with_name(out_path.name + ".tmp"), max(batch_rows, 1))
@@ -277,7 +279,7 @@ def extract_audience(plan: Plan, warehouse: Warehouse, out_path: str | Path, bat
                 raise ValueError(f"segment {segment} returns no 'uid' column "
                                  f"(columns: {', '.join(batch.schema.names)})")
             out = _clean_batch(batch, counts, seen, exclusions, assigner, cap)
-            writer.write(out)
+            writer.write(keep_only(out, keep))  # personal data only as far as templates need it
         writer.close(default_schema)
     except BaseException:
         writer.abort()
