@@ -292,7 +292,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
     key = set_flag(r, args.plan, on=not args.off)
     if args.off:
         print(f"kill switch {key} is off. Shards stopped by it resume without re-sending when you Clear "
-              "their failed deliver tasks (or the run) in Airflow.")
+              "the whole run in Airflow (its cleanup dropped the shard keys; the ledger prevents repeats).")
     else:
         scope = "every plan" if args.plan == "all" else f"plan {args.plan}"
         print(f"kill switch {key} is on: every running shard of {scope} stops before its next page; "
