@@ -36,6 +36,12 @@ def bucket_key(name: str, bucket: int) -> str:
     return "c2b:suppression:{" + f"{name}:{bucket}" + "}"
 
 
+def marker_key(name: str) -> str:
+    """Return the key that says list ``name`` has ever had members (set before the first add), so
+    a page is not checked against the 1,024 buckets of a list nobody uses."""
+    return "c2b:suppression:{" + name + "}:used"
+
+
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -71,6 +77,8 @@ def migrate_legacy(redis: Any, name: str) -> int:
 
 
 def _write(redis: Any, name: str, uids: Sequence[str], op: str) -> int:
+    if op == "sadd" and uids:
+        redis.set(marker_key(name), 1)  # before the members: a reader never skips a non-empty list
     pipe = redis.pipeline(transaction=False)
     for bucket, members in _by_bucket(uids).items():
         getattr(pipe, op)(bucket_key(name, bucket), *members)
@@ -107,11 +115,18 @@ def members(redis: Any, name: str) -> Iterator[str]:
 
 
 def suppressed(redis: Any, names: Sequence[str], uids: Sequence[str]) -> set[str]:
-    """Return which of ``uids`` are on any of the lists ``names``: one pipelined round trip."""
+    """Return which of ``uids`` are on any of the lists ``names``: one round trip to skip lists
+    never used, then one pipelined SMISMEMBER per bucket the uids fall in."""
     if not names or not uids:
         return set()
     for name in names:
         migrate_legacy(redis, name)
+    pipe = redis.pipeline(transaction=False)
+    for name in names:
+        pipe.exists(marker_key(name))
+    names = [name for name, used in zip(names, pipe.execute(), strict=True) if int(used)]
+    if not names:
+        return set()
     groups = _by_bucket(dict.fromkeys(uids))
     pipe = redis.pipeline(transaction=False)
     asked: list[list[str]] = []
