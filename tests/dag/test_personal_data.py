@@ -103,3 +103,22 @@ def test_retention_purges_old_outboxes_and_reports(c2b_env: Path) -> None:
         os.utime(f, (month_ago, month_ago))
     assert purge_expired("p", 30) == 2
     assert not old_outbox.exists() and not old_report.exists() and new_report.exists()
+
+
+def test_channel_connection_secrets_are_masked_in_logs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gateway token (password) and secret extras are masked: Airflow's secrets masker registers
+    them when the Connection is read (a guard: this held before #11.10 too)."""
+    from airflow.sdk._shared.secrets_masker.secrets_masker import redact
+    from c2b.airflow.resources import make_channels
+
+    from devtools.deliverkit import make_plan, plan_dict
+
+    token, api_key = "tok-5f3e9a1c77", "key-0b8d2e4f19"
+    monkeypatch.setenv("AIRFLOW_CONN_C2B_PUSH", json.dumps(
+        {"conn_type": "http", "host": "127.0.0.1", "port": 9, "schema": "push", "password": token,
+         "extra": {"api_key": api_key, "batch_size": 10}}))
+    channels = make_channels(make_plan(plan_dict("p_secrets")), "r1")
+    assert channels["t0"].config.token == token
+    line = f"gateway answered 401 for token {token} and api_key {api_key}"
+    masked = str(redact(line))
+    assert token not in masked and api_key not in masked, masked

@@ -104,28 +104,12 @@ def make_channels(plan: Plan, run_id: str, redis: Any = None) -> dict[str, Chann
             except Exception as exc:
                 raise ValueError(f"touch {touch.name!r} ({touch.channel}) needs the Airflow Connection "
                                  f"{conn_id!r}: {exc}") from exc
-            mask_connection_secrets(conn)
             config = ChannelConfig(url=connection_url(conn), token=conn.password or "",
                                    extra=dict(conn.extra_dejson), run_dir=run_dir, conn_id=conn_id, redis=redis)
         else:
             config = ChannelConfig(run_dir=run_dir, redis=redis, conn_id=f"{touch.channel}")
         channels[touch.name] = make_channel(touch.channel, config)
     return channels
-
-
-SECRET_EXTRA_WORDS = ("token", "secret", "password", "api_key", "apikey")
-
-
-def mask_connection_secrets(conn: Any) -> None:
-    """Register a channel connection's password and secret-looking extras with Airflow's secrets
-    masker, so a token never appears in task logs (a gateway error echoing it, a debug line)."""
-    from airflow.sdk.log import mask_secret
-
-    if conn.password:
-        mask_secret(conn.password)
-    for name, value in (conn.extra_dejson or {}).items():
-        if isinstance(value, str) and value and any(w in name.lower() for w in SECRET_EXTRA_WORDS):
-            mask_secret(value, name)
 
 
 def read_kill_variable() -> Any:
