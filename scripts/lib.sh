@@ -82,7 +82,7 @@ ensure_redis() {
       mkdir -p "$STATE/redis"
       # Long-lived daemons get no descriptors beyond 0-2: one inherited from the caller (a lock
       # taken by `flock`, a pipe) would stay open as long as they live.
-      redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+      redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly yes --appendfsync everysec \
         --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log" --dir "$STATE/redis" >/dev/null \
         3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&-
       for _ in $(seq 50); do redis_answers "$url" && break; sleep 0.1; done

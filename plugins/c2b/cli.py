@@ -46,6 +46,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     report_file = reports_dir() / args.plan / f"{safe_name(dr.run_id)}.json"
     if state != "success" or not report_file.exists():
         print(f"\nrun {dr.run_id} ended {state}; task logs: {log_file}", file=sys.stderr)
+        if not args.verbose:
+            from c2b.results.task_errors import failed_task_errors
+
+            for line in failed_task_errors(log_file.read_text(encoding="utf-8", errors="replace")):
+                print(f"  failed: {line}", file=sys.stderr)
         return 1
     print(render_summary(json.loads(report_file.read_text()), took, report_file))
     return 0
@@ -121,7 +126,7 @@ def render_summary(s: dict, took: float, report_file: Path) -> str:
     lines += [
         f"  run time     {took:.1f} s (dag.test, whole DAG)",
         f"  outbox       {outbox}/",
-        f"  staging      {s['staging_path']}",
+        f"  staging      {s['staging_path']} (deleted by the run's cleanup)",
         f"  report       {report_file}",
         "",
         "Open the Airflow UI on this same state with `make ui`, then http://127.0.0.1:8080/dags/"
@@ -239,8 +244,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
         update={"exclude": [e for e in plan.audience.exclude if e.segment is not None]})})
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="c2b-preview-") as tmp:
-        result = extract_audience(preview, _preview_warehouse(args.warehouse), Path(tmp) / "preview.parquet",
-                                  sample=args.sample)
+        try:
+            result = extract_audience(preview, _preview_warehouse(args.warehouse), Path(tmp) / "preview.parquet",
+                                      sample=args.sample)
+        except Exception as exc:  # noqa: BLE001 - the warehouse's error, as one line, not a traceback
+            from c2b.results.task_errors import error_line
+
+            print(f"preview of {plan.id} failed: {error_line(exc)}", file=sys.stderr)
+            return 1
     counts = result.to_xcom()["counts"]
     print(render_preview(plan, counts, time.monotonic() - started))
     if skipped:
@@ -281,7 +292,7 @@ def cmd_kill(args: argparse.Namespace) -> int:
     key = set_flag(r, args.plan, on=not args.off)
     if args.off:
         print(f"kill switch {key} is off. Shards stopped by it resume without re-sending when you Clear "
-              "their failed deliver tasks (or the run) in Airflow.")
+              "the whole run in Airflow (its cleanup dropped the shard keys; the ledger prevents repeats).")
     else:
         scope = "every plan" if args.plan == "all" else f"plan {args.plan}"
         print(f"kill switch {key} is on: every running shard of {scope} stops before its next page; "
@@ -303,20 +314,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_suppress(args: argparse.Namespace) -> int:
-    """Manage a suppression list: the Redis set ``c2b:suppression:<name>`` read by exclusions."""
+    """Manage a suppression list, sharded in Redis (c2b.store.suppression); read by exclusions at
+    extract and by every page at send time."""
     import re
+
+    from c2b.store import suppression
 
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.name):
         print(f"bad list name {args.name!r}: use letters, digits, '_', '.', '-'", file=sys.stderr)
         return 2
-    key = f"c2b:suppression:{args.name}"
     r = _redis(args)
     if args.action == "list":
         n = 0
-        for member in r.sscan_iter(key, count=10_000):
-            print(member.decode("utf-8", "replace"))
+        for member in suppression.members(r, args.name):
+            print(member)
             n += 1
-        print(f"{n} uid(s) in {key}", file=sys.stderr)
+        print(f"{n} uid(s) in suppression list {args.name}", file=sys.stderr)
         return 0
     uids = list(args.uids)
     if args.file:
@@ -326,12 +339,10 @@ def cmd_suppress(args: argparse.Namespace) -> int:
     if not uids:
         print("no uids given (as arguments or --file)", file=sys.stderr)
         return 2
-    changed = 0
-    op = r.sadd if args.action == "add" else r.srem
-    for i in range(0, len(uids), 10_000):
-        changed += int(op(key, *uids[i:i + 10_000]))
+    op = suppression.add if args.action == "add" else suppression.remove
+    changed = op(r, args.name, uids)
     verb = "added to" if args.action == "add" else "removed from"
-    print(f"{changed} uid(s) {verb} {key} ({r.scard(key)} now)")
+    print(f"{changed} uid(s) {verb} suppression list {args.name} ({suppression.count(r, args.name)} now)")
     return 0
 
 
@@ -430,4 +441,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_store_check)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except Exception as exc:  # noqa: BLE001 - a user sees one line; C2B_TRACEBACK=1 shows the rest
+        if os.environ.get("C2B_TRACEBACK"):
+            raise
+        from c2b.results.task_errors import error_line
+
+        print(f"c2b {args.cmd}: {error_line(exc)} (C2B_TRACEBACK=1 shows the traceback)", file=sys.stderr)
+        return 1

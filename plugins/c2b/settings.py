@@ -35,6 +35,12 @@ def reports_dir() -> Path:
     return data_dir() / "reports"
 
 
+def retention_days() -> float:
+    """Days a plan's outboxes (rendered messages) and run reports are kept (``C2B_RETENTION_DAYS``,
+    default 30); the cleanup task of each run deletes what is older."""
+    return float(os.environ.get("C2B_RETENTION_DAYS", "30"))
+
+
 def safe_name(run_id: str) -> str:
     """Return ``run_id`` usable as a file name (Airflow run ids contain ':' and '+')."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in run_id)

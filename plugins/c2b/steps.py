@@ -11,15 +11,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from c2b.audience.columns import template_attributes
 from c2b.audience.extract import extract_audience
 from c2b.audience.warehouse import Warehouse
 from c2b.channels import Channel
 from c2b.delivery.senders import RetryPolicy
 from c2b.delivery.shard import ShardDelivery
 from c2b.plan.model import Plan
-from c2b.plan.templates import BUILTIN_NAMES, template_names
 from c2b.results.report import format_table, summarize, write_report
-from c2b.settings import reports_dir, safe_name, staging_dir
+from c2b.results.retention import purge_expired
+from c2b.settings import reports_dir, retention_days, safe_name, staging_dir
+from c2b.store.redis_retry import with_redis_retry
+from c2b.store.run_meta import loaded_size
 from c2b.store.shards import drop_run, load_shards
 
 log = logging.getLogger(__name__)
@@ -31,10 +34,7 @@ def staging_path(plan: Plan, run_id: str) -> Path:
 
 def attribute_columns(plan: Plan) -> list[str]:
     """Return the user attributes the plan's templates read (only these are stored in Redis)."""
-    names: set[str] = set()
-    for t in plan.touches:
-        names |= template_names(t.template)
-    return sorted(names - BUILTIN_NAMES)
+    return template_attributes(plan)
 
 
 def stored_columns(plan: Plan, staging: str | Path) -> list[str]:
@@ -81,13 +81,20 @@ def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict
     ``params``: the DAG run's ``dry_run`` and ``only_touches``. The stats are cumulative over all
     attempts of the shard: ``counts`` per ``variant|touch|outcome``, ``failures`` per reason,
     ``stopped``/``stop_reason``, ``deferred`` (messages waiting for send hours) and ``next_due``.
+
+    Raises :class:`~c2b.store.run_meta.RunStateLost` when the shard's keys are not what was loaded,
+    before the first page or after the last: a wiped Redis reads like an empty shard, never "done".
+    The stats carry ``loaded`` (the shard's members at load time) so the report can tell.
     """
     params = params or {}
     only = set(params["only_touches"]) if params.get("only_touches") else None
     try:
+        loaded = with_redis_retry(lambda: loaded_size(redis, plan.id, run_id, shard))
         delivery = ShardDelivery(redis, plan, run_id, shard, channels, kill_switch, RetryPolicy(),
                                  only_touches=only, dry_run=bool(params.get("dry_run")))
-        return delivery.run(plan.delivery.page_size, plan.delivery.concurrency).to_xcom()
+        stats = delivery.run(plan.delivery.page_size, plan.delivery.concurrency).to_xcom()
+        with_redis_retry(lambda: loaded_size(redis, plan.id, run_id, shard))
+        return {**stats, "loaded": loaded}
     finally:
         for ch in channels.values():
             ch.close()
@@ -103,8 +110,15 @@ def step_report(plan: Plan, run_id: str, extract: dict[str, Any], shards: list[i
 
 
 def step_cleanup(plan: Plan, run_id: str, redis: Any) -> int:
-    """Drop the run's keys (the shard count comes from the run's meta, so ``shards: auto`` works)."""
+    """Drop the run's keys (the shard count comes from the run's meta, so ``shards: auto`` works),
+    delete its staging file (personal data kept no longer than the run), and purge the plan's
+    outboxes and reports older than the retention setting (``C2B_RETENTION_DAYS``)."""
     shards = plan.delivery.shards if isinstance(plan.delivery.shards, int) else None
     dropped = drop_run(redis, plan.id, run_id, shards)
-    log.info("dropped %s run keys of %s / %s", dropped, plan.id, run_id)
+    staging = staging_path(plan, run_id)
+    had_staging = staging.exists()
+    staging.unlink(missing_ok=True)
+    purged = purge_expired(plan.id, retention_days())
+    log.info("dropped %s run keys of %s / %s; staging file %s; %s outbox/report files past %s days purged",
+             dropped, plan.id, run_id, "deleted" if had_staging else "already gone", purged, retention_days())
     return dropped

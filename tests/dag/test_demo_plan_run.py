@@ -71,16 +71,18 @@ def test_demo_plan_end_to_end(c2b_env: Path, demo_warehouse: Path, redis_client,
     assert all(redis_client.ttl(k) > 0 for k in leftover)
 
 
-def test_rerun_of_same_run_sends_nothing_twice(c2b_env: Path, redis_client, demo_dag) -> None:
+def test_rerun_of_same_run_sends_nothing_twice(c2b_env: Path, demo_warehouse: Path, redis_client, demo_dag) -> None:
     """Clearing a finished run re-runs every task; the ledger makes the second pass send nothing."""
     dr = demo_dag.test(run_after=None)
     first = len(_outbox_lines(c2b_env))
     from c2b import steps
+    from c2b.audience.warehouse import DuckDBWarehouse
     from c2b.channels import ChannelConfig, make_channel
 
     plan = load_plan(ROOT / "dags" / "plans" / f"{PLAN}.yaml")
-    extract = json.loads(next((c2b_env / "reports" / PLAN).glob("*.json")).read_text())
-    shards = steps.step_load(plan, dr.run_id, redis_client, {"path": extract["staging_path"]})
+    # The run's cleanup deleted its staging file (#11.10): a cleared run extracts again.
+    extract = steps.step_extract(plan, dr.run_id, DuckDBWarehouse(demo_warehouse))
+    shards = steps.step_load(plan, dr.run_id, redis_client, extract)
     sent = 0
     for shard in shards:
         ch = {"coupon_push": make_channel("outbox", ChannelConfig(run_dir=str(c2b_env / "outbox" / PLAN / "again")))}

@@ -21,7 +21,8 @@ def make_plan(segment: str, params: dict | None = None, **audience) -> Plan:
         "audience": {"segment": segment, "params": params or {}, **audience},
         "experiment": {"salt": "salt-x", "variants": {"a": {"weight": 3, "touches": ["t"]},
                                                       "b": {"weight": 1, "control": True}}},
-        "touches": [{"name": "t", "channel": "outbox", "template": "hi"}],
+        # Staging keeps only the columns templates read (issue #11.10): these tests follow three.
+        "touches": [{"name": "t", "channel": "outbox", "template": "hi {{ note }}{{ nickname }}{{ cancel_reason }}"}],
     }, "cleaning.yaml")
 
 

@@ -81,8 +81,8 @@ def test_extract_from_postgres_equals_extract_from_duckdb(demo_warehouse: Path, 
         "id": "pg_plan", "audience": {"segment": "nps_detractors.sql", "params": EXAMPLES["nps_detractors.sql"]},
         "experiment": {"salt": "s1", "variants": {"a": {"weight": 1, "touches": ["t"]},
                                                   "ctl": {"weight": 1, "control": True}}},
-        "touches": [{"name": "t", "channel": "outbox", "template": "hi {{ nickname }}"}],
-    }, "pg_plan.yaml")
+        "touches": [{"name": "t", "channel": "outbox", "template": "hi {{ nickname }} {{ score }}"}],
+    }, "pg_plan.yaml")  # staging keeps the columns templates read (#11.10): both compared below
     from_pg = extract_audience(plan, pg_warehouse, tmp_path / "pg.parquet", batch_rows=100)
     from_duck = extract_audience(plan, DuckDBWarehouse(demo_warehouse), tmp_path / "duck.parquet", batch_rows=100)
     assert from_pg.counts == from_duck.counts

@@ -1,6 +1,6 @@
 -- Users who cancelled an order for :reason within the last :days days, not opted out.
 -- One row per user: their latest such cancellation.
--- params: reason (text: price_too_low, data_privacy_worry, changed_mind, slow_pickup, other), days (integer)
+-- params: reason (text: price_too_low, data_privacy_worry, changed_mind, slow_pickup, other), days (integer, 1-3650)
 -- columns: uid, nickname, city, timezone, last_item, quoted_price, cancel_reason, cancelled_at
 -- Portable: the same text runs on DuckDB and PostgreSQL (CAST rather than a double-colon cast; INTERVAL '1 day').
 -- "Last N days" counts back from current_date, so the window moves with the calendar.

@@ -1,7 +1,7 @@
 -- Users who gave negative customer-service feedback (chat, phone or IM) about :topic within the
 -- last :days days, not opted out; topic 'any' takes every topic. One row per user: the latest
 -- complaint, with how many they made in the window.
--- params: topic (text: price, privacy, logistics, inspection, refund, other, any), days (integer)
+-- params: topic (text: price, privacy, logistics, inspection, refund, other, any), days (integer, 1-3650)
 -- columns: uid, nickname, city, timezone, phone, topic, source, complained_at, complaints
 WITH negative AS (
     SELECT f.uid, f.topic, f.source, f.created_at,

@@ -1,7 +1,7 @@
 -- Users who cancelled an order quoted at :min_price or more within the last :days days, whatever the
 -- reason, not opted out; worth a 1-to-1 customer-service call. One row per user: their latest such
 -- cancellation.
--- params: min_price (numeric, CNY), days (integer)
+-- params: min_price (numeric, CNY, 0-100000000), days (integer, 1-3650)
 -- columns: uid, nickname, city, timezone, phone, last_item, quoted_price, cancel_reason, cancelled_at
 WITH recent AS (
     SELECT c.uid, o.item, o.quoted_price, c.reason, c.cancelled_at,

@@ -1,6 +1,6 @@
 -- Users who rated an order :max_rating stars or fewer (of 5) within the last :days days, not opted
 -- out. One row per user: their latest such rating and the item of that order.
--- params: max_rating (integer, 1-5), days (integer)
+-- params: max_rating (integer, 1-5), days (integer, 1-3650)
 -- columns: uid, nickname, city, timezone, last_item, rating, comment, rated_at
 WITH low AS (
     SELECT r.uid, o.item, r.rating, r.comment, r.rated_at,

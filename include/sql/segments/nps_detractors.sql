@@ -1,6 +1,6 @@
 -- Users whose latest NPS answer within the last :days days scored :max_score or lower (detractors
 -- score 0-6), not opted out. One row per user: that latest answer.
--- params: max_score (integer, 0-10), days (integer)
+-- params: max_score (integer, 0-10), days (integer, 1-3650)
 -- columns: uid, nickname, city, timezone, phone, score, answered_at
 WITH latest AS (
     SELECT n.uid, n.score, n.answered_at,

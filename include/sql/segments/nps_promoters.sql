@@ -1,6 +1,6 @@
 -- Users whose latest NPS answer within the last :days days scored :min_score or higher (promoters
 -- score 9-10), not opted out: candidates for a referral red packet. One row per user.
--- params: min_score (integer, 0-10), days (integer)
+-- params: min_score (integer, 0-10), days (integer, 1-3650)
 -- columns: uid, nickname, city, timezone, score, answered_at
 WITH latest AS (
     SELECT n.uid, n.score, n.answered_at,

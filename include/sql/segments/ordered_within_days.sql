@@ -1,6 +1,6 @@
 -- Users who placed an order within the last :days days (any status): an exclusion for win-back
 -- plans, since these users came back on their own.
--- params: days (integer)
+-- params: days (integer, 1-3650)
 -- columns: uid
 SELECT DISTINCT o.uid
 FROM orders o

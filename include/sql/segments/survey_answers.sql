@@ -1,7 +1,7 @@
 -- Users whose latest answer to survey :survey within the last :days days was :answer, not opted
 -- out. Surveys in the demo data: why_sell (upgrade, need_cash, unused, other) and privacy_concern
 -- (yes, no): "yes" there is the audience of the data-clearance tutorial.
--- params: survey (text: why_sell, privacy_concern), answer (text), days (integer)
+-- params: survey (text: why_sell, privacy_concern), answer (text), days (integer, 1-3650)
 -- columns: uid, nickname, city, timezone, survey, question, answer, answered_at
 WITH latest AS (
     SELECT s.uid, s.survey, s.question, s.answer, s.answered_at,

@@ -129,8 +129,10 @@ def deliver_shard(plan: Plan, run_id: str, shard: int, params: dict[str, Any]) -
 
     - done: return the shard's stats (XCom, read by ``report``);
     - stopped by the kill switch: fail the task *without retries* with a message saying which
-      switch and how to resume (turn it off, then Clear the task: the ledger and checkpoint make
-      the re-run send only what was not sent). The run shows failed in the grid, on purpose;
+      switch and how to resume (turn it off, then Clear the run: cleanup has dropped the shard
+      keys, and the ledger makes the re-run send only what was not sent). The run shows failed in the grid, on purpose;
+    - the shard's keys missing or not what was loaded (:class:`~c2b.store.run_meta.RunStateLost`):
+      fail *without retries*, saying to re-run the plan;
     - users parked by quiet hours: reschedule the task (state ``up_for_reschedule``) for when the
       earliest of them may be messaged; it frees its worker slot meanwhile.
     """
@@ -139,15 +141,20 @@ def deliver_shard(plan: Plan, run_id: str, shard: int, params: dict[str, Any]) -
     from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 
     from c2b import steps
+    from c2b.store.run_meta import RunStateLost
 
     redis = get_redis()
-    stats = steps.step_deliver(plan, run_id, shard, redis, make_channels(plan, run_id, redis),
-                                 kill_switch(redis, plan.id), params)
+    try:
+        stats = steps.step_deliver(plan, run_id, shard, redis, make_channels(plan, run_id, redis),
+                                   kill_switch(redis, plan.id), params)
+    except RunStateLost as exc:  # lost keys stay lost: retrying would only "deliver" an empty shard
+        raise AirflowFailException(str(exc)) from exc
     if stats["stopped"]:
         raise AirflowFailException(
             f"shard {shard} STOPPED by the kill switch ({stats['stop_reason']}) after {stats['users']} users; "
             f"sent so far: {sum(n for k, n in stats['counts'].items() if k.endswith('|sent'))}. "
-            "Turn the switch off and Clear this task to resume: nothing is sent twice.")
+            "Turn the switch off and Clear the whole run to resume (cleanup has dropped this run's shard "
+            "keys, so the run extracts and loads again): the ledger sends nothing twice.")
     if stats["deferred"]:
         when = datetime.fromisoformat(stats["next_due"]) if stats["next_due"] else datetime.now(UTC)
         import logging

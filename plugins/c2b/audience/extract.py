@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from c2b.audience.columns import keep_only, staged_columns
 from c2b.audience.sql import check_params, read_segment
 from c2b.audience.uids import KeySet, normalize_uids
 from c2b.audience.warehouse import Warehouse
@@ -35,7 +36,6 @@ from c2b.plan.model import Exclusion, Plan
 
 log = logging.getLogger(__name__)
 
-SUPPRESSION_KEY = "c2b:suppression:{}"
 
 
 @dataclass
@@ -112,8 +112,10 @@ def _uid_chunks(warehouse: Warehouse, sql: str, params: Mapping[str, Any], batch
 
 def _suppression_chunks(redis: Any, name: str, chunk: int = 100_000) -> Iterator[np.ndarray]:
     members: list[str] = []
-    for m in redis.sscan_iter(SUPPRESSION_KEY.format(name), count=10_000):
-        members.append(m.decode("utf-8", "replace") if isinstance(m, bytes) else str(m))
+    from c2b.store import suppression
+
+    for m in suppression.members(redis, name):  # sharded by murmur3 (c2b.store.suppression)
+        members.append(m)
         if len(members) >= chunk:
             yield _keys_of_texts(members)
             members = []
@@ -266,6 +268,7 @@ def extract_audience(plan: Plan, warehouse: Warehouse, out_path: str | Path, bat
     counts = ExtractCounts(per_variant={v: 0 for v in plan.variant_weights},
                            excluded_by={e.label: 0 for e in exclusions})
     seen = KeySet()
+    keep = staged_columns(plan)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     writer = _StagingWriter(out_path.with_name(out_path.name + ".tmp"), max(batch_rows, 1))
@@ -276,7 +279,7 @@ def extract_audience(plan: Plan, warehouse: Warehouse, out_path: str | Path, bat
                 raise ValueError(f"segment {segment} returns no 'uid' column "
                                  f"(columns: {', '.join(batch.schema.names)})")
             out = _clean_batch(batch, counts, seen, exclusions, assigner, cap)
-            writer.write(out)
+            writer.write(keep_only(out, keep))  # personal data only as far as templates need it
         writer.close(default_schema)
     except BaseException:
         writer.abort()

@@ -104,6 +104,9 @@ class Channel(ABC):
     needs_connection: ClassVar[bool] = True  # False: works without one (files, the c2b_redis store)
     max_batch: ClassVar[int] = 1  # largest batch the channel can send in one request
     default_batch: ClassVar[int] = 1
+    # Longest message text the channel carries: a longer rendered message is recorded failed with
+    # the reason, never sent (c2b.plan.template_limits). Channels with a real limit override it.
+    max_text_chars: ClassVar[int] = 10_000
 
     @classmethod
     def supports_batches(cls) -> bool:

@@ -27,6 +27,7 @@ def inbox_key(uid: str) -> str:
 class InAppChannel(Channel):
     name = "inapp"
     needs_connection = False
+    max_text_chars = 5000  # an in-app inbox message
     max_batch = 10_000
     default_batch = 100
 

@@ -16,6 +16,7 @@ from c2b.channels.http import HttpJsonChannel
 class OutboundCallChannel(HttpJsonChannel):
     name = "outbound_call"
     default_connection = "c2b_call"
+    max_text_chars = 2000  # the agent's call script
 
     def fields(self, message: Message) -> dict[str, Any]:
         return {"to": message.uid, "script": message.text, "queue": self.config.extra.get("queue", "default"),

@@ -15,6 +15,7 @@ from c2b.channels.http import HttpJsonChannel
 class PrivateDomainChannel(HttpJsonChannel):
     name = "private_domain"
     default_connection = "c2b_private_domain"
+    max_text_chars = 2000  # a WeChat text message is at most 2048 characters
 
     def fields(self, message: Message) -> dict[str, Any]:
         a = message.assets

@@ -15,6 +15,7 @@ from c2b.channels.http import HttpJsonChannel
 class PushChannel(HttpJsonChannel):
     name = "push"
     default_connection = "c2b_push"
+    max_text_chars = 1000  # a notification body (APNs/FCM payloads are a few KB in all)
 
     def fields(self, message: Message) -> dict[str, Any]:
         a = message.assets

@@ -15,6 +15,7 @@ from c2b.channels.http import HttpJsonChannel
 class SmsChannel(HttpJsonChannel):
     name = "sms"
     default_connection = "c2b_sms"
+    max_text_chars = 500  # an SMS: ~7 concatenated 70-character segments
 
     def fields(self, message: Message) -> dict[str, Any]:
         return {"to": message.uid, "text": message.text, "sign": self.config.extra.get("sign", "")}

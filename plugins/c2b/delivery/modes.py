@@ -16,6 +16,7 @@ from c2b.channels.base import Channel
 from c2b.delivery.controls.frequency_cap import FrequencyCap
 from c2b.delivery.controls.quiet_hours import SendWindow
 from c2b.delivery.controls.rate_limit import Limits
+from c2b.delivery.controls.suppression import SendTimeSuppression
 from c2b.delivery.ledger import ShardLedger
 from c2b.delivery.recorder import PageBook, Recorder
 from c2b.delivery.senders import ChannelSender, DryRunSender, RetryPolicy, Sender
@@ -64,8 +65,8 @@ class LiveMode:
         self.record_contacts = record_contacts
         self.done: Counter[str] = Counter()  # sent / failed recorded by this attempt
         fcap = FrequencyCap(redis, cap)
-        self.triage: Triage = LedgerTriage(ledger, default_checks(window, fcap, cap, builder), clock,
-                                           stats.attempt)
+        checks = default_checks(window, fcap, cap, builder, SendTimeSuppression(redis, builder.plan))
+        self.triage: Triage = LedgerTriage(ledger, checks, clock, stats.attempt)
 
     def start_cursor(self) -> int:
         return with_redis_retry(self.ledger.checkpoint)

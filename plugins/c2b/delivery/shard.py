@@ -78,7 +78,7 @@ class ShardDelivery:
         self.clock = clock
         self.stats = ShardStats(shard)
         window = SendWindow.of(getattr(plan, "window", None))
-        self.builder = WorkBuilder(plan, run_id, window, clock, only_touches)
+        self.builder = WorkBuilder(plan, run_id, window, clock, only_touches, channels)
         self.ledger = ShardLedger(redis, self.keys, ckpt_ttl=int(plan.delivery.key_ttl_hours * 3600))
         self.mode: DeliveryMode
         if dry_run:  # the ledger is never read or written

@@ -126,10 +126,11 @@ class Render:
         page.fresh = [it for it in page.fresh if rendered(it)]
 
 
-def default_checks(window: SendWindow, fcap: FrequencyCap, cap: int | None, builder: WorkBuilder
-                   ) -> list[PageCheck]:
-    """The controls every page goes through, in order (rendering last: only what may go is rendered)."""
-    return [QuietHours(window), FrequencyCapCheck(fcap, cap), Render(builder)]
+def default_checks(window: SendWindow, fcap: FrequencyCap, cap: int | None, builder: WorkBuilder,
+                   suppression: PageCheck) -> list[PageCheck]:
+    """The controls every page goes through, in order: consent before the frequency cap (a suppressed
+    user takes no slot), rendering last (only what may go is rendered)."""
+    return [QuietHours(window), suppression, FrequencyCapCheck(fcap, cap), Render(builder)]
 
 
 class Triage(Protocol):

@@ -15,9 +15,10 @@ from typing import Any
 
 from c2b.channels.base import Message
 from c2b.delivery.controls.quiet_hours import SendWindow
+from c2b.delivery.message_limits import bounded_templates
+from c2b.delivery.targeting import untouched_outcomes
 from c2b.hashing import VariantPicker
 from c2b.plan.model import Plan, Touch
-from c2b.plan.templates import compile_template
 
 Attrs = dict[str, dict[str, Any]]  # uid -> its stored attributes
 
@@ -57,20 +58,21 @@ class WorkBuilder:
     """Know a plan's touches by variant, their templates, assets and offers; build items and messages."""
 
     def __init__(self, plan: Plan, run_id: str, window: SendWindow, clock: Callable[[], float],
-                 only_touches: set[str] | None = None) -> None:
+                 only_touches: set[str] | None = None, channels: Mapping[str, Any] | None = None) -> None:
         self.plan = plan
         self.run_id = run_id
         self.window = window
         self.clock = clock
         self.picker = VariantPicker(plan.salt, plan.variant_weights)
         self.touches: dict[str, Touch] = {t.name: t for t in plan.touches}
-        self.templates = {t.name: compile_template(t.template) for t in plan.touches}
+        self.templates = bounded_templates(plan, channels or {})  # per channel: max_text_chars, time
         self.assets: dict[str, dict[str, str]] = {t.name: {str(k): v for k, v in t.assets.items()}
                                                    for t in plan.touches}
         self.offers = {t.name: (t.offer.model_dump(exclude_none=True) if t.offer else None) for t in plan.touches}
         self.touches_by_variant = {
             v: [t for t in plan.touches_of(v) if only_touches is None or t.name in only_touches]
             for v in plan.variant_weights}
+        self.untouched = untouched_outcomes(plan)
 
     def page(self, uids: Sequence[str], attrs: Attrs, page: int,
              wanted: Mapping[str, set[str]] | None = None) -> PageWork:
@@ -84,7 +86,7 @@ class WorkBuilder:
             if wanted is not None:
                 touches = [t for t in touches if t.name in wanted.get(uid, ())]
             elif not touches:
-                holdout[f"{variant}|-|holdout"] += 1
+                holdout[self.untouched[variant]] += 1  # holdout, or not_targeted by only_touches
                 continue
             day = self.window.local_day(now, attrs[uid].get("timezone"))
             items.extend(Item(f"{t.name}|{uid}", variant, t.name, uid, day, page) for t in touches)

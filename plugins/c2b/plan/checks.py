@@ -8,7 +8,9 @@ never run here, so they are safe and fast at DAG parse time)::
 
 ``params`` lists each ``:placeholder`` with its type (``text``, ``integer``, ``numeric``,
 ``boolean``, ``date``, ``timestamp``) and, for text, optionally the allowed values after a colon;
-after a comma comes a note, e.g. ``max_score (integer, 0-10)`` (a range is checked). ``columns``
+after a comma comes a note, e.g. ``max_score (integer, 0-10)`` (a range is checked, also among
+other notes: ``min_price (numeric, CNY, 0-100000000)``); numbers must be finite and fit the SQL type
+segments cast them to (:func:`number_problem`). ``columns``
 lists what the query returns; templates may read those plus the built-ins
 (:data:`c2b.plan.templates.BUILTIN_NAMES`).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -71,14 +74,41 @@ class ParamSpec:
                        "boolean": "true or false", "date": "a date like 2026-01-31",
                        "timestamp": "a date or timestamp like 2026-01-31T09:00:00"}[kind or "text"]
             return f"must be {example} (declared {self.describe()})"
-        bounds = _RANGE.match(self.note) if kind in ("integer", "numeric") else None
-        if bounds and not float(bounds.group(1)) <= value <= float(bounds.group(2)):
-            return f"must be from {bounds.group(1)} to {bounds.group(2)} (declared {self.describe()})"
+        if kind in ("integer", "numeric"):
+            wrong = number_problem(kind, value, self.note)
+            if wrong:
+                return f"{wrong} (declared {self.describe()})"
         if self.choices and str(value) not in self.choices:
             hint = difflib.get_close_matches(str(value), self.choices, n=1)
             return (f"{value!r} is not allowed{f' (did you mean {hint[0]!r}?)' if hint else ''}; "
                     f"use one of: {', '.join(self.choices)}")
         return None
+
+
+# What a bound SQL parameter can hold whatever the header says: segments CAST integers to INTEGER
+# (32-bit) and numbers to NUMERIC (DuckDB's NUMERIC is DECIMAL(18,3)); a value outside fails in
+# the warehouse at run time, after validation said yes (issue #11.7).
+SQL_INTEGER = (-(2**31), 2**31 - 1)
+SQL_NUMERIC_ABS = 1e15
+
+
+def number_problem(kind: str, value: Any, note: str = "") -> str | None:
+    """Return why a number cannot be bound as an ``integer``/``numeric`` segment param, or None.
+
+    Checks finiteness (``.nan``, ``.inf``), what the SQL type holds, and a range the header's note
+    declares (``days (integer, 1-3650)``, ``min_price (numeric, CNY, 0-100000000)``).
+    """
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"
+    if kind == "integer" and not SQL_INTEGER[0] <= value <= SQL_INTEGER[1]:
+        return f"must fit a SQL INTEGER ({SQL_INTEGER[0]} to {SQL_INTEGER[1]}), got {value}"
+    if kind == "numeric" and abs(value) >= SQL_NUMERIC_ABS:
+        return f"must be below {SQL_NUMERIC_ABS:.0e} in size (a SQL NUMERIC), got {value}"
+    for part in note.split(","):
+        bounds = _RANGE.match(part.strip())
+        if bounds and not float(bounds.group(1)) <= value <= float(bounds.group(2)):
+            return f"must be from {bounds.group(1)} to {bounds.group(2)}"
+    return None
 
 
 def _iso(value: Any, kind: type) -> bool:
@@ -242,6 +272,7 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
     from jinja2 import TemplateError, TemplateSyntaxError, meta, nodes
 
     from c2b.plan import templates
+    from c2b.plan.template_limits import ast_problems, name_problems
 
     env = templates._ENV  # the sandbox the delivery renders with (its filters and tests)
     where = f"touches[{i}].template"
@@ -250,6 +281,9 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
         # A template Jinja parses to these reads; when they are all fine, so is the template.
         # Any problem is reported from Jinja's own parse below, so messages stay the same.
         names, getattrs, filters = simple
+        internal = name_problems(names, getattrs)
+        if internal:
+            return [(where, p) for p in internal]
         if filters <= env.filters.keys() and not _read_problems(
                 names, sorted(getattrs), touch, columns, segment, where):
             return []
@@ -259,7 +293,7 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
         return [(where, f"does not compile: {exc.message} (template line {exc.lineno}); see Jinja syntax")]
     except Exception as exc:  # noqa: BLE001 - e.g. RecursionError on absurd nesting
         return [(where, f"does not compile: {exc}")]
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = [(where, p) for p in ast_problems(ast)]
     loads: set[str] = set()
     stores: set[str] = set()
     attrs: list[tuple[str, str]] = []

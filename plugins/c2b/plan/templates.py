@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-_ENV = ImmutableSandboxedEnvironment(undefined=StrictUndefined, autoescape=False)
+from c2b.plan.template_limits import DEFAULT_MAX_CHARS, BoundedSandbox, BoundedTemplate
+
+# The immutable sandbox, with render limits (c2b.plan.template_limits): bounded range and '*'.
+_ENV = BoundedSandbox(undefined=StrictUndefined, autoescape=False)
 
 BUILTIN_NAMES = frozenset({"uid", "variant", "offer", "assets", "plan", "touch"})
 
@@ -15,6 +17,12 @@ BUILTIN_NAMES = frozenset({"uid", "variant", "offer", "assets", "plan", "touch"}
 def compile_template(text: str):  # -> jinja2.Template
     """Compile a touch template (raises ``TemplateSyntaxError`` with a line number)."""
     return _ENV.from_string(text)
+
+
+def compile_bounded(text: str, max_chars: int | None = None, channel: str = "") -> BoundedTemplate:
+    """Compile a touch template for delivery: each message renders within ``max_chars`` (the
+    channel's ``max_text_chars``) and a time limit, or fails with the reason."""
+    return BoundedTemplate(compile_template(text), max_chars or DEFAULT_MAX_CHARS, channel)
 
 
 def template_names(text: str) -> set[str]:
@@ -96,5 +104,5 @@ def simple_template_reads(text: str) -> tuple[frozenset[str], frozenset[tuple[st
     return frozenset(names), frozenset(attrs), frozenset(filters)
 
 
-__all__ = ["BUILTIN_NAMES", "TemplateSyntaxError", "compile_template", "simple_template_reads",
+__all__ = ["BUILTIN_NAMES", "TemplateSyntaxError", "compile_bounded", "compile_template", "simple_template_reads",
            "template_names"]

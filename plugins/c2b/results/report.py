@@ -12,12 +12,17 @@ from typing import Any
 def summarize(plan_id: str, run_id: str, extract: dict[str, Any], shard_stats: Iterable[dict[str, Any]],
               shards_loaded: list[int], started_at: float | None = None,
               finished_at: float | None = None) -> dict[str, Any]:
-    """Return the run summary (JSON-able): audience counts, outcomes, stopped shards, failures."""
+    """Return the run summary (JSON-able): audience counts, outcomes, stopped shards, failures.
+
+    ``status``: ``stopped`` (a kill switch), ``incomplete`` (a loaded shard has no stats or paged
+    fewer users than it was loaded with), else ``complete``.
+    """
     counts: Counter = Counter()
     failures: Counter = Counter()
     users = 0
     waiting = parked = 0  # quiet hours: messages still waiting / ever parked (c2b.delivery.shard)
     stopped = []
+    short = []  # shards that paged fewer users than were loaded into them
     delivered_shards = []
     for st in shard_stats:
         if not st:
@@ -30,6 +35,11 @@ def summarize(plan_id: str, run_id: str, extract: dict[str, Any], shard_stats: I
         delivered_shards.append(st["shard"])
         if st["stopped"]:
             stopped.append(st["shard"])
+        elif "loaded" in st and st["users"] < st["loaded"]:
+            short.append(st["shard"])
+    # Complete means every loaded shard reported and paged every user it was loaded with; a shard
+    # whose keys vanished (Redis wiped) pages nothing more and must never read as done.
+    incomplete = sorted(set(short) | (set(shards_loaded) - set(delivered_shards)))
     per_touch: dict[str, dict[str, int]] = {}
     for key, n in counts.items():
         _variant, touch, outcome = key.split("|")
@@ -39,13 +49,14 @@ def summarize(plan_id: str, run_id: str, extract: dict[str, Any], shard_stats: I
         "run": run_id,
         "audience": extract["counts"],
         "staging_path": extract["path"],
-        "shards": {"loaded": shards_loaded, "delivered": sorted(delivered_shards), "stopped": sorted(stopped)},
+        "shards": {"loaded": shards_loaded, "delivered": sorted(delivered_shards), "stopped": sorted(stopped),
+                   "incomplete": incomplete},
         "users_paged": users,
         "outcomes": dict(sorted(counts.items())),
         "per_touch": {t: dict(c) for t, c in sorted(per_touch.items())},
         "failures": dict(failures.most_common(20)),
         "quiet_hours": {"waiting": waiting, "deferred_total": parked},
-        "status": "stopped" if stopped else "complete",
+        "status": "stopped" if stopped else "incomplete" if incomplete else "complete",
         "seconds": round(finished_at - started_at, 3) if started_at and finished_at else None,
     }
 

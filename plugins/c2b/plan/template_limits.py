@@ -1,0 +1,155 @@
+"""Resource limits for message templates: what validation rejects, and what rendering bounds.
+
+Jinja's sandbox stops a template from reaching Python internals at render time, but not from
+running for a long time or building a huge string: a nested loop ran ~30 s per message, and
+``{{ 'x' * 5000000 }}`` sent 5 MB messages as "sent" (issue #11.6). So:
+
+- *At validation* (:func:`ast_problems`, :func:`name_problems`) a template is rejected for what
+  its syntax tree shows: names or attributes starting with ``_`` (``__class__``: Python internals;
+  the sandbox would refuse them only at render), loops nested inside loops, ``range()`` with
+  bounds that are not literals or cover more than :data:`MAX_RANGE` items, loops over literal
+  lists longer than that, and ``*`` / ``**`` with a literal factor above :data:`MAX_REPEAT`.
+- *At render* (:class:`BoundedSandbox`, :class:`BoundedTemplate`) what depends on user data is
+  bounded: ``range`` yields at most :data:`MAX_RANGE` items, ``*`` may not build a string or list
+  longer than the output limit, ``lipsum`` is gone, and each message stops rendering once it is
+  longer than its channel's ``max_text_chars`` or has taken :data:`RENDER_SECONDS`. The message is
+  then recorded failed with the reason (``template: ...``), never sent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from jinja2 import nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+MAX_RANGE = 1000  # items a range() or a literal list may give a loop
+MAX_REPEAT = 1000  # largest literal factor of * (and exponent of **)
+MAX_LOOP_DEPTH = 1  # a loop inside a loop multiplies the work: not in a message template
+RENDER_SECONDS = 0.5  # per message
+DEFAULT_MAX_CHARS = 10_000  # a channel without its own max_text_chars
+
+
+class TemplateLimitError(SecurityError):
+    """A message exceeded a render limit; the message says which (recorded as its failure)."""
+
+
+def _bounded_range(*args: int) -> range:
+    r = range(*args)
+    if len(r) > MAX_RANGE:
+        raise TemplateLimitError(f"range of {len(r)} items is over the limit of {MAX_RANGE}")
+    return r
+
+
+class BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox with bounded ``range`` and ``*``/``**``, and no ``lipsum``."""
+
+    intercepted_binops = frozenset({"*", "**"})
+    max_build_chars = DEFAULT_MAX_CHARS * 10  # largest string/list ``*`` may build in any template
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.globals.pop("lipsum", None)  # lipsum(n=...) writes as much text as asked
+        self.globals["range"] = _bounded_range
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, int | float) and abs(right) > MAX_REPEAT:
+                raise TemplateLimitError(f"exponent {right} is over the limit of {MAX_REPEAT}")
+            return left**right
+        for seq, times in ((left, right), (right, left)):
+            if isinstance(seq, str | list | tuple) and isinstance(times, int):
+                size = len(seq) * times
+                if size > self.max_build_chars:
+                    raise TemplateLimitError(f"'*' would build {size} items, over the limit of {self.max_build_chars}")
+        return left * right
+
+
+class BoundedTemplate:
+    """A compiled template that renders one message within a size and a time limit."""
+
+    def __init__(self, template: Any, max_chars: int, channel: str = "", seconds: float = RENDER_SECONDS) -> None:
+        self.template = template
+        self.max_chars = max_chars
+        self.channel = channel
+        self.seconds = seconds
+
+    def render(self, values: dict[str, Any]) -> str:
+        """Render, streaming: stop as soon as the text is over the limit or time is up."""
+        deadline = time.monotonic() + self.seconds
+        out: list[str] = []
+        size = 0
+        for chunk in self.template.generate(values):
+            size += len(chunk)
+            if size > self.max_chars:
+                raise TemplateLimitError(f"message over the {self.channel or 'channel'} limit of "
+                                         f"{self.max_chars} characters (max_text_chars)")
+            if time.monotonic() > deadline:
+                raise TemplateLimitError(f"rendering took over {self.seconds}s")
+            out.append(chunk)
+        return "".join(out)
+
+
+def name_problems(names: Iterable[str], attrs: Iterable[tuple[str, str]] = ()) -> list[str]:
+    """Return the problems of names and ``owner.attr`` reads that start with ``_``."""
+    out = [f"reads {n!r}: names starting with '_' are Python internals, not template data"
+           for n in sorted(set(names)) if n.startswith("_")]
+    out += [f"reads {o}.{a}: attributes starting with '_' are Python internals, not template data"
+            for o, a in sorted(set(attrs)) if a.startswith("_")]
+    return out
+
+
+def _literal_int(node: nodes.Node) -> int | None:
+    if isinstance(node, nodes.Const) and isinstance(node.value, int) and not isinstance(node.value, bool):
+        return node.value
+    if isinstance(node, nodes.Neg):
+        inner = _literal_int(node.node)
+        return None if inner is None else -inner
+    return None
+
+
+def ast_problems(ast: nodes.Node) -> list[str]:
+    """Return what makes a parsed template unsafe to render per message (see the module doc)."""
+    problems: list[str] = []
+    stack: list[tuple[nodes.Node, int]] = [(ast, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, nodes.Name) and node.name.startswith("_"):
+            problems += name_problems([node.name])
+        elif isinstance(node, nodes.Getattr) and node.attr.startswith("_"):
+            problems.append(f"reads .{node.attr}: attributes starting with '_' are Python internals")
+        elif (isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Const)
+              and isinstance(node.arg.value, str) and node.arg.value.startswith("_")):
+            problems.append(f"reads [{node.arg.value!r}]: keys starting with '_' are Python internals")
+        elif isinstance(node, nodes.For):
+            if depth + 1 > MAX_LOOP_DEPTH:
+                problems.append("has a loop inside a loop: not allowed in a message template")
+            if isinstance(node.iter, nodes.List | nodes.Tuple) and len(node.iter.items) > MAX_RANGE:
+                problems.append(f"loops over a literal of {len(node.iter.items)} items (limit {MAX_RANGE})")
+            if isinstance(node.iter, nodes.Const) and isinstance(node.iter.value, str) \
+                    and len(node.iter.value) > MAX_RANGE:
+                problems.append(f"loops over a literal of {len(node.iter.value)} items (limit {MAX_RANGE})")
+            stack.extend((child, depth + 1) for child in node.iter_child_nodes())
+            continue
+        elif isinstance(node, nodes.Call) and isinstance(node.node, nodes.Name) and node.node.name == "range":
+            bounds = [_literal_int(a) for a in node.args]
+            if node.kwargs or node.dyn_args or node.dyn_kwargs or not bounds or None in bounds:
+                problems.append("calls range() with bounds that are not whole-number literals")
+            else:
+                try:
+                    n = len(range(*bounds))  # type: ignore[arg-type]
+                except (TypeError, ValueError):
+                    n = 0
+                if n > MAX_RANGE:
+                    problems.append(f"range() of {n} items is over the limit of {MAX_RANGE}")
+        elif isinstance(node, nodes.Mul | nodes.Pow):
+            for side in (node.left, node.right):
+                value = _literal_int(side)
+                if value is None and isinstance(side, nodes.Const) and isinstance(side.value, float):
+                    value = int(side.value)
+                if value is not None and abs(value) > MAX_REPEAT:
+                    problems.append(f"multiplies by {value}: literal factors are limited to {MAX_REPEAT}")
+        stack.extend((child, depth) for child in node.iter_child_nodes())
+    return list(dict.fromkeys(problems))
