@@ -179,10 +179,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    """Write the plan JSON Schema (point your editor's YAML language server at it)."""
+    """Write the plan JSON Schema (point your editor's YAML language server at it), or with
+    ``--markdown`` the field reference generated from it (docs/plan-reference.md)."""
     from c2b.plan.model import plan_json_schema
+    from c2b.plan.reference import render_reference
 
-    text = json.dumps(plan_json_schema(), indent=2) + "\n"
+    schema = plan_json_schema()
+    text = render_reference(schema) if args.markdown else json.dumps(schema, indent=2) + "\n"
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {args.output}", file=sys.stderr)
@@ -397,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("schema", help="write the plan files' JSON Schema (for editors)")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
+    p.add_argument("--markdown", action="store_true",
+                   help="write the Markdown field reference instead (docs/plan-reference.md)")
     p.set_defaults(func=cmd_schema)
     p = sub.add_parser("cache", help="where the plan cache is and how many plans it holds, or clear it")
     p.add_argument("action", nargs="?", choices=["show", "clear"], default="show")
@@ -430,4 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_store_check)
     args = parser.parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except Exception as exc:
+        if type(exc).__name__ != "AirflowNotFoundException":  # (no Airflow import unless it raised)
+            raise
+        # A command reached for an Airflow Connection (c2b_redis, c2b_warehouse) that is not defined.
+        print(f"c2b {args.cmd}: {exc}. Define that Airflow Connection (e.g. the environment variable "
+              "AIRFLOW_CONN_<ID in capitals>), pass the command's --url or --warehouse, or run it as "
+              "`scripts/dev.sh run c2b ...`, which sets the local demo's connections.", file=sys.stderr)
+        return 2
