@@ -438,10 +438,7 @@ def main() -> None:
                         help="also time real dag-processor cycles with N plans (0: skip)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update bench/results")
     args = parser.parse_args()
-    try:
-        import dagfactory  # noqa: F401
-    except ImportError:
-        sys.exit("dag-factory is not installed: pip install -r requirements.txt (it pins dag-factory==1.1.0)")
+    ensure_site()  # dag-factory in its own folder, once (devtools/dagfactory_site.py)
     load_before = os.getloadavg()
     results = measure(args.plans, args.runs)
     load_after = os.getloadavg()

@@ -3,7 +3,7 @@
 Airflow puts ``plugins/`` on ``sys.path`` before importing this module, so every component that
 parses DAGs (dag-processor, workers' task runner, ``airflow dags ...`` commands, tests' DagBag)
 registers the c2b plan importer: each ``dags/plans/<id>.yaml`` is then its own DAG file, and a
-broken plan is its own import error. See README "Validating plans".
+broken plan is its own import error. See docs/plans.md.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The DAG factory: every plan file ``dags/plans/<id>.yaml`` becomes one Airflow DAG.
 
-How Airflow finds plans (see README "Validating plans"):
+How Airflow finds plans (see docs/plans.md):
 
 - **The plan importer** (the normal path). :class:`PlanImporter` is an Airflow DAG importer for
   ``.yaml`` files in a ``plans/`` folder of the DAGs folder, registered in every Airflow process by
@@ -284,7 +284,7 @@ def fallback_dags(folder: Path, only_dag_id: str | None = None) -> dict[str, Any
     for err in errors:
         # warn_explicit without a registry: never deduplicated, and it points at the YAML line.
         warnings.warn_explicit(f"{err} [the c2b plan importer is not installed, so a broken plan is only a "
-                               "warning; see README 'Validating plans']", UserWarning,
+                               "warning; see docs/plans.md]", UserWarning,
                                str(folder / Path(err.path).name), err.line or 0)
     return dags
 

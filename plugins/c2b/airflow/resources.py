@@ -81,7 +81,7 @@ def connection_url(conn: Any) -> str:
     return f"{scheme}://{host}{port}{path}"
 
 
-# The connection a touch uses when its plan names none (README "Channels").
+# The connection a touch uses when its plan names none (docs/channels.md).
 DEFAULT_CONNECTIONS = {"push": "c2b_push", "sms": "c2b_sms", "outbound_call": "c2b_call",
                        "private_domain": "c2b_private_domain", "webhook": "c2b_webhook"}
 
