@@ -53,3 +53,9 @@ def test_defaults_from_factories_and_required_fields() -> None:
     assert "| `tags` | list of string | `[]` |" in text
     assert "| `shards` | integer or string | `16` | `auto` |" in text
     assert "| `description` | string | `\"\"` |" in text
+
+
+def test_angle_brackets_in_descriptions_are_not_html() -> None:
+    text = render_reference(plan_json_schema())
+    assert "equals the file name &lt;id&gt;.yaml" in text
+    assert "<channel>" not in text.replace("`c2b_<channel>`", "")

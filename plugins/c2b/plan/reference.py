@@ -158,4 +158,6 @@ def _code(value: Any) -> str:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.replace("``", "`").split())
+    """Docstring or description as one Markdown line; ``<id>`` outside code spans must not read as HTML."""
+    parts = " ".join(text.replace("``", "`").split()).split("`")
+    return "`".join(p if i % 2 else p.replace("<", "&lt;").replace(">", "&gt;") for i, p in enumerate(parts))
