@@ -10,7 +10,7 @@ test:       ## run the whole test suite against real Redis, DuckDB, PostgreSQL a
 warehouse:  ## rebuild the demo DuckDB warehouse (C2B_USERS=200000)
 	@scripts/dev.sh warehouse
 
-ui:         ## start the Airflow UI (api-server + scheduler + dag-processor) on the demo state
+ui:         ## start the Airflow UI (api-server + scheduler + dag-processor + triggerer) on the demo state
 	@scripts/dev.sh ui
 
 lint:

@@ -111,7 +111,7 @@ def keyset_figures(n: int, batch: int) -> dict:
 
 
 def render_md(r: dict) -> str:
-    """Return the results as the Markdown page the README links (every figure as measured)."""
+    """Return the results as the Markdown page docs/benchmarks.md links (every figure as measured)."""
     rounds = r["rounds"]
     copy_min = min(x["copy"]["seconds"] for x in rounds)
     ext_min = min(x["extract"]["seconds"] for x in rounds)

@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from devtools.dagfactory_site import ensure_site
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "parse_plans.md"
 COLD = "c2b plan importer, cold (empty plan cache)"
@@ -218,7 +220,8 @@ def stages(folder: str) -> dict:
 def run_child(mode: str, folder: Path, target: Path | None = None, dag_id: str | None = None,
               cache: Path | None = None) -> dict:
     env = {**os.environ, "C2B_PLAN_CACHE": str(cache) if cache else "off",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(folder)]),
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(folder)]
+                                         + ([str(ensure_site())] if mode.startswith("dagfactory") else [])),
            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
            "DO_NOT_TRACK": "1", "SCARF_NO_ANALYTICS": "1", "AIRFLOW__DAG_FACTORY__ENABLE_TELEMETRY": "False",
            "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "0", "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR"}
@@ -303,7 +306,7 @@ def dag_processor_cycles(n: int, runs: int) -> dict[str, float]:
                    "c2b plan importer, plan cache off (every plan validated)": (ours, {"C2B_PLAN_CACHE": "off"}),
                    "c2b plan importer (plan cache, steady state)": (ours, {}),
                    "c2b fallback loader (C2B_PLAN_IMPORTER=off, plan cache)": (ours, {"C2B_PLAN_IMPORTER": "off"}),
-                   "dag-factory 1.1.0": (theirs, {}),
+                   "dag-factory 1.1.0": (theirs, {"PYTHONPATH": str(ensure_site())}),
                    f"{n} plain Python DAG files": (_python_dags(base / "python", n), {})}
         (base / "empty").mkdir()
         template = base / "template"
@@ -317,8 +320,10 @@ def dag_processor_cycles(n: int, runs: int) -> dict[str, float]:
             env = {**os.environ, "C2B_PLAN_CACHE": str(home / "c2b" / "plan_cache"), **extra,
                    "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(folder),
                    "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                   "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(folder)]), "DO_NOT_TRACK": "1",
-                   "AIRFLOW__DAG_FACTORY__ENABLE_TELEMETRY": "False"}
+                   "DO_NOT_TRACK": "1", "AIRFLOW__DAG_FACTORY__ENABLE_TELEMETRY": "False"}
+            # dag-factory's own folder (see devtools.dagfactory_site) only for the dag-factory layout.
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(ROOT / "plugins"), str(folder), extra.get("PYTHONPATH")]))
             times = []
             for r in range(runs + 1):
                 started = time.perf_counter()
@@ -433,10 +438,7 @@ def main() -> None:
                         help="also time real dag-processor cycles with N plans (0: skip)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update bench/results")
     args = parser.parse_args()
-    try:
-        import dagfactory  # noqa: F401
-    except ImportError:
-        sys.exit("dag-factory is not installed: pip install -r requirements.txt (it pins dag-factory==1.1.0)")
+    ensure_site()  # dag-factory in its own folder, once (devtools/dagfactory_site.py)
     load_before = os.getloadavg()
     results = measure(args.plans, args.runs)
     load_after = os.getloadavg()

@@ -1,6 +1,6 @@
 """A real local HTTP gateway for channel tests, demos and benchmarks.
 
-It speaks the channels' request format (README "Channels"): ``POST /<anything>`` with one message
+It speaks the channels' request format (docs/channels.md): ``POST /<anything>`` with one message
 object (header ``Idempotency-Key``), or ``POST /<anything>/batch`` with ``{"messages": [...]}``,
 answered with per-message results. It records every request, counts idempotency keys, honours
 them like a real gateway should (a key accepted before is answered 200 ``"duplicate": true`` and

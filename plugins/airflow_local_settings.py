@@ -3,12 +3,13 @@
 Airflow puts ``plugins/`` on ``sys.path`` before importing this module, so every component that
 parses DAGs (dag-processor, workers' task runner, ``airflow dags ...`` commands, tests' DagBag)
 registers the c2b plan importer: each ``dags/plans/<id>.yaml`` is then its own DAG file, and a
-broken plan is its own import error. See README "Validating plans".
+broken plan is its own import error. See docs/plans.md.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 from c2b.airflow.dag_factory import install_plan_importer
 
@@ -19,3 +20,10 @@ __all__: list[str] = []
 # dags/c2b_plans.py instead: fewer dag-processor parse units, but a broken plan is only a warning.
 if os.environ.get("C2B_PLAN_IMPORTER", "on").lower() not in ("off", "0", "false", "no"):
     install_plan_importer()
+
+# Airflow 3.3.2 compiles .airflowignore glob patterns (plugins/.airflowignore keeps the engine
+# package out of the plugin scan) with pathspec's GitWildMatchPattern, which pathspec 1.x
+# deprecates: every process that scans plugins (each task runner too) would log one warning per
+# pattern. The patterns work; the deprecation is Airflow's to act on.
+warnings.filterwarnings("ignore", message=r"GitWildMatchPattern \('gitwildmatch'\) is deprecated",
+                        category=DeprecationWarning)

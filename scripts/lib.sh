@@ -36,6 +36,9 @@ ensure_venv() {
     | grep -v "^WARNING: Location .* is ignored" >&2 || true
   "$PY" -m pip install -q --disable-pip-version-check --no-deps -e "$ROOT" 2>&1 \
     | grep -v "^WARNING: Location .* is ignored" >&2 || true
+  # dag-factory was once a dev pin here; it registers an Airflow plugin in every process, so the
+  # parse bench now keeps it in its own folder (devtools/dagfactory_site.py). Drop an old copy.
+  "$PY" -m pip uninstall -q -y --disable-pip-version-check dag-factory >/dev/null 2>&1 || true
   "$PY" -c 'import c2b, devtools' || { echo "the editable install of $ROOT failed" >&2; return 1; }
   echo "$want" > "$VENV/.requirements"
 }

@@ -184,10 +184,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    """Write the plan JSON Schema (point your editor's YAML language server at it)."""
+    """Write the plan JSON Schema (point your editor's YAML language server at it), or with
+    ``--markdown`` the field reference generated from it (docs/plan-reference.md)."""
     from c2b.plan.model import plan_json_schema
+    from c2b.plan.reference import render_reference
 
-    text = json.dumps(plan_json_schema(), indent=2) + "\n"
+    schema = plan_json_schema()
+    text = render_reference(schema) if args.markdown else json.dumps(schema, indent=2) + "\n"
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
         print(f"wrote {args.output}", file=sys.stderr)
@@ -242,10 +245,11 @@ def cmd_preview(args: argparse.Namespace) -> int:
     skipped = [e.label for e in plan.audience.exclude if e.segment is None]
     preview = plan.model_copy(update={"audience": plan.audience.model_copy(
         update={"exclude": [e for e in plan.audience.exclude if e.segment is not None]})})
+    warehouse = _preview_warehouse(args.warehouse)  # a missing connection is main()'s message, exit 2
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="c2b-preview-") as tmp:
         try:
-            result = extract_audience(preview, _preview_warehouse(args.warehouse), Path(tmp) / "preview.parquet",
+            result = extract_audience(preview, warehouse, Path(tmp) / "preview.parquet",
                                       sample=args.sample)
         except Exception as exc:  # noqa: BLE001 - the warehouse's error, as one line, not a traceback
             from c2b.results.task_errors import error_line
@@ -408,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("schema", help="write the plan files' JSON Schema (for editors)")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
+    p.add_argument("--markdown", action="store_true",
+                   help="write the Markdown field reference instead (docs/plan-reference.md)")
     p.set_defaults(func=cmd_schema)
     p = sub.add_parser("cache", help="where the plan cache is and how many plans it holds, or clear it")
     p.add_argument("action", nargs="?", choices=["show", "clear"], default="show")
@@ -444,6 +450,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except Exception as exc:  # noqa: BLE001 - a user sees one line; C2B_TRACEBACK=1 shows the rest
+        if type(exc).__name__ == "AirflowNotFoundException":  # (no Airflow import unless it raised)
+            # A command reached for an Airflow Connection (c2b_redis, c2b_warehouse) that is not defined.
+            print(f"c2b {args.cmd}: {exc}. Define that Airflow Connection (e.g. the environment variable "
+                  "AIRFLOW_CONN_<ID in capitals>), pass the command's --url or --warehouse, or run it as "
+                  "`scripts/dev.sh run c2b ...`, which sets the local demo's connections.", file=sys.stderr)
+            return 2
         if os.environ.get("C2B_TRACEBACK"):
             raise
         from c2b.results.task_errors import error_line

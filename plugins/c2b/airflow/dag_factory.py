@@ -1,6 +1,6 @@
 """The DAG factory: every plan file ``dags/plans/<id>.yaml`` becomes one Airflow DAG.
 
-How Airflow finds plans (see README "Validating plans"):
+How Airflow finds plans (see docs/plans.md):
 
 - **The plan importer** (the normal path). :class:`PlanImporter` is an Airflow DAG importer for
   ``.yaml`` files in a ``plans/`` folder of the DAGs folder, registered in every Airflow process by
@@ -181,7 +181,10 @@ def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard:
         context["shard_label"] = shard  # read by the map_index_template: the UI shows "shard 7"
         return resources.deliver_shard(plan, run_id, shard, dict(context["params"]))
     if step == "report":
-        return steps.step_report(plan, run_id, inputs["extract"], inputs["shards"], list(inputs["stats"] or []))
+        # One slice reads every mapped deliver's stats in one request; iterating the lazy sequence
+        # instead reads them one by one until a 404, which the task SDK logs as "XCom not found".
+        stats = inputs["stats"]
+        return steps.step_report(plan, run_id, inputs["extract"], inputs["shards"], list(stats[:]) if stats else [])
     if step == "cleanup":
         return steps.step_cleanup(plan, run_id, resources.get_redis())
     raise ValueError(f"unknown plan step {step!r}")
@@ -281,7 +284,7 @@ def fallback_dags(folder: Path, only_dag_id: str | None = None) -> dict[str, Any
     for err in errors:
         # warn_explicit without a registry: never deduplicated, and it points at the YAML line.
         warnings.warn_explicit(f"{err} [the c2b plan importer is not installed, so a broken plan is only a "
-                               "warning; see README 'Validating plans']", UserWarning,
+                               "warning; see docs/plans.md]", UserWarning,
                                str(folder / Path(err.path).name), err.line or 0)
     return dags
 

@@ -1,7 +1,7 @@
 """HTTP JSON gateways: the base of the ``push``, ``sms``, ``outbound_call``, ``private_domain`` and
 ``webhook`` channels.
 
-Request format (README "Channels"):
+Request format (docs/channels.md):
 
 - single: ``POST <url>`` with the message as a JSON object and the header ``Idempotency-Key``;
 - batch: ``POST <url>/batch`` (extra ``batch_path``) with ``{"messages": [...]}``; the answer is

@@ -145,7 +145,8 @@ Number = Annotated[float, Strict()]
 Name = Annotated[str, AfterValidator(_check_name)]
 Url = Annotated[str, AfterValidator(_check_url)]
 SegmentFile = Annotated[str, AfterValidator(_check_segment_file)]
-Params = Annotated[dict[str, Any], Field(description="values bound to the segment's :placeholders")]
+Params = Annotated[dict[str, Any], Field(description="a value for each :placeholder of the segment, of the type "
+                                                     "its header declares (bound by the driver)")]
 
 
 class _Strict(BaseModel):
@@ -244,12 +245,15 @@ Schedule = Annotated[
 class Window(_Strict):
     """When the plan may run and send."""
 
-    start: date | None = Field(None, description="first day the plan runs (the DAG's start_date)")
-    end: date | None = Field(None, description="last day the plan runs (the DAG's end_date)")
+    start: date | None = Field(None, description="first day the plan runs: the DAG's start_date (midnight in "
+                                                 "timezone)")
+    end: date | None = Field(None, description="last day the plan runs, not before start (or start_date): the "
+                                               "DAG's end_date (end of that day)")
     send_hours: str | None = Field(
-        None, description="HH:MM-HH:MM local send window, in the user's timezone column when the segment "
-                          "returns one, else in window.timezone; 20:00-08:00 spans midnight")
-    timezone: str = Field("Asia/Shanghai", description="IANA timezone of the plan's dates and schedule")
+        None, description="HH:MM-HH:MM (00:00-23:59) local send window, null = any time; 20:00-08:00 spans "
+                          "midnight. Read in the user's own timezone when the segment returns a timezone column, "
+                          "else in window.timezone")
+    timezone: str = Field("Asia/Shanghai", description="IANA timezone name of the plan's dates and schedule")
 
     @field_validator("send_hours")
     @classmethod
@@ -283,10 +287,11 @@ class Exclusion(_Strict):
     named suppression list (opt-outs, complaints; ``c2b suppress``), or the users any
     plan touched in the last N days."""
 
-    segment: SegmentFile | None = None
+    segment: SegmentFile | None = Field(None, description="leave out the users this segment file returns")
     params: Params = Field(default_factory=dict)
-    suppression_list: str | None = Field(None, description="a suppression list's name")
-    contacted_within_days: Int | None = Field(None, ge=1, le=3650)
+    suppression_list: str | None = Field(None, description="leave out a named list kept in Redis (c2b suppress)")
+    contacted_within_days: Int | None = Field(None, ge=1, le=3650,
+                                              description="leave out users any plan touched in the last N days")
 
     @field_validator("suppression_list")
     @classmethod
@@ -319,9 +324,11 @@ class Exclusion(_Strict):
 class Audience(_Strict):
     """Who the plan targets: everyone (``all: true``) or a segment SQL file with bound params."""
 
-    all: Bool = Field(False, description=f"target every user (the segment library's {ALL_USERS_SEGMENT})")
+    all: Bool = Field(False, description=f"true targets every user: the segment library's {ALL_USERS_SEGMENT} "
+                                          "(then leave segment out)")
     # Never None once validated (all: true fills in all_users.sql); optional for the JSON Schema.
-    segment: SegmentFile = Field(None, description="SQL file under include/sql/segments/")  # type: ignore[assignment]
+    segment: SegmentFile = Field(None, description="SQL file under include/sql/segments/; required unless "
+                                                     "all is true")  # type: ignore[assignment]
     params: Params = Field(default_factory=dict)
     exclude: list[Exclusion] = Field(default_factory=list, description=EXCLUDE_HELP)
     limit: Int | None = Field(None, gt=0, description="keep at most this many users (a capped trial)")
@@ -348,9 +355,12 @@ class Audience(_Strict):
 class Variant(_Strict):
     """An arm of the plan's A/B test; ``control: true`` is the holdout that gets no touch."""
 
-    weight: Int = Field(ge=0, description="share of users, relative to the other variants' weights")
-    touches: list[Name] = Field(default_factory=list, description="names of the touches this variant gets")
-    control: Bool = Field(False, description="a holdout: gets no touch, the baseline for conversion")
+    weight: Int = Field(ge=0, description="share of users, relative to the other variants' weights (a whole "
+                                          "number; 0 pauses the variant; the weights must sum to more than 0)")
+    touches: list[Name] = Field(default_factory=list, description="names of the touches (of this plan) this "
+                                                                   "variant gets")
+    control: Bool = Field(False, description="a holdout: gets no touch, the baseline for conversion (then no "
+                                             "touches)")
 
     @model_validator(mode="after")
     def _control_has_no_touches(self) -> Variant:
@@ -362,8 +372,9 @@ class Variant(_Strict):
 class Experiment(_Strict):
     """A/B test: users are split by murmur3(salt + uid) over the variants' weights."""
 
-    salt: str = Field(min_length=1, description="change it to reshuffle users for a new experiment")
-    variants: dict[Name, Variant] = Field(min_length=1)
+    salt: str = Field(min_length=1, description="a user's variant is murmur3(salt:uid) over the weights, the same "
+                                                "on every run: change the salt to reshuffle")
+    variants: dict[Name, Variant] = Field(min_length=1, description="at least one, by lower_snake_case name")
 
 
 # --- touches --------------------------------------------------------------------------------------
@@ -371,9 +382,10 @@ class Experiment(_Strict):
 class Offer(_Strict):
     """A conversion offer that travels with a touch's message."""
 
-    type: Literal["price_up_coupon", "red_packet", "tutorial", "cs_call"]
+    type: Literal["price_up_coupon", "red_packet", "tutorial", "cs_call"] = Field(
+        description="price_up_coupon and red_packet need an amount > 0, tutorial a link; cs_call a 1-to-1 call")
     amount: Number | None = Field(None, gt=0, description="required for price_up_coupon and red_packet")
-    currency: str = Field("CNY", description="ISO 4217 code")
+    currency: str = Field("CNY", description="a 3-letter ISO 4217 code in capitals")
     link: Url | None = Field(None, description="required for tutorial: the tutorial's URL")
 
     @field_validator("currency")
@@ -395,16 +407,21 @@ class Offer(_Strict):
 class Touch(_Strict):
     """One delivery step: a channel, a message template, assets and an optional offer."""
 
-    name: Name
-    channel: ChannelName
+    name: Name = Field(description="lower_snake_case (at most 64 characters), unique in the plan")
+    channel: ChannelName = Field(
+        description="where the touch goes (docs/channels.md); outbox appends JSON lines to a file per run, for trials")
     connection: str | None = Field(
         None, description="Airflow Connection id of the channel's gateway; default c2b_<channel> (c2b_call for "
                           "outbound_call); none for outbox, optional for inapp")
-    template: str = Field(min_length=1, description="Jinja text; reads the segment's columns and built-ins")
+    template: str = Field(min_length=1, description="Jinja text rendered in a sandbox per user. It may read the "
+                                                    "segment's columns and the built-ins uid, variant, offer "
+                                                    "(offer.type, .amount, .currency, .link), assets (assets.link "
+                                                    "...), plan, touch; Jinja's filters, tests and globals work")
     assets: dict[Literal["link", "image", "video", "title", "position"], str] = Field(
-        default_factory=dict, description="link, image, video (http(s) URLs); title (push and card title); "
-                                          "position (in-app position, e.g. popup or banner)")
-    offer: Offer | None = None
+        default_factory=dict, description="link, image, video (http(s) URLs sent with the message); title (a "
+                                          "push's or card's title, 1-200 characters); position (in-app "
+                                          "position, e.g. popup or banner)")
+    offer: Offer | None = Field(None, description="a conversion offer sent inside the message")
 
     @field_validator("connection")
     @classmethod
@@ -460,36 +477,52 @@ class Delivery(_Strict):
     """How a run sends: sharding, paging, concurrency, limits and retries."""
 
     shards: Annotated[int | Literal["auto"], BeforeValidator(_check_shards)] = Field(
-        16, description=f"Redis keys (= mapped deliver tasks) per run: a power of two <= {MAX_SHARDS}, or auto")
-    max_shard_members: Int = Field(100_000, ge=1, description="with shards: auto, the most users per shard key")
-    encoding: Literal["auto", "zset", "packed"] = Field("auto", description="how a shard key stores its users")
+        16, description=f"Redis keys per run (one mapped deliver task per non-empty shard): a power of two from 1 "
+                        f"to {MAX_SHARDS}, or auto: the smallest power of two whose largest shard fits "
+                        "max_shard_members")
+    max_shard_members: Int = Field(100_000, ge=1, description="the most users one shard key may hold; a load that "
+                                                              "would exceed it fails before writing anything")
+    encoding: Literal["auto", "zset", "packed"] = Field(
+        "auto", description="how a shard key stores its users: packed (integer uids as 8-byte integers, ~8.5 bytes "
+                            "per user), zset (any uid, ~105 bytes per user), auto (packed when every uid is a "
+                            "canonical integer, 42 not 042, else zset)")
     page_size: Int = Field(100, ge=1, le=10_000, description="users read per page of a shard")
     concurrency: Int = Field(16, ge=1, le=1024, description="sends in flight per deliver task")
     rate_limit: Number | None = Field(None, gt=0, description="messages per second for this plan; null = none")
-    retries: Int = Field(2, ge=0, le=20, description="Airflow retries of each task")
+    retries: Int = Field(2, ge=0, le=20, description="Airflow retries of each task of the run")
     retry_delay_seconds: Number = Field(30.0, ge=0, description="wait before a task's retry")
-    retry_backoff: Number = Field(0.0, ge=0, description="retry delay multiplier per attempt; 0 = constant")
-    frequency_cap: Int | None = Field(None, ge=1, description="max touches per user per day across all plans")
-    key_ttl_hours: Number = Field(48.0, gt=0, description="TTL of a run's shard keys")
+    retry_backoff: Number = Field(0.0, ge=0, description="the retry delay's multiplier per attempt (Airflow's "
+                                                                 "retry_exponential_backoff); 0 keeps it constant")
+    frequency_cap: Int | None = Field(None, ge=1, description="most touches one user gets per day (the "
+                                                                 "user's local day), across all plans")
+    key_ttl_hours: Number = Field(48.0, gt=0, description="TTL of a run's shard keys (set when a key "
+                                                                      "is created)")
 
 
 # --- the plan -------------------------------------------------------------------------------------
 
 class Plan(_Strict):
-    """One campaign; see README "Plan files" for every field."""
+    """One campaign: one YAML file in dags/plans/, one Airflow DAG."""
 
-    id: str = Field(description="the DAG id; equals the file name <id>.yaml")
-    description: str = Field("", description="shown as the DAG's doc in the Airflow UI")
-    owner: str = Field("c2b", min_length=1)
-    tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(default_factory=list)
+    id: str = Field(description="the DAG id: lower_snake_case, starts with a letter, at most 64 characters; equals "
+                                "the file name <id>.yaml")
+    description: str = Field("", description="the first line is the DAG's description, all of it its doc in the "
+                                              "Airflow UI")
+    owner: str = Field("c2b", min_length=1, description="the DAG's owner")
+    tags: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list, description="the DAG's tags; c2b is always added")
     schedule: Annotated[Schedule | None, BeforeValidator(_check_schedule)] = Field(
-        "@daily", description='cron, a preset like @daily, {asset: "<uri>"} to run on a segment refresh, or null')
-    start_date: date = Field(date(2026, 1, 1), description="first schedule date when window.start is not set")
-    window: Window = Field(default_factory=Window)  # type: ignore[arg-type]  # (no pydantic mypy plugin)
-    audience: Audience
-    experiment: Experiment | None = None
-    touches: list[Touch] = Field(min_length=1)
-    delivery: Delivery = Field(default_factory=Delivery)  # type: ignore[arg-type]
+        "@daily", description=f'a 5-field cron expression ("0 9 * * 1-5"); a preset: {", ".join(SCHEDULE_PRESETS)}; '
+                              '{asset: "<uri>"} to run each time that Airflow Asset (a segment table) is updated by '
+                              "its producer; null for manual runs only. Cron and presets are read in window.timezone")
+    start_date: date = Field(date(2026, 1, 1), description="the DAG's start when window.start is not set")
+    # (no pydantic mypy plugin: a default_factory of a model type reads as a type error)
+    window: Window = Field(default_factory=Window, description="when the plan may run and send")  # type: ignore[arg-type]
+    audience: Audience = Field(description="who is targeted")
+    experiment: Experiment | None = Field(None, description="A/B variants; without it every user gets every touch "
+                                                            "(one variant, all)")
+    touches: list[Touch] = Field(min_length=1, description="the plan's delivery steps")
+    delivery: Delivery = Field(default_factory=Delivery, description="how a run sends")  # type: ignore[arg-type]
 
     @field_validator("id")
     @classmethod
@@ -621,7 +654,7 @@ def _message(err: Any) -> str:
         allowed = _allowed_fields(loc)
         hint = _did_you_mean(str(loc[-1]), allowed)
         return (f"unknown field{hint}; allowed here: {', '.join(allowed)}" if allowed
-                else "unknown field; remove it or check its spelling (see README 'Plan files')")
+                else "unknown field; remove it or check its spelling (see docs/plan-reference.md)")
     if kind == "literal_error":
         expected = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         hint = _did_you_mean(str(value), expected) if isinstance(value, str) else ""
