@@ -59,6 +59,28 @@ ensure_airflow_db() {
   touch "$STATE/.db-migrated"
 }
 
+ensure_postgres() {
+  # PostgreSQL at 127.0.0.1:5432 (trust auth for the local user postgres): the Celery stack's metadata
+  # DB and the PostgreSQL warehouse tests. Installed from Debian and started when missing.
+  pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null && return 0
+  command -v pg_ctlcluster >/dev/null || apt_install postgresql postgresql-client
+  local version; version="$(ls /etc/postgresql | sort -V | tail -1)"
+  if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    say "starting PostgreSQL $version"
+    # Local connections without a password, as on the developers' machines (a fresh install asks
+    # for peer auth): this PostgreSQL is for local development and CI only.
+    local hba="/etc/postgresql/$version/main/pg_hba.conf"
+    grep -qE '^host +all +all +127.0.0.1/32 +trust' "$hba" 2>/dev/null \
+      || sed -i '1i host all all 127.0.0.1/32 trust' "$hba" 2>/dev/null || true
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- || true
+    for _ in $(seq 30); do pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null && break; sleep 1; done
+  fi
+  pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null || { echo "PostgreSQL does not answer at 127.0.0.1:5432" >&2; return 1; }
+  # The PostgreSQL warehouse tests load the demo tables into a schema of their own in database `test`.
+  psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
+    || createdb -h 127.0.0.1 -U postgres test
+}
+
 redis_answers() { redis-cli -u "$1" ping 2>/dev/null | grep -q PONG; }
 
 ensure_redis_binary() {
