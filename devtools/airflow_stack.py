@@ -89,8 +89,11 @@ def celery_settings(*, sql_alchemy_conn: str, broker_url: str, api_url: str, sec
 
 
 # A killed worker's task instance is retried once the scheduler sees its heartbeat stop: 300 s by
-# default. The tests (and `make cluster`, a playground) detect it within ~20 s.
+# default. The tests (and `make cluster`, a playground) detect it within ~20 s. A task a dead worker
+# had taken from the broker but not started stays queued until task_queued_timeout (600 s by default;
+# it also covers the wait for a free worker slot, so keep it well above a wave of tasks).
 FAST_FAILURE_DETECTION = {
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "180",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
     "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "2",
