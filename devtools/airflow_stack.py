@@ -126,8 +126,10 @@ def base_env(*, home: Path, dags: Path, port: int, executor: str) -> dict[str, s
     }
 
 
-def ensure_postgres_database(name: str, admin_dsn: str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
-                             fresh: bool = False) -> None:
+ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+
+
+def ensure_postgres_database(name: str, admin_dsn: str = ADMIN_DSN, fresh: bool = False) -> None:
     """Create the PostgreSQL database ``name`` if missing (dropped first when ``fresh``)."""
     import psycopg2
     from psycopg2 import sql
@@ -145,7 +147,7 @@ def ensure_postgres_database(name: str, admin_dsn: str = "host=127.0.0.1 port=54
         conn.close()
 
 
-def drop_postgres_database(name: str, admin_dsn: str = "host=127.0.0.1 port=5432 user=postgres dbname=postgres") -> None:
+def drop_postgres_database(name: str, admin_dsn: str = ADMIN_DSN) -> None:
     import psycopg2
     from psycopg2 import sql
 
@@ -182,13 +184,15 @@ class AirflowStack:
         if done.returncode:
             raise RuntimeError(f"`airflow db migrate` failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
 
-    def start(self, timeout: float = 180) -> AirflowStack:
+    def start(self, timeout: float = 180, wait: bool = True) -> AirflowStack:
+        """Migrate the DB, start every component and (``wait``) wait until the stack takes runs."""
         self.migrate()
         (self.state / "logs").mkdir(parents=True, exist_ok=True)
         try:
             for c in self.components.values():
                 self.start_component(c.name)
-            self.wait_healthy(timeout)
+            if wait:
+                self.wait_healthy(timeout)
         except BaseException:
             self.stop()
             raise
@@ -210,7 +214,8 @@ class AirflowStack:
         def healthy() -> bool:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
-                    raise RuntimeError(f"airflow {name} exited with {proc.returncode}; see {self.state}/logs/{name}.log")
+                    log = self.state / "logs" / f"{name}.log"
+                    raise RuntimeError(f"airflow {name} exited with {proc.returncode}; see {log}")
             health = requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
             return health["scheduler"]["status"] == "healthy" and self.workers_ready()
 
@@ -344,8 +349,9 @@ def main(argv: list[str] | None = None) -> None:
         stack.stop()  # a previous cluster of this state folder: start afresh
     ensure_postgres_database(args.database)
     stack.start()
-    print(f"Airflow UI: {stack.url}  (CeleryExecutor, workers {', '.join(n for n in stack.components if 'worker' in n)};"
-          f" logs in {args.state}/logs; stop with `make cluster-stop`)")
+    workers = ", ".join(n for n in stack.components if n.startswith("worker-"))
+    print(f"Airflow UI: {stack.url}  (CeleryExecutor, workers {workers}; logs in {args.state}/logs;"
+          " stop with `make cluster-stop`)")
 
 
 if __name__ == "__main__":

@@ -10,14 +10,15 @@ PY="$VENV/bin/python"
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 apt_install() {
-  # Debian packages, installed only when missing (root on a fresh machine; no sudo needed).
+  # Debian packages, installed only when missing (root on a fresh machine; no sudo needed), without
+  # their recommended packages (docker-compose would bring a whole Docker engine).
   local missing=()
   for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
   [ ${#missing[@]} -eq 0 ] && return 0
   say "installing Debian packages: ${missing[*]}"
   local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 ensure_venv() {
@@ -79,6 +80,12 @@ ensure_postgres() {
   # The PostgreSQL warehouse tests load the demo tables into a schema of their own in database `test`.
   psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
     || createdb -h 127.0.0.1 -U postgres test
+}
+
+ensure_compose_validator() {
+  # Debian's docker-compose (v1, ~15 small Python packages) checks docker-compose.yaml without an
+  # engine (tests/dag/test_compose_file.py); where Docker's own `docker compose` exists it is not needed.
+  command -v docker-compose >/dev/null || apt_install docker-compose || true
 }
 
 redis_answers() { redis-cli -u "$1" ping 2>/dev/null | grep -q PONG; }
