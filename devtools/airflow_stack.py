@@ -227,13 +227,19 @@ class AirflowStack:
         return all(b" ready." in (logs / f"{n}.log").read_bytes() for n in workers)
 
     def kill(self, name: str) -> None:
-        """SIGKILL a component and every process it forked (a lost machine, as far as Airflow can tell)."""
-        os.killpg(self.pids[name], signal.SIGKILL)
-        if name in self.procs:
-            self.procs[name].wait(30)
+        """SIGKILL a component and every process it forked (a lost machine, as far as Airflow can tell).
+
+        Not only its process group: Airflow's supervisor puts each task process in a group of its own.
+        """
+        tree = _tree(self.pids[name])
+        for p in tree:
+            p.kill()
+        for p in tree:
+            p.wait(30)
 
     def stop(self) -> None:
         pids = self.pids or (json.loads(self.pid_file.read_text()) if self.pid_file.exists() else {})
+        trees = [p for pid in pids.values() for p in _tree(pid)]
         for pid in pids.values():
             try:
                 os.killpg(pid, signal.SIGTERM)
@@ -247,6 +253,9 @@ class AirflowStack:
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        for p in trees:  # task processes left behind (groups of their own)
+            if p.is_running():
+                p.kill()
         for proc in self.procs.values():
             proc.wait(10)
         self.pid_file.unlink(missing_ok=True)
@@ -306,6 +315,17 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 180, every: f
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
 
 
+def _tree(pid: int) -> list:  # -> list[psutil.Process]
+    """The process ``pid`` and all its descendants, the deepest first."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return [*reversed(root.children(recursive=True)), root]
+    except psutil.NoSuchProcess:
+        return []
+
+
 def _alive(pid: int) -> bool:
     try:
         os.killpg(pid, 0)
@@ -321,8 +341,10 @@ def cluster_env(state: Path, port: int, database: str, broker_url: str) -> dict[
     secret = (state / "secret").read_text() if (state / "secret").exists() else os.urandom(16).hex()
     state.mkdir(parents=True, exist_ok=True)
     (state / "secret").write_text(secret)
-    return {**base_env(home=state, dags=Path(os.environ.get("AIRFLOW__CORE__DAGS_FOLDER", ROOT / "dags")),
-                       port=port, executor=CELERY),
+    # Run artifacts where `make demo` keeps them (the stack's AIRFLOW_HOME is a folder of its own).
+    data = os.environ.get("C2B_DATA_DIR") or str(Path(os.environ.get("AIRFLOW_HOME", ROOT / ".airflow")) / "c2b")
+    dags = Path(os.environ.get("AIRFLOW__CORE__DAGS_FOLDER", ROOT / "dags"))
+    return {"C2B_DATA_DIR": data, **base_env(home=state, dags=dags, port=port, executor=CELERY),
             **celery_settings(sql_alchemy_conn=f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}",
                               broker_url=broker_url, api_url=f"http://127.0.0.1:{port}", secret=secret,
                               worker_concurrency=int(os.environ.get("C2B_WORKER_CONCURRENCY", "8"))),
