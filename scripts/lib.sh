@@ -10,14 +10,15 @@ PY="$VENV/bin/python"
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 apt_install() {
-  # Debian packages, installed only when missing (root on a fresh machine; no sudo needed).
+  # Debian packages, installed only when missing (root on a fresh machine; no sudo needed), without
+  # their recommended packages (docker-compose would bring a whole Docker engine).
   local missing=()
   for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
   [ ${#missing[@]} -eq 0 ] && return 0
   say "installing Debian packages: ${missing[*]}"
   local sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 ensure_venv() {
@@ -60,6 +61,34 @@ ensure_airflow_db() {
   say "creating the Airflow metadata DB (SQLite, $STATE/airflow.db)"
   "$VENV/bin/airflow" db migrate >"$STATE/db-migrate.log" 2>&1 || { cat "$STATE/db-migrate.log"; return 1; }
   touch "$STATE/.db-migrated"
+}
+
+ensure_postgres() {
+  # PostgreSQL at 127.0.0.1:5432 (trust auth for the local user postgres): the Celery stack's metadata
+  # DB and the PostgreSQL warehouse tests. Installed from Debian and started when missing.
+  pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null && return 0
+  command -v pg_ctlcluster >/dev/null || apt_install postgresql postgresql-client
+  local version; version="$(ls /etc/postgresql | sort -V | tail -1)"
+  if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+    say "starting PostgreSQL $version"
+    # Local connections without a password, as on the developers' machines (a fresh install asks
+    # for peer auth): this PostgreSQL is for local development and CI only.
+    local hba="/etc/postgresql/$version/main/pg_hba.conf"
+    grep -qE '^host +all +all +127.0.0.1/32 +trust' "$hba" 2>/dev/null \
+      || sed -i '1i host all all 127.0.0.1/32 trust' "$hba" 2>/dev/null || true
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- || true
+    for _ in $(seq 30); do pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null && break; sleep 1; done
+  fi
+  pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null || { echo "PostgreSQL does not answer at 127.0.0.1:5432" >&2; return 1; }
+  # The PostgreSQL warehouse tests load the demo tables into a schema of their own in database `test`.
+  psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
+    || createdb -h 127.0.0.1 -U postgres test
+}
+
+ensure_compose_validator() {
+  # Debian's docker-compose (v1, ~15 small Python packages) checks docker-compose.yaml without an
+  # engine (tests/dag/test_compose_file.py); where Docker's own `docker compose` exists it is not needed.
+  command -v docker-compose >/dev/null || apt_install docker-compose || true
 }
 
 redis_answers() { redis-cli -u "$1" ping 2>/dev/null | grep -q PONG; }

@@ -10,12 +10,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,11 +18,10 @@ from typing import Any
 import pytest
 import requests
 
-from devtools.servers import free_port
+from devtools.airflow_stack import FAST_PARSING, LOCAL, AirflowStack, base_env, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "dags" / "plans").glob("*.yaml"))
-AIRFLOW = str(Path(sys.executable).parent / "airflow")
 BROKEN = """\
 id: broken_plan
 description: A plan with a typo in a channel.
@@ -46,36 +40,14 @@ delivery:
 
 
 class LiveAirflow:
-    def __init__(self, url: str, dags: Path, data: Path) -> None:
-        self.url, self.dags, self.data = url, dags, data
+    """The LocalExecutor stack (devtools/airflow_stack.py) with this test's DAG and data folders."""
 
-    def get(self, path: str) -> Any:
-        r = requests.get(f"{self.url}/api/v2/{path}", timeout=10)
-        r.raise_for_status()
-        return r.json()
-
-    def trigger(self, dag_id: str) -> str:
-        """Unpause ``dag_id``, start a manual run and return its run id."""
-        r = requests.patch(f"{self.url}/api/v2/dags/{dag_id}?update_mask=is_paused", json={"is_paused": False},
-                           timeout=10)
-        r.raise_for_status()
-        r = requests.post(f"{self.url}/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": {}},
-                          timeout=10)
-        r.raise_for_status()
-        return r.json()["dag_run_id"]
+    def __init__(self, stack: AirflowStack, dags: Path, data: Path) -> None:
+        self.stack, self.url, self.dags, self.data = stack, stack.url, dags, data
+        self.get, self.trigger = stack.get, stack.trigger
 
     def wait(self, what: str, check: Callable[[], Any], timeout: float = 180) -> Any:
-        deadline = time.monotonic() + timeout
-        last: Any = None
-        while time.monotonic() < deadline:
-            try:
-                last = check()
-                if last:
-                    return last
-            except (requests.RequestException, KeyError, IndexError) as exc:
-                last = exc
-            time.sleep(1)
-        raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+        return wait_for(what, check, timeout)
 
 
 @pytest.fixture(scope="module")
@@ -83,47 +55,20 @@ def live(tmp_path_factory: pytest.TempPathFactory, redis_server, demo_warehouse:
     base = tmp_path_factory.mktemp("live")
     home, dags, data = base / "home", base / "dags", base / "c2b"
     (dags / "plans").mkdir(parents=True)
-    home.mkdir()
     shutil.copy(ROOT / "dags" / "c2b_plans.py", dags)
     for path in EXAMPLES:
         shutil.copy(path, dags / "plans")
     (dags / "plans" / "broken_plan.yaml").write_text(BROKEN)
-    port = free_port()
-    env = {**os.environ,
-           "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-           "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-           "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-           "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-           "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "2",
-           "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
-           "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+    env = {**base_env(home=home, dags=dags, port=free_port(), executor=LOCAL), **FAST_PARSING,
            "AIRFLOW_CONN_C2B_REDIS": f"{redis_server.url}/?db=0",
            "AIRFLOW_CONN_C2B_WAREHOUSE": json.dumps({"conn_type": "duckdb", "host": str(demo_warehouse)}),
            "C2B_DATA_DIR": str(data)}
-    # Migrating first also writes airflow.cfg once, so the components share its generated secrets.
-    subprocess.run([AIRFLOW, "db", "migrate"], env=env, cwd=base, check=True, capture_output=True, timeout=300)
-    procs = []
+    # Not waiting for health: the first test waits for what it needs (the import error).
+    stack = AirflowStack(home, env, LOCAL).start(wait=False)
     try:
-        for name, args in (("api-server", ["api-server", "--port", str(port), "--workers", "1"]),
-                           ("dag-processor", ["dag-processor"]), ("scheduler", ["scheduler"])):
-            log = open(base / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-            procs.append((subprocess.Popen([AIRFLOW, *args], env=env, cwd=base, stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True), log))
-        yield LiveAirflow(f"http://127.0.0.1:{port}", dags, data)
+        yield LiveAirflow(stack, dags, data)
     finally:
-        for proc, _ in procs:  # each component is the leader of its own process group
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc, log in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-            log.close()
+        stack.stop()
 
 
 def test_broken_plan_under_a_real_scheduler(live: LiveAirflow) -> None:
