@@ -42,7 +42,7 @@ FORMAT = 1  # bump when the entry layout changes
 OFF_VALUES = ("off", "0", "false", "no", "")
 # The modules whose code decides whether a plan is valid and what the validated plan holds.
 _VALIDATING_MODULES = (
-    "plan/model", "plan/checks", "plan/templates", "audience/sql", "settings", "hashing", "plan/cache",
+    "plan/model", "plan/checks", "plan/goal", "plan/templates", "audience/sql", "settings", "hashing", "plan/cache",
 )
 # tzdata: plans name timezones (checked against the zone database); Python's zoneinfo reads the
 # system database first, whose changes this cannot see (`python -m c2b cache clear` after one).

@@ -43,6 +43,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from c2b.hashing import MAX_SHARDS
+from c2b.plan.goal import Goal
 
 CHANNELS = ("push", "sms", "inapp", "outbound_call", "private_domain", "webhook", "outbox")
 CONNECTIONLESS_CHANNELS = frozenset({"outbox", "inapp"})
@@ -486,6 +487,12 @@ class Plan(_Strict):
     experiment: Experiment | None = None
     touches: list[Touch] = Field(min_length=1)
     delivery: Delivery = Field(default_factory=Delivery)  # type: ignore[arg-type]
+    goal: Goal | None = Field(None, description="conversion metrics and attribution window (c2b.plan.goal)")
+
+    @property
+    def has_control(self) -> bool:
+        """Whether the plan has a control (holdout) variant: the baseline of its uplift."""
+        return self.experiment is not None and any(v.control for v in self.experiment.variants.values())
 
     @field_validator("id")
     @classmethod
@@ -592,7 +599,7 @@ _MODEL_AT = {  # parent path (indexes as [], variant names as *) -> the model al
     "": "Plan", "window": "Window", "audience": "Audience", "experiment": "Experiment",
     "experiment.variants.*": "Variant", "touches[]": "Touch", "touches[].offer": "Offer",
     "delivery": "Delivery", "schedule.~asset": "AssetSchedule",
-    "audience.exclude[]": "Exclusion",
+    "audience.exclude[]": "Exclusion", "goal": "Goal",
 }
 
 
