@@ -12,7 +12,7 @@ case "$cmd" in
     exec "$PY" -m c2b demo "$@" ;;
   test)
     # Tests start their own redis-server (they restart it on purpose); they need the binary.
-    ensure_redis_binary; ensure_airflow_db
+    ensure_redis_binary; ensure_chromium; ensure_airflow_db
     exec "$PY" -m pytest "$@" ;;
   warehouse)
     rm -f "$C2B_WAREHOUSE"; ensure_warehouse ;;

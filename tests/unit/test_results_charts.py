@@ -6,7 +6,6 @@ import copy
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from c2b.results import charts
 from c2b.results.page import example_page
 

@@ -46,7 +46,7 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
         return [lo]
     raw = (hi - lo) / max(count, 1)
     mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    step = min((m * mag for m in (1, 2, 5, 10)), key=lambda s: abs(s - raw))
     first = math.ceil(lo / step) * step
     ticks = []
     t = first
@@ -82,8 +82,7 @@ def funnel_svg(variants: Sequence[Mapping[str, Any]], width: int = 640) -> str:
     body: list[str] = []
     for i, v in enumerate(variants):
         y0 = 4 + i * (group_h + group_gap)
-        name = escape(v["name"]) + (" (control)" if v.get("is_control") else "")
-        body.append(f'<text x="0" y="{y0 + group_h / 2 + 4:g}">{name}</text>')
+        body.append(f'<text x="0" y="{y0 + group_h / 2 + 4:g}">{escape(variant_label(v))}</text>')
         for j, (stage, n) in enumerate((("assigned", v["assigned"]), ("reached", v["reached"]),
                                         ("converted", v["converted"]))):
             y = y0 + j * (bar_h + gap)
@@ -106,7 +105,7 @@ def uplift_svg(uplifts: Sequence[Mapping[str, Any]], kind: str, width: int = 640
     label_w, pad, row_h, axis_h = 110, 16, 30, 26
     height = max(len(uplifts), 1) * row_h + axis_h + 8
     if not uplifts:
-        return _svg(width, height, [f'<text x="0" y="20">no uplift to show</text>'], "Uplift against control")
+        return _svg(width, height, ['<text x="0" y="20">no uplift to show</text>'], "Uplift against control")
     bounds = [0.0]
     for u in uplifts:
         bounds += [float(u["abs"]), float(u["abs_ci"][0]), float(u["abs_ci"][1])]
@@ -154,7 +153,10 @@ def daily_svg(daily: Sequence[Mapping[str, Any]], variants: Sequence[Mapping[str
     left, right, top, bottom, legend_h = 44, 12, 8, 40, 18
     y_max = max(int(d["conversions"]) for d in daily) or 1
     ticks = nice_ticks(0, y_max, 4)
-    y_top = max(ticks[-1], y_max)
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else y_max
+    while ticks[-1] < y_max:  # the top gridline is at or above the highest point
+        ticks.append(ticks[-1] + step)
+    y_top = ticks[-1]
     x = linear_scale(0, len(days) - 1, left + 10, width - right - 10)
     y = linear_scale(0, y_top, height - bottom, top)
     body: list[str] = [f'<line x1="{left}" x2="{width - right}" y1="{y(0):.2f}" y2="{y(0):.2f}" stroke="#666"/>']
@@ -183,6 +185,12 @@ def daily_svg(daily: Sequence[Mapping[str, Any]], variants: Sequence[Mapping[str
                     f'<text x="{lx + 14}" y="{height - legend_h + 13}">{escape(n)}</text>')
         lx += 24 + 7 * len(n)
     return _svg(width, height, body, "Conversions per day since the send")
+
+
+def variant_label(v: Mapping[str, Any]) -> str:
+    """Return a variant's name, marked as the control group unless its name already says so."""
+    name = str(v["name"])
+    return f"{name} (control)" if v.get("is_control") and "control" not in name.lower() else name
 
 
 def _day_label(day: Any) -> str:
