@@ -18,6 +18,7 @@ from c2b.delivery.shard import RetryPolicy, ShardDelivery
 from c2b.plan.model import Plan
 from c2b.plan.templates import BUILTIN_NAMES, template_names
 from c2b.results.report import format_table, summarize, write_report
+from c2b.results.store import ResultsStore
 from c2b.settings import reports_dir, safe_name, staging_dir
 from c2b.store.shards import drop_run, load_shards
 
@@ -73,20 +74,28 @@ def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> l
 
 
 def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict[str, Channel],
-                 kill_switch: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:
+                 kill_switch: Any, params: dict[str, Any] | None = None,
+                 results_store: ResultsStore | None = None) -> dict[str, Any]:
     """Deliver one shard (see :mod:`c2b.delivery.shard`); return its stats for the report.
 
     ``kill_switch`` is a callable (true = stop), e.g. :class:`c2b.delivery.controls.kill_switch.KillSwitch`.
     ``params``: the DAG run's ``dry_run`` and ``only_touches``. The stats are cumulative over all
     attempts of the shard: ``counts`` per ``variant|touch|outcome``, ``failures`` per reason,
     ``stopped``/``stop_reason``, ``deferred`` (messages waiting for send hours) and ``next_due``.
+    After every attempt but a dry run, the shard's users and outcomes go to the delivery log of
+    ``results_store`` (:mod:`c2b.results.delivery_log`), replacing the rows an earlier attempt wrote.
     """
     params = params or {}
     only = set(params["only_touches"]) if params.get("only_touches") else None
     try:
         delivery = ShardDelivery(redis, plan, run_id, shard, channels, kill_switch, RetryPolicy(),
                                  only_touches=only, dry_run=bool(params.get("dry_run")))
-        return delivery.run(plan.delivery.page_size, plan.delivery.concurrency).to_xcom()
+        stats = delivery.run(plan.delivery.page_size, plan.delivery.concurrency).to_xcom()
+        if results_store is not None and not params.get("dry_run"):
+            from c2b.results.delivery_log import log_shard
+
+            stats["logged"] = log_shard(results_store, redis, plan, run_id, shard)
+        return stats
     finally:
         for ch in channels.values():
             ch.close()

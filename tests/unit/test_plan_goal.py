@@ -112,9 +112,9 @@ def test_goal_on_a_plan_without_control_is_allowed_and_the_note_says_why() -> No
     data = mutate(with_goal(GOOD), "experiment.variants.control")
     plan = parse_plan(data, FILE, check_files=True)
     assert not plan.has_control and plan.goal is not None
-    note = goal_note(plan.goal, plan.has_control)
+    note = goal_note(plan.goal is not None, plan.has_control)
     assert note is not None and "no control group" in note
-    assert goal_note(plan.goal, True) is None
+    assert goal_note(True, True) is None
 
 
 def test_example_plans_with_a_control_group_carry_a_goal(monkeypatch: pytest.MonkeyPatch) -> None:

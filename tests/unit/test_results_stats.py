@@ -7,12 +7,11 @@ import math
 
 import numpy as np
 import pytest
+from c2b.results import stats as S
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint, proportions_ztest
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
-
-from c2b.results import stats as S
 
 COUNTS = [(80, 400, 57, 400), (573, 2604, 208, 1296), (3, 50, 1, 60), (1200, 10_000, 1100, 10_050)]
 

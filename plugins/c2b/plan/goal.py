@@ -185,9 +185,9 @@ def goal_problems(goal: Goal, has_control: bool, used: dict[str, str] | None = N
     return problems
 
 
-def goal_note(goal: Goal | None, has_control: bool) -> str | None:
+def goal_note(has_goal: bool, has_control: bool) -> str | None:
     """Return why a plan's results page will show no uplift, or None when it will."""
-    if goal is None:
+    if not has_goal:
         return "this plan has no goal: add a 'goal:' section to measure conversions"
     if not has_control:
         return ("this plan has no control group, so there is no uplift to measure: the page shows "

@@ -94,3 +94,45 @@ def example_page() -> dict[str, Any]:
                   for d in range(7) for v, n in (("coupon", 82), ("red_packet", 70), ("control", 30))],
         "note": None,
     }
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _num(x: float | None, kind: str) -> str:
+    return _pct(x, 2) if kind == "rate" else ("-" if x is None else f"{x:,.2f}")
+
+
+def format_page(page: dict[str, Any]) -> str:
+    """Return the page as the text table ``c2b results`` and ``make demo`` print."""
+    kind = page["metric"]["kind"]
+    srm = page["srm"]
+    verdict = ("not tested (one variant)" if srm["ok"] is None else
+               f"{'ok' if srm['ok'] else 'MISMATCH'} (p = {srm['p_value']:.3g}; flagged below 0.001)")
+    what = "users converted / assigned" if kind == "rate" else "mean value per assigned user"
+    lines = [f"results  plan {page['plan_id']}, run {page['run_id']}",
+             f"  metric       {page['metric']['name']} ({what}), window {page['window_days']} days, "
+             f"{page['days_since_send']:g} days since the send; {page['method']} 95% intervals",
+             "  split (SRM)  " + verdict + ": "
+             + ", ".join(f"{v} {n:,} (expected {100 * srm['expected'].get(v, 0):.0f}%)"
+                         for v, n in srm["observed"].items()),
+             f"  {'variant':<20} {'assigned':>9} {'reached':>9} {'converted':>9}  {'rate':>8}  95% interval"]
+    for v in page["variants"]:
+        lo, hi = v["rate_ci"]
+        name = v["name"] + (" (control)" if v["is_control"] else "")
+        lines.append(f"  {name:<20} {v['assigned']:>9,} {v['reached']:>9,} {v['converted']:>9,}  "
+                     f"{_num(v['rate'], kind):>8}  [{_num(lo, kind)}, {_num(hi, kind)}]")
+    for u in page["uplifts"]:
+        (lo, hi), (rlo, rhi) = u["abs_ci"], u["rel_ci"]
+        if kind == "rate" and None not in (u["abs"], lo, hi):
+            absolute = f"{100 * u['abs']:+.2f} pp [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+        else:
+            absolute = f"{_num(u['abs'], 'value')} [{_num(lo, 'value')}, {_num(hi, 'value')}]"
+        relative = "-" if u["rel"] is None else f"{_pct(u['rel'])} [{_pct(rlo)}, {_pct(rhi)}]"
+        p = "-" if u["p_adjusted"] is None else f"{u['p_adjusted']:.3g}"
+        lines.append(f"  uplift       {u['variant']} vs {u['control']}: {absolute}, relative {relative}, "
+                     f"p (Holm) {p} -> {'SIGNIFICANT' if u['significant'] else 'not significant'}")
+    if page["note"]:
+        lines.append(f"  note         {page['note']}")
+    return "\n".join(lines)
