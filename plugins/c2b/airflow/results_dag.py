@@ -67,7 +67,9 @@ def attribute_plan(plan: Plan, as_of: datetime) -> dict[str, Any]:
 def build_results_dag(plan: Plan, path: Path) -> Any:
     """Return the results DAG of a plan that has a goal."""
     import pendulum
-    from airflow.sdk import DAG
+    from airflow.sdk import DAG, Asset
+
+    from c2b.airflow.dag_factory import results_asset_uri
 
     assert plan.goal is not None
     first = plan.first_day
@@ -86,7 +88,7 @@ def build_results_dag(plan: Plan, path: Path) -> Any:
         tags=sorted({"c2b", "c2b_results", *plan.tags}),
         default_args={"owner": plan.owner, "retries": 2, "retry_delay": timedelta(minutes=5)},
     ) as dag:
-        op(task_id="attribute", plan_path=str(path))
+        op(task_id="attribute", plan_path=str(path), outlets=[Asset(uri=results_asset_uri(plan.id))])
     return dag
 
 
@@ -104,10 +106,17 @@ def _attribute_class() -> type:
             self.plan_path = plan_path
 
         def execute(self, context: Any) -> Any:
+            from airflow.sdk import Asset
+
+            from c2b.airflow.dag_factory import results_asset_uri
             from c2b.plan.model import load_plan
 
             as_of = context.get("data_interval_end") or context.get("logical_date") or datetime.now(UTC)
-            return attribute_plan(load_plan(Path(self.plan_path)), as_of)
+            plan = load_plan(Path(self.plan_path))
+            done = attribute_plan(plan, as_of)
+            # The results Asset's event says which runs were counted, and their conversions.
+            context["outlet_events"][Asset(uri=results_asset_uri(plan.id))].extra = done
+            return done
 
     AttributeResults.__module__ = __name__
     return AttributeResults
