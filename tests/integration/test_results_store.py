@@ -160,3 +160,32 @@ def test_attribution_is_the_same_on_duckdb_and_postgres(warehouses: tuple[Path, 
     assert pages[0]["variants"] == pages[1]["variants"] and pages[0]["uplifts"] == pages[1]["uplifts"]
     assert [v["converted"] for v in pages[0]["variants"]] == [duck["sold"]["variants"][v]["converted"]
                                                               for v in PLAN.variant_weights]
+
+
+def _counted(store: ResultsStore, plan_id: str, arms: dict[str, tuple[int, int]], controls: list[str],
+             weights: dict[str, int]) -> None:
+    """A run with ``arms`` = {variant: (assigned, converted)} logged and attributed (rate metric)."""
+    goal = {"primary": "sold", "kind": "rate", "method": "fixed", "window_days": 7, "metrics": {"sold": "rate"}}
+    store.register_run(plan_id, "r1", weights, controls, T0, goal)
+    rows = [(plan_id, "r1", v, "-" if v in controls else "push", f"{v}{i}", "holdout" if v in controls else "sent",
+             None, T0) for v, (n, _) in arms.items() for i in range(n)]
+    store.write_log(rows)
+    payload = {"variants": {v: {"assigned": n, "reached": n, "converted": c, "value_sum": 0.0, "value_squares": 0.0}
+                            for v, (n, c) in arms.items()},
+               "daily": [], "as_of": (T0 + timedelta(days=3)).isoformat(), "first_touch": T0.isoformat()}
+    store.save_result(plan_id, "r1", "sold", T0 + timedelta(days=3), payload, T0)
+
+
+def test_page_without_control_says_why_and_srm_mismatch_comes_first(store: ResultsStore) -> None:
+    _counted(store, "no_control", {"a": (500, 50), "b": (500, 60)}, [], {"a": 1, "b": 1})
+    page = build_page(store, "no_control")
+    assert page["uplifts"] == [] and "no control group" in page["note"]
+    assert page["srm"]["ok"] is True and page["days_since_send"] == 3.0
+    assert [(v["name"], v["converted"], v["rate"]) for v in page["variants"]] == [("a", 50, 0.1), ("b", 60, 0.12)]
+
+    _counted(store, "skewed", {"t": (600, 90), "control": (400, 40)}, ["control"], {"t": 1, "control": 1})
+    page = build_page(store, "skewed")
+    assert page["srm"]["ok"] is False and page["srm"]["p_value"] < 0.001
+    assert page["note"].startswith("sample ratio mismatch") and len(page["uplifts"]) == 1
+    assert page["srm"]["expected"] == {"t": 0.5, "control": 0.5}
+    assert page["srm"]["observed"] == {"t": 600, "control": 400}
