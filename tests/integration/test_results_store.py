@@ -189,3 +189,25 @@ def test_page_without_control_says_why_and_srm_mismatch_comes_first(store: Resul
     assert page["note"].startswith("sample ratio mismatch") and len(page["uplifts"]) == 1
     assert page["srm"]["expected"] == {"t": 0.5, "control": 0.5}
     assert page["srm"]["observed"] == {"t": 600, "control": 400}
+
+
+def test_the_c2b_results_connection_picks_the_store(pg_store_schema: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from c2b.airflow.resources import get_results_store
+
+    monkeypatch.setenv("C2B_DATA_DIR", str(tmp_path / "c2b"))
+    monkeypatch.delenv("AIRFLOW_CONN_C2B_RESULTS", raising=False)
+    default = get_results_store()
+    assert isinstance(default, DuckDBResultsStore) and default.path == tmp_path / "c2b" / "results.duckdb"
+    monkeypatch.setenv("AIRFLOW_CONN_C2B_RESULTS", json.dumps({
+        "conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres", "schema": "test",
+        "extra": {"options": f"-c search_path={pg_store_schema}"}}))
+    store = get_results_store()
+    assert isinstance(store, DbApiResultsStore)
+    store.register_run("via_conn", "r1", {"all": 1}, [], T0)
+    assert store.runs("via_conn") == [("r1", T0)]
+    monkeypatch.setenv("AIRFLOW_CONN_C2B_RESULTS", json.dumps({"conn_type": "duckdb"}))
+    with pytest.raises(ValueError, match="needs the results file's path as its host"):
+        get_results_store()
