@@ -557,8 +557,9 @@ def add_post_touch_orders(path: str | Path, plan_id: str, run_id: str,
     """Advance the demo clock for one run: add the orders its users place after their touch.
 
     Writes them to the warehouse's ``orders`` (status completed, dated after ``as_of``: the future
-    of the day the warehouse was built). Idempotent per run: the run's earlier simulated orders
-    (listed in ``demo_post_touch_orders``) are replaced. Returns the number of orders.
+    of the day the warehouse was built). They replace the simulated orders of any earlier run
+    (listed in ``demo_post_touch_orders``): the demo plans target the same users, and orders
+    planted for one run would count in another's window. Returns the number of orders.
     """
     import duckdb
 
@@ -568,9 +569,8 @@ def add_post_touch_orders(path: str | Path, plan_id: str, run_id: str,
         con.execute("CREATE TABLE IF NOT EXISTS demo_post_touch_orders (plan_id VARCHAR, run_id VARCHAR, "
                     "order_id BIGINT)")
         con.begin()
-        con.execute("DELETE FROM orders WHERE order_id IN (SELECT order_id FROM demo_post_touch_orders "
-                    "WHERE plan_id = $1 AND run_id = $2)", [plan_id, run_id])
-        con.execute("DELETE FROM demo_post_touch_orders WHERE plan_id = $1 AND run_id = $2", [plan_id, run_id])
+        con.execute("DELETE FROM orders WHERE order_id IN (SELECT order_id FROM demo_post_touch_orders)")
+        con.execute("DELETE FROM demo_post_touch_orders")
         first = con.execute("SELECT COALESCE(MAX(order_id) + 1, $1) FROM orders WHERE order_id >= $1",
                             [FIRST_POST_TOUCH_ORDER_ID]).fetchall()[0][0]
         ids = np.arange(first, first + orders.num_rows, dtype=np.int64)
