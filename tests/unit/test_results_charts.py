@@ -39,6 +39,13 @@ def test_nice_ticks_are_round_and_inside_the_range(lo: float, hi: float) -> None
     assert f"{step:e}".split("e")[0].rstrip("0").rstrip(".") in {"1", "2", "5"}
 
 
+@pytest.mark.parametrize(("value", "step", "kind", "text"), [
+    (0.04, 0.02, "rate", "+4 pp"), (-0.025, 0.005, "rate", "-2.5 pp"), (0.0, 0.02, "rate", "0 pp"),
+    (150.0, 50.0, "value", "+150"), (0.25, 0.05, "value", "+0.25")])
+def test_axis_labels_have_the_decimals_the_step_needs(value: float, step: float, kind: str, text: str) -> None:
+    assert charts.format_tick(value, step, kind) == text
+
+
 def test_funnel_bars_are_proportional_to_the_counts_on_one_scale() -> None:
     page = example_page()
     root = parse(charts.funnel_svg(page["variants"], width=640))
@@ -81,6 +88,17 @@ def test_uplift_chart_with_a_loss_and_a_value_metric() -> None:
     assert float(line.get("x1")) < float(line.get("x2")) < zero
     assert marks(root, "circle", "estimate")[0].get("stroke") == "#cf222e"  # a significant loss is red
     assert "pp" not in ET.tostring(root, encoding="unicode")  # a value metric is not in percentage points
+
+
+def test_uplifts_without_an_interval_or_an_estimate_are_said_not_drawn() -> None:
+    """No conversions yet (or an empty arm): the statistics give ``None``; the chart says so."""
+    no_ci = {"variant": "a", "control": "c", "abs": 0.0, "abs_ci": [None, None], "significant": False}
+    empty = {"variant": "b", "control": "c", "abs": None, "abs_ci": [None, None], "significant": False}
+    svg = charts.uplift_svg([no_ci, empty], "rate")
+    root = parse(svg)
+    assert marks(root, "line", "ci") == []
+    assert [e.get("data-variant") for e in marks(root, "circle", "estimate")] == ["a"]
+    assert "no interval yet" in svg and "not computable" in svg
 
 
 def test_names_are_escaped() -> None:

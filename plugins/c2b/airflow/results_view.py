@@ -195,7 +195,7 @@ def render_page(page: Mapping[str, Any]) -> str:
                  f"</b> — {escape(method_why)}. An interval that does not cross zero is an effect the data "
                  "supports; p-values are Holm-adjusted across the variants.</p>")
     if page["uplifts"]:
-        parts += [charts.uplift_svg([u for u in page["uplifts"] if u["abs"] is not None], kind),
+        parts += [charts.uplift_svg(page["uplifts"], kind),
                   _uplifts_html(page["uplifts"], kind)]
     else:
         parts.append("<p><small>No uplift: there is nothing to compare with (see the note above).</small></p>")

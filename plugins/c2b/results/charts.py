@@ -71,6 +71,16 @@ def format_uplift(value: float, kind: str) -> str:
     return f"{100 * value:+.2f} pp" if kind == "rate" else f"{value:+,.2f}"
 
 
+def format_tick(value: float, step: float, kind: str) -> str:
+    """Return an axis label with no more decimals than the tick step needs (``+4 pp``, ``+2.5 pp``)."""
+    import math
+
+    scale = 100 if kind == "rate" else 1
+    decimals = max(0, -math.floor(math.log10(abs(step * scale)) + 1e-9)) if step else 0
+    unit = " pp" if kind == "rate" else ""
+    return f"{scale * value:+.{decimals}f}{unit}".replace("+0 ", "0 ").replace("-0 ", "0 ")
+
+
 def funnel_svg(variants: Sequence[Mapping[str, Any]], width: int = 640) -> str:
     """Return per variant three bars, assigned -> reached -> converted, on one scale (the largest arm)."""
     colours = variant_colours(variants)
@@ -102,13 +112,13 @@ def uplift_svg(uplifts: Sequence[Mapping[str, Any]], kind: str, width: int = 640
     An interval that does not cross the zero line is an uplift (or a loss) the data supports at the
     page's confidence; the marks of significant variants are solid, the others hollow.
     """
-    label_w, pad, row_h, axis_h = 110, 16, 30, 26
+    label_w, pad, row_h, axis_h = 150, 36, 30, 26
     height = max(len(uplifts), 1) * row_h + axis_h + 8
     if not uplifts:
         return _svg(width, height, ['<text x="0" y="20">no uplift to show</text>'], "Uplift against control")
     bounds = [0.0]
     for u in uplifts:
-        bounds += [float(u["abs"]), float(u["abs_ci"][0]), float(u["abs_ci"][1])]
+        bounds += [float(b) for b in (u["abs"], *_interval(u)) if b is not None]
     lo, hi = min(bounds), max(bounds)
     span = (hi - lo) or max(abs(hi), 1e-3)
     lo, hi = lo - 0.08 * span, hi + 0.08 * span
@@ -116,26 +126,40 @@ def uplift_svg(uplifts: Sequence[Mapping[str, Any]], kind: str, width: int = 640
     plot_bottom = len(uplifts) * row_h + 4
     body = [f'<line class="zero" x1="{x(0):.2f}" x2="{x(0):.2f}" y1="0" y2="{plot_bottom}" stroke="#999" '
             f'stroke-dasharray="4 3"/>']
-    for t in nice_ticks(lo, hi):
+    ticks = nice_ticks(lo, hi, 4)
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+    for t in ticks:
         body.append(f'<line x1="{x(t):.2f}" x2="{x(t):.2f}" y1="{plot_bottom}" y2="{plot_bottom + 4}" stroke="#666"/>'
                     f'<text x="{x(t):.2f}" y="{plot_bottom + 16}" text-anchor="middle" fill="#555">'
-                    f"{escape(format_uplift(t, kind))}</text>")
+                    f"{escape(format_tick(t, step, kind))}</text>")
     for i, u in enumerate(uplifts):
         cy = 4 + i * row_h + row_h / 2
-        a, (c_lo, c_hi) = float(u["abs"]), (float(u["abs_ci"][0]), float(u["abs_ci"][1]))
-        colour = "#1a7f37" if u["significant"] and a > 0 else "#cf222e" if u["significant"] else "#555"
+        colour = "#1a7f37" if u["significant"] and (u["abs"] or 0) > 0 else "#cf222e" if u["significant"] else "#555"
         fill = colour if u["significant"] else "white"
         name = escape(u["variant"])
         body.append(f'<text x="0" y="{cy + 4:g}">{name} vs {escape(u["control"])}</text>')
-        body.append(f'<line class="ci" data-variant="{name}" data-lo="{c_lo!r}" data-hi="{c_hi!r}" '
-                    f'x1="{x(c_lo):.2f}" x2="{x(c_hi):.2f}" y1="{cy:g}" y2="{cy:g}" stroke="{colour}" '
-                    f'stroke-width="2"/>')
-        for end in (c_lo, c_hi):
-            body.append(f'<line x1="{x(end):.2f}" x2="{x(end):.2f}" y1="{cy - 5:g}" y2="{cy + 5:g}" '
-                        f'stroke="{colour}" stroke-width="2"/>')
+        c_lo, c_hi = _interval(u)
+        if u["abs"] is None:
+            body.append(f'<text x="{label_w + pad}" y="{cy + 4:g}" fill="#555">not computable (an empty arm)</text>')
+            continue
+        a = float(u["abs"])
+        if c_lo is None or c_hi is None:  # e.g. no conversions yet in either arm: no interval to draw
+            body.append(f'<text x="{x(a) + 10:.2f}" y="{cy + 4:g}" fill="#555">no interval yet</text>')
+        else:
+            body.append(f'<line class="ci" data-variant="{name}" data-lo="{c_lo!r}" data-hi="{c_hi!r}" '
+                        f'x1="{x(c_lo):.2f}" x2="{x(c_hi):.2f}" y1="{cy:g}" y2="{cy:g}" stroke="{colour}" '
+                        f'stroke-width="2"/>')
+            for end in (c_lo, c_hi):
+                body.append(f'<line x1="{x(end):.2f}" x2="{x(end):.2f}" y1="{cy - 5:g}" y2="{cy + 5:g}" '
+                            f'stroke="{colour}" stroke-width="2"/>')
         body.append(f'<circle class="estimate" data-variant="{name}" data-value="{a!r}" cx="{x(a):.2f}" '
                     f'cy="{cy:g}" r="5" fill="{fill}" stroke="{colour}" stroke-width="2"/>')
     return _svg(width, height, body, "Absolute uplift against control with its interval")
+
+
+def _interval(u: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    ci = u.get("abs_ci") or (None, None)
+    return (None if ci[0] is None else float(ci[0]), None if ci[1] is None else float(ci[1]))
 
 
 def daily_svg(daily: Sequence[Mapping[str, Any]], variants: Sequence[Mapping[str, Any]],
