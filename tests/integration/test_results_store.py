@@ -211,3 +211,18 @@ def test_the_c2b_results_connection_picks_the_store(pg_store_schema: str, tmp_pa
     monkeypatch.setenv("AIRFLOW_CONN_C2B_RESULTS", json.dumps({"conn_type": "duckdb"}))
     with pytest.raises(ValueError, match="needs the results file's path as its host"):
         get_results_store()
+
+
+def test_a_goal_sql_whose_header_lies_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       demo_warehouse: Path) -> None:
+    """The plan check reads the header; what the SQL really returns is checked when it runs."""
+    sql = tmp_path / "sql"
+    shutil.copytree(ROOT / "include" / "sql", sql)
+    (sql / "goals" / "orders_after_touch.sql").write_text(
+        "-- params: (none)\n-- columns: uid, event_time\nSELECT uid, created_at AS ordered_at FROM orders\n")
+    monkeypatch.setenv("C2B_SQL_DIR", str(sql))
+    store = DuckDBResultsStore(tmp_path / "results.duckdb")
+    store.write_log(_log([("1000000001", "control")]))
+    with pytest.raises(AttributionError, match=r"goal orders_after_touch.sql \(metric sold\) returned columns "
+                                               r"uid, ordered_at; it must return event_time"):
+        attribute(PLAN, "r1", store, DuckDBWarehouse(demo_warehouse), as_of=T0)
