@@ -32,6 +32,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -320,9 +321,11 @@ class Chromium:
                          returnByValue=True)["result"]["value"]
         return status, html
 
-    def screenshot(self, path: Path, width: int = 1000) -> None:
-        height = self.call("Runtime.evaluate", expression="document.documentElement.scrollHeight",
-                           returnByValue=True)["result"]["value"]
+    def screenshot(self, path: Path, width: int = 1000, height: int | None = None) -> None:
+        """Save a PNG of the page: its full height unless ``height`` is given."""
+        if height is None:
+            height = self.call("Runtime.evaluate", expression="document.documentElement.scrollHeight",
+                               returnByValue=True)["result"]["value"]
         self.call("Emulation.setDeviceMetricsOverride", width=width, height=int(height), deviceScaleFactor=1,
                   mobile=False)
         shot = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
@@ -363,6 +366,14 @@ def test_the_results_page_in_a_browser_shows_the_results_store(
         # The same page as the DAG's tab (latest run) and, for bob, a refusal.
         status, latest = browser.open(f"{airflow.url}/c2b-results/dags/{PLAN_A}")
         assert status == 200 and finished_run in latest
+        # Inside Airflow's own UI: the run's "Results" tab embeds the view (same origin, same cookie).
+        browser.open(f"{airflow.url}/dags/{PLAN_A}/runs/{finished_run}/plugin/c2b-run-results")
+        embedded = airflow.wait("the Results tab to show the view", lambda: browser.call(
+            "Runtime.evaluate", returnByValue=True, expression=(
+                "(() => { const f = document.querySelector('iframe'); const d = f && f.contentDocument;"
+                " return d && d.getElementById('srm') ? f.src : null; })()"))["result"].get("value"), timeout=60)
+        assert embedded.endswith(f"/c2b-results/dags/{PLAN_A}/runs/{quote(finished_run, safe='')}"), embedded
+        browser.screenshot(tmp_path / "results-tab.png", width=1400, height=1000)
         browser.call("Network.setCookie", name="_token", value=token(airflow.url, "bob"), url=airflow.url)
         status, _ = browser.open(f"{airflow.url}/c2b-results/dags/{PLAN_A}/runs/{finished_run}")
         assert status == 403
@@ -371,6 +382,7 @@ def test_the_results_page_in_a_browser_shows_the_results_store(
     assert shot.stat().st_size > 20_000
     if os.environ.get("C2B_UPDATE_SCREENSHOT") == "1":
         shutil.copy(shot, ROOT / "docs" / "results-view.png")
+        shutil.copy(tmp_path / "results-tab.png", ROOT / "docs" / "results-tab.png")
 
 
 def attribute(airflow: AuthedAirflow, run_id: str) -> None:
