@@ -17,6 +17,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
+import pytest
 from c2b.airflow import results_view as view
 from c2b.results.page import example_page
 
@@ -192,3 +193,20 @@ def test_the_plugin_registers_the_tabs_and_mounts_the_app_only_in_the_api_server
     assert worker["apps"] == []
     api_server = _plugin_state("import airflow.api_fastapi.app")
     assert api_server["errors"] == {} and api_server["apps"] == ["/c2b-results"]
+
+
+def test_no_results_yet_is_a_404_page_and_a_broken_store_a_503_page_never_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's own answers, Airflow's auth check replaced (it is tested under a live api-server)."""
+    from fastapi.testclient import TestClient
+
+    client = TestClient(view.create_app(authorize=lambda: None), raise_server_exceptions=False)
+    monkeypatch.delenv("AIRFLOW_CONN_C2B_RESULTS", raising=False)
+    monkeypatch.setenv("C2B_DATA_DIR", str(tmp_path))  # an empty results store
+    r = client.get("/dags/some_plan/runs/manual__1")
+    assert r.status_code == 404 and 'id="missing"' in r.text and "Traceback" not in r.text
+    assert client.get("/api/dags/some_plan/runs/manual__1").json()["detail"]
+    monkeypatch.setenv("AIRFLOW_CONN_C2B_RESULTS", '{"conn_type": "duckdb"}')  # no file named
+    r = client.get("/dags/some_plan")
+    assert r.status_code == 503 and "results store could not be read" in r.text and "c2b_results" in r.text
+    assert "Traceback" not in r.text

@@ -13,11 +13,14 @@ cookie authenticates the view's iframe; API clients send a bearer token.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
 from c2b.results import charts
+
+log = logging.getLogger(__name__)
 
 URL_PREFIX = "/c2b-results"
 
@@ -214,45 +217,51 @@ def render_missing(dag_id: str, message: str) -> str:
 
 # --- the app --------------------------------------------------------------------------------------
 
-def create_app() -> Any:
-    """Return the FastAPI app; every route requires read access to the plan's DAG runs."""
+def create_app(authorize: Any = None) -> Any:
+    """Return the FastAPI app; every route requires read access to the plan's DAG runs.
+
+    ``authorize`` replaces Airflow's check (a FastAPI dependency); only tests of the page logic
+    without an api-server pass one.
+    """
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
     from airflow.api_fastapi.core_api.security import requires_access_dag
     from fastapi import Depends, FastAPI
     from fastapi.concurrency import run_in_threadpool
     from fastapi.responses import HTMLResponse, JSONResponse
 
-    can_read_runs = [Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN))]
+    can_read_runs = [Depends(authorize or requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN))]
     app = FastAPI(title="c2b campaign results", docs_url=None, redoc_url=None, openapi_url=None)
 
-    async def load(dag_id: str, run_id: str | None) -> dict[str, Any] | str:
+    async def load(dag_id: str, run_id: str | None) -> tuple[dict[str, Any] | None, str, int]:
+        """Return (page, message, status): the page, or why there is none (404) or the store failed (503)."""
         from c2b.results.page import results_page
 
         try:
-            return await run_in_threadpool(results_page, dag_id, run_id)
-        except LookupError as exc:
-            return str(exc.args[0] if exc.args else exc)
+            return await run_in_threadpool(results_page, dag_id, run_id), "", 200
+        except LookupError as exc:  # no logged run yet, or not this one: say what to run
+            return None, str(exc.args[0] if exc.args else exc), 404
+        except ValueError as exc:  # a misconfigured c2b_results connection, a bad goal: the message says which
+            log.warning("results of %s / %s: %s", dag_id, run_id, exc)
+            return None, f"The results store could not be read: {exc}", 503
+
+    async def html(dag_id: str, run_id: str | None) -> HTMLResponse:
+        page, message, status = await load(dag_id, run_id)
+        if page is None:
+            return HTMLResponse(render_missing(dag_id, message), status_code=status)
+        return HTMLResponse(render_page(page))
 
     @app.get("/dags/{dag_id}", response_class=HTMLResponse, dependencies=can_read_runs)
     async def latest_run(dag_id: str) -> HTMLResponse:
-        page = await load(dag_id, None)
-        if isinstance(page, str):
-            return HTMLResponse(render_missing(dag_id, page), status_code=404)
-        return HTMLResponse(render_page(page))
+        return await html(dag_id, None)
 
     @app.get("/dags/{dag_id}/runs/{run_id}", response_class=HTMLResponse, dependencies=can_read_runs)
     async def one_run(dag_id: str, run_id: str) -> HTMLResponse:
-        page = await load(dag_id, run_id)
-        if isinstance(page, str):
-            return HTMLResponse(render_missing(dag_id, page), status_code=404)
-        return HTMLResponse(render_page(page))
+        return await html(dag_id, run_id)
 
     @app.get("/api/dags/{dag_id}/runs/{run_id}", dependencies=can_read_runs)
     async def one_run_json(dag_id: str, run_id: str) -> JSONResponse:
-        page = await load(dag_id, run_id)
-        if isinstance(page, str):
-            return JSONResponse({"detail": page}, status_code=404)
-        return JSONResponse(page)
+        page, message, status = await load(dag_id, run_id)
+        return JSONResponse(page) if page is not None else JSONResponse({"detail": message}, status_code=status)
 
     return app
 
