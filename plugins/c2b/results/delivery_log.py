@@ -75,8 +75,8 @@ def log_shard(store: ResultsStore, redis: Any, plan: Plan, run_id: str, shard: i
     controls = [n for n, v in plan.experiment.variants.items() if v.control] if plan.experiment else []
     from c2b.results.attribution import goal_info
 
-    store.register_run(plan.id, run_id, plan.variant_weights, controls, now.astimezone(UTC).replace(tzinfo=None),
-                       goal_info(plan.goal))
-    n = store.write_log(shard_log_rows(redis, plan, run_id, shard, now))
+    run = {"plan_id": plan.id, "run_id": run_id, "weights": plan.variant_weights, "controls": controls,
+           "logged_at": now.astimezone(UTC).replace(tzinfo=None), "goal": goal_info(plan.goal)}
+    n = store.write_log(shard_log_rows(redis, plan, run_id, shard, now), run=run)
     log.info("delivery log: %s rows of shard %s written to %s", n, shard, store.name)
     return n

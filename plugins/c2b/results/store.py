@@ -141,17 +141,25 @@ class ResultsStore:
     def register_run(self, plan_id: str, run_id: str, weights: dict[str, int], controls: Sequence[str],
                      logged_at: datetime, goal: dict[str, Any] | None = None) -> None:
         """Record a run: its weights, controls and goal (idempotent: the first time is kept)."""
-        def work(cur: Any) -> None:
-            self._execute(cur, "INSERT INTO c2b_runs (plan_id, run_id, logged_at, weights, controls, goal) "
-                               "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (plan_id, run_id) DO UPDATE SET "
-                               "weights = excluded.weights, controls = excluded.controls, goal = excluded.goal",
-                          (plan_id, run_id, logged_at, json.dumps(weights), json.dumps(list(controls)),
-                           json.dumps(goal) if goal is not None else None))
-        self._transaction(work)
+        self._transaction(lambda cur: self._register(cur, plan_id, run_id, weights, controls, logged_at, goal))
 
-    def write_log(self, rows: Iterable[LogRow], batch_rows: int = BATCH_ROWS) -> int:
-        """Upsert delivery-log rows in batches, in one transaction; return how many were written."""
+    def _register(self, cur: Any, plan_id: str, run_id: str, weights: dict[str, int], controls: Sequence[str],
+                  logged_at: datetime, goal: dict[str, Any] | None) -> None:
+        self._execute(cur, "INSERT INTO c2b_runs (plan_id, run_id, logged_at, weights, controls, goal) "
+                           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (plan_id, run_id) DO UPDATE SET "
+                           "weights = excluded.weights, controls = excluded.controls, goal = excluded.goal",
+                      (plan_id, run_id, logged_at, json.dumps(weights), json.dumps(list(controls)),
+                       json.dumps(goal) if goal is not None else None))
+
+    def write_log(self, rows: Iterable[LogRow], batch_rows: int = BATCH_ROWS,
+                  run: dict[str, Any] | None = None) -> int:
+        """Upsert delivery-log rows in batches, in one transaction; return how many were written.
+
+        ``run`` (the arguments of :meth:`register_run`) registers the run in the same transaction.
+        """
         def work(cur: Any) -> int:
+            if run is not None:
+                self._register(cur, **run)
             n = 0
             for batch in _batches(rows, batch_rows):
                 self._insert_log_batch(cur, batch)
