@@ -80,7 +80,7 @@ def example_page() -> dict[str, Any]:
              "rel": 0.3707, "rel_ci": [0.1502, 0.6338], "p_value": 1.3e-05, "p_adjusted": 2.6e-05,
              "significant": True},
             {"variant": "red_packet", "control": "control", "abs": 0.0297, "abs_ci": [-0.0027, 0.0621],
-             "rel": 0.185, "rel_ci": [-0.0097, 0.4164], "p_value": 0.022, "p_adjusted": 0.022,
+             "rel": 0.185, "rel_ci": [-0.0097, 0.4164], "p_value": 0.052, "p_adjusted": 0.052,
              "significant": False},
         ],
         "touches": [
