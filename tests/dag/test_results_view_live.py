@@ -1,9 +1,9 @@
 """The Results view under a real Airflow with auth on (Simple auth manager, users with roles and teams).
 
 One live Airflow (api-server, scheduler, dag-processor, LocalExecutor) in multi-team mode with two
-DAG bundles: team ``team_a`` owns plan ``results_live_a`` and a DAG scheduled on its report Asset,
-team ``team_b`` owns plan ``results_live_b``. Users: ``admin`` (admin), ``alice`` (viewer of team_a),
-``bob`` (viewer of team_b).
+DAG bundles: team ``team_a`` owns plan ``cancelled_price_ab`` (the example, runnable at any hour),
+its results DAG and two DAGs scheduled on its Assets; team ``team_b`` owns plan ``other_team_plan``.
+Users: ``admin`` (admin), ``alice`` (viewer of team_a), ``bob`` (viewer of team_b).
 
 Why teams: the Simple auth manager's roles (viewer < user < op < admin) are global — a viewer may
 read every DAG — so the only per-DAG access it can express is the team that owns a DAG's bundle
@@ -12,11 +12,13 @@ read every DAG — so the only per-DAG access it can express is the team that ow
 - security: anonymous requests get 401 on every route of the view; alice gets 403 on team_b's
   plan (as Airflow's own REST API answers her) and bob on team_a's;
 - asset events: a finished plan run emits ``c2b://plans/<plan>/report`` with its counts, and the
-  DAG scheduled on it runs, having consumed that event;
+  DAG scheduled on it runs, having consumed that event; the plan's results DAG then emits
+  ``c2b://plans/<plan>/results`` with the runs it counted, and the DAG scheduled on that runs too;
 - the browser: headless Debian chromium, logged in as alice by the UI's session cookie, opens the
   Results view of the finished run; the numbers on the page equal ``results_page()`` read from the
-  results store by this test; the screenshot goes to the test's tmp dir (and to
-  ``docs/results-view.png`` with ``C2B_UPDATE_SCREENSHOT=1``).
+  results store by this test; the run's Results tab inside Airflow's UI shows the view too.
+  Screenshots go to the test's tmp dir (and to ``docs/results-view.png`` / ``docs/results-tab.png``
+  with ``C2B_UPDATE_SCREENSHOT=1``).
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ from devtools.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
-PLAN_A, PLAN_B, DOWNSTREAM = "results_live_a", "results_live_b", "after_report_live"
+# Team A's plan is the A/B example plan (made runnable at any hour), under its own name.
+PLAN_A, PLAN_B = "cancelled_price_ab", "other_team_plan"
+DOWNSTREAM, AFTER_RESULTS = "after_report_live", "after_results_live"
 USERS = {"admin": ("admin", None), "alice": ("viewer", "team_a"), "bob": ("viewer", "team_b")}
 PASSWORD = "pw-{}-live"
 WAREHOUSE_USERS = 100_000
@@ -52,20 +56,20 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars", "--mute-audio"]
 
-DOWNSTREAM_DAG = f'''\
-"""A team's own DAG scheduled on a plan's report Asset: runs once per finished plan run."""
+DOWNSTREAM_DAG = '''\
+"""A team's own DAG scheduled on a plan's Asset: runs once per event (airflow dag)."""
 from datetime import datetime
 
 from airflow.sdk import DAG, Asset, task
 
-with DAG("{DOWNSTREAM}", schedule=[Asset(uri="c2b://plans/{PLAN_A}/report")],
-         start_date=datetime(2026, 1, 1), catchup=False, tags=["c2b"]):
+with DAG("{dag_id}", schedule=[Asset(uri="{uri}")], start_date=datetime(2026, 1, 1), catchup=False,
+         tags=["c2b"]):
 
     @task
-    def read_report(triggering_asset_events=None):
+    def read_event(triggering_asset_events=None):
         return [e.extra for events in triggering_asset_events.values() for e in events]
 
-    read_report()
+    read_event()
 '''
 
 
@@ -132,7 +136,10 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, redis_server) -> Iterator[
             (folder / "plans" / f"{plan_id}.yaml").write_text(live_plan(plan_id))
         bundles.append({"name": f"{team}_dags", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
                         "kwargs": {"path": str(folder), "refresh_interval": 0}, "team_name": team})
-    (base / "team_a" / f"{DOWNSTREAM}.py").write_text(DOWNSTREAM_DAG)
+    for dag_id, what in ((DOWNSTREAM, "report"), (AFTER_RESULTS, "results")):
+        (base / "team_a" / f"{dag_id}.py").write_text(
+            DOWNSTREAM_DAG.format(dag_id=dag_id, uri=f"c2b://plans/{PLAN_A}/{what}"))
+    shutil.copy(ROOT / "dags" / "c2b_results.py", base / "team_a")  # the daily results DAG of team A's plan
     # Its own demo warehouse: this test adds post-touch orders to it, and with 100k users the run's
     # ~3.6k users are enough for the planted uplift to show (the session's 20k give ~700).
     warehouse = base / "warehouse.duckdb"
@@ -192,10 +199,11 @@ def finished_run(airflow: AuthedAirflow) -> str:
     """Run plan A to the end under the scheduler; return its run id."""
     def loaded() -> bool:
         dags = {d["dag_id"] for d in airflow.get("dags?limit=100")["dags"]}
-        return {PLAN_A, PLAN_B, DOWNSTREAM} <= dags
+        return {PLAN_A, PLAN_B, DOWNSTREAM, AFTER_RESULTS, f"{PLAN_A}__results"} <= dags
 
-    airflow.wait("the plans and the downstream DAG to load", loaded, timeout=120)
+    airflow.wait("the plans and the downstream DAGs to load", loaded, timeout=120)
     airflow.unpause(DOWNSTREAM)
+    airflow.unpause(AFTER_RESULTS)
     run_id = airflow.trigger(PLAN_A)
 
     def finished() -> str | None:
@@ -258,6 +266,23 @@ def test_a_finished_run_emits_its_report_asset_and_triggers_the_downstream_dag(
     assert extra["run_id"] == finished_run and extra["status"] == "complete"
     assert extra["audience"] == summary["audience"] and extra["per_touch"] == summary["per_touch"]
     assert extra["outcomes"]["sent"] == sum(n for k, n in summary["outcomes"].items() if k.endswith("|sent")) > 0
+
+    # Attribution updates the plan's results Asset, and a DAG scheduled on that runs in turn.
+    airflow.trigger(f"{PLAN_A}__results")
+
+    def after_results() -> list[dict] | None:
+        for r in airflow.get(f"dags/{AFTER_RESULTS}/dagRuns?limit=10")["dag_runs"]:
+            if r["state"] == "success":
+                found = airflow.get(f"dags/{AFTER_RESULTS}/dagRuns/{r['dag_run_id']}/upstreamAssetEvents")
+                counted = [e for e in found["asset_events"] if finished_run in (e["extra"] or {}).get("runs", {})]
+                if counted:
+                    return counted
+        return None
+
+    counted = airflow.wait("the DAG scheduled on the results asset to run", after_results, timeout=180)
+    assert counted[0]["uri"] == f"c2b://plans/{PLAN_A}/results"
+    assert counted[0]["source_dag_id"] == f"{PLAN_A}__results"
+    assert set(counted[0]["extra"]["runs"][finished_run]) == {"coupon", "red_packet", "control"}
 
 
 class Chromium:
@@ -373,7 +398,7 @@ def test_the_results_page_in_a_browser_shows_the_results_store(
                 "(() => { const f = document.querySelector('iframe'); const d = f && f.contentDocument;"
                 " return d && d.getElementById('srm') ? f.src : null; })()"))["result"].get("value"), timeout=60)
         assert embedded.endswith(f"/c2b-results/dags/{PLAN_A}/runs/{quote(finished_run, safe='')}"), embedded
-        browser.screenshot(tmp_path / "results-tab.png", width=1400, height=1000)
+        browser.screenshot(tmp_path / "results-tab.png", width=1400, height=1600)
         browser.call("Network.setCookie", name="_token", value=token(airflow.url, "bob"), url=airflow.url)
         status, _ = browser.open(f"{airflow.url}/c2b-results/dags/{PLAN_A}/runs/{finished_run}")
         assert status == 403
