@@ -502,6 +502,88 @@ def build_demo_warehouse(path: str | Path, users: int = 200_000, seed: int = 42,
     return counts
 
 
+# ---------------------------------------------------------------- after a send: the demo clock
+
+# What a touch's offer does to the chance that a user sells (orders) within POST_TOUCH_DAYS after
+# it: the planted effects the results must find. Users not reached by an offer (control, failed
+# sends, other offers) sell at POST_TOUCH_BASE_RATE.
+POST_TOUCH_DAYS = 7
+POST_TOUCH_BASE_RATE = 0.12
+POST_TOUCH_UPLIFT = {"price_up_coupon": 0.08, "red_packet": 0.05}
+FIRST_POST_TOUCH_ORDER_ID = 9_000_000_000
+
+
+def _unit(seed: int, salt: str, keys: Sequence[str]) -> np.ndarray:
+    """A uniform [0, 1) number per key, fixed by (seed, salt, key): the same user draws the same."""
+    import mmh3
+
+    return np.array([mmh3.hash(f"{seed}:{salt}:{k}".encode("utf-8", "replace"), signed=False) for k in keys],
+                    dtype=np.float64) / 2**32
+
+
+def post_touch_orders(users: Sequence[tuple[str, str | None, datetime]], plan_id: str, seed: int = 42,
+                      base_rate: float = POST_TOUCH_BASE_RATE, uplift: dict[str, float] | None = None,
+                      days: int = POST_TOUCH_DAYS) -> pa.Table:
+    """Return the orders the users of one run place in the ``days`` after their touch.
+
+    ``users``: ``(uid, offer type that reached them or None, touched_at)``. A user sells with
+    probability ``base_rate`` plus the offer's planted ``uplift``, at a uniform moment of the window;
+    every draw is a hash of (seed, plan, uid), so the same users give the same orders.
+    """
+    uplift = POST_TOUCH_UPLIFT if uplift is None else uplift
+    uids = [u for u, _, _ in users]
+    p = np.array([base_rate + uplift.get(offer or "", 0.0) for _, offer, _ in users])
+    sells = _unit(seed, f"{plan_id}:sells", uids) < p
+    delay = _unit(seed, f"{plan_id}:when", uids) * (days * DAY - 120) + 60  # inside the window, not on its edges
+    which = (_unit(seed, f"{plan_id}:item", uids) * len(CATALOG)).astype(np.int64)
+    items = list(CATALOG)
+    chosen = np.flatnonzero(sells)
+    touched = np.array([int(t.replace(tzinfo=UTC).timestamp() if t.tzinfo is None else t.timestamp())
+                        for _, _, t in users], dtype=np.int64)
+    created = touched[chosen] + delay[chosen].astype(np.int64)
+    typical = np.array([CATALOG[items[i]][1] for i in which[chosen]], dtype=np.int64)
+    return pa.table({
+        "uid": pa.array([int(uids[i]) for i in chosen], pa.int64()),  # the demo's uids are BIGINTs
+        "item": _labels(items, which[chosen]),
+        "category": _labels([CATALOG[i][0] for i in items], which[chosen]),
+        "quoted_price": _decimal_cents(typical * 100),
+        "status": _constant("completed", len(chosen)),
+        "created_at": _timestamps(created),
+    })
+
+
+def add_post_touch_orders(path: str | Path, plan_id: str, run_id: str,
+                          users: Sequence[tuple[str, str | None, datetime]], seed: int = 42, **kwargs: Any) -> int:
+    """Advance the demo clock for one run: add the orders its users place after their touch.
+
+    Writes them to the warehouse's ``orders`` (status completed, dated after ``as_of``: the future
+    of the day the warehouse was built). They replace the simulated orders of any earlier run
+    (listed in ``demo_post_touch_orders``): the demo plans target the same users, and orders
+    planted for one run would count in another's window. Returns the number of orders.
+    """
+    import duckdb
+
+    orders = post_touch_orders(users, plan_id, seed, **kwargs)
+    con = duckdb.connect(str(path))
+    try:
+        con.execute("CREATE TABLE IF NOT EXISTS demo_post_touch_orders (plan_id VARCHAR, run_id VARCHAR, "
+                    "order_id BIGINT)")
+        con.begin()
+        con.execute("DELETE FROM orders WHERE order_id IN (SELECT order_id FROM demo_post_touch_orders)")
+        con.execute("DELETE FROM demo_post_touch_orders")
+        first = con.execute("SELECT COALESCE(MAX(order_id) + 1, $1) FROM orders WHERE order_id >= $1",
+                            [FIRST_POST_TOUCH_ORDER_ID]).fetchall()[0][0]
+        ids = np.arange(first, first + orders.num_rows, dtype=np.int64)
+        con.register("new_orders", orders.append_column("order_id", pa.array(ids)))
+        con.execute("INSERT INTO orders BY NAME SELECT * FROM new_orders")
+        con.execute("INSERT INTO demo_post_touch_orders SELECT $1, $2, order_id FROM new_orders", [plan_id, run_id])
+        con.unregister("new_orders")
+        con.commit()
+    finally:
+        con.close()
+    return orders.num_rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m devtools.demo_warehouse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -13,7 +13,7 @@ case "$cmd" in
   test)
     # Tests start their own redis-server (they restart it on purpose); they need the binary. The
     # PostgreSQL warehouse tests and the Celery stack's metadata DB need PostgreSQL.
-    ensure_redis_binary; ensure_postgres; ensure_compose_validator; ensure_airflow_db
+    ensure_redis_binary; ensure_postgres; ensure_compose_validator; ensure_chromium; ensure_airflow_db
     exec "$PY" -m pytest "$@" ;;
   warehouse)
     rm -f "$C2B_WAREHOUSE"; ensure_warehouse ;;

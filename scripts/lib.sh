@@ -97,6 +97,11 @@ ensure_redis_binary() {
   command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_install redis-server
 }
 
+ensure_chromium() {
+  # Headless Debian chromium for the Results view's browser test (tests/dag/test_results_view_live.py).
+  command -v chromium >/dev/null || apt_install chromium
+}
+
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 ensure_redis() {

@@ -1,5 +1,5 @@
 """``c2b`` (or ``python -m c2b``): validate plans, write their JSON Schema, preview an audience, run the demo,
-flip the kill switch, show a run report, manage suppression lists."""
+flip the kill switch, show a run report or its results, manage suppression lists."""
 
 from __future__ import annotations
 
@@ -53,6 +53,48 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 print(f"  failed: {line}", file=sys.stderr)
         return 1
     print(render_summary(json.loads(report_file.read_text()), took, report_file))
+    if not args.dry_run:
+        return demo_results(args.plan, dr.run_id)
+    return 0
+
+
+def demo_results(plan_id: str, run_id: str) -> int:
+    """Advance the demo clock past the run's attribution window and print its results table.
+
+    The demo warehouse gains the orders the run's users place in the week after their touch
+    (:func:`devtools.demo_warehouse.add_post_touch_orders`: planted uplifts per offer), then
+    attribution runs as of the end of the window, as the daily results DAG would a week later.
+    """
+    from datetime import timedelta
+
+    from c2b.airflow import resources
+    from c2b.audience.warehouse import DuckDBWarehouse
+    from c2b.plan.model import load_plan
+    from c2b.results.attribution import attribute
+    from c2b.results.page import format_page, results_page
+
+    plan = load_plan(PLANS_DIR / f"{plan_id}.yaml")
+    if plan.goal is None:
+        return 0
+    store, warehouse = resources.get_results_store(), resources.get_warehouse()
+    users = store.log_users(plan_id, run_id)
+    if not isinstance(warehouse, DuckDBWarehouse) or not users:
+        print("\n(no post-touch simulation: the demo clock advances only on the DuckDB demo warehouse)")
+        return 0
+    from devtools.demo_warehouse import add_post_touch_orders
+
+    offers = {t.name: t.offer.type for t in plan.touches if t.offer}
+    reached: dict[str, str] = {}
+    for uid, touch in store.sent_touches(plan_id, run_id):
+        if touch in offers:
+            reached[uid] = offers[touch]
+    orders = add_post_touch_orders(warehouse.path, plan_id, run_id, [(u, reached.get(u), t) for u, _, t, _ in users])
+    clock = max(t for _, _, t, _ in users) + timedelta(days=plan.goal.window_days, minutes=1)
+    with _output_to(reports_dir().parent / "results.log"):
+        attribute(plan, run_id, store, warehouse, as_of=clock)
+    print(f"\ndemo clock advanced to {clock:%Y-%m-%d %H:%M} UTC (the end of the {plan.goal.window_days}-day window): "
+          f"{orders:,} post-touch orders simulated\n")
+    print(format_page(results_page(plan_id, run_id, store)))
     return 0
 
 
@@ -317,6 +359,34 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_results(args: argparse.Namespace) -> int:
+    """Print a run's results table (conversions, uplift, SRM) from the results store."""
+    from c2b.airflow import resources
+    from c2b.results.attribution import AttributionError, attribute
+    from c2b.results.page import format_page, results_page
+
+    store = resources.get_results_store()
+    try:
+        if args.attribute:
+            from c2b.plan.model import PlanError, load_plan
+
+            try:
+                plan = load_plan(PLANS_DIR / f"{args.plan}.yaml")
+            except PlanError as exc:
+                print(exc, file=sys.stderr)
+                return 1
+            run_id = args.run or (store.runs(args.plan)[-1][0] if store.runs(args.plan) else None)
+            if run_id is None:
+                raise LookupError(f"plan {args.plan!r} has no delivered run in the results store ({store.name})")
+            attribute(plan, run_id, store, resources.get_warehouse())
+        page = results_page(args.plan, args.run, store)
+    except (LookupError, AttributionError) as exc:
+        print(f"c2b results: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(page, indent=2) if args.json else format_page(page))
+    return 0
+
+
 def cmd_suppress(args: argparse.Namespace) -> int:
     """Manage a suppression list, sharded in Redis (c2b.store.suppression); read by exclusions at
     extract and by every page at send time."""
@@ -432,6 +502,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="print the latest run report of a plan")
     p.add_argument("plan")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("results", help="print a run's results: conversions per variant, uplift, SRM check")
+    p.add_argument("plan")
+    p.add_argument("--run", help="run id (default: the plan's latest delivered run)")
+    p.add_argument("--attribute", action="store_true", help="count conversions now (on the warehouse) first")
+    p.add_argument("--json", action="store_true", help="print the page as JSON (what the UI view reads)")
+    p.set_defaults(func=cmd_results)
     p = sub.add_parser("suppress", help="add, remove or list the uids of a suppression list")
     p.add_argument("action", choices=["add", "remove", "list"])
     p.add_argument("name", help="list name; plans exclude it with {suppression_list: NAME}")

@@ -20,6 +20,7 @@ from c2b.delivery.shard import ShardDelivery
 from c2b.plan.model import Plan
 from c2b.results.report import format_table, summarize, write_report
 from c2b.results.retention import purge_expired
+from c2b.results.store import ResultsStore
 from c2b.settings import reports_dir, retention_days, safe_name, staging_dir
 from c2b.store.redis_retry import with_redis_retry
 from c2b.store.run_meta import loaded_size
@@ -74,7 +75,8 @@ def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> l
 
 
 def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict[str, Channel],
-                 kill_switch: Any, params: dict[str, Any] | None = None) -> dict[str, Any]:
+                 kill_switch: Any, params: dict[str, Any] | None = None,
+                 results_store: ResultsStore | None = None) -> dict[str, Any]:
     """Deliver one shard (see :mod:`c2b.delivery.shard`); return its stats for the report.
 
     ``kill_switch`` is a callable (true = stop), e.g. :class:`c2b.delivery.controls.kill_switch.KillSwitch`.
@@ -85,6 +87,9 @@ def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict
     Raises :class:`~c2b.store.run_meta.RunStateLost` when the shard's keys are not what was loaded,
     before the first page or after the last: a wiped Redis reads like an empty shard, never "done".
     The stats carry ``loaded`` (the shard's members at load time) so the report can tell.
+
+    After every attempt but a dry run, the shard's users and outcomes go to the delivery log of
+    ``results_store`` (:mod:`c2b.results.delivery_log`), replacing the rows an earlier attempt wrote.
     """
     params = params or {}
     only = set(params["only_touches"]) if params.get("only_touches") else None
@@ -94,6 +99,10 @@ def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict
                                  only_touches=only, dry_run=bool(params.get("dry_run")))
         stats = delivery.run(plan.delivery.page_size, plan.delivery.concurrency).to_xcom()
         with_redis_retry(lambda: loaded_size(redis, plan.id, run_id, shard))
+        if results_store is not None and not params.get("dry_run"):
+            from c2b.results.delivery_log import log_shard
+
+            stats["logged"] = log_shard(results_store, redis, plan, run_id, shard)
         return {**stats, "loaded": loaded}
     finally:
         for ch in channels.values():

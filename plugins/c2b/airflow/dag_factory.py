@@ -118,7 +118,8 @@ def build_dag(plan: Plan, path: Path) -> Any:
         deliver = step.partial(task_id="deliver", step="deliver", map_index_template="shard {{ shard_label }}") \
             .expand(shard=shards.output)
         step(task_id="report", step="report", trigger_rule=TriggerRule.NONE_FAILED,
-             inputs={"extract": extract.output, "shards": shards.output, "stats": deliver.output})
+             inputs={"extract": extract.output, "shards": shards.output, "stats": deliver.output},
+             outlets=[Asset(uri=report_asset_uri(plan.id))])
         deliver >> step(task_id="cleanup", step="cleanup", trigger_rule=TriggerRule.ALL_DONE)
     # Trigger params go on the DAG after its tasks: a task created while the DAG has params gets a
     # deep copy of them per class of its MRO, and tasks need none: a run's params are the DAG's
@@ -163,6 +164,26 @@ def plan_of(dag: Any) -> Plan:
     return load_plan(fileloc)
 
 
+def report_asset_uri(plan_id: str) -> str:
+    """Return the URI of the Asset a plan's ``report`` task updates when a run's report is written."""
+    return f"c2b://plans/{plan_id}/report"
+
+
+def results_asset_uri(plan_id: str) -> str:
+    """Return the URI of the Asset updated when a plan's attribution (its results) is updated."""
+    return f"c2b://plans/{plan_id}/results"
+
+
+def report_event_extra(summary: dict[str, Any]) -> dict[str, Any]:
+    """Return the report Asset event's extra: the run, its status and its counts (small, JSON-able)."""
+    outcomes: dict[str, int] = {}
+    for key, n in summary["outcomes"].items():
+        outcome = key.rsplit("|", 1)[-1]
+        outcomes[outcome] = outcomes.get(outcome, 0) + int(n)
+    return {"run_id": summary["run"], "status": summary["status"], "audience": dict(summary["audience"]),
+            "outcomes": dict(sorted(outcomes.items())), "per_touch": summary["per_touch"]}
+
+
 def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard: int | None) -> Any:
     """Run one step of a plan run: resolve Airflow resources, then call :mod:`c2b.steps`."""
     from c2b import steps
@@ -184,7 +205,11 @@ def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard:
         # One slice reads every mapped deliver's stats in one request; iterating the lazy sequence
         # instead reads them one by one until a 404, which the task SDK logs as "XCom not found".
         stats = inputs["stats"]
-        return steps.step_report(plan, run_id, inputs["extract"], inputs["shards"], list(stats[:]) if stats else [])
+        summary = steps.step_report(plan, run_id, inputs["extract"], inputs["shards"], list(stats[:]) if stats else [])
+        from airflow.sdk import Asset
+
+        context["outlet_events"][Asset(uri=report_asset_uri(plan.id))].extra = report_event_extra(summary)
+        return summary
     if step == "cleanup":
         return steps.step_cleanup(plan, run_id, resources.get_redis())
     raise ValueError(f"unknown plan step {step!r}")

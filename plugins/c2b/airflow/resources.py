@@ -9,6 +9,10 @@ Connection ids (set them in the UI, the CLI or ``AIRFLOW_CONN_*`` variables):
   for the embedded DuckDB file (extras ``memory_limit``, ``threads``); any other ``conn_type`` whose
   hook is a common-sql ``DbApiHook`` (``postgres``, ``mysql``, ``snowflake``...) runs the segment
   through that hook's DB-API connection, with a server-side cursor where the driver has one;
+- ``c2b_results``: the results store (delivery log, attribution; :mod:`c2b.results.store`):
+  ``{"conn_type": "duckdb", "host": "/path/results.duckdb"}`` or any SQL connection whose hook is a
+  common-sql ``DbApiHook`` and whose SQL has ``ON CONFLICT`` (``postgres``). Without the connection,
+  a DuckDB file ``results.duckdb`` in the c2b data folder (:func:`c2b.settings.data_dir`);
 - one connection per channel gateway, named by the touch's ``connection`` field.
 """
 
@@ -24,6 +28,7 @@ from c2b.settings import outbox_dir, safe_name
 
 REDIS_CONN_ID = "c2b_redis"
 WAREHOUSE_CONN_ID = "c2b_warehouse"
+RESULTS_CONN_ID = "c2b_results"
 
 
 def _get_connection(conn_id: str) -> Any:
@@ -51,6 +56,35 @@ def get_warehouse(conn_id: str = WAREHOUSE_CONN_ID) -> Warehouse:
         return DuckDBWarehouse(conn.host or extra.get("path", ""),
                                memory_limit=extra.get("memory_limit", DUCKDB_MEMORY_LIMIT),
                                threads=extra.get("threads"), temp_directory=extra.get("temp_directory"))
+    hook = _sql_hook(conn, conn_id)
+    # Named (server-side) cursors are a psycopg feature; other drivers fetch with fetchmany on a
+    # plain cursor. The paramstyle comes from the driver module. (No c2b-specific extras: hooks
+    # such as PostgresHook pass every extra on to the driver's connect().)
+    return DbApiWarehouse(hook.get_conn, server_side=conn.conn_type in ("postgres", "redshift"),
+                          name=f"{conn_id} ({conn.conn_type})")
+
+
+def get_results_store(conn_id: str = RESULTS_CONN_ID) -> Any:  # -> c2b.results.store.ResultsStore
+    """Return the results store of the ``c2b_results`` connection (default: a DuckDB file)."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    from c2b.results.store import DbApiResultsStore, DuckDBResultsStore
+    from c2b.settings import data_dir
+
+    try:
+        conn = _get_connection(conn_id)
+    except AirflowNotFoundException:
+        return DuckDBResultsStore(data_dir() / "results.duckdb")
+    if conn.conn_type == "duckdb":
+        path = conn.host or conn.extra_dejson.get("path")
+        if not path:
+            raise ValueError(f"connection {conn_id!r} (duckdb) needs the results file's path as its host")
+        return DuckDBResultsStore(path)
+    return DbApiResultsStore(_sql_hook(conn, conn_id).get_conn, name=f"{conn_id} ({conn.conn_type})")
+
+
+def _sql_hook(conn: Any, conn_id: str) -> Any:
+    """Return the common-sql ``DbApiHook`` of a connection, or raise saying what to configure."""
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
     try:
@@ -61,11 +95,7 @@ def get_warehouse(conn_id: str = WAREHOUSE_CONN_ID) -> Warehouse:
     if not isinstance(hook, DbApiHook):
         raise ValueError(f"connection {conn_id!r} has conn_type {conn.conn_type!r} whose hook "
                          f"{type(hook).__name__} is not a SQL (DbApiHook) hook")
-    # Named (server-side) cursors are a psycopg feature; other drivers fetch with fetchmany on a
-    # plain cursor. The paramstyle comes from the driver module. (No c2b-specific extras: hooks
-    # such as PostgresHook pass every extra on to the driver's connect().)
-    return DbApiWarehouse(hook.get_conn, server_side=conn.conn_type in ("postgres", "redshift"),
-                          name=f"{conn_id} ({conn.conn_type})")
+    return hook
 
 
 def connection_url(conn: Any) -> str:
@@ -146,7 +176,7 @@ def deliver_shard(plan: Plan, run_id: str, shard: int, params: dict[str, Any]) -
     redis = get_redis()
     try:
         stats = steps.step_deliver(plan, run_id, shard, redis, make_channels(plan, run_id, redis),
-                                   kill_switch(redis, plan.id), params)
+                                   kill_switch(redis, plan.id), params, results_store=get_results_store())
     except RunStateLost as exc:  # lost keys stay lost: retrying would only "deliver" an empty shard
         raise AirflowFailException(str(exc)) from exc
     if stats["stopped"]:

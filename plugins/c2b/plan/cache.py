@@ -42,8 +42,8 @@ FORMAT = 1  # bump when the entry layout changes
 OFF_VALUES = ("off", "0", "false", "no", "")
 # The modules whose code decides whether a plan is valid and what the validated plan holds.
 _VALIDATING_MODULES = (
-    "plan/model", "plan/checks", "plan/templates", "plan/template_limits", "audience/sql", "settings", "hashing",
-    "plan/cache",
+    "plan/model", "plan/checks", "plan/goal", "plan/templates", "plan/template_limits", "audience/sql", "settings",
+    "hashing", "plan/cache",
     # the channel registry: channel names, default connections, whether one is needed
     "channels/__init__", "channels/base", "channels/push", "channels/sms", "channels/inapp",
     "channels/outbound_call", "channels/private_domain", "channels/webhook", "channels/outbox",

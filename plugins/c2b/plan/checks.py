@@ -230,15 +230,30 @@ def segment_problems(name: str, params: dict[str, Any], where: str) -> tuple[Seg
                        f"{f' (did you mean {hint[0]!r}?)' if hint else ''}; segments: {', '.join(names) or 'none'}")]
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         return None, [(f"{where}.segment", f"cannot read include/sql/segments/{name}: {exc}")]
+    problems = segment_param_problems(spec, name, params, where, "segment")
+    if spec.columns is not None and "uid" not in spec.columns:
+        problems.append((f"{where}.segment", f"{name} must return a uid column; its '-- columns:' header lists "
+                                             f"{', '.join(spec.columns) or 'none'}"))
+    return spec, problems
+
+
+def segment_param_problems(spec: SegmentSpec, name: str, params: dict[str, Any], where: str, file_field: str,
+                           supplied: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """Check a SQL file's declared params against its placeholders and the values a plan gives.
+
+    ``file_field`` names the plan field holding the file (``segment``, or ``sql`` for a goal);
+    ``supplied`` are params the engine binds itself (never missing from the plan).
+    """
     problems: list[tuple[str, str]] = []
     declared = spec.params if spec.params is not None else {}
     if spec.params is None and spec.placeholders:
-        problems.append((f"{where}.segment", f"{name} uses {_names(spec.placeholders)} but has no '-- params:' "
-                                             "header; declare them, e.g. '-- params: days (integer)'"))
+        problems.append((f"{where}.{file_field}", f"{name} uses {_names(spec.placeholders)} but has no '-- params:' "
+                                                  "header; declare them, e.g. '-- params: days (integer)'"))
     elif set(declared) != spec.placeholders:
-        problems.append((f"{where}.segment", f"{name} declares params {_names(declared) or 'none'} but its SQL uses "
-                                             f"{_names(spec.placeholders) or 'none'}; fix its '-- params:' header"))
-    missing = sorted(spec.placeholders - set(params))
+        problems.append((f"{where}.{file_field}", f"{name} declares params {_names(declared) or 'none'} but its SQL "
+                                                  f"uses {_names(spec.placeholders) or 'none'}; fix its '-- params:' "
+                                                  "header"))
+    missing = sorted(spec.placeholders - set(params) - supplied)
     if missing:
         problems.append((f"{where}.params", f"missing {', '.join(missing)}; {name} needs them "
                                             f"({spec.params_help()})"))
@@ -251,10 +266,7 @@ def segment_problems(name: str, params: dict[str, Any], where: str) -> tuple[Seg
             wrong = declared[key].check(value)
             if wrong:
                 problems.append((join_key(f"{where}.params", key), wrong))
-    if spec.columns is not None and "uid" not in spec.columns:
-        problems.append((f"{where}.segment", f"{name} must return a uid column; its '-- columns:' header lists "
-                                             f"{', '.join(spec.columns) or 'none'}"))
-    return spec, problems
+    return problems
 
 
 def _names(names: Any) -> str:
@@ -390,4 +402,8 @@ def repository_problems(plan: Plan, used: dict[str, str] | None = None) -> list[
         else:
             for i, touch in enumerate(plan.touches):
                 problems += template_problems(touch, i, spec.columns, spec.name)
+    if plan.goal is not None:
+        from c2b.plan.goal import goal_problems
+
+        problems += goal_problems(plan.goal, plan.has_control, used)
     return problems

@@ -45,6 +45,7 @@ from pydantic_core import PydanticCustomError
 from c2b.channels import CHANNEL_NAMES
 from c2b.channels import REGISTRY as CHANNEL_REGISTRY
 from c2b.hashing import MAX_SHARDS
+from c2b.plan.goal import Goal
 
 # Channel names, default connections and whether one is needed come from the channel registry.
 if TYPE_CHECKING:
@@ -523,6 +524,12 @@ class Plan(_Strict):
                                                             "(one variant, all)")
     touches: list[Touch] = Field(min_length=1, description="the plan's delivery steps")
     delivery: Delivery = Field(default_factory=Delivery, description="how a run sends")  # type: ignore[arg-type]
+    goal: Goal | None = Field(None, description="conversion metrics and attribution window (c2b.plan.goal)")
+
+    @property
+    def has_control(self) -> bool:
+        """Whether the plan has a control (holdout) variant: the baseline of its uplift."""
+        return self.experiment is not None and any(v.control for v in self.experiment.variants.values())
 
     @field_validator("id")
     @classmethod
@@ -629,7 +636,7 @@ _MODEL_AT = {  # parent path (indexes as [], variant names as *) -> the model al
     "": "Plan", "window": "Window", "audience": "Audience", "experiment": "Experiment",
     "experiment.variants.*": "Variant", "touches[]": "Touch", "touches[].offer": "Offer",
     "delivery": "Delivery", "schedule.~asset": "AssetSchedule",
-    "audience.exclude[]": "Exclusion",
+    "audience.exclude[]": "Exclusion", "goal": "Goal",
 }
 
 

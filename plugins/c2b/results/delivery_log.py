@@ -1,0 +1,82 @@
+"""Turn one delivered shard into delivery-log rows: every user, every touch, holdout users too.
+
+Read after a deliver attempt from what the run already keeps in Redis: the shard's users (paged by
+rank, like the delivery itself) and the ledger's state of each ``(touch, uid)``. The variant is
+recomputed from the plan's salt (the same pure function the extract used). Rows stream to the
+results store in batches (:meth:`c2b.results.store.ResultsStore.write_log`), so a shard of any
+size is logged in bounded memory, and a retried attempt replaces its rows.
+
+``touched_at`` is the end of the attempt that logged the row: a few seconds after the real send
+for most users. Holdout users get the same time as their shard-mates who were touched in that
+attempt, so both arms start their attribution window on the same clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+from c2b.delivery.ledger import CAPPED, DEFERRED, EXPIRED, PENDING, SENT, ShardLedger
+from c2b.hashing import VariantPicker
+from c2b.plan.model import Plan
+from c2b.results.store import HOLDOUT_TOUCH, LogRow, ResultsStore
+from c2b.store.redis_retry import with_redis_retry
+from c2b.store.shards import ShardKeys, read_page
+
+log = logging.getLogger(__name__)
+
+OUTCOMES = {SENT: "sent", CAPPED: "capped", EXPIRED: "expired", DEFERRED: "deferred", PENDING: "pending"}
+NOT_TRIED = "unsent"  # no ledger entry: the touch was left out (only_touches) or the shard stopped first
+
+
+def outcome_of(state: str | None) -> tuple[str, str | None]:
+    """Return ``(outcome, reason)`` of a ledger state."""
+    if state is None:
+        return NOT_TRIED, None
+    if state.startswith("f:"):
+        return "failed", state[2:][:200] or "unknown"
+    return OUTCOMES.get(state, state), None
+
+
+def shard_log_rows(redis: Any, plan: Plan, run_id: str, shard: int, touched_at: datetime,
+                   page_size: int = 1000) -> Iterator[LogRow]:
+    """Yield one row per (touch, uid) of the shard, and one ``holdout`` row per control user."""
+    keys = ShardKeys(plan.id, run_id, shard)
+    ledger = ShardLedger(redis, keys)
+    picker = VariantPicker(plan.salt, plan.variant_weights)
+    touches = {v: [t.name for t in plan.touches_of(v)] for v in plan.variant_weights}
+    at = touched_at.astimezone(UTC).replace(tzinfo=None)  # the store keeps naive UTC
+    cursor = 0
+    while True:
+        uids: list[str] = with_redis_retry(partial(read_page, redis, keys, cursor, page_size))
+        if not uids:
+            return
+        cursor += len(uids)
+        wanted: list[tuple[str, str, str]] = []
+        for uid in uids:
+            variant = picker.pick(uid.encode("utf-8", "replace"))
+            if not touches[variant]:
+                yield (plan.id, run_id, variant, HOLDOUT_TOUCH, uid, "holdout", None, at)
+                continue
+            wanted.extend((variant, t, uid) for t in touches[variant])
+        states: list[str | None] = with_redis_retry(partial(ledger.states, [f"{t}|{u}" for _, t, u in wanted]))
+        for (variant, touch, uid), state in zip(wanted, states, strict=True):
+            outcome, reason = outcome_of(state)
+            yield (plan.id, run_id, variant, touch, uid, outcome, reason, at)
+
+
+def log_shard(store: ResultsStore, redis: Any, plan: Plan, run_id: str, shard: int,
+              now: datetime | None = None) -> int:
+    """Register the run and upsert the shard's rows into the results store; return the rows."""
+    now = now or datetime.now(UTC)
+    controls = [n for n, v in plan.experiment.variants.items() if v.control] if plan.experiment else []
+    from c2b.results.attribution import goal_info
+
+    run = {"plan_id": plan.id, "run_id": run_id, "weights": plan.variant_weights, "controls": controls,
+           "logged_at": now.astimezone(UTC).replace(tzinfo=None), "goal": goal_info(plan.goal)}
+    n = store.write_log(shard_log_rows(redis, plan, run_id, shard, now), run=run)
+    log.info("delivery log: %s rows of shard %s written to %s", n, shard, store.name)
+    return n

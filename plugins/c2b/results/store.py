@@ -1,0 +1,350 @@
+"""The results store: the delivery log of every run and the attribution results, in SQL.
+
+Why SQL behind a connection (``c2b_results``, see :func:`c2b.airflow.resources.get_results_store`)
+and not files: the deliver tasks (any worker), the attribution DAG and the api-server's Results
+view all read and write the same rows. PostgreSQL (any DB-API driver whose SQL has ``ON CONFLICT``)
+where a SQL connection is configured; a DuckDB file by default (``make demo``).
+
+Tables (created on first use; the same DDL on both)::
+
+    c2b_delivery_log   one row per (plan, run, touch, uid): variant, outcome, reason, touched_at.
+                       Holdout users have touch '-' and outcome 'holdout'. The key makes a retried
+                       deliver task replace its rows, never add to them; touched_at is when the row
+                       first had its current outcome (a retry that finds the same outcome keeps it).
+    c2b_runs           one row per logged run: when it was first logged, the plan's variant
+                       weights (the SRM check's expectation) and which variants are controls.
+    c2b_results        one row per (plan, run, metric): the latest attribution (JSON), with the
+                       clock it was computed at; an older clock never replaces a newer one.
+
+Writes go in batches (:data:`BATCH_ROWS`); nothing passes through XCom.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 1000
+LOG_COLUMNS = ("plan_id", "run_id", "variant", "touch", "uid", "outcome", "reason", "touched_at")
+HOLDOUT_TOUCH = "-"
+LogRow = tuple[str, str, str, str, str, str, str | None, datetime]
+
+DDL = (
+    """CREATE TABLE IF NOT EXISTS c2b_delivery_log (
+        plan_id VARCHAR(64) NOT NULL, run_id VARCHAR(250) NOT NULL, variant VARCHAR(64) NOT NULL,
+        touch VARCHAR(64) NOT NULL, uid VARCHAR(128) NOT NULL, outcome VARCHAR(16) NOT NULL,
+        reason VARCHAR(200), touched_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (plan_id, run_id, touch, uid))""",
+    """CREATE TABLE IF NOT EXISTS c2b_runs (
+        plan_id VARCHAR(64) NOT NULL, run_id VARCHAR(250) NOT NULL, logged_at TIMESTAMP NOT NULL,
+        weights TEXT NOT NULL, controls TEXT NOT NULL, goal TEXT,
+        PRIMARY KEY (plan_id, run_id))""",
+    """CREATE TABLE IF NOT EXISTS c2b_results (
+        plan_id VARCHAR(64) NOT NULL, run_id VARCHAR(250) NOT NULL, metric VARCHAR(64) NOT NULL,
+        as_of TIMESTAMP NOT NULL, computed_at TIMESTAMP NOT NULL, payload TEXT NOT NULL,
+        PRIMARY KEY (plan_id, run_id, metric))""",
+)
+
+_UPSERT_LOG = (
+    "INSERT INTO c2b_delivery_log (plan_id, run_id, variant, touch, uid, outcome, reason, touched_at) "
+    "VALUES {values} ON CONFLICT (plan_id, run_id, touch, uid) DO UPDATE SET "
+    "variant = excluded.variant, reason = excluded.reason, outcome = excluded.outcome, "
+    "touched_at = CASE WHEN c2b_delivery_log.outcome = excluded.outcome "
+    "THEN c2b_delivery_log.touched_at ELSE excluded.touched_at END"
+)
+
+
+def _batches(rows: Iterable[LogRow], size: int) -> Iterator[list[LogRow]]:
+    batch: list[LogRow] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class ResultsStore:
+    """The store's operations, in SQL both backends accept; subclasses give connections and binding."""
+
+    name = "results store"
+
+    # --- backend hooks ---------------------------------------------------------------------------
+    def _connect(self, write: bool) -> Any:
+        raise NotImplementedError
+
+    def _cursor(self, conn: Any) -> Any:
+        return conn.cursor()
+
+    def _execute(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run ``sql`` whose placeholders are ``?`` with positional ``params``."""
+        raise NotImplementedError
+
+    def _insert_log_batch(self, cur: Any, batch: list[LogRow]) -> None:
+        placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(batch))
+        self._execute(cur, _UPSERT_LOG.format(values=placeholders), [v for row in batch for v in row])
+
+    # --- shared ----------------------------------------------------------------------------------
+    def _transaction(self, work: Callable[[Any], Any]) -> Any:
+        conn = self._connect(write=True)
+        try:
+            cur = self._cursor(conn)
+            try:
+                for ddl in DDL:
+                    self._execute(cur, ddl)
+                out = work(cur)
+            finally:
+                cur.close()
+            conn.commit()
+            return out
+        except BaseException:
+            try:
+                conn.rollback()
+            except Exception:  # noqa: BLE001 - the original error matters
+                pass
+            raise
+        finally:
+            conn.close()
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        conn = self._connect(write=False)
+        try:
+            cur = self._cursor(conn)
+            try:
+                self._execute(cur, sql, params)
+                return [tuple(r) for r in cur.fetchall()]
+            finally:
+                cur.close()
+        except Exception as exc:
+            if _missing_table(exc):
+                return []
+            raise
+        finally:
+            try:
+                conn.rollback()
+            except Exception:  # noqa: BLE001
+                pass
+            conn.close()
+
+    def ensure_schema(self) -> None:
+        """Create the tables if they are missing."""
+        self._transaction(lambda cur: None)
+
+    def register_run(self, plan_id: str, run_id: str, weights: dict[str, int], controls: Sequence[str],
+                     logged_at: datetime, goal: dict[str, Any] | None = None) -> None:
+        """Record a run: its weights, controls and goal (idempotent: the first time is kept)."""
+        self._transaction(lambda cur: self._register(cur, plan_id, run_id, weights, controls, logged_at, goal))
+
+    def _register(self, cur: Any, plan_id: str, run_id: str, weights: dict[str, int], controls: Sequence[str],
+                  logged_at: datetime, goal: dict[str, Any] | None) -> None:
+        self._execute(cur, "INSERT INTO c2b_runs (plan_id, run_id, logged_at, weights, controls, goal) "
+                           "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (plan_id, run_id) DO UPDATE SET "
+                           "weights = excluded.weights, controls = excluded.controls, goal = excluded.goal",
+                      (plan_id, run_id, logged_at, json.dumps(weights), json.dumps(list(controls)),
+                       json.dumps(goal) if goal is not None else None))
+
+    def write_log(self, rows: Iterable[LogRow], batch_rows: int = BATCH_ROWS,
+                  run: dict[str, Any] | None = None) -> int:
+        """Upsert delivery-log rows in batches, in one transaction; return how many were written.
+
+        ``run`` (the arguments of :meth:`register_run`) registers the run in the same transaction.
+        """
+        def work(cur: Any) -> int:
+            if run is not None:
+                self._register(cur, **run)
+            n = 0
+            for batch in _batches(rows, batch_rows):
+                self._insert_log_batch(cur, batch)
+                n += len(batch)
+            return n
+        return int(self._transaction(work))
+
+    def runs(self, plan_id: str) -> list[tuple[str, datetime]]:
+        """Return the plan's logged runs as ``(run_id, logged_at)``, oldest first."""
+        rows = self._query("SELECT run_id, logged_at FROM c2b_runs WHERE plan_id = ? ORDER BY logged_at, run_id",
+                           (plan_id,))
+        return [(str(r[0]), r[1]) for r in rows]
+
+    def run_info(self, plan_id: str, run_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT logged_at, weights, controls, goal FROM c2b_runs WHERE plan_id = ? AND run_id = ?",
+                           (plan_id, run_id))
+        if not rows:
+            return None
+        logged_at, weights, controls, goal = rows[0]
+        return {"logged_at": logged_at, "weights": json.loads(weights), "controls": json.loads(controls),
+                "goal": json.loads(goal) if goal else None}
+
+    def variant_counts(self, plan_id: str, run_id: str) -> dict[str, tuple[int, int]]:
+        """Return ``{variant: (users assigned, users reached)}`` of the run (reached: a touch sent, or held out)."""
+        rows = self._query(
+            "SELECT variant, COUNT(*), SUM(reached) FROM (SELECT uid, MIN(variant) AS variant, "
+            "MAX(CASE WHEN outcome IN ('sent', 'holdout') THEN 1 ELSE 0 END) AS reached FROM c2b_delivery_log "
+            "WHERE plan_id = ? AND run_id = ? GROUP BY uid) per_user GROUP BY variant", (plan_id, run_id))
+        return {str(v): (int(n), int(r or 0)) for v, n, r in rows}
+
+    def log_users(self, plan_id: str, run_id: str) -> list[tuple[str, str, datetime, int]]:
+        """Return ``(uid, variant, touched_at, reached)`` per user of the run: the earliest touch
+        time of the user's rows, and 1 when any of their touches was sent (or they are held out)."""
+        return [(str(u), str(v), t, int(r)) for u, v, t, r in self._query(
+            "SELECT uid, MIN(variant), MIN(touched_at), "
+            "MAX(CASE WHEN outcome IN ('sent', 'holdout') THEN 1 ELSE 0 END) "
+            "FROM c2b_delivery_log WHERE plan_id = ? AND run_id = ? GROUP BY uid ORDER BY uid",
+            (plan_id, run_id))]
+
+    def sent_touches(self, plan_id: str, run_id: str) -> list[tuple[str, str]]:
+        """Return ``(uid, touch)`` of every message of the run that was sent."""
+        return [(str(u), str(t)) for u, t in self._query(
+            "SELECT uid, touch FROM c2b_delivery_log WHERE plan_id = ? AND run_id = ? AND outcome = 'sent'",
+            (plan_id, run_id))]
+
+    def touch_outcomes(self, plan_id: str, run_id: str) -> list[dict[str, Any]]:
+        """Return messages per (touch, variant, outcome, reason) of the run."""
+        rows = self._query(
+            "SELECT touch, variant, outcome, reason, COUNT(*) FROM c2b_delivery_log "
+            "WHERE plan_id = ? AND run_id = ? GROUP BY touch, variant, outcome, reason "
+            "ORDER BY variant, touch, outcome, reason", (plan_id, run_id))
+        return [{"touch": t, "variant": v, "outcome": o, "reason": r, "count": int(n)} for t, v, o, r, n in rows]
+
+    def log_count(self, plan_id: str, run_id: str) -> int:
+        rows = self._query("SELECT COUNT(*) FROM c2b_delivery_log WHERE plan_id = ? AND run_id = ?",
+                           (plan_id, run_id))
+        return int(rows[0][0]) if rows else 0
+
+    def save_result(self, plan_id: str, run_id: str, metric: str, as_of: datetime, payload: dict[str, Any],
+                    computed_at: datetime) -> bool:
+        """Store one metric's attribution; return False (and keep the stored one) when it is newer."""
+        def work(cur: Any) -> bool:
+            self._execute(cur, "SELECT as_of FROM c2b_results WHERE plan_id = ? AND run_id = ? AND metric = ?",
+                          (plan_id, run_id, metric))
+            found = cur.fetchall()
+            if found and found[0][0] > as_of:
+                return False
+            self._execute(cur, "DELETE FROM c2b_results WHERE plan_id = ? AND run_id = ? AND metric = ?",
+                          (plan_id, run_id, metric))
+            self._execute(cur, "INSERT INTO c2b_results (plan_id, run_id, metric, as_of, computed_at, payload) "
+                               "VALUES (?, ?, ?, ?, ?, ?)",
+                          (plan_id, run_id, metric, as_of, computed_at, json.dumps(payload, sort_keys=True)))
+            return True
+        return bool(self._transaction(work))
+
+    def result(self, plan_id: str, run_id: str, metric: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT payload FROM c2b_results WHERE plan_id = ? AND run_id = ? AND metric = ?",
+                           (plan_id, run_id, metric))
+        return json.loads(rows[0][0]) if rows else None
+
+
+def _missing_table(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "c2b_" in text and ("does not exist" in text or "not found" in text or "no such table" in text)
+
+
+class DuckDBResultsStore(ResultsStore):
+    """A DuckDB file. One process may write at a time: a writer or reader that finds the file
+    locked by another process (parallel deliver tasks) waits and tries again."""
+
+    def __init__(self, path: str | Path, lock_timeout: float = 120.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout = lock_timeout
+        self.name = f"DuckDB {self.path}"
+
+    def __repr__(self) -> str:
+        return f"DuckDBResultsStore({str(self.path)!r})"
+
+    def _connect(self, write: bool) -> Any:
+        import duckdb
+
+        if not write and not self.path.exists():
+            return duckdb.connect(":memory:")  # nothing logged yet: every query finds no table
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.05
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=not write)
+                con.execute("SET enable_progress_bar = false")
+                if write:
+                    con.begin()
+                return con
+            except duckdb.IOException as exc:  # "Could not set lock on file": another process writes
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _cursor(self, conn: Any) -> Any:
+        # A DuckDB cursor is a second connection with its own transaction: work on the connection.
+        return _Unclosed(conn)
+
+    def _execute(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> None:
+        cur.execute(sql, list(params) if params else None)
+
+    def _insert_log_batch(self, cur: Any, batch: list[LogRow]) -> None:
+        import pyarrow as pa
+
+        columns = list(zip(*batch, strict=True))
+        table = pa.table({name: pa.array(values, pa.timestamp("us") if name == "touched_at" else pa.string())
+                          for name, values in zip(LOG_COLUMNS, columns, strict=True)})
+        cur.register("c2b_log_batch", table)
+        try:
+            cur.execute(_UPSERT_LOG.format(values="").replace("VALUES ", f"SELECT {', '.join(LOG_COLUMNS)} "
+                                                                           "FROM c2b_log_batch"))
+        finally:
+            cur.unregister("c2b_log_batch")
+
+
+class DbApiResultsStore(ResultsStore):
+    """Any DB-API 2 connection factory (an Airflow SQL hook's ``get_conn``), PostgreSQL dialect."""
+
+    def __init__(self, connect: Callable[[], Any], name: str = "dbapi", paramstyle: str | None = None) -> None:
+        self._factory = connect
+        self.paramstyle = paramstyle
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"DbApiResultsStore({self.name!r})"
+
+    def _connect(self, write: bool) -> Any:
+        conn = self._factory()
+        if self.paramstyle is None:
+            from c2b.audience.warehouse import driver_paramstyle
+
+            self.paramstyle = driver_paramstyle(conn)
+        return conn
+
+    def _execute(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> None:
+        if not params:
+            cur.execute(sql)
+            return
+        style = self.paramstyle or "format"
+        if style in ("format", "pyformat"):
+            cur.execute(sql.replace("%", "%%").replace("?", "%s"), list(params))
+        elif style == "qmark":
+            cur.execute(sql, list(params))
+        else:
+            from c2b.audience.sql import bind
+
+            parts = sql.split("?")
+            named = "".join(p + (f":p{i}" if i < len(parts) - 1 else "") for i, p in enumerate(parts))
+            query, args = bind(named, {f"p{i}": v for i, v in enumerate(params)}, style)
+            cur.execute(query, args)
+
+
+class _Unclosed:
+    """A DuckDB connection used as its own cursor; closing it is left to the caller."""
+
+    def __init__(self, con: Any) -> None:
+        self._con = con
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,228 @@
+"""The results store on DuckDB and on the real PostgreSQL: idempotent delivery log, monotone results,
+and attribution giving the same numbers on either warehouse and store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pytest
+from c2b.audience.warehouse import DbApiWarehouse, DuckDBWarehouse
+from c2b.hashing import VariantPicker
+from c2b.plan.model import load_plan
+from c2b.results.attribution import AttributionError, attribute, build_page, goal_info
+from c2b.results.store import DbApiResultsStore, DuckDBResultsStore, ResultsStore
+
+from devtools.demo_warehouse import add_post_touch_orders
+from devtools.postgres import connect, drop_schema, ensure_running, load_demo
+
+ROOT = Path(__file__).resolve().parents[2]
+PLAN = load_plan(ROOT / "dags" / "plans" / "cancelled_price_ab.yaml")
+T0 = datetime(2026, 11, 27, 10, 0)
+
+
+@pytest.fixture(scope="module")
+def pg_store_schema() -> Iterator[str]:
+    ensure_running()
+    schema = f"c2b_results_{os.getpid()}"
+    drop_schema(schema)
+    conn = connect()
+    with conn, conn.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {schema}")
+    conn.close()
+    yield schema
+    drop_schema(schema)
+
+
+@pytest.fixture(params=["duckdb", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultsStore]:
+    if request.param == "duckdb":
+        yield DuckDBResultsStore(tmp_path / "results.duckdb")
+        return
+    schema = request.getfixturevalue("pg_store_schema")
+    conn = connect(schema)
+    with conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS c2b_delivery_log, c2b_runs, c2b_results")
+    conn.close()
+    yield DbApiResultsStore(lambda: connect(schema), name="test-postgres")
+
+
+def _rows(n: int, outcome: str = "sent", at: datetime = T0) -> list[tuple]:
+    return [("p", "r1", "coupon", "push", f"u{i}", outcome, None, at) for i in range(n)]
+
+
+def test_delivery_log_is_idempotent_and_keeps_the_first_time(store: ResultsStore) -> None:
+    store.register_run("p", "r1", {"coupon": 80, "control": 20}, ["control"], T0)
+    holdouts = [("p", "r1", "control", "-", f"c{i}", "holdout", None, T0) for i in range(5)]
+    assert store.write_log(_rows(23) + holdouts, batch_rows=7) == 28
+    # A retried attempt writes the same rows again: no new rows, the first time kept.
+    later = T0 + timedelta(hours=2)
+    assert store.write_log(_rows(23, at=later) + holdouts, batch_rows=7) == 28
+    assert store.log_count("p", "r1") == 28
+    # A row whose outcome changed (deferred -> sent, a failure) takes the new outcome and time.
+    store.write_log([("p", "r1", "coupon", "push", "u3", "failed", "HTTP 500: it's 100% down?", later)])
+    users = {u: (v, t, reached) for u, v, t, reached in store.log_users("p", "r1")}
+    assert users["u3"] == ("coupon", later, 0) and users["u4"] == ("coupon", T0, 1) and users["c1"][2] == 1
+    assert store.variant_counts("p", "r1") == {"coupon": (23, 22), "control": (5, 5)}
+    assert {(t["outcome"], t["reason"]): t["count"] for t in store.touch_outcomes("p", "r1")} == {
+        ("sent", None): 22, ("failed", "HTTP 500: it's 100% down?"): 1, ("holdout", None): 5}
+    # The run keeps its first registration time.
+    store.register_run("p", "r1", {"coupon": 80, "control": 20}, ["control"], later)
+    assert store.runs("p") == [("r1", T0)]
+
+
+def test_results_never_go_back_to_an_earlier_clock(store: ResultsStore) -> None:
+    assert store.save_result("p", "r1", "sold", T0 + timedelta(days=7), {"n": 2}, T0)
+    assert not store.save_result("p", "r1", "sold", T0 + timedelta(days=1), {"n": 1}, T0)
+    assert store.result("p", "r1", "sold") == {"n": 2}
+    assert store.save_result("p", "r1", "sold", T0 + timedelta(days=7), {"n": 3}, T0)  # same clock: replaced
+    assert store.result("p", "r1", "sold") == {"n": 3}
+
+
+def test_page_of_missing_state_is_a_clear_lookup_error(store: ResultsStore) -> None:
+    with pytest.raises(LookupError, match="has no delivered run in the results store"):
+        build_page(store, "nobody")
+    store.register_run("p", "r1", {"a": 1}, [], T0)
+    store.write_log(_rows(3))
+    with pytest.raises(LookupError, match="has no run 'r9'.*its runs: r1"):
+        build_page(store, "p", "r9")
+    page = build_page(store, "p")  # no goal, no attribution: counts and a note, never a traceback
+    assert page["run_id"] == "r1" and page["uplifts"] == [] and "no goal" in page["note"]
+    with pytest.raises(AttributionError, match="no delivery log for plan cancelled_price_ab run r1"):
+        attribute(PLAN, "r1", store, warehouse=None)
+
+
+# --- attribution: DuckDB and PostgreSQL give the same numbers ------------------------------------
+
+@pytest.fixture(scope="module")
+def run_users(demo_warehouse: Path) -> list[tuple[str, str]]:
+    """The plan's audience in the demo warehouse with its variants (uid, variant)."""
+    con = duckdb.connect(str(demo_warehouse), read_only=True)
+    uids = [r[0] for r in con.execute(
+        "SELECT DISTINCT CAST(c.uid AS VARCHAR) FROM order_cancellations c JOIN users u USING (uid) "
+        "WHERE c.reason = 'price_too_low' AND NOT u.opted_out AND c.cancelled_at >= current_date - INTERVAL 30 DAY"
+    ).fetchall()]
+    con.close()
+    picker = VariantPicker(PLAN.salt, PLAN.variant_weights)
+    return [(u, picker.pick(u.encode())) for u in sorted(uids)]
+
+
+@pytest.fixture(scope="module")
+def warehouses(demo_warehouse: Path, run_users: list[tuple[str, str]],
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    """A copy of the demo warehouse with the run's post-touch orders, and the same in PostgreSQL."""
+    ensure_running()
+    folder = tmp_path_factory.mktemp("attribution")
+    copy = folder / "warehouse.duckdb"
+    shutil.copy(demo_warehouse, copy)
+    offers = {"coupon": "price_up_coupon", "red_packet": "red_packet"}
+    assert add_post_touch_orders(copy, PLAN.id, "r1", [(u, offers.get(v), T0) for u, v in run_users]) > 0
+    schema = f"c2b_attr_{os.getpid()}"
+    load_demo(copy, schema, folder / "csv")
+    yield copy, schema
+    drop_schema(schema)
+
+
+def _log(plan_users: list[tuple[str, str]]) -> list[tuple]:
+    touch = {"coupon": "coupon_push", "red_packet": "red_packet_sms"}
+    return [(PLAN.id, "r1", v, touch.get(v, "-"), u, "sent" if v in touch else "holdout", None, T0)
+            for u, v in plan_users]
+
+
+def test_attribution_is_the_same_on_duckdb_and_postgres(warehouses: tuple[Path, str], run_users: list,
+                                                        pg_store_schema: str, tmp_path: Path) -> None:
+    duck_path, schema = warehouses
+    clock = T0 + timedelta(days=10)
+    duck_store = DuckDBResultsStore(tmp_path / "results.duckdb")
+    conn = connect(pg_store_schema)
+    with conn, conn.cursor() as cur:
+        cur.execute("DROP TABLE IF EXISTS c2b_delivery_log, c2b_runs, c2b_results")
+    conn.close()
+    pg_store = DbApiResultsStore(lambda: connect(pg_store_schema), name="test-postgres")
+    results = []
+    for store, warehouse in ((duck_store, DuckDBWarehouse(duck_path)),
+                             (pg_store, DbApiWarehouse(lambda: connect(schema), name="pg"))):
+        store.register_run(PLAN.id, "r1", PLAN.variant_weights, ["control"], T0, goal_info(PLAN.goal))
+        store.write_log(_log(run_users))
+        results.append(attribute(PLAN, "r1", store, warehouse, as_of=clock))
+    duck, pg = results
+    for metric in ("sold", "sale_value"):
+        assert pg[metric]["variants"].keys() == duck[metric]["variants"].keys()
+        for v, figures in duck[metric]["variants"].items():
+            assert pg[metric]["variants"][v] == pytest.approx(figures, rel=1e-9), (metric, v)
+        assert pg[metric]["daily"] == duck[metric]["daily"]
+    assert sum(a["converted"] for a in duck["sold"]["variants"].values()) > 0
+    pages = [build_page(s, PLAN.id) for s in (pg_store, duck_store)]
+    assert pages[0]["variants"] == pages[1]["variants"] and pages[0]["uplifts"] == pages[1]["uplifts"]
+    assert [v["converted"] for v in pages[0]["variants"]] == [duck["sold"]["variants"][v]["converted"]
+                                                              for v in PLAN.variant_weights]
+
+
+def _counted(store: ResultsStore, plan_id: str, arms: dict[str, tuple[int, int]], controls: list[str],
+             weights: dict[str, int]) -> None:
+    """A run with ``arms`` = {variant: (assigned, converted)} logged and attributed (rate metric)."""
+    goal = {"primary": "sold", "kind": "rate", "method": "fixed", "window_days": 7, "metrics": {"sold": "rate"}}
+    store.register_run(plan_id, "r1", weights, controls, T0, goal)
+    rows = [(plan_id, "r1", v, "-" if v in controls else "push", f"{v}{i}", "holdout" if v in controls else "sent",
+             None, T0) for v, (n, _) in arms.items() for i in range(n)]
+    store.write_log(rows)
+    payload = {"variants": {v: {"assigned": n, "reached": n, "converted": c, "value_sum": 0.0, "value_squares": 0.0}
+                            for v, (n, c) in arms.items()},
+               "daily": [], "as_of": (T0 + timedelta(days=3)).isoformat(), "first_touch": T0.isoformat()}
+    store.save_result(plan_id, "r1", "sold", T0 + timedelta(days=3), payload, T0)
+
+
+def test_page_without_control_says_why_and_srm_mismatch_comes_first(store: ResultsStore) -> None:
+    _counted(store, "no_control", {"a": (500, 50), "b": (500, 60)}, [], {"a": 1, "b": 1})
+    page = build_page(store, "no_control")
+    assert page["uplifts"] == [] and "no control group" in page["note"]
+    assert page["srm"]["ok"] is True and page["days_since_send"] == 3.0
+    assert [(v["name"], v["converted"], v["rate"]) for v in page["variants"]] == [("a", 50, 0.1), ("b", 60, 0.12)]
+
+    _counted(store, "skewed", {"t": (600, 90), "control": (400, 40)}, ["control"], {"t": 1, "control": 1})
+    page = build_page(store, "skewed")
+    assert page["srm"]["ok"] is False and page["srm"]["p_value"] < 0.001
+    assert page["note"].startswith("sample ratio mismatch") and len(page["uplifts"]) == 1
+    assert page["srm"]["expected"] == {"t": 0.5, "control": 0.5}
+    assert page["srm"]["observed"] == {"t": 600, "control": 400}
+
+
+def test_the_c2b_results_connection_picks_the_store(pg_store_schema: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from c2b.airflow.resources import get_results_store
+
+    monkeypatch.setenv("C2B_DATA_DIR", str(tmp_path / "c2b"))
+    monkeypatch.delenv("AIRFLOW_CONN_C2B_RESULTS", raising=False)
+    default = get_results_store()
+    assert isinstance(default, DuckDBResultsStore) and default.path == tmp_path / "c2b" / "results.duckdb"
+    monkeypatch.setenv("AIRFLOW_CONN_C2B_RESULTS", json.dumps({
+        "conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres", "schema": "test",
+        "extra": {"options": f"-c search_path={pg_store_schema}"}}))
+    store = get_results_store()
+    assert isinstance(store, DbApiResultsStore)
+    store.register_run("via_conn", "r1", {"all": 1}, [], T0)
+    assert store.runs("via_conn") == [("r1", T0)]
+    monkeypatch.setenv("AIRFLOW_CONN_C2B_RESULTS", json.dumps({"conn_type": "duckdb"}))
+    with pytest.raises(ValueError, match="needs the results file's path as its host"):
+        get_results_store()
+
+
+def test_a_goal_sql_whose_header_lies_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       demo_warehouse: Path) -> None:
+    """The plan check reads the header; what the SQL really returns is checked when it runs."""
+    sql = tmp_path / "sql"
+    shutil.copytree(ROOT / "include" / "sql", sql)
+    (sql / "goals" / "orders_after_touch.sql").write_text(
+        "-- params: (none)\n-- columns: uid, event_time\nSELECT uid, created_at AS ordered_at FROM orders\n")
+    monkeypatch.setenv("C2B_SQL_DIR", str(sql))
+    store = DuckDBResultsStore(tmp_path / "results.duckdb")
+    store.write_log(_log([("1000000001", "control")]))
+    with pytest.raises(AttributionError, match=r"goal orders_after_touch.sql \(metric sold\) returned columns "
+                                               r"uid, ordered_at; it must return event_time"):
+        attribute(PLAN, "r1", store, DuckDBWarehouse(demo_warehouse), as_of=T0)
