@@ -196,7 +196,7 @@ def srm_test(observed: Mapping[str, int], weights: Mapping[str, float]) -> tuple
     return float(special.chdtrc(len(names) - 1, chi2)), shares
 
 
-# --- always-valid (sequential) ----------------------------------------------------------------------
+# --- open-ended always-valid (mSPRT): kept for comparison, the page uses group_sequential_test ------
 
 def mixture_variance(n1: ArrayLike, n0: ArrayLike, unit_variance: ArrayLike = 0.25) -> ArrayLike:
     """Return the mSPRT mixing variance tau2 for arms of ``n1`` and ``n0`` users.
