@@ -123,7 +123,8 @@ def test_the_page_shows_every_figure_srm_first() -> None:
     assert_page_shows(html, page)
     assert html.index('id="srm"') < html.index("Funnel per variant") < html.index("Uplift against control")
     assert "Sample ratio OK" in html
-    assert 'data-method="sequential"' in html and "always-valid" in html
+    assert 'data-method="sequential"' in html and "every day of the attribution window" in html
+    assert "O&#x27;Brien-Fleming-type alpha spending over 7 daily looks" in html
     assert html.count("<svg") == 3  # funnel, uplift, conversions per day
     assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
 

@@ -28,9 +28,9 @@ METHOD_TEXT = {
     "fixed": ("fixed-horizon 95% intervals",
               "valid when you read the result once, at the end of the window; looking daily and stopping "
               "at the first significant day inflates false positives"),
-    "sequential": ("always-valid (sequential) 95% intervals",
-                   "valid however often you look: you may read the page every day and stop when the "
-                   "interval excludes zero"),
+    "sequential": ("sequential 95% intervals",
+                   "valid when read every day of the attribution window: the 5% false-positive risk is "
+                   "spent over the window's daily looks, so you may stop the day the interval excludes zero"),
 }
 
 STYLE = """
@@ -195,7 +195,10 @@ def render_page(page: Mapping[str, Any]) -> str:
               charts.funnel_svg(page["variants"])]
     parts.append("<h2>Uplift against control</h2>")
     parts.append(f'<p id="method" data-method="{escape(page["method"])}">Intervals: <b>{escape(method_name)}'
-                 f"</b> — {escape(method_why)}. An interval that does not cross zero is an effect the data "
+                 f"</b> — {escape(method_why)}"
+                 + (f' (<span id="method-detail">{escape(page["method_detail"])}</span>)' if page.get("method_detail")
+                    else "")
+                 + ". An interval that does not cross zero is an effect the data "
                  "supports; p-values are Holm-adjusted across the variants.</p>")
     if page["uplifts"]:
         parts += [charts.uplift_svg(page["uplifts"], kind),

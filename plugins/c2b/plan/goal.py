@@ -7,7 +7,7 @@ goal:
     amount: {sql: orders_after_touch.sql, kind: value}         # mean value per assigned user
   primary: sold            # the metric the page leads with (default: the first)
   window_days: 7           # conversions count within this many days after each user's touch (1-30)
-  method: sequential       # the page's intervals: sequential (always valid) or fixed
+  method: sequential       # the page's intervals: sequential (valid read daily over the window) or fixed
 ```
 
 A goal file is a segment-style SQL file under ``include/sql/goals/`` whose header declares its
@@ -84,7 +84,7 @@ class Goal(_Strict):
         DEFAULT_WINDOW_DAYS, ge=1, le=MAX_WINDOW_DAYS,
         description=f"days after each user's touch that a conversion counts (1-{MAX_WINDOW_DAYS})")
     method: Literal["sequential", "fixed"] = Field(
-        "sequential", description="sequential: always-valid intervals, safe to look at daily; "
+        "sequential", description="sequential: group-sequential intervals, valid read every day of the window; "
                                   "fixed: classic 95% intervals, valid only read once at the window's end")
 
     @field_validator("metrics")

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from c2b.plan.goal import RESERVED_PARAMS, Goal, GoalMetric, goal_note, goal_path
 from c2b.plan.model import Plan
-from c2b.results import stats
+from c2b.results import group_sequential, stats
 from c2b.results.store import ResultsStore
 
 log = logging.getLogger(__name__)
@@ -194,27 +194,49 @@ def build_page(store: ResultsStore, plan_id: str, run_id: str | None = None) -> 
         variants.append({"name": a.name, "is_control": a.is_control, "assigned": a.assigned,
                          "reached": counts.get(a.name, (0, 0))[1], "converted": a.converted if payload else 0,
                          "rate": rate, "rate_ci": ci})
-    uplifts: list[dict[str, Any]] = []
-    if payload:
-        if len(controls) == 1:
-            uplifts = [u.to_dict() for u in stats.uplifts(arms, kind, method)]
-        else:
-            notes.append(goal_note(True, False) or "" if not controls else
-                         "this plan has several control groups: the page compares variants with one control only")
     days = 0.0
     if payload:
         elapsed = (datetime.fromisoformat(payload["as_of"]) - datetime.fromisoformat(payload["first_touch"]))
         days = round(min(float(window_days), max(0.0, elapsed.total_seconds() / 86400)), 2)
+    look = sequential_look(days, window_days)
+    uplifts: list[dict[str, Any]] = []
+    if payload:
+        if len(controls) == 1:
+            uplifts = [u.to_dict() for u in stats.uplifts(arms, kind, method, look=look, looks=max(window_days, 1))]
+        else:
+            notes.append(goal_note(True, False) or "" if not controls else
+                         "this plan has several control groups: the page compares variants with one control only")
     return {
         "plan_id": plan_id, "run_id": run_id,
         "metric": {"name": goal["primary"] if goal else None, "kind": kind},
-        "method": method, "window_days": window_days, "days_since_send": days,
+        "method": method, "method_detail": method_detail(method, look, window_days),
+        "window_days": window_days, "days_since_send": days,
         "srm": {"p_value": _finite(srm_p), "ok": srm_ok, "expected": shares, "observed": observed},
         "variants": variants, "uplifts": uplifts,
         "touches": store.touch_outcomes(plan_id, run_id),
         "daily": (payload or {}).get("daily", []),
         "note": " ".join(notes) or None,
     }
+
+
+def sequential_look(days_since_send: float, window_days: int) -> int:
+    """Return the look (1-based) of the group-sequential design that attribution at this day is.
+
+    Day ``d`` of the window (``k <= d < k + 1``) is look ``k``; a run before the end of day 1 is
+    look 1 too. A second run in the same day re-uses that day's boundary; flooring (not rounding
+    up) puts such an extra look on the strictest boundaries, and the final boundary only on the
+    closed window.
+    """
+    return min(max(int(math.floor(days_since_send)), 1), max(window_days, 1))
+
+
+def method_detail(method: str, look: int, window_days: int) -> str:
+    """Return what the page says about its intervals: the design and this look."""
+    if method != "sequential":
+        return "fixed-horizon: Wald / Katz intervals, z-test (Welch for a value metric), valid read once"
+    looks = max(window_days, 1)
+    crit = group_sequential.boundary(look, looks)
+    return f"{group_sequential.describe(looks)}; look {look} of {looks}, boundary |z| >= {crit:.3f}"
 
 
 def _finite(x: float | None) -> float | None:

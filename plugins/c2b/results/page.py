@@ -11,6 +11,9 @@ Shape (every key always present)::
     run_id           str                       the plan DAG's run id
     metric           {name: str, kind: "rate" | "value"}   the goal's primary metric
     method           "fixed" | "sequential"    which intervals/p-values the page shows
+    method_detail    str                       the design and this look, e.g. "group-sequential,
+                                               O'Brien-Fleming-type alpha spending over 7 daily looks;
+                                               look 7 of 7, boundary |z| >= 2.0xx" (c2b.results.group_sequential)
     window_days      int                       attribution window after each user's touch
     days_since_send  float                     at the time attribution last ran (capped at window_days
                                                when the window has closed)
@@ -62,6 +65,8 @@ def example_page() -> dict[str, Any]:
         "run_id": "manual__2026-11-27T10:00:00+00:00",
         "metric": {"name": "sold", "kind": "rate"},
         "method": "sequential",
+        "method_detail": "group-sequential, O'Brien-Fleming-type alpha spending over 7 daily looks; "
+                         "look 7 of 7, boundary |z| >= 2.093",
         "window_days": 7,
         "days_since_send": 7.0,
         "srm": {"p_value": 0.41, "ok": True,
@@ -114,6 +119,7 @@ def format_page(page: dict[str, Any]) -> str:
     lines = [f"results  plan {page['plan_id']}, run {page['run_id']}",
              f"  metric       {page['metric']['name']} ({what}), window {page['window_days']} days, "
              f"{page['days_since_send']:g} days since the send; {page['method']} 95% intervals",
+             f"  intervals    {page.get('method_detail') or page['method']}",
              "  split (SRM)  " + verdict + ": "
              + ", ".join(f"{v} {n:,} (expected {100 * srm['expected'].get(v, 0):.0f}%)"
                          for v, n in srm["observed"].items()),
