@@ -93,9 +93,21 @@ def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict
 
 
 def step_report(plan: Plan, run_id: str, extract: dict[str, Any], shards: list[int],
-                shard_stats: list[dict[str, Any]]) -> dict[str, Any]:
+                shard_stats: list[dict[str, Any]], redis: Any = None) -> dict[str, Any]:
+    """Reduce the shards' stats to the run summary, with the offer budgets' use and the audit record."""
+    from c2b.delivery.controls.budget import budget_report
+
     summary = summarize(plan.id, run_id, extract, shard_stats, shards,
                         extract.get("started_at"), time.time())
+    budgets = budget_report(redis, plan, run_id, summary["per_touch"])
+    if budgets:
+        summary["budgets"] = budgets
+        for touch, b in budgets.items():
+            if b["exhausted"]:
+                log.warning("offer budget of touch %s was spent: %s users recorded budget_exhausted (not sent)",
+                            touch, b["budget_exhausted"])
+    if extract.get("audit"):
+        summary["audit"] = extract["audit"]
     path = write_report(summary, reports_dir())
     log.info("run summary (%s):\n%s", path, format_table(summary))
     return {**summary, "report_path": str(path)}

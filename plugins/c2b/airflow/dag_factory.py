@@ -181,7 +181,8 @@ def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard:
         context["shard_label"] = shard  # read by the map_index_template: the UI shows "shard 7"
         return resources.deliver_shard(plan, run_id, shard, dict(context["params"]))
     if step == "report":
-        return steps.step_report(plan, run_id, inputs["extract"], inputs["shards"], list(inputs["stats"] or []))
+        return steps.step_report(plan, run_id, inputs["extract"], inputs["shards"], list(inputs["stats"] or []),
+                                 redis=resources.get_redis())
     if step == "cleanup":
         return steps.step_cleanup(plan, run_id, resources.get_redis())
     raise ValueError(f"unknown plan step {step!r}")

@@ -44,6 +44,7 @@ from functools import partial
 from typing import Any
 
 from c2b.channels.base import Channel, Message, Outcome
+from c2b.delivery.controls.budget import OfferBudgets
 from c2b.delivery.controls.frequency_cap import FrequencyCap
 from c2b.delivery.controls.quiet_hours import SendWindow
 from c2b.delivery.controls.rate_limit import Limits, RateLimiter
@@ -320,6 +321,7 @@ class ShardDelivery:
         self.cap = getattr(plan.delivery, "frequency_cap", None)
         self.ledger = ShardLedger(redis, self.keys, ckpt_ttl=int(plan.delivery.key_ttl_hours * 3600))
         self.fcap = FrequencyCap(redis, self.cap)
+        self.budgets = OfferBudgets(redis, plan, run_id)
         if record_contacts is None:  # the cross-plan contact record (c2b.delivery.contacts), unless a test swaps it
             from c2b.delivery.contacts import record_contacts as default_contacts
 
@@ -436,6 +438,7 @@ class ShardDelivery:
                 else:
                     changes.append(Change(it.field, CAPPED, it.vt, "capped"))
             fresh = allowed
+        fresh = self.budgets.admit(fresh, changes, self._give_back_cap if self.cap is not None else None)  # type: ignore[arg-type, assignment]
         go: list[Item] = []
         for group, is_fresh in ((resend, False), (fresh, True)):
             for it in group:
@@ -456,6 +459,10 @@ class ShardDelivery:
                                                  if ok and c.state == DEFERRED)
         # A fresh entry that changed under us (another attempt got there first) is not ours to send.
         return [it for it in go if it.field in resent or it.field in mine]
+
+    def _give_back_cap(self, slots: list[tuple[str, str]]) -> None:
+        receipt = self.fcap.new_receipt()  # the same on a replay: given back once
+        with_redis_retry(lambda: self.fcap.give_back(slots, receipt))
 
     # -- sending -------------------------------------------------------------------------------
     def _requests(self, items: list[Item]) -> list[list[Item]]:

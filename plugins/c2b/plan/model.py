@@ -43,6 +43,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from c2b.hashing import MAX_SHARDS
+from c2b.plan.policies import OfferBudget, Reentry, ReentryAfter
 
 CHANNELS = ("push", "sms", "inapp", "outbound_call", "private_domain", "webhook", "outbox")
 CONNECTIONLESS_CHANNELS = frozenset({"outbox", "inapp"})
@@ -373,6 +374,7 @@ class Offer(_Strict):
     amount: Number | None = Field(None, gt=0, description="required for price_up_coupon and red_packet")
     currency: str = Field("CNY", description="ISO 4217 code")
     link: Url | None = Field(None, description="required for tutorial: the tutorial's URL")
+    budget: OfferBudget | None = Field(None, description="most coupons and/or money the offer may give away")
 
     @field_validator("currency")
     @classmethod
@@ -387,6 +389,9 @@ class Offer(_Strict):
             raise problems_error([("amount", f"required for a {self.type} offer: a number > 0")])
         if self.type == "tutorial" and self.link is None:
             raise problems_error([("link", "required for a tutorial offer: the tutorial's http(s) URL")])
+        if self.budget and self.budget.amount is not None and self.amount is None:
+            raise problems_error([("budget.amount", f"a {self.type} offer has no amount to count; "
+                                                    "budget it by coupons instead")])
         return self
 
 
@@ -486,6 +491,7 @@ class Plan(_Strict):
     experiment: Experiment | None = None
     touches: list[Touch] = Field(min_length=1)
     delivery: Delivery = Field(default_factory=Delivery)  # type: ignore[arg-type]
+    reentry: Reentry = Field(default_factory=ReentryAfter, description="'once', or {after_days: N} (default 7)")
 
     @field_validator("id")
     @classmethod
@@ -592,7 +598,7 @@ _MODEL_AT = {  # parent path (indexes as [], variant names as *) -> the model al
     "": "Plan", "window": "Window", "audience": "Audience", "experiment": "Experiment",
     "experiment.variants.*": "Variant", "touches[]": "Touch", "touches[].offer": "Offer",
     "delivery": "Delivery", "schedule.~asset": "AssetSchedule",
-    "audience.exclude[]": "Exclusion",
+    "audience.exclude[]": "Exclusion", "touches[].offer.budget": "OfferBudget", "reentry": "ReentryAfter",
 }
 
 
