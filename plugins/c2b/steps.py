@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from c2b.audience.eligibility import GlobalHoldout
 from c2b.audience.extract import extract_audience
 from c2b.audience.warehouse import Warehouse
 from c2b.channels import Channel
@@ -48,9 +49,12 @@ def stored_columns(plan: Plan, staging: str | Path) -> list[str]:
 
 
 def step_extract(plan: Plan, run_id: str, warehouse: Warehouse, sample: int | None = None,
-                 redis: Any = None) -> dict[str, Any]:
-    result = extract_audience(plan, warehouse, staging_path(plan, run_id), sample=sample, redis=redis)
-    return {**result.to_xcom(), "started_at": time.time()}
+                 redis: Any = None, holdout: GlobalHoldout | None = None,
+                 audit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Extract the audience; the XCom carries the run's ``audit`` record on to the report."""
+    result = extract_audience(plan, warehouse, staging_path(plan, run_id), sample=sample, redis=redis,
+                              holdout=holdout)
+    return {**result.to_xcom(), "started_at": time.time(), **({"audit": audit} if audit else {})}
 
 
 def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> list[int]:

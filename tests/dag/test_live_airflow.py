@@ -22,11 +22,12 @@ from typing import Any
 
 import pytest
 import requests
+from c2b.airflow.dag_factory import plan_files
 
 from devtools.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "dags" / "plans").glob("*.yaml"))
+EXAMPLES = plan_files(ROOT / "dags" / "plans")
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 BROKEN = """\
 id: broken_plan

@@ -50,6 +50,7 @@ from c2b.delivery.controls.quiet_hours import SendWindow
 from c2b.delivery.controls.rate_limit import Limits, RateLimiter
 from c2b.delivery.inflight import InFlight
 from c2b.delivery.ledger import CAPPED, DEFERRED, EXPIRED, PENDING, SENT, Change, ShardLedger
+from c2b.delivery.reentry import record_sends
 from c2b.hashing import VariantPicker
 from c2b.plan.model import Plan, Touch
 from c2b.plan.templates import compile_template
@@ -326,6 +327,7 @@ class ShardDelivery:
             from c2b.delivery.contacts import record_contacts as default_contacts
 
             record_contacts = default_contacts
+        record_contacts = record_sends(plan, record_contacts)  # + the plan's own history, for re-entry
         self._record_contacts: Callable[[Any, list[str], datetime], None] = record_contacts
         self.limits = self._limits()
         self.stats = ShardStats(shard)

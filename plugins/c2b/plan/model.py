@@ -491,7 +491,7 @@ class Plan(_Strict):
     experiment: Experiment | None = None
     touches: list[Touch] = Field(min_length=1)
     delivery: Delivery = Field(default_factory=Delivery)  # type: ignore[arg-type]
-    reentry: Reentry = Field(default_factory=ReentryAfter, description="'once', or {after_days: N} (default 7)")
+    reentry: Reentry = Field(default_factory=ReentryAfter, description="'once', or {after_days: N} (default 7)")  # type: ignore[arg-type]
 
     @field_validator("id")
     @classmethod

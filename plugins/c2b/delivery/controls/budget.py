@@ -217,7 +217,7 @@ def budget_report(redis: Any, plan: Plan, run_id: str, per_touch: dict[str, dict
         b = TouchBudget.of(plan.id, run_id, t)
         if b is None:
             continue
-        row = b.spent(redis) if redis is not None else {"per": b.per}
+        row: dict[str, Any] = b.spent(redis) if redis is not None else {"per": b.per}
         refused = per_touch.get(t.name, {}).get(OUTCOME, 0)
         row.update({"budget_exhausted": refused, "exhausted": refused > 0})
         out[t.name] = row
