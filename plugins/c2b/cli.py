@@ -374,7 +374,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from c2b.results.report import format_table
 
     summary = json.loads(files[-1].read_text())
-    print(f"{files[-1]}\n{format_table(summary)}")
+    print("\n".join([str(files[-1]), format_table(summary), *render_extras(summary)]))
     return 0
 
 

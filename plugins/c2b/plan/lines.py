@@ -29,7 +29,7 @@ from c2b.plan.model import DEFAULT_CONNECTIONS, Plan, PlanError, read_yaml, vali
 
 LINE_FILE = "line.yaml"
 PLANS_DIRNAME = "plans"
-_LINE_NAME = re.compile(r"^[a-z][a-z0-9_\-]{1,49}$")  # also a valid Airflow team name (3-50 characters)
+_LINE_NAME = re.compile(r"^[a-z][a-z0-9_]{2,49}$")  # also an Airflow team name (3-50 characters) usable in env vars
 
 
 class _Strict(BaseModel):
@@ -116,8 +116,8 @@ def _load_line(folder: str, _stamp: int) -> Line:
     path = Path(folder) / LINE_FILE
     name = Path(folder).name
     if not _LINE_NAME.match(name):
-        raise PlanError(path, [("", f"line folder name {name!r} must be 2-50 lower-case letters, digits, _ or -, "
-                                    "starting with a letter")])
+        raise PlanError(path, [("", f"line folder name {name!r} must be 3-50 lower-case letters, digits or _, "
+                                    "starting with a letter (it is also the line's Airflow team name)")])
     data, text = read_yaml(path)
     if not isinstance(data, dict):
         raise PlanError(path, [("", "a line settings file must be a YAML mapping (owners: [...], ...)", 1)])
@@ -177,3 +177,30 @@ def with_line(plan: Plan, plan_file: str | Path, text: str | None = None) -> Pla
         return plan
     delivery = plan.delivery.model_copy(update={"frequency_cap": line.settings.frequency_cap.per_day})
     return plan.model_copy(update={"delivery": delivery})
+
+
+def line_folders(plans_dir: Path) -> list[Path]:
+    """Return the business-line folders of a plans folder (those holding a ``line.yaml``)."""
+    return sorted(p.parent for p in plans_dir.glob(f"*/{LINE_FILE}"))
+
+
+def multi_team_env(plans_dir: Path, execution_api_url: str, executor: str = "LocalExecutor") -> dict[str, str]:
+    """Return the Airflow settings that run each business line as an Airflow team (multi-team mode).
+
+    Each line folder becomes a DAG bundle owned by the team of the same name, with its own executor.
+    A team's executor reads only team-scoped settings (``AIRFLOW__<TEAM>___<SECTION>__<KEY>``), so
+    the execution API's URL is repeated per team. Teams and their pools are created separately
+    (``airflow teams create``, ``airflow pools set ... --team-name``): see docs/business-lines.md.
+    """
+    import json
+
+    names = [f.name for f in line_folders(plans_dir)]
+    bundles = [{"name": n, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                "kwargs": {"path": str(plans_dir / n)}, "team_name": n} for n in names]
+    env = {"AIRFLOW__CORE__MULTI_TEAM": "True",
+           "AIRFLOW__CORE__EXECUTOR": ";".join([executor, *(f"{n}={executor}" for n in names)]),
+           "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
+           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": execution_api_url}
+    for n in names:
+        env[f"AIRFLOW__{n.upper()}___CORE__EXECUTION_API_SERVER_URL"] = execution_api_url
+    return env
