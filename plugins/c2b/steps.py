@@ -51,10 +51,25 @@ def stored_columns(plan: Plan, staging: str | Path) -> list[str]:
 def step_extract(plan: Plan, run_id: str, warehouse: Warehouse, sample: int | None = None,
                  redis: Any = None, holdout: GlobalHoldout | None = None,
                  audit: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Extract the audience; the XCom carries the run's ``audit`` record on to the report."""
-    result = extract_audience(plan, warehouse, staging_path(plan, run_id), sample=sample, redis=redis,
-                              holdout=holdout)
-    return {**result.to_xcom(), "started_at": time.time(), **({"audit": audit} if audit else {})}
+    """Extract the audience once per run; the XCom carries the run's ``audit`` record on to the report.
+
+    A retried or cleared extract of the same run returns what the first complete extract found
+    (kept beside the staging file): the run's own sends must not turn its users away as
+    ``not_reentered``, and the loaded shards hold that first audience anyway.
+    """
+    import json
+
+    path = staging_path(plan, run_id)
+    done = path.with_name(path.name + ".extract.json")
+    if done.exists() and path.exists():
+        log.info("reusing the audience this run extracted before (%s)", done)
+        return json.loads(done.read_text(encoding="utf-8"))
+    result = extract_audience(plan, warehouse, path, sample=sample, redis=redis, holdout=holdout)
+    out = {**result.to_xcom(), "started_at": time.time(), **({"audit": audit} if audit else {})}
+    tmp = done.with_name(done.name + ".tmp")
+    tmp.write_text(json.dumps(out, default=str), encoding="utf-8")
+    tmp.replace(done)
+    return out
 
 
 def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> list[int]:

@@ -110,3 +110,21 @@ def test_a_delivered_run_writes_the_plan_history(redis_client, tmp_path: Path) -
         ShardDelivery(redis_client, plan, "r1", shard, channels, lambda: False).run(10, 4)
     stored = sum(redis_client.hlen(bucket_key(plan.id, b)) for b in range(1, BUCKETS + 1))
     assert stored == len(users)
+
+
+def test_a_cleared_run_keeps_its_audience_but_the_next_run_applies_reentry(
+        demo_warehouse: Path, redis_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-running extract_audience of a run (a retry, a cleared run) must not turn away the users
+    that very run already sent to: the run's audience is decided once."""
+    from c2b import steps
+
+    monkeypatch.setenv("C2B_DATA_DIR", str(tmp_path / "c2b"))
+    plan = _plan({"after_days": 7}, "reent_clear")
+    warehouse = DuckDBWarehouse(str(demo_warehouse))
+    first = steps.step_extract(plan, "run1", warehouse, redis=redis_client)
+    kept = pq.read_table(first["path"], columns=["uid"]).column("uid").to_pylist()
+    record_sends(plan, lambda *_: None)(redis_client, kept, datetime.now(UTC))  # the run delivered
+    again = steps.step_extract(plan, "run1", warehouse, redis=redis_client)
+    assert again["counts"] == first["counts"] and again["counts"]["not_reentered"] == 0
+    nxt = steps.step_extract(plan, "run2", warehouse, redis=redis_client)
+    assert nxt["counts"]["not_reentered"] == len(kept) and nxt["counts"]["kept"] == 0
