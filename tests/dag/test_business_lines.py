@@ -97,3 +97,18 @@ def test_plan_file_discovery() -> None:
     assert is_plan_file("dags/plans/x.yaml") and is_plan_file("dags/plans/growth/x.yaml")
     assert not is_plan_file("dags/plans/growth/line.yaml") and not is_plan_file("dags/plans/a/b/x.yaml")
     assert not any(p.name == "line.yaml" for p in plan_files(PLANS))
+
+
+def test_the_fallback_loaders_dags_apply_their_line_too(c2b_env: Path) -> None:
+    """A DAG the fallback loader built (fileloc dags/c2b_plans.py) still finds its plan's line:
+    the extract holds out the line's global holdout and the audit names the line."""
+    from c2b.airflow.dag_factory import build_dags, plan_of, run_step
+
+    dag = build_dags(PLANS, "cancelled_price_coupon")[0]["cancelled_price_coupon"]
+    dag.fileloc = str(ROOT / "dags" / "c2b_plans.py")
+    context = {"run_id": "fallback_run", "dag": dag, "dag_run": None,
+               "params": {"dry_run": False, "sample": None, "only_touches": []}}
+    out = run_step("extract_audience", plan_of(dag), context, {}, None)
+    assert out["counts"]["global_holdout"] > 0
+    assert out["audit"]["line"] == "growth"
+    assert out["audit"]["plan_file"] == str(find_plan_file(PLANS, "cancelled_price_coupon"))

@@ -180,9 +180,11 @@ def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard:
 
         # Redis always: exclusions and the plan's re-entry rule read the contact history there.
         path = Path(context["dag"].fileloc)
-        line = line_of(path) if path.suffix == PLAN_SUFFIX else None
+        if path.suffix != PLAN_SUFFIX:  # built by dags/c2b_plans.py: the plan file is under plans/
+            path = find_plan_file(path.parent / PLANS_DIRNAME, plan.id)
+        line = line_of(path)
         dag_run = context.get("dag_run")
-        audit = audit_record(plan, path if path.suffix == PLAN_SUFFIX else None,
+        audit = audit_record(plan, path,
                              trigger=str(getattr(getattr(dag_run, "run_type", None), "value", "") or "") or None,
                              user=getattr(dag_run, "triggering_user_name", None),
                              params=dict(context["params"]), line=line.name if line else None)
