@@ -18,7 +18,7 @@ case "$cmd" in
   warehouse)
     rm -f "$C2B_WAREHOUSE"; ensure_warehouse ;;
   ui)
-    ensure_airflow_db; ensure_redis; ensure_warehouse; ensure_gateway
+    ensure_airflow_db; ensure_line_pools; ensure_redis; ensure_warehouse; ensure_gateway
     exec "$ROOT/scripts/airflow_ui.sh" "$@" ;;
   cluster)
     # The CeleryExecutor stack (scripts/cluster.sh): metadata DB on PostgreSQL, Celery broker in

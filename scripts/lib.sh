@@ -91,6 +91,18 @@ ensure_compose_validator() {
   command -v docker-compose >/dev/null || apt_install docker-compose || true
 }
 
+ensure_line_pools() {
+  # Every business line's pool (`pool:` in dags/plans/<line>/line.yaml) must exist in Airflow, or the
+  # scheduler never queues the line's tasks. Re-done only when a line file changes.
+  local stamp; stamp=$(cat "$ROOT"/dags/plans/*/line.yaml 2>/dev/null | cksum)
+  [ "$(cat "$STATE/.line-pools" 2>/dev/null)" = "$stamp" ] && return 0
+  "$PY" -m c2b lines --pools | while read -r pool line; do
+    say "creating the Airflow pool $pool of business line $line"
+    "$VENV/bin/airflow" pools set "$pool" 16 "c2b business line $line" >/dev/null
+  done
+  echo "$stamp" >"$STATE/.line-pools"
+}
+
 redis_answers() { redis-cli -u "$1" ping 2>/dev/null | grep -q PONG; }
 
 ensure_redis_binary() {

@@ -68,12 +68,13 @@ def demo_results(plan_id: str, run_id: str) -> int:
     from datetime import timedelta
 
     from c2b.airflow import resources
+    from c2b.airflow.dag_factory import find_plan_file
     from c2b.audience.warehouse import DuckDBWarehouse
     from c2b.plan.model import load_plan
     from c2b.results.attribution import attribute
     from c2b.results.page import format_page, results_page
 
-    plan = load_plan(PLANS_DIR / f"{plan_id}.yaml")
+    plan = load_plan(find_plan_file(PLANS_DIR, plan_id))
     if plan.goal is None:
         return 0
     store, warehouse = resources.get_results_store(), resources.get_warehouse()
@@ -106,10 +107,11 @@ def _closed_now(plan_id: str) -> str:
     """
     from datetime import datetime, timedelta
 
+    from c2b.airflow.dag_factory import find_plan_file
     from c2b.delivery.controls.quiet_hours import SendWindow
     from c2b.plan.model import load_plan
 
-    window = SendWindow.of(load_plan(PLANS_DIR / f"{plan_id}.yaml").window)
+    window = SendWindow.of(load_plan(find_plan_file(PLANS_DIR, plan_id)).window)
     now = datetime.now(UTC)
     opens = window.next_open(now)
     if opens is not None and opens - now < timedelta(minutes=1):
@@ -143,6 +145,22 @@ def _output_to(path: Path, enabled: bool = True) -> Iterator[None]:
             os.close(saved[1])
 
 
+def render_extras(s: dict) -> list[str]:
+    """Return the report's offer budget and audit lines (see :mod:`c2b.results.audit`)."""
+    from c2b.results.audit import render_audit
+
+    out = []
+    for touch, b in (s.get("budgets") or {}).items():
+        cap = " / ".join(x for x in (b.get("coupons_cap") and f"{b['coupons_cap']} coupons",
+                                     b.get("amount_cap") and f"{b['amount_cap']} amount") if x)
+        out.append(f"  budget       {touch}: {b.get('coupons', '?')} coupons, {b.get('amount', '?')} reserved of "
+                   f"{cap or '?'} (per {b['per']})" + (f"; SPENT: {b['budget_exhausted']:,} users not sent"
+                                                       if b["exhausted"] else ""))
+    if s.get("audit"):
+        out += ["  audit        " + line for line in render_audit(s["audit"])]
+    return out
+
+
 def render_summary(s: dict, took: float, report_file: Path) -> str:
     a = s["audience"]
     lines = [
@@ -153,6 +171,7 @@ def render_summary(s: dict, took: float, report_file: Path) -> str:
         + f"(null uid {a['null_uid']}, malformed {a['malformed_uid']}, duplicate {a['duplicate_uid']}, "
         f"excluded {a.get('excluded', 0)}"
         + "".join(f", {k} {n}" for k, n in a.get("excluded_by", {}).items())
+        + f", global holdout {a.get('global_holdout', 0)}, not re-entered {a.get('not_reentered', 0)}"
         + f", over limit {a['over_limit']})",
         "  variants     " + ", ".join(f"{v} {n:,}" for v, n in a["per_variant"].items()),
         f"  shards       {len(s['shards']['loaded'])} non-empty, delivered {len(s['shards']['delivered'])}"
@@ -164,6 +183,7 @@ def render_summary(s: dict, took: float, report_file: Path) -> str:
         lines.append(f"                 {v:<10} {t:<16} {o:<14} {n:>8,}")
     if s["failures"]:
         lines.append("  failures     " + ", ".join(f"{r}: {n}" for r, n in s["failures"].items()))
+    lines += render_extras(s)
     outbox = outbox_dir() / s["plan"] / safe_name(s["run"])
     lines += [
         f"  run time     {took:.1f} s (dag.test, whole DAG)",
@@ -193,13 +213,14 @@ def validate_paths(paths: list[Path]) -> tuple[dict[str, Path], list[PlanError]]
 
     Checks each file fully (as the DAG factory does) and, across files, that plan ids are unique.
     """
+    from c2b.plan.lines import with_line
     from c2b.plan.model import PlanError, load_plan
 
     ok: dict[str, Path] = {}
     errors: list[PlanError] = []
     for path in paths:
         try:
-            plan = load_plan(path, check_name=True)
+            plan = with_line(load_plan(path, check_name=True), path)
         except PlanError as exc:
             errors.append(exc)
             continue
@@ -274,10 +295,11 @@ def cmd_preview(args: argparse.Namespace) -> int:
     """Show the audience per variant a run would get now: segment and assignment only, no sends."""
     import tempfile
 
+    from c2b.airflow.dag_factory import find_plan_file
     from c2b.audience.extract import extract_audience
     from c2b.plan.model import PlanError, load_plan
 
-    path = Path(args.plan) if args.plan.endswith(".yaml") else PLANS_DIR / f"{args.plan}.yaml"
+    path = Path(args.plan) if args.plan.endswith(".yaml") else find_plan_file(PLANS_DIR, args.plan)
     try:
         plan = load_plan(path, check_name=True)
     except PlanError as exc:
@@ -346,6 +368,61 @@ def cmd_kill(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lines(args: argparse.Namespace) -> int:
+    """List the business lines (dags/plans/<line>/line.yaml) with their settings and plans."""
+    from c2b.airflow.dag_factory import plan_files
+    from c2b.plan.lines import LINE_FILE, line_of
+
+    folder = Path(args.folder) if args.folder else PLANS_DIR
+    status = 0
+    for settings in sorted(folder.glob(f"*/{LINE_FILE}")):
+        plans = [p for p in plan_files(folder) if p.parent == settings.parent]
+        try:
+            line = line_of(settings.parent / "_.yaml")
+        except ValueError as exc:  # a PlanError naming the line file and field
+            print(exc, file=sys.stderr)
+            status = 1
+            continue
+        assert line is not None
+        s = line.settings
+        if args.pools:
+            if s.pool:
+                print(f"{s.pool} {line.name}")
+            continue
+        holdout = f"{s.global_holdout.share:.2%} (salt {s.global_holdout.salt})" if s.global_holdout else "none"
+        print(f"{line.name}: owners {', '.join(s.owners)}; pool {s.pool or 'default_pool'}; "
+              f"frequency cap {s.frequency_cap.per_day if s.frequency_cap else 'none'}/day; "
+              f"global holdout {holdout}; connections {', '.join(s.connections or ['any'])}; "
+              f"plans {', '.join(p.stem for p in plans) or 'none'}")
+    return status
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """List a plan's runs with their audit records (from the run reports), newest last."""
+    from c2b.results.audit import audit_rows
+
+    folder = reports_dir() / args.plan
+    files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        print(f"no run reports of plan {args.plan} under {folder}", file=sys.stderr)
+        return 1
+    rows = audit_rows(files)
+    if args.json:
+        print(json.dumps(rows, indent=2, sort_keys=True))
+        return 0
+    for r in rows:
+        if "plan_sha256" not in r:
+            print(f"{r['run']}  {r.get('status')}  (no audit record: run before the audit trail existed)")
+            continue
+        commit = r.get("git_commit")
+        print(f"{r['run']}  {r.get('status')}  {r.get('recorded_at')}  plan {str(r['plan_sha256'])[:12]}  "
+              f"commit {commit[:12] if commit else 'none'}{'+modified' if r.get('git_dirty') else ''}  "
+              f"by {r.get('triggered_by')} ({r.get('trigger')})  params {json.dumps(r.get('params'), sort_keys=True)}  "
+              f"segments {' '.join(f'{k}:{str(v)[:8]}' for k, v in (r.get('segments') or {}).items())}  "
+              f"code {(r.get('code') or {}).get('c2b')}/{(r.get('code') or {}).get('engine_sha256')}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     folder = reports_dir() / args.plan
     files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
@@ -355,7 +432,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from c2b.results.report import format_table
 
     summary = json.loads(files[-1].read_text())
-    print(f"{files[-1]}\n{format_table(summary)}")
+    print("\n".join([str(files[-1]), format_table(summary), *render_extras(summary)]))
     return 0
 
 
@@ -368,10 +445,11 @@ def cmd_results(args: argparse.Namespace) -> int:
     store = resources.get_results_store()
     try:
         if args.attribute:
+            from c2b.airflow.dag_factory import find_plan_file
             from c2b.plan.model import PlanError, load_plan
 
             try:
-                plan = load_plan(PLANS_DIR / f"{args.plan}.yaml")
+                plan = load_plan(find_plan_file(PLANS_DIR, args.plan))
             except PlanError as exc:
                 print(exc, file=sys.stderr)
                 return 1
@@ -499,6 +577,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--status", action="store_true", help="list the switches that are on")
     _redis_options(p)
     p.set_defaults(func=cmd_kill)
+    p = sub.add_parser("audit", help="list a plan's runs: plan hash, commit, trigger, params, segments, code")
+    p.add_argument("plan", help="plan id")
+    p.add_argument("--json", action="store_true", help="the full audit records as JSON")
+    p.set_defaults(func=cmd_audit)
+    p = sub.add_parser("lines", help="list the business lines (dags/plans/<line>/line.yaml) and their plans")
+    p.add_argument("--folder", help="plans folder (default dags/plans)")
+    p.add_argument("--pools", action="store_true", help="print 'POOL LINE' per line (for creating the pools)")
+    p.set_defaults(func=cmd_lines)
     p = sub.add_parser("report", help="print the latest run report of a plan")
     p.add_argument("plan")
     p.set_defaults(func=cmd_report)

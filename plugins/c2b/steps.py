@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from c2b.audience.columns import template_attributes
+from c2b.audience.eligibility import GlobalHoldout
 from c2b.audience.extract import extract_audience
 from c2b.audience.warehouse import Warehouse
 from c2b.channels import Channel
@@ -50,9 +51,27 @@ def stored_columns(plan: Plan, staging: str | Path) -> list[str]:
 
 
 def step_extract(plan: Plan, run_id: str, warehouse: Warehouse, sample: int | None = None,
-                 redis: Any = None) -> dict[str, Any]:
-    result = extract_audience(plan, warehouse, staging_path(plan, run_id), sample=sample, redis=redis)
-    return {**result.to_xcom(), "started_at": time.time()}
+                 redis: Any = None, holdout: GlobalHoldout | None = None,
+                 audit: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Extract the audience once per run; the XCom carries the run's ``audit`` record on to the report.
+
+    A retried or cleared extract of the same run returns what the first complete extract found
+    (kept beside the staging file): the run's own sends must not turn its users away as
+    ``not_reentered``, and the loaded shards hold that first audience anyway.
+    """
+    import json
+
+    path = staging_path(plan, run_id)
+    done = path.with_name(path.name + ".extract.json")
+    if done.exists() and path.exists():
+        log.info("reusing the audience this run extracted before (%s)", done)
+        return json.loads(done.read_text(encoding="utf-8"))
+    result = extract_audience(plan, warehouse, path, sample=sample, redis=redis, holdout=holdout)
+    out = {**result.to_xcom(), "started_at": time.time(), **({"audit": audit} if audit else {})}
+    tmp = done.with_name(done.name + ".tmp")
+    tmp.write_text(json.dumps(out, default=str), encoding="utf-8")
+    tmp.replace(done)
+    return out
 
 
 def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> list[int]:
@@ -110,9 +129,21 @@ def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict
 
 
 def step_report(plan: Plan, run_id: str, extract: dict[str, Any], shards: list[int],
-                shard_stats: list[dict[str, Any]]) -> dict[str, Any]:
+                shard_stats: list[dict[str, Any]], redis: Any = None) -> dict[str, Any]:
+    """Reduce the shards' stats to the run summary, with the offer budgets' use and the audit record."""
+    from c2b.delivery.controls.budget import budget_report
+
     summary = summarize(plan.id, run_id, extract, shard_stats, shards,
                         extract.get("started_at"), time.time())
+    budgets = budget_report(redis, plan, run_id, summary["per_touch"])
+    if budgets:
+        summary["budgets"] = budgets
+        for touch, b in budgets.items():
+            if b["exhausted"]:
+                log.warning("offer budget of touch %s was spent: %s users recorded budget_exhausted (not sent)",
+                            touch, b["budget_exhausted"])
+    if extract.get("audit"):
+        summary["audit"] = extract["audit"]
     path = write_report(summary, reports_dir())
     log.info("run summary (%s):\n%s", path, format_table(summary))
     return {**summary, "report_path": str(path)}

@@ -14,9 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from c2b.airflow.dag_factory import plan_files
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "dags" / "plans").glob("*.yaml"))
+EXAMPLES = plan_files(ROOT / "dags" / "plans")  # copied flat: plans in no business line
 GOOD_IDS = {p.stem for p in EXAMPLES}
 BROKEN = """\
 id: broken_plan

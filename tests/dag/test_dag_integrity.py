@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from c2b.airflow.dag_factory import plan_files
 
 ROOT = Path(__file__).resolve().parents[2]
-PLAN_FILES = sorted((ROOT / "dags" / "plans").glob("*.yaml"))
+PLAN_FILES = plan_files(ROOT / "dags" / "plans")
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ def _write_plan(dags: Path) -> Path:
                      "template": "+{{ offer.amount | int }} on your next sale", "assets": {"title": "Coupon"},
                      "offer": {"type": "price_up_coupon", "amount": 30}}],
         "delivery": {"shards": 4, "page_size": 50, "concurrency": 8, "retries": 0, "rate_limit": 5000},
+        "reentry": {"after_days": 0},  # the second run below targets the same users again
     }
     (folder / f"{PLAN}.yaml").write_text(yaml.safe_dump(plan))
     return folder

@@ -7,7 +7,9 @@ from collections import Counter
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import pytest
+from c2b.airflow.dag_factory import find_plan_file
 from c2b.hashing import VariantPicker
 from c2b.plan.model import load_plan
 
@@ -36,15 +38,23 @@ def _outbox_lines(data_dir: Path) -> list[dict]:
     return [json.loads(line) for f in files for line in f.read_text().splitlines()]
 
 
-def test_demo_plan_end_to_end(c2b_env: Path, demo_warehouse: Path, redis_client, demo_dag) -> None:
+def test_demo_plan_end_to_end(c2b_env: Path, demo_warehouse: Path, redis_client, demo_dag, capsys) -> None:
     dr = demo_dag.test()
     assert str(getattr(dr.state, "value", dr.state)) == "success"
 
-    expected = {r[0] for r in duckdb.connect(str(demo_warehouse), read_only=True).execute(INDEPENDENT).fetchall()}
-    assert len(expected) > 100
-    plan = load_plan(ROOT / "dags" / "plans" / f"{PLAN}.yaml")
+    segment = {r[0] for r in duckdb.connect(str(demo_warehouse), read_only=True).execute(INDEPENDENT).fetchall()}
+    # The growth line keeps 5% of its users out of all its plans (the same users every run).
+    from c2b.plan.lines import line_of
+
+    holdout = line_of(find_plan_file(ROOT / "dags" / "plans", PLAN)).holdout
+    held = pa.array(sorted(segment))
+    held = set(held.filter(pa.array(holdout.members(held))).to_pylist())
+    expected = segment - held
+    assert len(expected) > 100 and 0.03 < len(held) / len(segment) < 0.07
+    plan = load_plan(find_plan_file(ROOT / "dags" / "plans", PLAN))
     picker = VariantPicker(plan.salt, plan.variant_weights)
     targeted = {u for u in expected if picker.pick(u.encode()) == "coupon"}
+    assert len(targeted) <= plan.touches[0].offer.budget.coupons  # the demo budget binds at 200k users, not here
 
     messages = _outbox_lines(c2b_env)
     per_touch = Counter(m["touch"] for m in messages)
@@ -57,6 +67,27 @@ def test_demo_plan_end_to_end(c2b_env: Path, demo_warehouse: Path, redis_client,
     report_files = list((c2b_env / "reports" / PLAN).glob("*.json"))
     summary = json.loads(report_files[0].read_text())
     assert summary["audience"]["kept"] == len(expected)
+    assert summary["audience"]["global_holdout"] == len(held)
+    assert summary["budgets"]["coupon_push"]["coupons"] == len(targeted)
+    # The audit trail: the plan file's hash, the repository's commit, trigger, params, segments, code.
+    import hashlib
+    import subprocess
+
+    audit = summary["audit"]
+    plan_file = find_plan_file(ROOT / "dags" / "plans", PLAN)
+    assert audit["plan_sha256"] == hashlib.sha256(plan_file.read_bytes()).hexdigest()
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert audit["git_commit"] == head
+    assert audit["trigger"] == "manual" and audit["triggered_by"]  # dag.test() makes a manual run
+    assert audit["params"] == {"dry_run": False, "sample": None, "only_touches": []}
+    segment = ROOT / "include" / "sql" / "segments" / "cancelled_for_reason.sql"
+    assert audit["segments"] == {"cancelled_for_reason.sql": hashlib.sha256(segment.read_bytes()).hexdigest()}
+    assert audit["line"] == "growth" and audit["code"]["engine_sha256"]
+    from c2b.cli import main as cli
+
+    assert cli(["audit", PLAN]) == 0
+    listed = capsys.readouterr().out
+    assert dr.run_id in listed and audit["plan_sha256"][:12] in listed and head[:12] in listed
     assert summary["outcomes"]["coupon|coupon_push|sent"] == len(targeted)
     assert summary["outcomes"]["control|-|holdout"] == len(expected) - len(targeted)
     assert summary["status"] == "complete"
@@ -65,7 +96,8 @@ def test_demo_plan_end_to_end(c2b_env: Path, demo_warehouse: Path, redis_client,
     # What outlives the run: each shard's ledger and its totals (the record of what was sent), and
     # the cross-plan records (contacts, frequency-cap counts); every key with a TTL.
     leftover = [k.decode() for k in redis_client.scan_iter("c2b:*")]
-    run_keys = [k for k in leftover if not k.startswith(("c2b:contacts:", "c2b:fcap:"))]
+    run_keys = [k for k in leftover if not k.startswith(("c2b:contacts:", "c2b:fcap:", "c2b:reentry:",
+                                                         "c2b:budget:"))]
     assert run_keys and all(k.endswith((":ledger", ":stats")) for k in run_keys)
     assert all(0 < redis_client.ttl(k) <= 7 * 24 * 3600 for k in run_keys)
     assert all(redis_client.ttl(k) > 0 for k in leftover)
@@ -79,7 +111,7 @@ def test_rerun_of_same_run_sends_nothing_twice(c2b_env: Path, demo_warehouse: Pa
     from c2b.audience.warehouse import DuckDBWarehouse
     from c2b.channels import ChannelConfig, make_channel
 
-    plan = load_plan(ROOT / "dags" / "plans" / f"{PLAN}.yaml")
+    plan = load_plan(find_plan_file(ROOT / "dags" / "plans", PLAN))
     # The run's cleanup deleted its staging file (#11.10): a cleared run extracts again.
     extract = steps.step_extract(plan, dr.run_id, DuckDBWarehouse(demo_warehouse))
     shards = steps.step_load(plan, dr.run_id, redis_client, extract)

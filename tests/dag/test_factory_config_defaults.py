@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from c2b.airflow.dag_factory import plan_files
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "dags" / "plans").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", plan_files(ROOT / "dags" / "plans"), ids=lambda p: p.stem)
 def test_config_read_once_builds_the_same_dag(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Passing the config-derived DAG arguments read once equals letting DAG() read them."""
     from airflow.serialization.serialized_objects import DagSerialization

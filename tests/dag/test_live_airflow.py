@@ -17,11 +17,12 @@ from typing import Any
 
 import pytest
 import requests
+from c2b.airflow.dag_factory import plan_files
 
 from devtools.airflow_stack import FAST_PARSING, LOCAL, AirflowStack, base_env, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "dags" / "plans").glob("*.yaml"))
+EXAMPLES = plan_files(ROOT / "dags" / "plans")
 BROKEN = """\
 id: broken_plan
 description: A plan with a typo in a channel.

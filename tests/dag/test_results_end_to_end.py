@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from c2b.airflow import resources
+from c2b.airflow.dag_factory import find_plan_file
 from c2b.hashing import VariantPicker
 from c2b.plan.model import load_plan
 
@@ -53,7 +54,7 @@ def test_run_log_attribution_equal_an_independent_query(warehouse_copy: Path, c2
     from c2b.results.attribution import attribute
     from c2b.results.delivery_log import log_shard
 
-    plan = load_plan(ROOT / "dags" / "plans" / f"{PLAN}.yaml")
+    plan = load_plan(find_plan_file(ROOT / "dags" / "plans", PLAN))
     dags, _ = build_dags(ROOT / "dags" / "plans", PLAN)
     dr = dags[PLAN].test()
     assert str(getattr(dr.state, "value", dr.state)) == "success"

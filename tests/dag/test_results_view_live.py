@@ -39,9 +39,10 @@ from urllib.parse import quote
 import pytest
 import requests
 import yaml
-from test_live_airflow import LiveAirflow
+from c2b.airflow.dag_factory import find_plan_file
 from test_results_view import assert_page_shows
 
+from devtools.airflow_stack import wait_for
 from devtools.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,7 +76,7 @@ with DAG("{dag_id}", schedule=[Asset(uri="{uri}")], start_date=datetime(2026, 1,
 
 def live_plan(plan_id: str) -> str:
     """Return the A/B example plan as a plan for a live test: any hour, the outbox channel, manual."""
-    plan = yaml.safe_load((ROOT / "dags" / "plans" / "cancelled_price_ab.yaml").read_text())
+    plan = yaml.safe_load((find_plan_file(ROOT / "dags" / "plans", "cancelled_price_ab")).read_text())
     plan["id"] = plan_id
     plan["schedule"] = None
     plan["window"].pop("send_hours", None)  # the test runs at any hour of the day
@@ -87,13 +88,16 @@ def live_plan(plan_id: str) -> str:
     return yaml.safe_dump(plan, sort_keys=False)
 
 
-class AuthedAirflow(LiveAirflow):
+class AuthedAirflow:
     """A live Airflow whose REST calls carry a user's bearer token."""
 
     def __init__(self, url: str, dags: Path, data: Path, token: str) -> None:
-        super().__init__(url, dags, data)
+        self.url, self.dags, self.data = url, dags, data
         self.headers = {"Authorization": f"Bearer {token}"}
         self.env: dict[str, str] = {}
+
+    def wait(self, what: str, check: Any, timeout: float = 180) -> Any:
+        return wait_for(what, check, timeout)
 
     def get(self, path: str) -> Any:
         r = requests.get(f"{self.url}/api/v2/{path}", headers=self.headers, timeout=10)
@@ -176,8 +180,7 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, redis_server) -> Iterator[
             procs.append((subprocess.Popen([AIRFLOW, *args], env=env, cwd=base, stdout=log,
                                            stderr=subprocess.STDOUT, start_new_session=True), log))
         url = f"http://127.0.0.1:{port}"
-        probe = LiveAirflow(url, base, data)
-        admin = probe.wait("the api-server to hand out tokens", lambda: token(url, "admin"), timeout=120)
+        admin = wait_for("the api-server to hand out tokens", lambda: token(url, "admin"), timeout=120)
         live = AuthedAirflow(url, base, data, admin)
         live.env = env
         yield live

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from c2b.airflow.dag_factory import find_plan_file
 
 from devtools.demo_warehouse import build_demo_warehouse
 
@@ -40,7 +41,7 @@ def test_validate_from_another_folder_finds_the_repository_plans(tmp_path: Path)
 
 
 def test_validate_reads_a_relative_path_from_the_current_folder(tmp_path: Path) -> None:
-    text = (ROOT / "dags" / "plans" / "cancelled_price_ab.yaml").read_text()
+    text = (find_plan_file(ROOT / "dags" / "plans", "cancelled_price_ab")).read_text()
     (tmp_path / "cancelled_price_ab.yaml").write_text(text.replace("price_too_low", "price_to_low"))
     out = run(["validate", "cancelled_price_ab.yaml"], tmp_path)
     assert out.returncode == 1

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from c2b.airflow.dag_factory import find_plan_file
 from c2b.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_preview_prints_the_warehouse_error_as_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    plan = ROOT / "dags" / "plans" / "cancelled_price_coupon.yaml"
+    plan = find_plan_file(ROOT / "dags" / "plans", "cancelled_price_coupon")
     assert main(["preview", str(plan), "--warehouse", str(tmp_path / "missing.duckdb")]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -54,7 +55,7 @@ def test_demo_prints_the_failing_task_error_line(tmp_path: Path, monkeypatch: py
     error line on stderr, no traceback."""
     plans = tmp_path / "plans"
     plans.mkdir()
-    data = yaml.safe_load((ROOT / "dags" / "plans" / "cancelled_price_coupon.yaml").read_text())
+    data = yaml.safe_load((find_plan_file(ROOT / "dags" / "plans", "cancelled_price_coupon")).read_text())
     data["delivery"] = {**data.get("delivery", {}), "retries": 0}
     (plans / "cancelled_price_coupon.yaml").write_text(yaml.safe_dump(data))
     monkeypatch.setenv("AIRFLOW_CONN_C2B_WAREHOUSE", f'{{"conn_type": "duckdb", "host": "{tmp_path / "none.duckdb"}"}}')

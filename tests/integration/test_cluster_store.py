@@ -113,6 +113,10 @@ def test_whole_plan_run_on_cluster(redis_cluster, monkeypatch: pytest.MonkeyPatc
     assert all(contacted_since(cluster, list(sent), datetime.now(UTC))), "every sent user is in the contact record"
     leftover = [k for node in _keys_per_node(redis_cluster) for k in node]
     # What outlives a run: each shard's ledger and its totals; plus the cross-plan records
-    # (contacts for exclusion, frequency-cap counts), which belong to no run.
-    run_keys = [k for k in leftover if not k.startswith(("c2b:contacts:", "c2b:fcap:"))]
+    # (contacts for exclusion, frequency-cap counts), which belong to no run, and the plan's
+    # re-entry history and offer budget (reserved on the cluster: one slot per budget).
+    run_keys = [k for k in leftover if not k.startswith(("c2b:contacts:", "c2b:fcap:", "c2b:reentry:",
+                                                         "c2b:budget:"))]
+    budget_keys = [k for k in leftover if k.startswith("c2b:budget:")]
+    assert budget_keys and len({cluster.keyslot(k) for k in budget_keys}) == 1
     assert run_keys and all(k.endswith((":ledger", ":stats")) for k in run_keys), "cleanup dropped the run's keys"

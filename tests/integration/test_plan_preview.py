@@ -6,11 +6,12 @@ import re
 from pathlib import Path
 
 import pytest
+from c2b.airflow.dag_factory import plan_files
 from c2b.cli import main
 from c2b.plan.model import load_plan
 
 ROOT = Path(__file__).resolve().parents[2]
-PLANS = sorted((ROOT / "dags" / "plans").glob("*.yaml"))
+PLANS = plan_files(ROOT / "dags" / "plans")
 
 
 @pytest.mark.parametrize("plan_file", PLANS, ids=lambda p: p.stem)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from c2b.airflow.dag_factory import find_plan_file
 from c2b.audience.warehouse import DbApiWarehouse, DuckDBWarehouse
 from c2b.hashing import VariantPicker
 from c2b.plan.model import load_plan
@@ -21,7 +22,7 @@ from devtools.demo_warehouse import add_post_touch_orders
 from devtools.postgres import connect, drop_schema, ensure_running, load_demo
 
 ROOT = Path(__file__).resolve().parents[2]
-PLAN = load_plan(ROOT / "dags" / "plans" / "cancelled_price_ab.yaml")
+PLAN = load_plan(find_plan_file(ROOT / "dags" / "plans", "cancelled_price_ab"))
 T0 = datetime(2026, 11, 27, 10, 0)
 
 

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _plan_with_window(folder: Path, window: dict | None) -> str:
-    plan = yaml.safe_load((ROOT / "dags" / "plans" / "cancelled_price_coupon.yaml").read_text())
+    plan = yaml.safe_load((ROOT / "dags" / "plans" / "growth" / "cancelled_price_coupon.yaml").read_text())
     if window is not None:
         plan["window"] = window
     (folder / "cancelled_price_coupon.yaml").write_text(yaml.safe_dump(plan))

@@ -88,13 +88,17 @@ def build_dag(plan: Plan, path: Path) -> Any:
     import pendulum
     from airflow.sdk import DAG, Asset, Param, TriggerRule
 
+    from c2b.plan.lines import dag_settings, line_of
+
     step: Any = _plan_step_class()
     d = plan.delivery
+    line = dag_settings(line_of(path))
     default_args = {
-        "owner": plan.owner,
+        "owner": line.get("owner", plan.owner),
         "retries": d.retries,
         "retry_delay": timedelta(seconds=d.retry_delay_seconds),
         "retry_exponential_backoff": d.retry_backoff,
+        **({"pool": line["pool"]} if line.get("pool") else {}),
     }
     tz = plan.window.timezone
     first, last = plan.first_day, plan.window.end
@@ -109,7 +113,7 @@ def build_dag(plan: Plan, path: Path) -> Any:
         end_date=pendulum.datetime(last.year, last.month, last.day, 23, 59, 59, tz=tz) if last else None,
         catchup=False,
         max_active_runs=1,
-        tags=sorted({"c2b", *plan.tags}),
+        tags=sorted({"c2b", *plan.tags, *line.get("tags", ())}),
         default_args=default_args,
         **_dag_config_defaults(),
     ) as dag:
@@ -156,12 +160,13 @@ def plan_of(dag: Any) -> Plan:
     plan = getattr(dag, "_c2b_plan", None)
     if plan is not None:
         return plan
+    from c2b.plan.lines import with_line
     from c2b.plan.model import load_plan
 
     fileloc = Path(dag.fileloc)
     if fileloc.suffix != PLAN_SUFFIX:  # built by dags/c2b_plans.py
-        fileloc = fileloc.parent / PLANS_DIRNAME / f"{dag.dag_id}{PLAN_SUFFIX}"
-    return load_plan(fileloc)
+        fileloc = find_plan_file(fileloc.parent / PLANS_DIRNAME, dag.dag_id)
+    return with_line(load_plan(fileloc), fileloc)
 
 
 def report_asset_uri(plan_id: str) -> str:
@@ -191,10 +196,21 @@ def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard:
 
     run_id = context["run_id"]
     if step == "extract_audience":
-        # Redis only for suppression-list / recently-contacted exclusions.
-        redis = resources.get_redis() if plan.audience.exclude else None
+        from c2b.plan.lines import line_of
+        from c2b.results.audit import audit_record
+
+        # Redis always: exclusions and the plan's re-entry rule read the contact history there.
+        path = Path(context["dag"].fileloc)
+        if path.suffix != PLAN_SUFFIX:  # built by dags/c2b_plans.py: the plan file is under plans/
+            path = find_plan_file(path.parent / PLANS_DIRNAME, plan.id)
+        line = line_of(path)
+        dag_run = context.get("dag_run")
+        audit = audit_record(plan, path,
+                             trigger=str(getattr(getattr(dag_run, "run_type", None), "value", "") or "") or None,
+                             user=getattr(dag_run, "triggering_user_name", None),
+                             params=dict(context["params"]), line=line.name if line else None)
         return steps.step_extract(plan, run_id, resources.get_warehouse(), context["params"].get("sample"),
-                                    redis=redis)
+                                  redis=resources.get_redis(), holdout=line.holdout if line else None, audit=audit)
     if step == "load_shards":
         return steps.step_load(plan, run_id, resources.get_redis(), inputs["extract"])
     if step == "deliver":
@@ -205,7 +221,8 @@ def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard:
         # One slice reads every mapped deliver's stats in one request; iterating the lazy sequence
         # instead reads them one by one until a 404, which the task SDK logs as "XCom not found".
         stats = inputs["stats"]
-        summary = steps.step_report(plan, run_id, inputs["extract"], inputs["shards"], list(stats[:]) if stats else [])
+        summary = steps.step_report(plan, run_id, inputs["extract"], inputs["shards"], list(stats[:]) if stats else [],
+                                     redis=resources.get_redis())
         from airflow.sdk import Asset
 
         context["outlet_events"][Asset(uri=report_asset_uri(plan.id))].extra = report_event_extra(summary)
@@ -252,9 +269,11 @@ def load_plan_dag(path: Path) -> Any:
     skipping YAML and validation; a plan is cached only once its DAG is built.
     """
     from c2b.plan.cache import load_cached_plan
+    from c2b.plan.lines import with_line
     from c2b.plan.model import PlanError
 
     plan, store = load_cached_plan(path)
+    plan = with_line(plan, path)  # not cached: the line's settings file may change on its own
     try:
         dag = build_dag(plan, path)
     except Exception as exc:  # noqa: BLE001 - a valid plan Airflow still rejects: say so, per file
@@ -267,8 +286,19 @@ def load_plan_dag(path: Path) -> Any:
 # --- many plans (the fallback loader, the demo and tests) ----------------------------------------
 
 def plan_files(folder: Path) -> list[Path]:
-    """Return the plan files of a ``plans/`` folder, sorted (hidden files skipped)."""
-    return sorted(p for p in folder.glob(f"*{PLAN_SUFFIX}") if not p.name.startswith("."))
+    """Return the plan files of a ``plans/`` folder and of its business-line folders, sorted."""
+    from c2b.plan.lines import LINE_FILE
+
+    found = [*folder.glob(f"*{PLAN_SUFFIX}"), *folder.glob(f"*/*{PLAN_SUFFIX}")]
+    return sorted(p for p in found if not p.name.startswith(".") and not p.parent.name.startswith(".")
+                  and p.name != LINE_FILE)
+
+
+def find_plan_file(folder: Path, plan_id: str) -> Path:
+    """Return the file of plan ``plan_id`` in ``folder`` or one of its line folders (or where it
+    would be, directly in ``folder``, when there is none)."""
+    found = [p for p in plan_files(folder) if p.stem == plan_id]
+    return found[0] if found else folder / f"{plan_id}{PLAN_SUFFIX}"
 
 
 def build_dags(folder: Path, only_dag_id: str | None = None) -> tuple[dict[str, Any], list[PlanError]]:
@@ -317,9 +347,13 @@ def fallback_dags(folder: Path, only_dag_id: str | None = None) -> dict[str, Any
 # --- the plan importer ----------------------------------------------------------------------------
 
 def is_plan_file(path: str | os.PathLike[str]) -> bool:
-    """Return whether ``path`` is a plan file: ``<id>.yaml`` directly inside a ``plans/`` folder."""
+    """Return whether ``path`` is a plan file: ``<id>.yaml`` in a ``plans/`` folder or in one of
+    its business-line folders ``plans/<line>/`` (whose ``line.yaml`` is not a plan)."""
     p = Path(path)
-    return p.suffix == PLAN_SUFFIX and p.parent.name == PLANS_DIRNAME and not p.name.startswith(".")
+    if p.suffix != PLAN_SUFFIX or p.name.startswith(".") or p.name == "line.yaml":
+        return False
+    return p.parent.name == PLANS_DIRNAME or (p.parent.parent.name == PLANS_DIRNAME
+                                               and not p.parent.name.startswith("."))
 
 
 @lru_cache(maxsize=1)

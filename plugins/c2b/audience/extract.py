@@ -5,10 +5,12 @@ memory is bounded by the batch size plus 8 bytes per distinct uid for de-duplica
 segment takes seconds. Each row the segment returns ends in exactly one place, counted in
 :class:`ExtractCounts`::
 
-    rows = null_uid + malformed_uid + duplicate_uid + excluded + over_limit + kept
+    rows = null_uid + malformed_uid + duplicate_uid + excluded + global_holdout + not_reentered
+           + over_limit + kept
 
 The checks run in that order: a uid that is null, then malformed, then already seen, then excluded
-(by the first matching item of ``audience.exclude``, in plan order), then beyond the plan's
+(by the first matching item of ``audience.exclude``, in plan order), then in the business line's
+global holdout or not yet due to re-enter the plan (:mod:`c2b.audience.eligibility`), then beyond the plan's
 ``limit`` or the run's ``sample``. Kept users get their A/B variant in the same pass and are written
 batch by batch to a staging Parquet file (``uid``, ``variant``, then the segment's other columns),
 which the loader, the report and the conversion analysis all read.
@@ -28,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from c2b.audience.columns import keep_only, staged_columns
+from c2b.audience.eligibility import Eligibility, GlobalHoldout
 from c2b.audience.sql import check_params, read_segment
 from c2b.audience.uids import KeySet, normalize_uids
 from c2b.audience.warehouse import Warehouse
@@ -48,6 +51,8 @@ class ExtractCounts:
     malformed_uid: int = 0
     duplicate_uid: int = 0
     excluded: int = 0
+    global_holdout: int = 0  # in the line's universal control group (never touched by its plans)
+    not_reentered: int = 0   # got this plan too recently for its re-entry rule
     over_limit: int = 0
     per_variant: dict[str, int] = field(default_factory=dict)
     excluded_by: dict[str, int] = field(default_factory=dict)
@@ -55,7 +60,8 @@ class ExtractCounts:
     def balanced(self) -> bool:
         """Return whether every row is accounted for."""
         return self.rows == (self.null_uid + self.malformed_uid + self.duplicate_uid + self.excluded
-                             + self.over_limit + self.kept) and self.kept == sum(self.per_variant.values())
+                             + self.global_holdout + self.not_reentered + self.over_limit + self.kept) \
+            and self.kept == sum(self.per_variant.values())
 
     def describe(self) -> str:
         """One line for task logs: ``1,234 users kept of 1,300 rows (null uid 2, ...)``."""
@@ -65,6 +71,7 @@ class ExtractCounts:
             f"0 users (audience is empty) of {self.rows:,} rows"
         return (f"{head} (null uid {self.null_uid:,}, malformed {self.malformed_uid:,}, duplicate "
                 f"{self.duplicate_uid:,}, excluded {self.excluded:,}{by and ' [' + by[2:] + ']'}, "
+                f"global holdout {self.global_holdout:,}, not re-entered {self.not_reentered:,}, "
                 f"over limit {self.over_limit:,}); variants: {variants}")
 
 
@@ -250,11 +257,14 @@ class _StagingWriter:
 
 
 def extract_audience(plan: Plan, warehouse: Warehouse, out_path: str | Path, batch_rows: int = 100_000,
-                     sample: int | None = None, *, redis: Any = None, now: datetime | None = None) -> ExtractResult:
+                     sample: int | None = None, *, redis: Any = None, now: datetime | None = None,
+                     holdout: GlobalHoldout | None = None) -> ExtractResult:
     """Run the plan's segment on ``warehouse`` and write the staging Parquet to ``out_path``.
 
-    ``redis`` is needed only for suppression-list and contacted-within-days exclusions; ``now``
-    (default: the current time) anchors ``contacted_within_days``. The file is written under a
+    ``redis`` is needed for suppression-list and contacted-within-days exclusions and for the
+    plan's re-entry rule (a run always passes it; without it, as in a preview, re-entry is not
+    checked); ``now`` (default: the current time) anchors both. ``holdout`` is the business line's
+    global holdout, if it keeps one. The file is written under a
     temporary name and renamed when complete, so a reader never sees half an audience.
     """
     started = time.monotonic()
@@ -264,6 +274,7 @@ def extract_audience(plan: Plan, warehouse: Warehouse, out_path: str | Path, bat
     now = now or datetime.now(UTC)
     exclusions = [_Exclusion(item, warehouse, redis, now, batch_rows) for item in plan.audience.exclude]
     assigner = VariantAssigner(plan.salt, plan.variant_weights)
+    eligibility = Eligibility(plan, redis, now, holdout)
     cap = min(x for x in (plan.audience.limit, sample, 2**63) if x is not None)
     counts = ExtractCounts(per_variant={v: 0 for v in plan.variant_weights},
                            excluded_by={e.label: 0 for e in exclusions})
@@ -278,7 +289,7 @@ def extract_audience(plan: Plan, warehouse: Warehouse, out_path: str | Path, bat
             if "uid" not in batch.schema.names:
                 raise ValueError(f"segment {segment} returns no 'uid' column "
                                  f"(columns: {', '.join(batch.schema.names)})")
-            out = _clean_batch(batch, counts, seen, exclusions, assigner, cap)
+            out = _clean_batch(batch, counts, seen, exclusions, assigner, cap, eligibility)
             writer.write(keep_only(out, keep))  # personal data only as far as templates need it
         writer.close(default_schema)
     except BaseException:
@@ -294,7 +305,7 @@ def extract_audience(plan: Plan, warehouse: Warehouse, out_path: str | Path, bat
 
 
 def _clean_batch(batch: pa.RecordBatch, counts: ExtractCounts, seen: KeySet, exclusions: list[_Exclusion],
-                 assigner: VariantAssigner, cap: int) -> pa.RecordBatch:
+                 assigner: VariantAssigner, cap: int, eligibility: Eligibility | None = None) -> pa.RecordBatch:
     """Count and drop the bad, repeated, excluded and over-limit rows of one batch; add variants."""
     n = batch.num_rows
     counts.rows += n
@@ -318,6 +329,8 @@ def _clean_batch(batch: pa.RecordBatch, counts: ExtractCounts, seen: KeySet, exc
             counts.excluded += int(hit.sum())
             counts.excluded_by[excl.label] += int(hit.sum())
             alive[idx[hit]] = False
+    if eligibility is not None:
+        eligibility.apply(texts, alive, counts)
 
     idx = np.flatnonzero(alive)
     room = max(cap - counts.kept, 0)

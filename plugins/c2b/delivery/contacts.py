@@ -15,7 +15,7 @@ The delivery step calls :func:`record_contacts` after each sent message (or page
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -53,22 +53,27 @@ def epoch_day(when: datetime) -> int:
     return int(when.timestamp() // 86_400)
 
 
-def _by_bucket(uids: Iterable[str]) -> dict[int, list[tuple[int, bytes]]]:
+def _by_bucket(uids: Iterable[str], buckets: int = BUCKETS) -> dict[int, list[tuple[int, bytes]]]:
     groups: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
     for i, uid in enumerate(uids):
         b = uid_bytes(uid)  # bytes, never a str with a lone surrogate
-        groups[shard_index(b, BUCKETS)].append((i, b))
+        groups[shard_index(b, buckets)].append((i, b))
     return groups
 
 
-def record_contacts(redis: Any, uids: list[str], when: datetime, ttl_days: int = DEFAULT_TTL_DAYS) -> None:
-    """Record that ``uids`` were contacted at ``when`` (one script call per bucket, pipelined)."""
+def record_contacts(redis: Any, uids: list[str], when: datetime, ttl_days: int = DEFAULT_TTL_DAYS, *,
+                    key_of: Callable[[int], str] = bucket_key, buckets: int = BUCKETS) -> None:
+    """Record that ``uids`` were contacted at ``when`` (one script call per bucket, pipelined).
+
+    ``key_of`` and ``buckets`` name another history with the same layout (a plan's own,
+    :mod:`c2b.delivery.reentry`).
+    """
     if not uids:
         return
     day = epoch_day(when)
     calls = []
-    for bucket, members in _by_bucket(uids).items():
-        key = bucket_key(bucket)
+    for bucket, members in _by_bucket(uids, buckets).items():
+        key = key_of(bucket)
         args = (day, ttl_days * 86_400, *(b for _, b in members))
         # EVAL, not EVALSHA: no script cache to miss, in a pipeline or on a cluster node.
         calls.append((key, lambda pipe, key=key, args=args: pipe.eval(_RECORD_MAX, 1, key, *args)))
@@ -92,7 +97,8 @@ def contacted_since(redis: Any, uids: list[str], since: datetime) -> list[bool]:
     return out
 
 
-def contacted_since_array(redis: Any, uids: pa.Array, since: datetime) -> np.ndarray:
+def contacted_since_array(redis: Any, uids: pa.Array, since: datetime, *,
+                          key_of: Callable[[int], str] = bucket_key, buckets: int = BUCKETS) -> np.ndarray:
     """Return :func:`contacted_since` for an Arrow string array (no nulls), as a numpy bool mask.
 
     The extract's version: buckets come from the vectorised ``shard_indexes_arrow`` (the same
@@ -102,16 +108,16 @@ def contacted_since_array(redis: Any, uids: pa.Array, since: datetime) -> np.nda
     out = np.zeros(n, dtype=bool)
     if n == 0:
         return out
-    buckets = shard_indexes_arrow(uids, BUCKETS)
-    order = np.argsort(buckets, kind="stable")
-    ordered = buckets[order]
+    where = shard_indexes_arrow(uids, buckets)
+    order = np.argsort(where, kind="stable")
+    ordered = where[order]
     cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
     starts = np.concatenate(([0], cuts))
     ends = np.concatenate((cuts, [n]))
     values = uids.take(pa.array(order)).to_pylist()
     pipe = redis.pipeline(transaction=False)
     for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        pipe.hmget(bucket_key(int(ordered[a])), values[a:b])
+        pipe.hmget(key_of(int(ordered[a])), values[a:b])
     floor = epoch_day(since)
     hits: list[int] = []
     for a, days in zip(starts.tolist(), pipe.execute(), strict=True):

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from c2b.channels.base import Channel
+from c2b.delivery.controls.budget import BudgetCheck, OfferBudgets
 from c2b.delivery.controls.frequency_cap import FrequencyCap
 from c2b.delivery.controls.quiet_hours import SendWindow
 from c2b.delivery.controls.rate_limit import Limits
@@ -65,7 +66,8 @@ class LiveMode:
         self.record_contacts = record_contacts
         self.done: Counter[str] = Counter()  # sent / failed recorded by this attempt
         fcap = FrequencyCap(redis, cap)
-        checks = default_checks(window, fcap, cap, builder, SendTimeSuppression(redis, builder.plan))
+        budget = BudgetCheck(OfferBudgets(redis, builder.plan, builder.run_id), fcap, cap)
+        checks = default_checks(window, fcap, cap, builder, SendTimeSuppression(redis, builder.plan), budget)
         self.triage: Triage = LedgerTriage(ledger, checks, clock, stats.attempt)
 
     def start_cursor(self) -> int:

@@ -50,6 +50,7 @@ from c2b.delivery.inflight import InFlight
 from c2b.delivery.ledger import ShardLedger
 from c2b.delivery.loop import SendLoop
 from c2b.delivery.modes import DeliveryMode, DryRunMode, LiveMode
+from c2b.delivery.reentry import record_sends
 from c2b.delivery.senders import RetryPolicy
 from c2b.delivery.stats import ShardStats
 from c2b.delivery.work import Item, PageWork, WorkBuilder, idempotency_key
@@ -88,6 +89,7 @@ class ShardDelivery:
                 from c2b.delivery.contacts import record_contacts as default_contacts
 
                 record_contacts = default_contacts
+            record_contacts = record_sends(plan, record_contacts)  # + the plan's own history, for re-entry
             self.mode = LiveMode(redis, self.ledger, channels, _limits(redis, plan, channels), retry or RetryPolicy(),
                                  self.builder, window, getattr(plan.delivery, "frequency_cap", None), clock,
                                  self.stats, record_contacts)

@@ -127,10 +127,11 @@ class Render:
 
 
 def default_checks(window: SendWindow, fcap: FrequencyCap, cap: int | None, builder: WorkBuilder,
-                   suppression: PageCheck) -> list[PageCheck]:
+                   suppression: PageCheck, budget: PageCheck) -> list[PageCheck]:
     """The controls every page goes through, in order: consent before the frequency cap (a suppressed
-    user takes no slot), rendering last (only what may go is rendered)."""
-    return [QuietHours(window), suppression, FrequencyCapCheck(fcap, cap), Render(builder)]
+    user takes no slot), offer budgets after it (a capped user reserves no coupon), rendering last
+    (only what may go is rendered)."""
+    return [QuietHours(window), suppression, FrequencyCapCheck(fcap, cap), budget, Render(builder)]
 
 
 class Triage(Protocol):

@@ -46,6 +46,7 @@ from c2b.channels import CHANNEL_NAMES
 from c2b.channels import REGISTRY as CHANNEL_REGISTRY
 from c2b.hashing import MAX_SHARDS
 from c2b.plan.goal import Goal
+from c2b.plan.policies import OfferBudget, Reentry, ReentryAfter
 
 # Channel names, default connections and whether one is needed come from the channel registry.
 if TYPE_CHECKING:
@@ -388,6 +389,7 @@ class Offer(_Strict):
     amount: Number | None = Field(None, gt=0, description="required for price_up_coupon and red_packet")
     currency: str = Field("CNY", description="a 3-letter ISO 4217 code in capitals")
     link: Url | None = Field(None, description="required for tutorial: the tutorial's URL")
+    budget: OfferBudget | None = Field(None, description="most coupons and/or money the offer may give away")
 
     @field_validator("currency")
     @classmethod
@@ -402,6 +404,9 @@ class Offer(_Strict):
             raise problems_error([("amount", f"required for a {self.type} offer: a number > 0")])
         if self.type == "tutorial" and self.link is None:
             raise problems_error([("link", "required for a tutorial offer: the tutorial's http(s) URL")])
+        if self.budget and self.budget.amount is not None and self.amount is None:
+            raise problems_error([("budget.amount", f"a {self.type} offer has no amount to count; "
+                                                    "budget it by coupons instead")])
         return self
 
 
@@ -524,6 +529,8 @@ class Plan(_Strict):
                                                             "(one variant, all)")
     touches: list[Touch] = Field(min_length=1, description="the plan's delivery steps")
     delivery: Delivery = Field(default_factory=Delivery, description="how a run sends")  # type: ignore[arg-type]
+    reentry: Reentry = Field(default_factory=ReentryAfter,  # type: ignore[arg-type]
+                             description="'once', or {after_days: N} (default 7): when a user may get this plan again")
     goal: Goal | None = Field(None, description="conversion metrics and attribution window (c2b.plan.goal)")
 
     @property
@@ -636,7 +643,8 @@ _MODEL_AT = {  # parent path (indexes as [], variant names as *) -> the model al
     "": "Plan", "window": "Window", "audience": "Audience", "experiment": "Experiment",
     "experiment.variants.*": "Variant", "touches[]": "Touch", "touches[].offer": "Offer",
     "delivery": "Delivery", "schedule.~asset": "AssetSchedule",
-    "audience.exclude[]": "Exclusion", "goal": "Goal",
+    "audience.exclude[]": "Exclusion", "goal": "Goal", "touches[].offer.budget": "OfferBudget",
+    "reentry": "ReentryAfter",
 }
 
 

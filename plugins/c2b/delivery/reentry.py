@@ -1,0 +1,82 @@
+"""Re-entry: whether a user may get a plan again, from the plan's own contact history.
+
+The cross-plan history (:mod:`c2b.delivery.contacts`) says when a user was last messaged by
+*any* plan and is kept 180 days; re-entry needs *this* plan's, kept as long as the rule needs
+(``once`` means ever). Same layout, own keys, spread wider so no key grows big::
+
+    c2b:reentry:{<plan>:0001} .. c2b:reentry:{<plan>:4096}    HASH  uid -> epoch day of the last send
+
+4096 buckets keep every hash under 10,000 fields up to ~40M users of one plan (about 0.6 MB a
+bucket at the limit). The history is written when a message is recorded sent (with the
+cross-plan contact record), and read by the extract, which counts the users it turns away as
+``not_reentered``. Each write refreshes the bucket's TTL: ``once`` plans keep theirs
+:data:`ONCE_TTL_DAYS` after the last send, others ``max(after_days + 1, 31)`` days.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from c2b.delivery.contacts import contacted_since_array, record_contacts
+from c2b.plan.model import Plan
+from c2b.plan.policies import reentry_days
+from c2b.store.shards import _tag_part
+
+BUCKETS = 4096
+ONCE_TTL_DAYS = 3 * 365
+
+
+def bucket_key(plan_id: str, bucket: int) -> str:
+    """Return the Redis key of re-entry bucket ``bucket`` (1..BUCKETS) of ``plan_id``."""
+    return "c2b:reentry:{" + f"{_tag_part(plan_id)}:{bucket:04d}" + "}"
+
+
+def history_days(plan: Plan) -> int:
+    """Return how long the plan's history is kept after a user's last send."""
+    days = reentry_days(plan.reentry)
+    return ONCE_TTL_DAYS if days is None else max(days + 1, 31)
+
+
+def record_sends(plan: Plan, also: Callable[[Any, list[str], datetime], None]
+                 ) -> Callable[[Any, list[str], datetime], None]:
+    """Return a contact recorder that writes the plan's history as well as calling ``also``."""
+    key_of = partial(bucket_key, plan.id)
+    ttl = history_days(plan)
+
+    def record(redis: Any, uids: list[str], when: datetime) -> None:
+        also(redis, uids, when)
+        record_contacts(redis, uids, when, ttl, key_of=key_of, buckets=BUCKETS)
+
+    return record
+
+
+class ReentryRule:
+    """The extract's check: which uids of a batch got this plan too recently to get it again."""
+
+    label = "not_reentered"
+
+    def __init__(self, plan: Plan, redis: Any, now: datetime) -> None:
+        days = reentry_days(plan.reentry)
+        self.redis = redis
+        self.key_of = partial(bucket_key, plan.id)
+        # once: any record; N days: a send on one of the last N UTC days (N = 1: today only).
+        self.since: datetime | None = datetime(1970, 1, 1, tzinfo=now.tzinfo) if days is None else \
+            (now - timedelta(days=days - 1) if days > 0 else None)
+        if self.since is not None and redis is None:
+            raise ValueError(f"plan {plan.id}: its re-entry rule needs the contact history in Redis: "
+                             "pass redis= to extract_audience")
+
+    @property
+    def active(self) -> bool:
+        return self.since is not None
+
+    def matches(self, texts: pa.Array) -> np.ndarray:
+        """Return a mask of the uids that may not enter again yet."""
+        assert self.since is not None
+        return contacted_since_array(self.redis, texts, self.since, key_of=self.key_of, buckets=BUCKETS)

@@ -1,0 +1,130 @@
+"""Re-entry rules and a line's global holdout, end to end: delivery writes the plan's history,
+the next extract turns users away and counts them (real DuckDB, real Redis, real outbox files)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from c2b.audience.eligibility import GlobalHoldout
+from c2b.audience.extract import extract_audience
+from c2b.audience.warehouse import DuckDBWarehouse
+from c2b.delivery.reentry import BUCKETS, bucket_key, record_sends
+from c2b.plan.model import parse_plan
+
+NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
+
+
+def _plan(reentry=None, plan_id: str = "reent"):
+    data = {"id": plan_id, "audience": {"segment": "all_users.sql"},
+            "touches": [{"name": "t", "channel": "outbox", "template": "hi"}]}
+    if reentry is not None:
+        data["reentry"] = reentry
+    return parse_plan(data, f"{plan_id}.yaml")
+
+
+def _audience(demo_warehouse: Path) -> list[str]:
+    con = duckdb.connect(str(demo_warehouse), read_only=True)
+    try:
+        return [str(r[0]) for r in con.execute("SELECT uid FROM users WHERE NOT opted_out ORDER BY uid").fetchall()]
+    finally:
+        con.close()
+
+
+def _extract(plan, demo_warehouse: Path, tmp_path: Path, redis, now: datetime, holdout=None):
+    out = tmp_path / f"{plan.id}-{now:%Y%m%d}.parquet"
+    result = extract_audience(plan, DuckDBWarehouse(str(demo_warehouse)), out, redis=redis, now=now, holdout=holdout)
+    assert result.counts.balanced()
+    return result.counts, set(pq.read_table(out, columns=["uid"]).column("uid").to_pylist())
+
+
+@pytest.mark.parametrize("reentry, days_later, turned_away", [
+    (None, 6, True), (None, 7, False),                 # the default: again after 7 days
+    ({"after_days": 30}, 29, True), ({"after_days": 30}, 30, False),
+    ({"after_days": 0}, 0, False),                     # every run
+    ("once", 1000, True),                              # never again
+], ids=["default-6d", "default-7d", "30d-29d", "30d-30d", "0d", "once-1000d"])
+def test_reentry_rule_turns_away_recent_receivers(demo_warehouse: Path, redis_client, tmp_path: Path,
+                                                  reentry, days_later: int, turned_away: bool) -> None:
+    plan = _plan(reentry)
+    audience = _audience(demo_warehouse)
+    sent = audience[:50]
+    # What the delivery does when a message is recorded sent: the cross-plan record and the plan's own.
+    record_sends(plan, lambda *_: None)(redis_client, sent, NOW)
+    counts, kept = _extract(plan, demo_warehouse, tmp_path, redis_client, NOW + timedelta(days=days_later))
+    if turned_away:
+        assert counts.not_reentered == 50 and not kept & set(sent)
+        assert counts.kept == len(audience) - 50
+    else:
+        assert counts.not_reentered == 0 and set(sent) <= kept
+    assert "not re-entered" in counts.describe()
+
+
+def test_reentry_history_is_per_plan_and_bounded(demo_warehouse: Path, redis_client, tmp_path: Path) -> None:
+    plan, other = _plan("once"), _plan("once", "other_plan")
+    audience = _audience(demo_warehouse)
+    record_sends(plan, lambda *_: None)(redis_client, audience, NOW)
+    counts, _ = _extract(other, demo_warehouse, tmp_path, redis_client, NOW)
+    assert counts.not_reentered == 0  # another plan's sends do not count
+    sizes = [redis_client.hlen(bucket_key(plan.id, b)) for b in range(1, BUCKETS + 1)]
+    assert sum(sizes) == len(audience) and max(sizes) < 10_000
+    ttl = redis_client.ttl(bucket_key(plan.id, 1 + next(i for i, n in enumerate(sizes) if n)))
+    assert ttl > 1000 * 86_400  # 'once' keeps its history for years, refreshed by every send
+
+
+def test_global_holdout_is_a_deterministic_slice_never_touched(demo_warehouse: Path, redis_client,
+                                                               tmp_path: Path) -> None:
+    holdout = GlobalHoldout(0.05, "growth-2026")
+    audience = _audience(demo_warehouse)
+    members = set(pa.array(audience).filter(pa.array(holdout.members(pa.array(audience)))).to_pylist())
+    assert 0.04 < len(members) / len(audience) < 0.06
+    plan = _plan({"after_days": 0})
+    day1, kept1 = _extract(plan, demo_warehouse, tmp_path, redis_client, NOW, holdout)
+    day2, kept2 = _extract(plan, demo_warehouse, tmp_path, redis_client, NOW + timedelta(days=1), holdout)
+    assert day1.global_holdout == day2.global_holdout == len(members)  # the same users every day
+    assert not kept1 & members and kept1 == kept2 == set(audience) - members
+    # Another plan of the line holds out the very same users.
+    _, kept3 = _extract(_plan({"after_days": 0}, "another"), demo_warehouse, tmp_path, redis_client, NOW, holdout)
+    assert not kept3 & members
+    # A different salt draws a different slice.
+    other = GlobalHoldout(0.05, "care-2026")
+    assert set(pa.array(audience).filter(pa.array(other.members(pa.array(audience)))).to_pylist()) != members
+
+
+def test_a_delivered_run_writes_the_plan_history(redis_client, tmp_path: Path) -> None:
+    """Through the real shard loop: sent users get the plan's re-entry record, others do not."""
+    from c2b.channels import ChannelConfig, make_channel
+    from c2b.delivery.shard import ShardDelivery
+
+    from devtools.deliverkit import load_audience
+
+    plan = _plan("once", "reent_live")
+    users = [f"u{i:03d}" for i in range(40)]
+    load_audience(redis_client, plan, "r1", users, tmp_path / "staging")
+    channels = {"t": make_channel("outbox", ChannelConfig(run_dir=str(tmp_path / "out")))}
+    for shard in range(1, plan.delivery.shards + 1):
+        ShardDelivery(redis_client, plan, "r1", shard, channels, lambda: False).run(10, 4)
+    stored = sum(redis_client.hlen(bucket_key(plan.id, b)) for b in range(1, BUCKETS + 1))
+    assert stored == len(users)
+
+
+def test_a_cleared_run_keeps_its_audience_but_the_next_run_applies_reentry(
+        demo_warehouse: Path, redis_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-running extract_audience of a run (a retry, a cleared run) must not turn away the users
+    that very run already sent to: the run's audience is decided once."""
+    from c2b import steps
+
+    monkeypatch.setenv("C2B_DATA_DIR", str(tmp_path / "c2b"))
+    plan = _plan({"after_days": 7}, "reent_clear")
+    warehouse = DuckDBWarehouse(str(demo_warehouse))
+    first = steps.step_extract(plan, "run1", warehouse, redis=redis_client)
+    kept = pq.read_table(first["path"], columns=["uid"]).column("uid").to_pylist()
+    record_sends(plan, lambda *_: None)(redis_client, kept, datetime.now(UTC))  # the run delivered
+    again = steps.step_extract(plan, "run1", warehouse, redis=redis_client)
+    assert again["counts"] == first["counts"] and again["counts"]["not_reentered"] == 0
+    nxt = steps.step_extract(plan, "run2", warehouse, redis=redis_client)
+    assert nxt["counts"]["not_reentered"] == len(kept) and nxt["counts"]["kept"] == 0
