@@ -56,6 +56,7 @@ touches:
     channel: push
     connection: c2b_honour_idempotency_key
     template: "Hi again {{{{ nickname }}}}"
+reentry: {{after_days: 0}}  # both tests run this plan for the same users
 delivery:
   shards: {SHARDS}
   page_size: {PAGE_SIZE}
@@ -87,17 +88,16 @@ class CeleryCluster:
         return run_id, state, self.stack.task_instances(DAG_ID, run_id)
 
     def audience_uids(self, run_id: str) -> set[str]:
-        import pyarrow.parquet as pq
+        """The run's audience as its delivery log holds it (the staging file is gone after cleanup)."""
+        from c2b.results.store import DuckDBResultsStore
 
-        files = [p for p in (self.data / "staging" / DAG_ID).glob("*.parquet") if _run_part(run_id) in p.name]
-        assert len(files) == 1, files
-        return {str(u) for u in pq.read_table(files[0], columns=["uid"]).column("uid").to_pylist()}
-
-
-def _run_part(run_id: str) -> str:
-    from c2b.settings import safe_name
-
-    return safe_name(run_id)
+        store = DuckDBResultsStore(self.data / "results.duckdb")
+        try:
+            users = {str(row[0]) for row in store.log_users(DAG_ID, run_id)}
+        finally:
+            store.close()
+        assert users, f"no delivery log rows for {run_id}"
+        return users
 
 
 @pytest.fixture(scope="module")
