@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from c2b.channels import ChannelConfig, Message, make_channel
 from c2b.delivery.shard import ShardDelivery, idempotency_key
-from c2b.plan.model import parse_plan
+from c2b.plan.load import parse_plan
 from c2b.plan.templates import compile_template
 from c2b.store.shards import ShardKeys, load_shards, read_page
 

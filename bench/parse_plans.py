@@ -194,7 +194,7 @@ def stages(folder: str) -> dict:
     import airflow.sdk  # noqa: F401
     import c2b.airflow.dag_factory
     from c2b.plan.checks import repository_problems
-    from c2b.plan.model import load_yaml, parse_plan
+    from c2b.plan.load import load_yaml, parse_plan
 
     c2b.airflow.dag_factory.preload()
     files = sorted((Path(folder) / "plans").glob("*.yaml"))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from c2b.settings import PROJECT_ROOT, outbox_dir, reports_dir, safe_name
 
 if TYPE_CHECKING:
-    from c2b.plan.model import PlanError
+    from c2b.plan.errors import PlanError
 
 PLANS_DIR = PROJECT_ROOT / "dags" / "plans"
 
@@ -60,7 +60,7 @@ def _closed_now(plan_id: str) -> str:
     from datetime import datetime, timedelta
 
     from c2b.delivery.controls.quiet_hours import SendWindow
-    from c2b.plan.model import load_plan
+    from c2b.plan.load import load_plan
 
     window = SendWindow.of(load_plan(PLANS_DIR / f"{plan_id}.yaml").window)
     now = datetime.now(UTC)
@@ -146,7 +146,8 @@ def validate_paths(paths: list[Path]) -> tuple[dict[str, Path], list[PlanError]]
 
     Checks each file fully (as the DAG factory does) and, across files, that plan ids are unique.
     """
-    from c2b.plan.model import PlanError, load_plan
+    from c2b.plan.errors import PlanError
+    from c2b.plan.load import load_plan
 
     ok: dict[str, Path] = {}
     errors: list[PlanError] = []
@@ -225,7 +226,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
     import tempfile
 
     from c2b.audience.extract import extract_audience
-    from c2b.plan.model import PlanError, load_plan
+    from c2b.plan.errors import PlanError
+    from c2b.plan.load import load_plan
 
     path = Path(args.plan) if args.plan.endswith(".yaml") else PLANS_DIR / f"{args.plan}.yaml"
     try:

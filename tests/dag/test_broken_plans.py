@@ -89,7 +89,7 @@ def test_a_reparse_uses_the_plan_cache_but_never_for_the_broken_plan(
         dags_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the dag-processor does every 30 s: the same DAGs and the same error, the good plans cached."""
     from airflow.serialization.serialized_objects import DagSerialization
-    from c2b.plan import model as plan_module
+    from c2b.plan import load as plan_module
 
     monkeypatch.setenv("C2B_PLAN_CACHE", str(tmp_path / "cache"))
     validated: list[str] = []

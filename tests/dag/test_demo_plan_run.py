@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 from c2b.hashing import VariantPicker
-from c2b.plan.model import load_plan
+from c2b.plan.load import load_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = "cancelled_price_coupon"

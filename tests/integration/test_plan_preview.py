@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from c2b.cli import main
-from c2b.plan.model import load_plan
+from c2b.plan.load import load_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 PLANS = sorted((ROOT / "dags" / "plans").glob("*.yaml"))

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 from c2b.plan import cache as plan_cache
-from c2b.plan import model as plan_module
+from c2b.plan import load as plan_module
 from c2b.plan.cache import load_cached_plan
-from c2b.plan.model import PlanError, load_plan
+from c2b.plan.errors import PlanError
+from c2b.plan.load import load_plan
 from c2b.settings import PROJECT_ROOT
 
 from devtools.plan_samples import base_plan, mutate

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from c2b.plan.model import _LOADER, load_yaml
+from c2b.plan.load import _LOADER, load_yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from c2b.plan.model import Plan, PlanError
+    from c2b.plan.errors import PlanError
+    from c2b.plan.model import Plan
 
 PLANS_DIRNAME = "plans"
 PLAN_SUFFIX = ".yaml"
@@ -155,7 +156,7 @@ def plan_of(dag: Any) -> Plan:
     plan = getattr(dag, "_c2b_plan", None)
     if plan is not None:
         return plan
-    from c2b.plan.model import load_plan
+    from c2b.plan.load import load_plan
 
     fileloc = Path(dag.fileloc)
     if fileloc.suffix != PLAN_SUFFIX:  # built by dags/c2b_plans.py
@@ -224,7 +225,7 @@ def load_plan_dag(path: Path) -> Any:
     skipping YAML and validation; a plan is cached only once its DAG is built.
     """
     from c2b.plan.cache import load_cached_plan
-    from c2b.plan.model import PlanError
+    from c2b.plan.errors import PlanError
 
     plan, store = load_cached_plan(path)
     try:
@@ -249,7 +250,7 @@ def build_dags(folder: Path, only_dag_id: str | None = None) -> tuple[dict[str, 
     ``only_dag_id`` (from Airflow's parsing context on a worker) builds just that plan's DAG.
     Plan files are named ``<id>.yaml``, which is what makes that shortcut possible.
     """
-    from c2b.plan.model import PlanError
+    from c2b.plan.errors import PlanError
 
     files = plan_files(folder)
     if only_dag_id:
@@ -319,7 +320,7 @@ def _importer_class() -> type:
 
         def import_file(self, file_path: str | Path, *, bundle_path: Path | None = None,
                         bundle_name: str | None = None, safe_mode: bool = True) -> Any:
-            from c2b.plan.model import PlanError
+            from c2b.plan.errors import PlanError
 
             rel = self.get_relative_path(file_path, bundle_path)
             result = DagImportResult(file_path=rel)

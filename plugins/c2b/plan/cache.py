@@ -42,7 +42,8 @@ FORMAT = 1  # bump when the entry layout changes
 OFF_VALUES = ("off", "0", "false", "no", "")
 # The modules whose code decides whether a plan is valid and what the validated plan holds.
 _VALIDATING_MODULES = (
-    "plan/model", "plan/checks", "plan/templates", "audience/sql", "settings", "hashing", "plan/cache",
+    "plan/model", "plan/errors", "plan/load", "plan/checks", "plan/templates", "audience/sql", "settings",
+    "hashing", "plan/cache",
 )
 # tzdata: plans name timezones (checked against the zone database); Python's zoneinfo reads the
 # system database first, whose changes this cannot see (`python -m c2b cache clear` after one).
@@ -210,7 +211,7 @@ def load_cached_plan(path: Path) -> tuple[Plan, Any]:
     ``store()`` records a freshly validated plan in the cache; call it only once the plan is known
     good (its DAG built). Raises :class:`~c2b.plan.model.PlanError` exactly as ``load_plan`` does.
     """
-    from c2b.plan.model import load_plan
+    from c2b.plan.load import load_plan
 
     def nothing() -> None:
         return None

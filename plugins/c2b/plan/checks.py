@@ -25,7 +25,8 @@ from functools import lru_cache
 from typing import Any
 
 from c2b.audience.sql import placeholders, segment_path
-from c2b.plan.model import ALL_USERS_SEGMENT, Plan, Touch, join_key
+from c2b.plan.errors import join_key
+from c2b.plan.model import ALL_USERS_SEGMENT, Plan, Touch
 from c2b.settings import sql_dir
 
 OFFER_FIELDS = ("type", "amount", "currency", "link")
