@@ -30,6 +30,7 @@ always runs.
 from __future__ import annotations
 
 import os
+import reprlib
 import sys
 import traceback
 from collections.abc import Iterator
@@ -48,11 +49,21 @@ PLAN_SUFFIX = ".yaml"
 
 # --- one plan -> one DAG --------------------------------------------------------------------------
 
+# The DAG's doc is stored with every serialized DAG and shown by the UI: keep it small whatever a
+# plan holds (segment params are untyped values, any size).
+MAX_DOC_CHARS = 20_000
+_PARAMS_REPR = reprlib.Repr()
+_PARAMS_REPR.maxlevel, _PARAMS_REPR.maxdict, _PARAMS_REPR.maxlist = 3, 20, 20
+_PARAMS_REPR.maxstring = _PARAMS_REPR.maxother = 200
+
+
 def _doc_md(plan: Plan, path: Path) -> str:
-    """Return the DAG's doc: the plan in words, cheap to build (no YAML dump)."""
+    """Return the DAG's doc: the plan in words, cheap to build (no YAML dump), at most MAX_DOC_CHARS."""
     aud = plan.audience
-    who = "everyone (`all_users.sql`)" if aud.all else f"`{aud.segment}` with `{dict(aud.params)}`"
-    lines = [f"## {plan.id}", "", plan.description.strip(), "", f"**Audience:** {who}"]
+    who = "everyone (`all_users.sql`)" if aud.all else f"`{aud.segment}` with `{_PARAMS_REPR.repr(dict(aud.params))}`"
+    about = plan.description.strip()
+    about = about if len(about) <= MAX_DOC_CHARS // 4 else about[:MAX_DOC_CHARS // 4] + " ..."
+    lines = [f"## {plan.id}", "", about, "", f"**Audience:** {who}"]
     for item in aud.exclude:
         lines.append(f"- excluding `{item.label}`")
     if aud.limit:
@@ -76,7 +87,10 @@ def _doc_md(plan: Plan, path: Path) -> str:
     lines += ["", f"**Delivery:** {d.shards} shards, page size {d.page_size}, concurrency {d.concurrency}, "
                   f"rate limit {d.rate_limit or 'none'}/s, frequency cap {d.frequency_cap or 'none'}/day",
               "", f"_Plan file:_ `{path.name}`"]
-    return "\n".join(lines)
+    doc = "\n".join(lines)
+    if len(doc) > MAX_DOC_CHARS:
+        doc = doc[:MAX_DOC_CHARS] + f"\n\n_(cut at {MAX_DOC_CHARS:,} characters; the plan file has the rest)_"
+    return doc
 
 
 def _schedule_text(plan: Plan) -> str:

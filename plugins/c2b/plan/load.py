@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from c2b.plan.errors import PlanError, Problem, validation_problems
+from c2b.plan.errors import PlanError, Problem, join_key, validation_problems
 from c2b.plan.model import Plan
 
 
@@ -51,11 +51,18 @@ def read_yaml(path: str | Path, text: str | None = None) -> tuple[Any, str]:
     path = Path(path)
     if text is None:
         try:
-            text = path.read_text(encoding="utf-8")
+            with path.open("rb") as f:
+                raw = f.read(MAX_PLAN_BYTES + 1)
+            text = raw.decode("utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             raise PlanError(path, [("", f"cannot read the file: {exc}")]) from None
+    if len(text) > MAX_PLAN_BYTES:
+        raise PlanError(path, [("", f"the file is larger than {MAX_PLAN_BYTES // 1024} KiB; a plan is a few KB: "
+                                    "split it into several plans")])
     try:
-        data = load_yaml(text)
+        data = load_yaml(text, path)
+    except PlanError:
+        raise
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         what = " ".join(str(x) for x in (exc.context, exc.problem) if x)
@@ -84,70 +91,80 @@ def load_plan(path: str | Path, *, check_name: bool = False, check_files: bool =
 
 
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_STR, _MAP, _SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
-_PLAIN_SCALARS = frozenset({"tag:yaml.org,2002:null", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
-                            "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"})
+# A plan is a few KB; the bound keeps one huge file from costing every other plan its parse time.
+MAX_PLAN_BYTES = 256 * 1024
+_MERGE = "tag:yaml.org,2002:merge"
 
 
-class _NotPlain(Exception):
-    """The document uses YAML beyond maps, lists and plain scalars: construct it the usual way."""
+def load_yaml(text: str, path: str | Path = "<plan>") -> Any:
+    """Return the data of a plan's YAML text, or raise :class:`PlanError` for what a plan may not use.
 
+    libyaml composes the node tree first (aliases there are references to one node, so even an
+    "alias bomb" composes small and fast); the tree is then checked before any value is built:
 
-def load_yaml(text: str) -> Any:
-    """Return ``yaml.load(text, Loader=_LOADER)``, constructing plain documents faster.
+    - **anchors and aliases** (``&name`` / ``*name``) and merge keys (``<<``) are refused: a plan
+      has no need for them, and a few hundred bytes of nested aliases expand to gigabytes;
+    - **duplicate keys** at any level are refused, naming both lines (YAML would keep the last one
+      silently: ``channel: outbox`` then ``channel: sms`` would send SMS).
 
-    libyaml composes the node tree in C; PyYAML then builds Python objects from it in Python, the
-    larger half of a plan's YAML time. A plan is maps, lists and scalars, which this builds in one
-    loop with PyYAML's own scalar constructors. A document with anything else (anchors and
-    aliases, merge keys, other tags, keys that are not scalars) goes through ``yaml.load``, so
-    values and errors are always PyYAML's.
+    Syntax errors raise PyYAML's own exceptions (:func:`read_yaml` words them).
     """
     loader = _LOADER(text)
     try:
-        root = loader.get_single_node()  # syntax errors: the same exceptions as yaml.load
+        root = loader.get_single_node()
         if root is None:
             return None
-        try:
-            return _construct_plain(root, loader)
-        except _NotPlain:
-            pass
+        problems = structure_problems(root)
+        if problems:
+            raise PlanError(path, problems)
+        return loader.construct_document(root)
     finally:
         loader.dispose()
-    return yaml.load(text, Loader=_LOADER)
 
 
-def _construct_plain(root: Any, constructor: Any) -> Any:
-    scalars = constructor.yaml_constructors
+def structure_problems(root: Any) -> list[Problem]:
+    """Return the aliases, merge keys and duplicate keys of a composed YAML tree, with their lines."""
+    problems: list[Problem] = []
     seen: set[int] = set()
-
-    def scalar(node: Any) -> Any:
-        tag = node.tag
-        if tag == _STR:
-            return node.value
-        if tag in _PLAIN_SCALARS:
-            return scalars[tag](constructor, node)
-        raise _NotPlain
-
-    def build(node: Any) -> Any:
-        if id(node) in seen:
-            raise _NotPlain  # an alias: one object shared by several places
+    aliased: set[int] = set()  # nodes already reported as aliased (report each once)
+    alias_help = ("YAML anchors and aliases (&name / *name) are not allowed in a plan file; "
+                  "write the value out where it is used")
+    stack: list[tuple[Any, str, int]] = [(root, "", root.start_mark.line + 1)]
+    while stack:
+        node, where, line = stack.pop()
+        if id(node) in seen:  # a second reference to one node: an alias
+            if id(node) not in aliased:
+                aliased.add(id(node))
+                problems.append((where, alias_help, line))
+            continue
         seen.add(id(node))
-        kind = type(node)
-        if kind is yaml.ScalarNode:
-            return scalar(node)
-        if kind is yaml.MappingNode and node.tag == _MAP:
-            out = {}
+        if isinstance(node, yaml.SequenceNode):
+            # An alias has no position of its own in the tree: name the list's line.
+            stack.extend((item, f"{where}[{i}]", node.start_mark.line + 1)
+                         for i, item in reversed(list(enumerate(node.value))))
+        elif isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
+            children = []
             for key_node, value_node in node.value:
-                if type(key_node) is not yaml.ScalarNode or key_node.tag == "tag:yaml.org,2002:merge":
-                    raise _NotPlain
+                key_line = key_node.start_mark.line + 1
+                if key_node.tag == _MERGE:
+                    problems.append((where, "merge keys (<<) are not allowed in a plan file; write the keys out",
+                                     key_line))
+                    continue
+                if id(key_node) in seen:
+                    problems.append((where, alias_help, key_line))
+                    continue
                 seen.add(id(key_node))
-                out[scalar(key_node)] = build(value_node)
-            return out
-        if kind is yaml.SequenceNode and node.tag == _SEQ:
-            return [build(item) for item in node.value]
-        raise _NotPlain
-
-    return build(root)
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if key is not None and (key_node.tag, key) in first:
+                    problems.append((join_key(where, key),
+                                     f"duplicate key {key!r}: first at line {first[(key_node.tag, key)]}, again at "
+                                     f"line {key_line}; a key may appear once in a mapping: remove one", key_line))
+                elif key is not None:
+                    first[(key_node.tag, key)] = key_line
+                children.append((value_node, join_key(where, key) if key is not None else where, key_line))
+            stack.extend(reversed(children))
+    return sorted(problems, key=lambda p: p[2] or 0)
 
 
 def with_lines(problems: list[tuple[str, str]], text: str | None) -> list[Problem]:
