@@ -1,7 +1,8 @@
 """A broken plan is its own Airflow import error and never stops the other plans from loading.
 
 Through a real ``DagBag`` (the class the dag-processor and the workers' task runner parse with), on
-a DAGs folder holding the example plans, one broken plan and the fallback loader.
+a DAGs folder holding the plan index, the example plans, one broken plan and the fallback loader.
+``tests/dag/test_plan_index_live.py`` checks the same under a real dag-processor.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def dags_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "dags"
     (folder / "plans").mkdir(parents=True)
     shutil.copy(ROOT / "dags" / "c2b_plans.py", folder)
+    shutil.copy(ROOT / "dags" / "plans.yaml", folder)
     for path in EXAMPLES:
         shutil.copy(path, folder / "plans")
     (folder / "plans" / "broken_plan.yaml").write_text(BROKEN)
@@ -63,10 +65,11 @@ def test_broken_plan_is_the_only_import_error(dags_folder: Path) -> None:
     message = bag.import_errors["plans/broken_plan.yaml"]
     assert message == ("plans/broken_plan.yaml: touches[0].channel: 'emial' is not allowed; use one of: push, sms, "
                        "inapp, outbound_call, private_domain, webhook, outbox (line 8)")
-    # Every good plan loads, from its own YAML file; the fallback loader adds no duplicate.
+    # Every good plan loads, from the one index unit; the fallback loader adds no duplicate.
     assert set(bag.dags) == GOOD_IDS
     for dag_id, dag in bag.dags.items():
-        assert dag.relative_fileloc == f"plans/{dag_id}.yaml"
+        assert dag.relative_fileloc == "plans.yaml"  # what the dag-processor tracks and a worker re-parses
+        assert dag.fileloc == str(dags_folder / "plans" / f"{dag_id}.yaml")  # the UI's Code tab shows the plan
         assert [t.task_id for t in dag.tasks] == ["extract_audience", "load_shards", "deliver", "report", "cleanup"]
 
 
@@ -107,14 +110,66 @@ def test_a_reparse_uses_the_plan_cache_but_never_for_the_broken_plan(
         assert DagSerialization.to_dict(warm.dags[dag_id]) == DagSerialization.to_dict(cold.dags[dag_id])
 
 
-def test_a_worker_parses_only_its_plan_file(dags_folder: Path) -> None:
-    """The task runner re-parses the DAG's file: with the importer that is the one YAML file."""
+def test_a_worker_builds_only_its_plan(dags_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task runner re-parses the DAG's relative_fileloc (the index) with Airflow's parsing context."""
+    from airflow.dag_processing.dagbag import BundleDagBag
+    from c2b.plan import load as plan_module
+
+    validated: list[str] = []
+    real = plan_module.load_plan
+    monkeypatch.setattr(plan_module, "load_plan",
+                        lambda path, **kw: validated.append(Path(path).name) or real(path, **kw))
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "cancelled_price_coupon")
+    bag = BundleDagBag(dag_folder=str(dags_folder / "plans.yaml"), safe_mode=False, load_op_links=False,
+                       bundle_path=dags_folder, bundle_name="dags-folder")
+    assert list(bag.dags) == ["cancelled_price_coupon"] and bag.import_errors == {}
+    assert validated == ["cancelled_price_coupon.yaml"]
+
+
+def test_one_plan_file_on_its_own_is_imported_alone(dags_folder: Path) -> None:
     from airflow.dag_processing.dagbag import BundleDagBag
 
     target = dags_folder / "plans" / "cancelled_price_coupon.yaml"
     bag = BundleDagBag(dag_folder=str(target), safe_mode=False, load_op_links=False,
                        bundle_path=dags_folder, bundle_name="dags-folder")
     assert list(bag.dags) == ["cancelled_price_coupon"] and bag.import_errors == {}
+
+
+def test_an_alias_bomb_next_to_good_plans_is_one_quick_import_error(dags_folder: Path) -> None:
+    """Issue #11 defect 5: one bad plan never slows or starves the others' parse."""
+    import time
+    import tracemalloc
+
+    bomb = ["id: bomb", "audience:", "  segment: survey_answers.sql", "  params:", "    survey: why_sell",
+            "    days: 30", '    a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
+            *(f"    a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)), "    answer: *a8",
+            "touches:", "  - {name: t, channel: outbox, template: hi}"]
+    (dags_folder / "plans" / "bomb.yaml").write_text("\n".join(bomb) + "\n")
+    (dags_folder / "plans" / "broken_plan.yaml").unlink()
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        bag = _bag(dags_folder)
+    finally:
+        took = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert set(bag.dags) == GOOD_IDS
+    assert set(bag.import_errors) == {"plans/bomb.yaml"}
+    assert "anchors and aliases (&name / *name) are not allowed" in bag.import_errors["plans/bomb.yaml"]
+    assert took < 20 and peak < 200_000_000, (took, peak)  # the whole folder, traced; the bomb alone is ~ms
+
+
+def test_plan_files_without_a_listed_index_stop_the_dag_processor(dags_folder: Path) -> None:
+    """The dag-processor's listing must include every plan's index, or it refuses to start."""
+    import airflow.utils.file
+    from c2b.airflow.dag_factory import PlanListingError
+
+    assert any(p.endswith("/plans.yaml") for p in airflow.utils.file.list_py_file_paths(str(dags_folder)))
+    (dags_folder / "plans.yaml").unlink()
+    with pytest.raises(PlanListingError, match=r"7 plan file\(s\) in .*/plans/ but the dag-processor does not "
+                                               r"list .*/plans.yaml"):
+        airflow.utils.file.list_py_file_paths(str(dags_folder))
 
 
 @pytest.fixture
@@ -157,4 +212,4 @@ def test_every_airflow_process_installs_the_importer(dags_folder: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code, str(dags_folder)], env=env, capture_output=True,
                          text=True, check=True, timeout=120).stdout.splitlines()
     assert out[0] == "True"
-    assert json.loads(out[1]) == sorted(["c2b_plans.py", "broken_plan.yaml", *(p.name for p in EXAMPLES)])
+    assert json.loads(out[1]) == ["c2b_plans.py", "plans.yaml"]  # the plans are one parse unit

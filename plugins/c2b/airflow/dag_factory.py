@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 
 PLANS_DIRNAME = "plans"
 PLAN_SUFFIX = ".yaml"
+# The one parse unit of a plans folder: dags/plans.yaml builds every dags/plans/*.yaml.
+PLAN_INDEX = PLANS_DIRNAME + PLAN_SUFFIX
 
 
 # --- one plan -> one DAG --------------------------------------------------------------------------
@@ -309,51 +311,106 @@ def is_plan_file(path: str | os.PathLike[str]) -> bool:
     return p.suffix == PLAN_SUFFIX and p.parent.name == PLANS_DIRNAME and not p.name.startswith(".")
 
 
+def is_plan_index(path: str | os.PathLike[str]) -> bool:
+    """Return whether ``path`` is a plan index: ``plans.yaml`` beside a ``plans/`` folder."""
+    p = Path(path)
+    return p.name == PLAN_INDEX and p.with_suffix("").is_dir()
+
+
+def index_of(plan_file: str | os.PathLike[str]) -> Path:
+    """Return the index file whose parse builds ``plan_file`` (``dags/plans/x.yaml`` -> ``dags/plans.yaml``)."""
+    return Path(plan_file).parent.with_suffix(PLAN_SUFFIX)
+
+
+class PlanListingError(RuntimeError):
+    """Plan files exist that the dag-processor would never parse: refuse to start without them."""
+
+
+def check_listing(directory: str | os.PathLike[str], listed: list[str]) -> None:
+    """Raise :class:`PlanListingError` when a plan file under ``directory`` has no index in ``listed``.
+
+    ``listed`` is what the dag-processor is about to parse. Without this, an Airflow that stopped
+    listing the index (or a plans folder without its index) would drop every plan silently.
+    """
+    listed_set = {os.path.abspath(p) for p in listed}
+    missing: dict[Path, int] = {}
+    for path in plan_importer().find_yaml(directory):
+        if is_plan_file(path) and os.path.abspath(index_of(path)) not in listed_set:
+            missing[index_of(path)] = missing.get(index_of(path), 0) + 1
+    if missing:
+        lines = [f"{n} plan file(s) in {index.with_suffix('')}/ but the dag-processor does not list {index}"
+                 for index, n in sorted(missing.items())]
+        raise PlanListingError("c2b: " + "; ".join(lines) + ". Create the index file (an empty "
+                               f"{PLAN_INDEX}, as dags/{PLAN_INDEX} in the repository) or, if this Airflow lists "
+                               "files another way, set C2B_PLAN_IMPORTER=off to load plans through "
+                               "dags/c2b_plans.py (see README 'Validating plans').")
+
+
 @lru_cache(maxsize=1)
 def _importer_class() -> type:
     """Define :class:`PlanImporter` on first use (keeps Airflow out of this module's import)."""
     from airflow.dag_processing.importers import AbstractDagImporter, DagImportError, DagImportResult
 
     class PlanImporter(AbstractDagImporter):
-        """Airflow DAG importer for plan files: one YAML file, one DAG or one import error."""
+        """Airflow DAG importer for plans: the index ``plans.yaml`` builds every ``plans/*.yaml``.
+
+        One parse unit for all plans (the dag-processor forks a child per unit, which costs more
+        than building a plan), yet one import error per broken plan file: each error carries its
+        plan file's path and line, and Airflow records import errors by that path. The DAGs name
+        the index as their ``relative_fileloc`` (what the dag-processor tracks and a worker
+        re-parses; with Airflow's parsing context a worker builds just its own plan) and the plan
+        file as their ``fileloc`` (the UI's Code tab shows the YAML). A plan file given on its own
+        (``DagBag`` of one file) is imported alone.
+        """
 
         @classmethod
         def supported_extensions(cls) -> list[str]:
             return [PLAN_SUFFIX]
 
-        def list_dag_files(self, directory: str | os.PathLike[str], safe_mode: bool = True) -> Iterator[str]:
-            # Every plans/*.yaml is a plan (no "contains airflow and dag" content heuristic:
-            # a plan file need not mention either), honouring .airflowignore.
-            from airflow._shared.module_loading.file_discovery import find_path_from_directory
-            from airflow.configuration import conf
+        def find_yaml(self, directory: str | os.PathLike[str]) -> Iterator[str]:
+            """Yield every ``.yaml`` file under ``directory`` that ``.airflowignore`` does not exclude."""
+            # safe_mode=False: the "contains airflow and dag" heuristic is for Python files.
+            yield from super().list_dag_files(directory, safe_mode=False)
 
-            syntax = conf.get_mandatory_value("core", "DAG_IGNORE_FILE_SYNTAX", fallback="glob")
-            for file_path in find_path_from_directory(directory, ".airflowignore", syntax):
-                if is_plan_file(file_path) and os.path.isfile(file_path):
-                    yield str(file_path)
+        def list_dag_files(self, directory: str | os.PathLike[str], safe_mode: bool = True) -> Iterator[str]:
+            # Only the index: listing the plan files too would make each one a parse unit of its own.
+            return (p for p in self.find_yaml(directory) if is_plan_index(p))
 
         def import_file(self, file_path: str | Path, *, bundle_path: Path | None = None,
                         bundle_name: str | None = None, safe_mode: bool = True) -> Any:
+            result = DagImportResult(file_path=self.get_relative_path(file_path, bundle_path))
+            if is_plan_file(file_path):
+                self._import_plan(Path(file_path), bundle_path, result, None)
+                return result
+            from airflow.sdk import get_parsing_context
+
+            only = get_parsing_context().dag_id  # a worker parsing for one task builds only its plan
+            index_rel = result.file_path
+            for plan_path in plan_files(Path(file_path).with_suffix("")):
+                if only is None or plan_path.stem == only:
+                    self._import_plan(plan_path, bundle_path, result, index_rel)
+            return result
+
+        def _import_plan(self, path: Path, bundle_path: Path | None, result: Any, index_rel: str | None) -> None:
+            """Add the DAG of one plan file to ``result``, or its import error under the plan's own path."""
             from c2b.plan.errors import PlanError
 
-            rel = self.get_relative_path(file_path, bundle_path)
-            result = DagImportResult(file_path=rel)
+            rel = self.get_relative_path(path, bundle_path)
             try:
-                dag = load_plan_dag(Path(file_path))
+                dag = load_plan_dag(path)
             except PlanError as exc:
                 exc = PlanError(rel, exc.problems)  # name the file as the UI does: bundle-relative
                 result.errors.append(DagImportError(
                     file_path=rel, message=str(exc), error_type="plan", line_number=exc.line,
                     suggestion="fix the fields named above; `c2b validate` shows the same errors"))
-                return result
-            except Exception as exc:  # noqa: BLE001 - a bug of ours must still be this file's error only
+                return
+            except Exception as exc:  # noqa: BLE001 - a bug of ours must still be this plan's error only
                 result.errors.append(DagImportError(file_path=rel, message=f"{type(exc).__name__}: {exc}",
                                                     stacktrace=traceback.format_exc()))
-                return result
-            dag.fileloc = str(file_path)
-            dag.relative_fileloc = rel
+                return
+            dag.fileloc = str(path)
+            dag.relative_fileloc = index_rel or rel
             result.dags.append(dag)
-            return result
 
     return PlanImporter
 
@@ -402,6 +459,12 @@ def install_plan_importer() -> bool:
     the dag-processor's manager module is imported). Idempotent. It is all or nothing: if this
     Airflow lacks either hook the importer is not registered and ``dags/c2b_plans.py`` loads the
     plans instead, so plans never silently disappear.
+
+    Airflow 3.3.2's dag-processor lists files with ``airflow.utils.file.list_py_file_paths`` (``.py``
+    and zip files only), not through the importer registry; the install extends that listing with
+    the importer's own (its public ``list_dag_files``) and checks every listing: plan files without
+    a listed index stop the dag-processor with :class:`PlanListingError` rather than vanish. So does
+    a dag-processor that lists files neither way (a future Airflow).
     """
     try:
         import airflow.utils.file as airflow_file
@@ -414,14 +477,17 @@ def install_plan_importer() -> bool:
     importer = plan_importer()
     if not getattr(original, "_c2b_plans", False):
         def list_py_file_paths(directory: Any, safe_mode: bool = True) -> list[str]:
-            """Airflow's file listing plus plan files (what the dag-processor queues for parsing)."""
+            """Airflow's file listing plus plan indexes (what the dag-processor queues for parsing)."""
             paths = original(directory, safe_mode=safe_mode)
             if directory is not None and os.path.isdir(directory):
                 known = set(paths)
-                plans = [p for p in importer.list_dag_files(directory) if p not in known]
-                if plans:
+                indexes = [p for p in importer.list_dag_files(directory) if p not in known]
+                if indexes:
                     preload()
-                paths += plans
+                paths += indexes
+                check_listing(directory, paths)
+                _remember_plan_files(directory, indexes)
+                _track_plan_files_in_manager()
             return paths
 
         list_py_file_paths._c2b_plans = True  # type: ignore[attr-defined]
@@ -432,4 +498,82 @@ def install_plan_importer() -> bool:
     registry = get_importer_registry()
     if not isinstance(registry.get_importer(f"x{PLAN_SUFFIX}"), _importer_class()):
         registry.register(importer)
+    if sys.argv[1:2] == ["dag-processor"]:
+        check_dag_processor_listing()
     return True
+
+
+def check_dag_processor_listing() -> None:
+    """Raise :class:`PlanListingError` when the dag-processor would not list plans and plans exist.
+
+    The dag-processor lists its files either through ``list_py_file_paths`` (extended above) or, in
+    an Airflow that adopts it, through the importer registry (which asks the plan importer). A
+    manager that uses neither would parse no plan; read its source (not imported here: this runs
+    while Airflow is still starting) and refuse to start when the DAGs folder holds plan files.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("airflow.dag_processing.manager")
+    source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
+    if "list_py_file_paths" in source or "list_dag_files" in source:
+        return
+    from airflow.configuration import conf
+
+    folder = conf.get("core", "dags_folder", fallback=None)
+    if folder and os.path.isdir(folder):
+        check_listing(folder, [])
+
+
+# --- import-error bookkeeping of the dag-processor ------------------------------------------------
+# Airflow keeps an import error under the path its importer names (a plan file here), but it clears
+# errors only for the files it lists and parses: the index. Left alone, a broken plan's error would
+# vanish at every bundle refresh (an "orphan": its file is not listed) until the index is parsed
+# again, and a fixed plan's error would stay until that refresh. Two small wrappers in the
+# dag-processor's manager make the plan files count as listed (observed) and as parsed whenever
+# their index is. Without them (another Airflow) errors still appear per plan, only less promptly.
+
+_plans_of_index: dict[str, set[str]] = {}  # index path relative to its bundle -> its plan files' paths
+
+
+def _remember_plan_files(directory: str | os.PathLike[str], indexes: list[str]) -> None:
+    for index in indexes:
+        rel = os.path.relpath(index, directory)
+        _plans_of_index[rel] = {os.path.relpath(p, directory) for p in plan_files(Path(index).with_suffix(""))}
+
+
+def plan_files_of(rel_paths: Any) -> set[str]:
+    """Return the plan files (bundle-relative) of the indexes among ``rel_paths``."""
+    out: set[str] = set()
+    for rel in rel_paths:
+        out |= _plans_of_index.get(str(rel), set())
+    return out
+
+
+def _track_plan_files_in_manager() -> None:
+    manager = sys.modules.get("airflow.dag_processing.manager")
+    cls = getattr(manager, "DagFileProcessorManager", None)
+    if manager is None or cls is None or getattr(cls, "_c2b_plans", False):
+        return
+    observed = getattr(cls, "_get_observed_filelocs", None)
+    persist = getattr(manager, "update_dag_parsing_results_in_db", None)
+    if observed is None or persist is None:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "c2b: this Airflow's dag-processor lacks the hooks that keep plan import errors in step with "
+            "their files; a broken plan's error may lag behind until the next bundle refresh")
+        return
+
+    def _get_observed_filelocs(self: Any, present: Any) -> set[str]:
+        found = observed(self, present)
+        return found | plan_files_of(found)
+
+    def update_dag_parsing_results_in_db(*args: Any, files_parsed: Any = None, **kwargs: Any) -> Any:
+        if files_parsed:
+            files_parsed = set(files_parsed) | {(bundle, plan) for bundle, rel in files_parsed
+                                                for plan in plan_files_of([rel])}
+        return persist(*args, files_parsed=files_parsed, **kwargs)
+
+    cls._get_observed_filelocs = _get_observed_filelocs
+    manager.update_dag_parsing_results_in_db = update_dag_parsing_results_in_db  # type: ignore[attr-defined]
+    cls._c2b_plans = True

@@ -122,9 +122,9 @@ def load_yaml(text: str, path: str | Path = "<plan>") -> Any:
         loader.dispose()
 
 
-def structure_problems(root: Any) -> list[Problem]:
+def structure_problems(root: Any) -> list[tuple[str, str, int | None]]:
     """Return the aliases, merge keys and duplicate keys of a composed YAML tree, with their lines."""
-    problems: list[Problem] = []
+    problems: list[tuple[str, str, int | None]] = []
     seen: set[int] = set()
     aliased: set[int] = set()  # nodes already reported as aliased (report each once)
     alias_help = ("YAML anchors and aliases (&name / *name) are not allowed in a plan file; "
