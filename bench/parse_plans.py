@@ -185,7 +185,9 @@ class Layout:
 
     def __init__(self, name: str, folder: Path, home: Path, extra: dict[str, str]) -> None:
         self.name, self.folder, self.home = name, folder, home
+        # The copied airflow.cfg names the template's DB: point each layout at its own copy.
         self.env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(folder),
+                    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
                     "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
                     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                     "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "0",

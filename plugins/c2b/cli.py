@@ -131,13 +131,13 @@ def render_summary(s: dict, took: float, report_file: Path) -> str:
 
 
 def plan_paths(paths: list[str]) -> list[Path]:
-    """Expand folders to their ``*.yaml`` plan files; keep files as given."""
-    from c2b.airflow.dag_factory import plan_files
+    """Expand folders to their ``*.yaml`` plan files (not a plan index); keep files as given."""
+    from c2b.airflow.dag_factory import is_plan_index, plan_files
 
     out: list[Path] = []
     for raw in paths:
         p = Path(raw)
-        out += plan_files(p) if p.is_dir() else [p]
+        out += [f for f in plan_files(p) if not is_plan_index(f)] if p.is_dir() else [p]
     return out
 
 
@@ -189,22 +189,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
         print(f"wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
-    return 0
-
-
-def cmd_cache(args: argparse.Namespace) -> int:
-    """Show where the plan cache is, or clear it (it refills on the next parse)."""
-    from c2b.plan.cache import cache_dir, get_cache
-
-    folder, cache = cache_dir(), get_cache()
-    if cache is None:
-        print("the plan cache is off (C2B_PLAN_CACHE=off)")
-        return 0
-    if args.action == "clear":
-        print(f"removed {cache.clear()} cached plan(s) from {folder}")
-    else:
-        n = len(list(folder.glob("*.pickle"))) if folder and folder.is_dir() else 0
-        print(f"{folder}: {n} cached plan(s)")
     return 0
 
 
@@ -400,9 +384,6 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("schema", help="write the plan files' JSON Schema (for editors)")
     p.add_argument("-o", "--output", help="file to write (default: stdout)")
     p.set_defaults(func=cmd_schema)
-    p = sub.add_parser("cache", help="where the plan cache is and how many plans it holds, or clear it")
-    p.add_argument("action", nargs="?", choices=["show", "clear"], default="show")
-    p.set_defaults(func=cmd_cache)
     p = sub.add_parser("preview", help="audience size per variant on the warehouse; no Redis, no sends")
     p.add_argument("plan", help="plan id (dags/plans/<id>.yaml) or a plan file path")
     p.add_argument("--warehouse", help="DuckDB file (default: $C2B_WAREHOUSE, else the c2b_warehouse connection)")

@@ -88,28 +88,6 @@ def test_fixing_the_plan_clears_its_error(dags_folder: Path) -> None:
     assert set(bag.dags) == GOOD_IDS | {"broken_plan"}
 
 
-def test_a_reparse_uses_the_plan_cache_but_never_for_the_broken_plan(
-        dags_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the dag-processor does every 30 s: the same DAGs and the same error, the good plans cached."""
-    from airflow.serialization.serialized_objects import DagSerialization
-    from c2b.plan import load as plan_module
-
-    monkeypatch.setenv("C2B_PLAN_CACHE", str(tmp_path / "cache"))
-    validated: list[str] = []
-    real = plan_module.load_plan
-    monkeypatch.setattr(plan_module, "load_plan",
-                        lambda path, **kw: validated.append(Path(path).name) or real(path, **kw))
-    cold = _bag(dags_folder)
-    assert sorted(validated) == sorted([p.name for p in EXAMPLES] + ["broken_plan.yaml"])
-    assert len(list((tmp_path / "cache").glob("*.pickle"))) == len(EXAMPLES)
-    validated.clear()
-    warm = _bag(dags_folder)
-    assert validated == ["broken_plan.yaml"]  # validated (and reported) on every parse
-    assert warm.import_errors == cold.import_errors and set(warm.dags) == GOOD_IDS
-    for dag_id in GOOD_IDS:  # the same DAG, as the scheduler stores it
-        assert DagSerialization.to_dict(warm.dags[dag_id]) == DagSerialization.to_dict(cold.dags[dag_id])
-
-
 def test_a_worker_builds_only_its_plan(dags_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The task runner re-parses the DAG's relative_fileloc (the index) with Airflow's parsing context."""
     from airflow.dag_processing.dagbag import BundleDagBag
@@ -213,3 +191,26 @@ def test_every_airflow_process_installs_the_importer(dags_folder: Path) -> None:
                          text=True, check=True, timeout=120).stdout.splitlines()
     assert out[0] == "True"
     assert json.loads(out[1]) == ["c2b_plans.py", "plans.yaml"]  # the plans are one parse unit
+
+
+def test_a_dag_processor_that_lists_files_neither_way_refuses_to_start(
+        dags_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A future Airflow whose manager neither calls list_py_file_paths nor the importer registry."""
+    import importlib.machinery
+    import importlib.util
+
+    from airflow.configuration import conf
+    from c2b.airflow import dag_factory
+
+    future = tmp_path / "manager.py"
+    future.write_text("def find_files(folder):\n    return sorted(folder.glob('*.py'))\n")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: importlib.machinery.ModuleSpec(
+        name, None, origin=str(future)) if name == "airflow.dag_processing.manager" else real_find_spec(name, *a))
+    real_get = conf.get
+    monkeypatch.setattr(conf, "get", lambda *a, **k: str(dags_folder) if tuple(a[:2]) == ("core", "dags_folder")
+                        else real_get(*a, **k))
+    with pytest.raises(dag_factory.PlanListingError, match="does not list"):
+        dag_factory.check_dag_processor_listing()
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    dag_factory.check_dag_processor_listing()  # this Airflow: lists through list_py_file_paths

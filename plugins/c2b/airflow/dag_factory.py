@@ -235,21 +235,16 @@ def _plan_step_class() -> type:
 
 
 def load_plan_dag(path: Path) -> Any:
-    """Validate the plan file at ``path`` and return its DAG; every failure is a ``PlanError``.
-
-    An unchanged plan that was valid before comes from the plan cache (:mod:`c2b.plan.cache`),
-    skipping YAML and validation; a plan is cached only once its DAG is built.
-    """
-    from c2b.plan.cache import load_cached_plan
+    """Validate the plan file at ``path`` and return its DAG; every failure is a ``PlanError``."""
     from c2b.plan.errors import PlanError
+    from c2b.plan.load import load_plan
 
-    plan, store = load_cached_plan(path)
+    plan = load_plan(path, check_name=True)
     try:
         dag = build_dag(plan, path)
     except Exception as exc:  # noqa: BLE001 - a valid plan Airflow still rejects: say so, per file
         raise PlanError(path, [("", f"Airflow rejected the DAG built from this plan: {type(exc).__name__}: {exc}")]) \
             from exc
-    store()
     return dag
 
 
@@ -419,10 +414,10 @@ def _importer_class() -> type:
 def preload() -> None:
     """Import what parsing a plan needs, once, in the dag-processor's manager.
 
-    The manager forks one child per file it parses, and a child inherits the parent's imported
-    modules. Airflow pre-imports the ``airflow.*`` modules a Python DAG file imports; a YAML plan
-    names none, so without this every plan file's child would import the plan models, Jinja and
-    the Task SDK again (about 10x the parse itself).
+    The manager forks one child per file it parses (the plan index among them), and a child
+    inherits the parent's imported modules. Airflow pre-imports the ``airflow.*`` modules a Python
+    DAG file imports; a YAML file names none, so without this every cycle's child would import the
+    plan models, Jinja and the Task SDK again.
     """
     import pendulum  # noqa: F401
     import yaml  # noqa: F401
@@ -430,14 +425,12 @@ def preload() -> None:
 
     import c2b.plan.checks  # noqa: F401
     import c2b.plan.templates  # noqa: F401
-    from c2b.plan.cache import code_salt
     from c2b.plan.model import valid_timezone
 
     _plan_step_class()
     _importer_class()
     _dag_config_defaults()
     valid_timezone("Asia/Shanghai")
-    code_salt()  # read the validating modules' sources once, not in every child
 
 
 def plan_importer() -> Any:

@@ -17,15 +17,13 @@ from c2b.plan.errors import PlanError, Problem, join_key, validation_problems
 from c2b.plan.model import Plan
 
 
-def parse_plan(data: Any, path: str | Path, *, text: str | None = None, check_files: bool = False,
-               segments_used: dict[str, str] | None = None) -> Plan:
+def parse_plan(data: Any, path: str | Path, *, text: str | None = None, check_files: bool = False) -> Plan:
     """Validate already-loaded YAML data as a plan, raising :class:`PlanError`.
 
     ``text`` (the YAML source) lets errors carry line numbers. ``check_files`` also checks the plan
     against the segment library and its templates (:mod:`c2b.plan.checks`), as :func:`load_plan`
     does by default; without it, plans built in code (tests, tools) may name segments that exist
-    elsewhere. ``segments_used`` collects the path and digest of each segment file the checks read
-    (what :mod:`c2b.plan.cache` compares).
+    elsewhere.
     """
     if not isinstance(data, dict):
         raise PlanError(path, [("", "a plan file must be a YAML mapping (id: ..., audience: ..., touches: ...)", 1)])
@@ -37,7 +35,7 @@ def parse_plan(data: Any, path: str | Path, *, text: str | None = None, check_fi
     if check_files:
         from c2b.plan.checks import repository_problems
 
-        problems += repository_problems(plan, used=segments_used)
+        problems += repository_problems(plan)
     if problems:
         raise PlanError(path, with_lines(problems, text))
     return plan
@@ -73,17 +71,17 @@ def read_yaml(path: str | Path, text: str | None = None) -> tuple[Any, str]:
     return data, text
 
 
-def load_plan(path: str | Path, *, check_name: bool = False, check_files: bool = True, text: str | None = None,
-              segments_used: dict[str, str] | None = None) -> Plan:
+def load_plan(path: str | Path, *, check_name: bool = False, check_files: bool = True,
+              text: str | None = None) -> Plan:
     """Read and validate one plan file.
 
     ``check_name`` also requires the file to be named ``<id>.yaml`` (the factory and
     ``c2b validate`` do; that is what lets a worker build only the DAG it needs).
-    ``text`` is the file's text when already read; ``segments_used`` as for :func:`parse_plan`.
+    ``text`` is the file's text when already read.
     """
     path = Path(path)
     data, text = read_yaml(path, text)
-    plan = parse_plan(data, path, text=text, check_files=check_files, segments_used=segments_used)
+    plan = parse_plan(data, path, text=text, check_files=check_files)
     if check_name and plan.id != path.stem:
         raise PlanError(path, with_lines([("id", f"must equal the file name: rename the file to {plan.id}.yaml "
                                                  f"or set id: {path.stem}")], text))
