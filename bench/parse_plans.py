@@ -191,6 +191,8 @@ class Layout:
                     "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
                     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                     "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "0",
+                    # On a busy machine one file building 500 DAGs can outlast the default 50 s.
+                    "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "600",
                     "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(folder)]), "DO_NOT_TRACK": "1",
                     "AIRFLOW__DAG_FACTORY__ENABLE_TELEMETRY": "False",
                     **{k: v.replace("{home}", str(home)) for k, v in extra.items()}}
@@ -273,7 +275,8 @@ def report(results: dict[int, dict[str, dict]], runs: int, cycles: int, load: tu
         "",
         f"`{command}`, {time.strftime('%Y-%m-%d')}, Python {platform.python_version()}, Airflow 3.3.2, "
         f"{os.cpu_count()} cores (shared with other engineers' work; load average 1/5/15 min before / after: "
-        f"{loads}). Default `parsing_processes` (2), SQLite metadata DB, `min_file_process_interval = 0`.",
+        f"{loads}). Default `parsing_processes` (2), SQLite metadata DB, `min_file_process_interval = 0`, "
+        "`dag_file_processor_timeout = 600` (both layouts).",
         "",
         "One steady-state cycle = `(T[--num-runs 1+C] - T[--num-runs 1]) / C` with C = "
         f"{cycles}, DAGs already stored by an earlier run, so start-up and the first cycle cancel out; wall "
