@@ -3,13 +3,14 @@
 How Airflow finds plans (see README "Validating plans"):
 
 - **The plan importer** (the normal path). :class:`PlanImporter` is an Airflow DAG importer for
-  ``.yaml`` files in a ``plans/`` folder of the DAGs folder, registered in every Airflow process by
-  ``plugins/airflow_local_settings.py`` (:func:`install_plan_importer`). Each plan file is then its
-  own parse unit: a broken plan is its own import error, keyed by its YAML path and carrying the
-  line of the first problem, while every other plan loads; the dag-processor clears the error when
-  the file is fixed; a worker re-parses only the one YAML file of its task; the UI's Code tab shows
-  the YAML. Airflow 3.3.2 has the importer registry but its dag-processor still lists only ``.py``
-  and zip files, so the install also extends that listing with the importer's files.
+  ``.yaml`` files, registered in every Airflow process by ``plugins/airflow_local_settings.py``
+  (:func:`install_plan_importer`). The dag-processor parses one file for all plans, the plan index
+  ``dags/plans.yaml`` beside ``dags/plans/``, so a cycle costs one parse unit however many plans
+  there are; a broken plan is still its own import error, keyed by its YAML path and carrying the
+  line of the first problem, while every other plan loads, and it is cleared at the next parse once
+  fixed; a worker re-parses the index and builds only its task's plan; the UI's Code tab shows the
+  plan's YAML. Airflow 3.3.2 has the importer registry but its dag-processor still lists only
+  ``.py`` and zip files, so the install also extends that listing with the importer's files.
 - **The fallback loader** ``dags/c2b_plans.py``, used only where the importer is not installed: it
   builds every valid plan (just the requested one when a worker parses for a task, via
   ``get_parsing_context``, which relies on the file being named ``<id>.yaml``) and can only report
@@ -280,7 +281,7 @@ def build_dags(folder: Path, only_dag_id: str | None = None) -> tuple[dict[str, 
 def fallback_dags(folder: Path, only_dag_id: str | None = None) -> dict[str, Any]:
     """Return the DAGs ``dags/c2b_plans.py`` exports: none when the plan importer is installed.
 
-    With the importer each YAML file is parsed on its own, so exporting the same DAGs from the
+    With the importer the plan index builds every plan, so exporting the same DAGs from the
     loader too would make every plan a duplicate DAG id. A worker parsing this file for a task
     (``only_dag_id`` set) always builds that plan: the DAG was built here by a dag-processor
     running without the importer, whatever this process has installed.
