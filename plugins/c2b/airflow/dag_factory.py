@@ -331,15 +331,23 @@ def check_listing(directory: str | os.PathLike[str], listed: list[str]) -> None:
     listed_set = {os.path.abspath(p) for p in listed}
     missing: dict[Path, int] = {}
     for path in plan_importer().find_yaml(directory):
-        if is_plan_file(path) and os.path.abspath(index_of(path)) not in listed_set:
+        if (is_plan_file(path) and os.path.abspath(index_of(path)) not in listed_set
+                and os.path.abspath(path) not in listed_set):
             missing[index_of(path)] = missing.get(index_of(path), 0) + 1
     if missing:
-        lines = [f"{n} plan file(s) in {index.with_suffix('')}/ but the dag-processor does not list {index}"
-                 for index, n in sorted(missing.items())]
-        raise PlanListingError("c2b: " + "; ".join(lines) + ". Create the index file (an empty "
-                               f"{PLAN_INDEX}, as dags/{PLAN_INDEX} in the repository) or, if this Airflow lists "
-                               "files another way, set C2B_PLAN_IMPORTER=off to load plans through "
+        lines = [f"{n} plan file(s) in {index.with_suffix('')}/ but the dag-processor lists neither them nor "
+                 f"{index}" for index, n in sorted(missing.items())]
+        raise PlanListingError("c2b: " + "; ".join(lines) + ". This Airflow lists DAG files in a way the c2b "
+                               "plan importer does not reach: set C2B_PLAN_IMPORTER=off to load plans through "
                                "dags/c2b_plans.py (see README 'Validating plans').")
+    unindexed = sorted({str(Path(p).parent) for p in listed if is_plan_file(p)})
+    if unindexed:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "c2b: %s has no plan index (%s beside it): each plan file is its own parse unit, which costs a "
+            "forked process per plan per cycle; add the index (an empty file, as dags/%s)",
+            ", ".join(unindexed), PLAN_INDEX, PLAN_INDEX)
 
 
 @lru_cache(maxsize=1)
@@ -369,8 +377,13 @@ def _importer_class() -> type:
             yield from super().list_dag_files(directory, safe_mode=False)
 
         def list_dag_files(self, directory: str | os.PathLike[str], safe_mode: bool = True) -> Iterator[str]:
-            # Only the index: listing the plan files too would make each one a parse unit of its own.
-            return (p for p in self.find_yaml(directory) if is_plan_index(p))
+            # The index, not its plan files (each listed file is a parse unit of its own). A plans
+            # folder without an index still loads, one parse unit per plan file: slower, never lost.
+            files = list(self.find_yaml(directory))
+            indexed = {str(Path(p).with_suffix("")) for p in files if is_plan_index(p)}
+            for p in files:
+                if is_plan_index(p) or (is_plan_file(p) and str(Path(p).parent) not in indexed):
+                    yield p
 
         def import_file(self, file_path: str | Path, *, bundle_path: Path | None = None,
                         bundle_name: str | None = None, safe_mode: bool = True) -> Any:
