@@ -7,7 +7,11 @@ a DAGs folder holding the plan index, the example plans, one broken plan and the
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -155,6 +159,49 @@ def test_a_plans_folder_without_its_index_still_loads_one_unit_per_plan(dags_fol
     bag = _bag(dags_folder)
     assert set(bag.dags) == GOOD_IDS and set(bag.import_errors) == {"plans/broken_plan.yaml"}
     assert {d.relative_fileloc for d in bag.dags.values()} == {f"plans/{i}.yaml" for i in GOOD_IDS}
+
+
+@pytest.fixture
+def without_importer():
+    """Airflow as if airflow_local_settings had not run: the default importer registry only."""
+    from airflow.dag_processing.importers.base import DagImporterRegistry
+
+    DagImporterRegistry.reset()
+    yield
+    DagImporterRegistry.reset()
+    from c2b.airflow.dag_factory import install_plan_importer
+
+    assert install_plan_importer()
+
+
+def test_fallback_loader_builds_the_good_plans(dags_folder: Path, without_importer: None) -> None:
+    bag = _bag(dags_folder)
+    assert bag.import_errors == {}
+    assert set(bag.dags) == GOOD_IDS
+    assert all(d.relative_fileloc == "c2b_plans.py" for d in bag.dags.values())
+    warned = "\n".join(bag.captured_warnings[str(dags_folder / "c2b_plans.py")])
+    assert "broken_plan.yaml: touches[0].channel: 'emial' is not allowed" in warned
+
+
+def test_fallback_loader_builds_only_the_requested_plan(dags_folder: Path, without_importer: None,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "high_value_callback")
+    bag = _bag(dags_folder)
+    assert list(bag.dags) == ["high_value_callback"]
+
+
+def test_every_airflow_process_installs_the_importer(dags_folder: Path) -> None:
+    """A fresh ``import airflow`` (any component, any CLI) registers it and lists plan files."""
+    code = ("import json, sys, airflow\n"
+            "from airflow.dag_processing.manager import list_py_file_paths\n"
+            "from c2b.airflow.dag_factory import plan_importer_active\n"
+            "print(plan_importer_active())\n"
+            "print(json.dumps(sorted(p.rsplit('/', 1)[1] for p in list_py_file_paths(sys.argv[1]))))\n")
+    env = {**os.environ, "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins")}
+    out = subprocess.run([sys.executable, "-c", code, str(dags_folder)], env=env, capture_output=True,
+                         text=True, check=True, timeout=120).stdout.splitlines()
+    assert out[0] == "True"
+    assert json.loads(out[1]) == ["c2b_plans.py", "plans.yaml"]  # the plans are one parse unit
 
 
 def test_a_dag_processor_that_lists_files_neither_way_refuses_to_start(
