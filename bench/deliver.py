@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from c2b.channels import ChannelConfig, Message, make_channel
 from c2b.delivery.shard import ShardDelivery
 from c2b.delivery.work import idempotency_key
-from c2b.plan.model import parse_plan
+from c2b.plan.load import parse_plan
 from c2b.plan.templates import compile_template
 from c2b.store.shards import ShardKeys, load_shards, read_page
 

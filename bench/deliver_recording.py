@@ -32,7 +32,7 @@ from c2b.delivery import modes
 from c2b.delivery.senders import ChannelSender
 from c2b.delivery.shard import ShardDelivery
 from c2b.delivery.work import Item
-from c2b.plan.model import parse_plan
+from c2b.plan.load import parse_plan
 from c2b.store.shards import load_shards
 
 from devtools.gateway import GatewayProcess

@@ -67,7 +67,7 @@ def child(args: argparse.Namespace) -> None:
     from c2b.audience.extract import extract_audience
     from c2b.audience.sql import bind, read_segment
     from c2b.audience.warehouse import DuckDBWarehouse
-    from c2b.plan.model import parse_plan
+    from c2b.plan.load import parse_plan
 
     limit = None if args.memory_limit == "none" else args.memory_limit
     warehouse = DuckDBWarehouse(args.warehouse, memory_limit=limit)

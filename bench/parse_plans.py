@@ -1,19 +1,29 @@
-"""Parse time of many plan files: the c2b DAG factory against astronomer dag-factory.
+"""Parse cycles of a real ``airflow dag-processor``: c2b plans against astronomer dag-factory 1.1.0.
 
-Generates N plan files (default 500; rotating over the five segments of the library, two touches,
-three variants, exclusions, a send window: every field is validated) and N equivalent dag-factory
-YAML DAGs (same five tasks, one of them mapped, PythonOperators whose callables are imported by
-dotted path, dag-factory's cheapest way). Each measurement runs in a fresh Python process that
-first imports Airflow and the factory under test, then times only the ``DagBag`` parse of the
-folder. Modes are interleaved run by run, so load on the machine hits all of them alike; medians
-are reported, with ratios against dag-factory measured in the same run.
+The headline is what production pays: the wall time and CPU seconds of one steady-state parse cycle
+of ``airflow dag-processor`` (the process and every parse child it forks), for N plans, against
+dag-factory building N equivalent DAGs on the same machine in the same run.
 
-Also measured: a worker's parse for one task (the task runner builds a ``DagBag`` of the DAG's file
-only), for the plan importer (one YAML file), the fallback loader with Airflow's parsing context,
-and dag-factory (which builds every DAG of its loader file).
+- **c2b**: the DAGs folder of the project (``plans.yaml``, the plan index, beside ``plans/``) with N
+  plans (rotating over five segments, two touches, three variants, exclusions, a send window: every
+  field is validated) plus one broken plan, which must show as its own import error (checked in
+  the DB after every measurement).
+- **dag-factory 1.1.0**: N equivalent YAML DAGs (the same five tasks, one mapped, PythonOperators
+  whose callables are imported by dotted path) and its loader module.
 
-``scripts/dev.sh run python bench/parse_plans.py [--plans 500] [--runs 5]`` prints the table and
-writes ``bench/results/parse_plans.md``.
+How a cycle is measured. The dag-processor has no "one cycle took" figure of its own (its
+``dag_processing.total_parse_time`` metric stops when the last file is *started*); ``--num-runs K``
+makes it exit after parsing every file K times. With ``min_file_process_interval = 0`` (each cycle
+starts as soon as the last one ends), a first run stores the DAGs; then, alternately,
+``--num-runs 1`` and ``--num-runs 1+C`` runs are timed (wall clock; CPU as the children's rusage of
+this process: the dag-processor plus the parse children it reaped), and one cycle is
+``(T[1+C] - T[1]) / C``: start-up and the first cycle cancel out. Layouts are interleaved run by run
+so load on the shared machine hits all alike; medians are reported, ratios against dag-factory.
+
+``scripts/dev.sh run python bench/parse_plans.py [--plans 100 500] [--runs 3] [--cycles 3]`` prints
+the table and writes ``bench/results/parse_plans.md`` (hand-written notes below the marker kept).
+``--layout 'label=ENV=VALUE,...'`` adds a c2b layout with extra environment (``{home}`` is replaced
+by the layout's Airflow home), e.g. to compare a setting.
 """
 
 from __future__ import annotations
@@ -22,7 +32,9 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -34,8 +46,10 @@ from devtools.dagfactory_site import ensure_site
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "parse_plans.md"
-COLD = "c2b plan importer, cold (empty plan cache)"
-WARM = "c2b plan importer, warm (plan cache filled)"
+NOTES_MARKER = "## Notes (hand-written"
+AIRFLOW = str(Path(sys.executable).parent / "airflow")
+C2B = "c2b plan index (one parse unit)"
+DAG_FACTORY = "dag-factory 1.1.0"
 
 SEGMENTS = [  # (segment, params, template attributes, channel pair)
     ("cancelled_for_reason.sql", {"reason": "price_too_low", "days": 30}, "{{ last_item }}", ("push", "sms")),
@@ -45,6 +59,7 @@ SEGMENTS = [  # (segment, params, template attributes, channel pair)
     ("nps_detractors.sql", {"max_score": 6, "days": 30}, "{{ score }}", ("outbound_call", "push")),
     ("all_users.sql", {}, "{{ acquisition_channel }}", ("inapp", "push")),
 ]
+BROKEN = "id: broken_plan\naudience: {all: true}\ntouches:\n  - {name: t, channel: emial, template: hi}\n"
 
 
 def plan_yaml(i: int) -> str:
@@ -145,14 +160,16 @@ plan_{i:04d}:
 
 
 def generate(base: Path, n: int) -> tuple[Path, Path]:
-    """Write both folders; return (ours, theirs)."""
+    """Write both DAGs folders; return (ours, theirs)."""
     ours, theirs = base / "ours", base / "dagfactory"
     (ours / "plans").mkdir(parents=True)
     theirs.mkdir()
     shutil.copy(ROOT / "dags" / "c2b_plans.py", ours)
+    shutil.copy(ROOT / "dags" / "plans.yaml", ours)
     for i in range(n):
         (ours / "plans" / f"plan_{i:04d}.yaml").write_text(plan_yaml(i))
         (theirs / f"plan_{i:04d}.yml").write_text(dagfactory_yaml(i))
+    (ours / "plans" / "broken_plan.yaml").write_text(BROKEN)
     (theirs / "load_yaml_dags.py").write_text(
         "from airflow.sdk import dag  # noqa: F401  (DAG-file heuristic)\n"
         "from dagfactory import load_yaml_dags\n\n"
@@ -163,291 +180,153 @@ def generate(base: Path, n: int) -> tuple[Path, Path]:
     return ours, theirs
 
 
-# --- the measured child process -------------------------------------------------------------------
+# --- one layout under a real dag-processor --------------------------------------------------------
 
-def child(mode: str, folder: str, target: str) -> dict:
-    """Import everything first, then time only the DagBag parse (what the dag-processor repeats)."""
-    import airflow  # noqa: F401 - runs airflow_local_settings: installs the plan importer
-    import airflow.sdk  # noqa: F401
-    from airflow.dag_processing.dagbag import DagBag
-    from airflow.dag_processing.importers.base import DagImporterRegistry
+class Layout:
+    """One DAGs folder with its own Airflow home (a copy of a migrated SQLite DB)."""
 
-    if mode.startswith("dagfactory"):
-        import dagfactory  # noqa: F401
-    else:
-        import c2b.airflow.dag_factory
+    def __init__(self, name: str, folder: Path, home: Path, extra: dict[str, str]) -> None:
+        self.name, self.folder, self.home = name, folder, home
+        # The copied airflow.cfg names the template's DB: point each layout at its own copy.
+        self.env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(folder),
+                    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+                    "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+                    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                    "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "0",
+                    # On a busy machine one file building 500 DAGs can outlast the default 50 s.
+                    "AIRFLOW__DAG_PROCESSOR__DAG_FILE_PROCESSOR_TIMEOUT": "600",
+                    # dag-factory's own folder (devtools.dagfactory_site) only for the dag-factory layout
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "plugins"), str(folder),
+                                                                extra.pop("PYTHONPATH", None)])),
+                    "DO_NOT_TRACK": "1",
+                    "AIRFLOW__DAG_FACTORY__ENABLE_TELEMETRY": "False",
+                    **{k: v.replace("{home}", str(home)) for k, v in extra.items()}}
+        self.samples: list[tuple[float, float]] = []  # (wall s, CPU s) per cycle
 
-        c2b.airflow.dag_factory.preload()  # the imports the dag-processor's manager does once (as dag-factory's import)
-        if mode.startswith("loader"):
-            DagImporterRegistry.reset()  # Airflow without the plan importer: c2b_plans.py builds the plans
-        else:
-            assert c2b.airflow.dag_factory.plan_importer_active()
-    path = target or folder
-    started = time.perf_counter()
-    bag = DagBag(dag_folder=path, bundle_path=Path(folder), bundle_name="bench", safe_mode=not target)
-    took = time.perf_counter() - started
-    return {"seconds": took, "dags": len(bag.dags), "tasks": sum(len(d.tasks) for d in bag.dags.values()),
-            "errors": len(bag.import_errors)}
+    def run(self, num_runs: int) -> tuple[float, float]:
+        """Run ``dag-processor --num-runs num_runs``; return its (wall s, CPU s incl. children)."""
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        out = subprocess.run([AIRFLOW, "dag-processor", "--num-runs", str(num_runs)], env=self.env,
+                             capture_output=True, timeout=3600)
+        wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if out.returncode:
+            raise RuntimeError(f"{self.name}: dag-processor failed:\n{out.stderr.decode()[-3000:]}")
+        return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
-
-def stages(folder: str) -> dict:
-    """Milliseconds per plan of each stage of a cold plan parse, in-process (plan cache off)."""
-    import airflow  # noqa: F401
-    import airflow.sdk  # noqa: F401
-    import c2b.airflow.dag_factory
-    from c2b.plan.checks import repository_problems
-    from c2b.plan.model import load_yaml, parse_plan
-
-    c2b.airflow.dag_factory.preload()
-    files = sorted((Path(folder) / "plans").glob("*.yaml"))
-    took = dict.fromkeys(("read + YAML", "fields + cross-field", "segments + templates", "DAG build"), 0.0)
-    for path in files:
-        t0 = time.perf_counter()
-        text = path.read_text(encoding="utf-8")
-        data = load_yaml(text)
-        t1 = time.perf_counter()
-        plan = parse_plan(data, path, text=text)
-        t2 = time.perf_counter()
-        assert not repository_problems(plan)
-        t3 = time.perf_counter()
-        c2b.airflow.dag_factory.build_dag(plan, path)
-        t4 = time.perf_counter()
-        for k, a, b in zip(took, (t0, t1, t2, t3), (t1, t2, t3, t4), strict=True):
-            took[k] += b - a
-    return {k: 1000 * v / len(files) for k, v in took.items()}
+    def stored(self) -> tuple[int, list[str]]:
+        """Return (active DAGs, import-error file names) as the dag-processor stored them."""
+        with sqlite3.connect(self.home / "airflow.db") as db:
+            dags = db.execute("SELECT count(*) FROM dag WHERE NOT is_stale").fetchone()[0]
+            errors = [r[0] for r in db.execute("SELECT filename FROM import_error ORDER BY filename")]
+        return dags, errors
 
 
-def run_child(mode: str, folder: Path, target: Path | None = None, dag_id: str | None = None,
-              cache: Path | None = None) -> dict:
-    env = {**os.environ, "C2B_PLAN_CACHE": str(cache) if cache else "off",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(folder)]
-                                         + ([str(ensure_site())] if mode.startswith("dagfactory") else [])),
-           "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-           "DO_NOT_TRACK": "1", "SCARF_NO_ANALYTICS": "1", "AIRFLOW__DAG_FACTORY__ENABLE_TELEMETRY": "False",
-           "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "0", "AIRFLOW__LOGGING__LOGGING_LEVEL": "ERROR"}
-    env.pop("_AIRFLOW_PARSING_CONTEXT_DAG_ID", None)
-    if dag_id:
-        env["_AIRFLOW_PARSING_CONTEXT_DAG_ID"] = dag_id
-    out = subprocess.run([sys.executable, __file__, "--child", mode, str(folder), str(target or "")],
-                         env=env, capture_output=True, text=True, timeout=600)
-    if out.returncode:
-        raise RuntimeError(f"{mode} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-# --- orchestration --------------------------------------------------------------------------------
-
-def measure(n: int, runs: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix="c2b-bench-") as tmp:
-        ours, theirs = generate(Path(tmp), n)
-        one = ours / "plans" / f"plan_{n // 2:04d}.yaml"
-        # name -> (mode, folder, file parsed, parsing-context dag id, plan cache). A cold row starts
-        # from an empty plan cache (every plan read and fully validated, then stored); the warm row
-        # after it re-parses with the cache that run filled (the dag-processor's steady state).
-        modes = {
-            COLD: ("importer", ours, None, None, "importer"),
-            WARM: ("importer", ours, None, None, "importer"),
-            "c2b fallback loader, cold": ("loader", ours, None, None, "loader"),
-            "c2b fallback loader, warm": ("loader", ours, None, None, "loader"),
-            "dag-factory 1.1.0": ("dagfactory", theirs, None, None, None),
-            "worker: c2b plan importer, cold": ("importer-one", ours, one, None, "worker"),
-            "worker: c2b plan importer, warm": ("importer-one", ours, one, None, "worker"),
-            "worker: c2b fallback loader, cold": ("loader-one", ours, ours / "c2b_plans.py", one.stem, "worker-loader"),
-            "worker: dag-factory": ("dagfactory-one", theirs, theirs / "load_yaml_dags.py", one.stem, None),
-        }
-        samples: dict[str, list[dict]] = {k: [] for k in modes}
-        for r in range(runs):
-            caches = {}
-            for name, (mode, folder, target, dag_id, cache) in modes.items():
-                if cache and ", cold" in name:
-                    caches[cache] = Path(tmp) / f"cache-{r}-{cache}"  # empty: created by the run
-                    assert not caches[cache].exists()
-                assert not cache or cache in caches, f"{name}: a warm row needs its cold row first"
-                samples[name].append(run_child(mode, folder, target, dag_id, caches.get(cache)))
-                if cache and ", cold" in name:  # the cold run must have filled the cache the warm row reads
-                    filled = len(list(caches[cache].glob("*.pickle")))
-                    assert filled == samples[name][-1]["dags"], f"{name}: {filled} plans cached"
-            print(f"run {r + 1}/{runs}: " + ", ".join(f"{k} {v[-1]['seconds']:.3f}s" for k, v in samples.items()),
-                  file=sys.stderr)
-        stage_ms = run_child("stages", ours)
-    out = {name: {"median": statistics.median(s["seconds"] for s in v), "all": [s["seconds"] for s in v],
-                  "dags": v[0]["dags"], "tasks": v[0]["tasks"], "errors": v[0]["errors"]}
-           for name, v in samples.items()}
-    return out | {"_stages": stage_ms}
-
-
-# --- a real dag-processor ------------------------------------------------------------------------
-
-def _python_dags(folder: Path, n: int) -> Path:
-    """N plain Python DAG files of five tasks: Airflow's own one-DAG-per-file cost, for reference."""
-    folder.mkdir()
-    for i in range(n):
-        (folder / f"dag_{i:04d}.py").write_text(
-            "from datetime import datetime\n"
-            "from airflow.sdk import DAG\n"
-            "from airflow.providers.standard.operators.empty import EmptyOperator\n\n"
-            f"with DAG('py_{i:04d}', schedule='@daily', start_date=datetime(2026, 1, 1), catchup=False):\n"
-            "    a, b, c, d, e = (EmptyOperator(task_id=t) for t in 'abcde')\n"
-            "    a >> b >> c >> [d, e]\n")
-    return folder
-
-
-def dag_processor_cycles(n: int, runs: int) -> dict[str, float]:
-    """Seconds of one steady-state parse cycle of ``airflow dag-processor`` per layout, minus start-up.
-
-    Each layout gets its own Airflow home (a copy of one migrated SQLite DB); a first cycle stores
-    the DAGs, then ``dag-processor --num-runs 1`` is timed ``runs`` times (median).
-    """
-    airflow = str(Path(sys.executable).parent / "airflow")
+def measure(n: int, runs: int, cycles: int, extra_layouts: dict[str, dict[str, str]]) -> dict[str, dict]:
     with tempfile.TemporaryDirectory(prefix="c2b-bench-dp-") as tmp:
         base = Path(tmp)
         ours, theirs = generate(base, n)
-        layouts = {"empty folder (start-up)": ((base / "empty"), {}),
-                   "c2b plan importer, plan cache off (every plan validated)": (ours, {"C2B_PLAN_CACHE": "off"}),
-                   "c2b plan importer (plan cache, steady state)": (ours, {}),
-                   "c2b fallback loader (C2B_PLAN_IMPORTER=off, plan cache)": (ours, {"C2B_PLAN_IMPORTER": "off"}),
-                   "dag-factory 1.1.0": (theirs, {"PYTHONPATH": str(ensure_site())}),
-                   f"{n} plain Python DAG files": (_python_dags(base / "python", n), {})}
-        (base / "empty").mkdir()
         template = base / "template"
         template.mkdir()
         env0 = {**os.environ, "AIRFLOW_HOME": str(template), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
-        subprocess.run([airflow, "db", "migrate"], env=env0, check=True, capture_output=True, timeout=600)
-        out: dict[str, float] = {}
-        for i, (name, (folder, extra)) in enumerate(layouts.items()):
+        subprocess.run([AIRFLOW, "db", "migrate"], env=env0, check=True, capture_output=True, timeout=600)
+        specs = {C2B: (ours, {}), **{k: (ours, v) for k, v in extra_layouts.items()}, DAG_FACTORY: (theirs, {"PYTHONPATH": str(ensure_site())})}
+        layouts = []
+        for i, (name, (folder, extra)) in enumerate(specs.items()):
             home = base / f"home{i}"
             shutil.copytree(template, home)
-            env = {**os.environ, "C2B_PLAN_CACHE": str(home / "c2b" / "plan_cache"), **extra,
-                   "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(folder),
-                   "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                   "DO_NOT_TRACK": "1", "AIRFLOW__DAG_FACTORY__ENABLE_TELEMETRY": "False"}
-            # dag-factory's own folder (see devtools.dagfactory_site) only for the dag-factory layout.
-            env["PYTHONPATH"] = os.pathsep.join(
-                filter(None, [str(ROOT / "plugins"), str(folder), extra.get("PYTHONPATH")]))
-            times = []
-            for r in range(runs + 1):
-                started = time.perf_counter()
-                subprocess.run([airflow, "dag-processor", "--num-runs", "1"], env=env, check=True,
-                               capture_output=True, timeout=1800)
-                if r:  # the first cycle stores every DAG: not the steady state
-                    times.append(time.perf_counter() - started)
-            out[name] = statistics.median(times)
-            print(f"dag-processor {name}: {out[name]:.1f}s", file=sys.stderr)
-    startup = out.pop("empty folder (start-up)")
-    return {k: v - startup for k, v in out.items()} | {"start-up": startup}
+            layouts.append(Layout(name, folder, home, extra))
+        for layout in layouts:  # the first run stores every DAG: not the steady state
+            layout.run(1)
+        for r in range(runs):
+            for layout in layouts:
+                one = layout.run(1)
+                more = layout.run(1 + cycles)
+                layout.samples.append(((more[0] - one[0]) / cycles, (more[1] - one[1]) / cycles))
+                dags, errors = layout.stored()
+                if layout.folder == ours:
+                    assert dags == n and errors == ["plans/broken_plan.yaml"], (layout.name, dags, errors)
+                else:
+                    assert dags == n and errors == [], (layout.name, dags, errors)
+                print(f"{n} plans, run {r + 1}/{runs}, {layout.name}: {layout.samples[-1][0]:.2f} s wall, "
+                      f"{layout.samples[-1][1]:.2f} s CPU per cycle", file=sys.stderr)
+        return {layout.name: {"wall": statistics.median(s[0] for s in layout.samples),
+                              "cpu": statistics.median(s[1] for s in layout.samples),
+                              "samples": list(layout.samples)} for layout in layouts}
 
 
-def report(results: dict, n: int, runs: int, cycles: dict[str, float] | None = None, cycle_n: int = 0,
-           load: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())) -> str:
-    results = dict(results)
-    stage_ms = results.pop("_stages")
-    base = results["dag-factory 1.1.0"]["median"]
-    wbase = results["worker: dag-factory"]["median"]
+# --- report ---------------------------------------------------------------------------------------
+
+def report(results: dict[int, dict[str, dict]], runs: int, cycles: int, load: tuple[tuple[float, ...], ...],
+           command: str) -> str:
     rows = []
-    for name, r in results.items():
-        ref = wbase if name.startswith("worker") else base
-        rows.append(f"| {name} | {r['dags']} | {r['tasks']} | {r['errors']} | {r['median']:.3f} | "
-                    f"{1000 * r['median'] / max(r['dags'], 1):.2f} | {r['median'] / ref:.2f}x |")
-    cold, warm = results[COLD]["median"] / base, results[WARM]["median"] / base
-    per_run = {k: [x / y for x, y in zip(results[k]["all"], results["dag-factory 1.1.0"]["all"], strict=True)]
-               for k in (COLD, WARM)}
-    cold_ms = 1000 * results[COLD]["median"] / max(results[COLD]["dags"], 1)
-    loads = " / ".join(", ".join(f"{x:.2f}" for x in la) for la in load if la)
+    for n, by_layout in results.items():
+        ref = by_layout[DAG_FACTORY]
+        for name, r in by_layout.items():
+            rows.append(f"| {n} | {name} | {r['wall']:.2f} | {r['cpu']:.2f} | {r['wall'] / ref['wall']:.2f}x | "
+                        f"{r['cpu'] / ref['cpu']:.2f}x |")
+    headline = []
+    for n, by_layout in results.items():
+        ours, ref = by_layout[C2B], by_layout[DAG_FACTORY]
+        verdict = "met" if ours["wall"] <= ref["wall"] else "not met"
+        headline.append(f"{n} plans: {ours['wall'] / ref['wall']:.2f}x wall, {ours['cpu'] / ref['cpu']:.2f}x CPU "
+                        f"(goal: no slower than dag-factory, {verdict})")
+    samples = [f"{n} plans, {name}: " + ", ".join(f"{w:.2f}/{c:.2f}" for w, c in r["samples"])
+               for n, by_layout in results.items() for name, r in by_layout.items()]
+    loads = " / ".join(", ".join(f"{x:.2f}" for x in la) for la in load)
     return "\n".join([
-        "# Parse time: c2b plan files vs dag-factory",
+        "# Parse cycles of a real `airflow dag-processor`: c2b plans vs dag-factory",
         "",
-        f"`bench/parse_plans.py --plans {n} --runs {runs}`, {time.strftime('%Y-%m-%d')}, Python "
-        f"{platform.python_version()}, Airflow 3.3.2, {os.cpu_count()} cores. Each figure is the median of {runs} "
-        "runs, each in a fresh process that has already imported Airflow and the factory, timing only the "
-        "`DagBag` parse; modes interleaved. The machine was shared with other engineers' work during the run "
-        "(ratios are measured in the same run, so load affects both sides)"
-        + (f"; load average (1, 5, 15 min) before / after: {loads}." if loads else "."),
+        f"`{command}`, {time.strftime('%Y-%m-%d')}, Python {platform.python_version()}, Airflow 3.3.2, "
+        f"{os.cpu_count()} cores (shared with other engineers' work; load average 1/5/15 min before / after: "
+        f"{loads}). Default `parsing_processes` (2), SQLite metadata DB, `min_file_process_interval = 0`, "
+        "`dag_file_processor_timeout = 600` (both layouts).",
         "",
-        "Every c2b plan is fully validated at parse (fields, cross-field rules, its segment file's params and "
-        "columns, both templates checked against the Jinja sandbox) and built into a 5-task DAG (one task "
-        "mapped). dag-factory builds the same 5 tasks from equivalent YAML and validates nothing of the plan.",
+        "One steady-state cycle = `(T[--num-runs 1+C] - T[--num-runs 1]) / C` with C = "
+        f"{cycles}, DAGs already stored by an earlier run, so start-up and the first cycle cancel out; wall "
+        "clock, and CPU seconds of the dag-processor plus every parse child it forked. Median of "
+        f"{runs} runs, layouts interleaved. c2b parses N plans plus one broken plan, checked after every run "
+        "to be the only import error in the DB (`plans/broken_plan.yaml`); every plan is fully validated "
+        "(fields, cross-field rules, segment params and columns, templates in the Jinja sandbox). "
+        "dag-factory validates nothing of the plan.",
         "",
-        "**Cold** rows start with an empty plan cache: every plan file is read, fully validated, built and "
-        "then stored in the cache. **Warm** rows re-parse the same unchanged files with the cache that run "
-        "filled, which is what the dag-processor does every 30 s and a worker before each task: an unchanged "
-        "plan's YAML and validation are skipped (its segment files are still hashed and compared), its DAG "
-        "is still built. A broken plan is never cached (validated on every parse).",
-        "",
-        "| mode | DAGs | tasks | import errors | median s | ms per DAG | vs dag-factory |",
-        "|---|---|---|---|---|---|---|",
+        "| plans | layout | s per cycle (wall) | CPU s per cycle | wall vs dag-factory | CPU vs dag-factory |",
+        "|---|---|---|---|---|---|",
         *rows,
         "",
-        f"**c2b plan importer / dag-factory: cold {cold:.2f}x, warm {warm:.2f}x** (target <= 0.35x with full "
-        f"validation, i.e. cold: {'met' if cold <= 0.35 else 'not met'}; warm: "
-        f"{'met' if warm <= 0.35 else 'not met'}). Per run (same run's dag-factory): cold "
-        f"{', '.join(f'{x:.2f}' for x in per_run[COLD])}; warm {', '.join(f'{x:.2f}' for x in per_run[WARM])}. "
-        "Worker rows compare the parse a task runner does before running one task: the importer parses one "
-        "YAML file, the fallback loader builds one plan thanks to Airflow's parsing context and `<id>.yaml` "
-        "file names, dag-factory builds every DAG of its loader file (ratios against that row).",
+        "**" + "; ".join(headline) + ".**",
         "",
-        f"Where a cold plan's time goes (ms per plan, the same {n} plans timed stage by stage in one process): "
-        + ", ".join(f"{k} {v:.2f}" for k, v in stage_ms.items())
-        + f"; the rest of the cold importer's {cold_ms:.2f} ms per plan ({cold_ms - sum(stage_ms.values()):.2f}) "
-        "is `DagBag`'s own per-file work (its checks of each DAG, the cron timetable's validation, task "
-        "policies) and the garbage collector, whose collections scan everything Airflow imported (in the "
-        "real dag-processor Airflow's `gc.freeze()` spares the forked per-file children most of that). "
-        "Cut so far: trigger params attached after the tasks, one thin `PlanStep` operator, the "
-        "dag-processor's manager pre-importing what a plan parse needs, templates of the common shape "
-        "checked without Jinja's parser (any other template, or any problem, goes through Jinja), plain "
-        "YAML built from libyaml's nodes in one loop, and the config-derived DAG arguments read once per "
-        "process.",
+        "Samples per cycle (wall s / CPU s): " + "; ".join(samples),
         "",
-        "All samples (s): " + "; ".join(f"{k}: {', '.join(f'{x:.3f}' for x in r['all'])}" for k, r in results.items()),
-        "",
-        *(_cycles_section(cycles, cycle_n) if cycles else []),
     ])
 
 
-def _cycles_section(cycles: dict[str, float], n: int) -> list[str]:
-    startup = cycles.pop("start-up")
-    ref = cycles["dag-factory 1.1.0"]
-    return [
-        f"## One parse cycle of a real `airflow dag-processor`, {n} plans",
-        "",
-        "What the `DagBag` figures leave out: the dag-processor forks one child per file, and each child "
-        "costs more than parsing a small DAG. Steady-state cycle (DAGs already stored, and the plan cache "
-        "filled by the first, untimed cycle, except in the cache-off row), "
-        f"`dag-processor --num-runs 1`, start-up ({startup:.1f} s, an empty folder) subtracted, default "
-        "`parsing_processes` (2):",
-        "",
-        "| layout | parse units | s per cycle | vs dag-factory |",
-        "|---|---|---|---|",
-        *(f"| {k} | {1 if 'loader' in k or 'factory' in k else n} | {v:.1f} | {v / ref:.2f}x |"
-          for k, v in cycles.items()),
-        "",
-        "The plan importer costs what Airflow's usual one-DAG-per-file layout costs (the plain Python row); "
-        "that is the price of one import error per broken plan, of a worker parsing one small file, and of a "
-        "crash in one plan staying in that plan. `C2B_PLAN_IMPORTER=off` trades those for one parse unit.",
-        "",
-    ]
+def _layout_arg(text: str) -> tuple[str, dict[str, str]]:
+    label, _, assignments = text.partition("=")
+    env = dict(a.split("=", 1) for a in assignments.split(",") if a)
+    return label, env
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        print(json.dumps(stages(sys.argv[3]) if sys.argv[2] == "stages" else child(*sys.argv[2:5])))
-        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plans", type=int, default=500)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--dag-processor", type=int, default=100, metavar="N",
-                        help="also time real dag-processor cycles with N plans (0: skip)")
+    parser.add_argument("--plans", type=int, nargs="+", default=[100, 500])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--cycles", type=int, default=3, help="extra cycles per measurement (C)")
+    parser.add_argument("--layout", action="append", default=[], type=_layout_arg,
+                        help="an extra c2b layout: 'label=ENV=VALUE,ENV2=VALUE2' ({home}: its Airflow home)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not update bench/results")
     args = parser.parse_args()
     ensure_site()  # dag-factory in its own folder, once (devtools/dagfactory_site.py)
     load_before = os.getloadavg()
-    results = measure(args.plans, args.runs)
-    load_after = os.getloadavg()
-    cycles = dag_processor_cycles(args.dag_processor, 2) if args.dag_processor else None
-    text = report(results, args.plans, args.runs, cycles, args.dag_processor, (load_before, load_after))
+    results = {n: measure(n, args.runs, args.cycles, dict(args.layout)) for n in args.plans}
+    command = "bench/parse_plans.py " + " ".join(sys.argv[1:])
+    text = report(results, args.runs, args.cycles, (load_before, os.getloadavg()), command.strip())
     print(text)
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text)
+        old = RESULTS.read_text() if RESULTS.exists() else ""
+        notes = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else ""
+        RESULTS.write_text(text + ("\n" + notes if notes else ""))
         print(f"wrote {RESULTS}", file=sys.stderr)
 
 

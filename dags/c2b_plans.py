@@ -1,7 +1,8 @@
 """## c2b campaign plans (fallback loader)
 
-Every ``dags/plans/<id>.yaml`` is normally its own DAG file, read by the c2b plan importer that
-``plugins/airflow_local_settings.py`` installs; then this module exports nothing. Where that
+Every ``dags/plans/<id>.yaml`` is normally built through ``dags/plans.yaml`` (the plan index) by the
+c2b plan importer that ``plugins/airflow_local_settings.py`` installs; then this module exports
+nothing. Where that
 importer is not installed, this module builds the plans instead (only the requested one on a
 worker, via Airflow's parsing context), reporting broken plans as warnings.
 """

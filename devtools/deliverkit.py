@@ -33,7 +33,7 @@ def plan_dict(plan_id: str = "p_test", channel: str = "push", touches: int = 1, 
 
 
 def make_plan(data: dict[str, Any]):  # -> Plan
-    from c2b.plan.model import parse_plan
+    from c2b.plan.load import parse_plan
 
     return parse_plan(data, "<test>")
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from c2b.settings import PROJECT_ROOT, outbox_dir, reports_dir, safe_name
 
 if TYPE_CHECKING:
-    from c2b.plan.model import PlanError
+    from c2b.plan.errors import PlanError
 
 PLANS_DIR = PROJECT_ROOT / "dags" / "plans"
 
@@ -70,7 +70,7 @@ def demo_results(plan_id: str, run_id: str) -> int:
     from c2b.airflow import resources
     from c2b.airflow.dag_factory import find_plan_file
     from c2b.audience.warehouse import DuckDBWarehouse
-    from c2b.plan.model import load_plan
+    from c2b.plan.load import load_plan
     from c2b.results.attribution import attribute
     from c2b.results.page import format_page, results_page
 
@@ -109,7 +109,7 @@ def _closed_now(plan_id: str) -> str:
 
     from c2b.airflow.dag_factory import find_plan_file
     from c2b.delivery.controls.quiet_hours import SendWindow
-    from c2b.plan.model import load_plan
+    from c2b.plan.load import load_plan
 
     window = SendWindow.of(load_plan(find_plan_file(PLANS_DIR, plan_id)).window)
     now = datetime.now(UTC)
@@ -198,13 +198,13 @@ def render_summary(s: dict, took: float, report_file: Path) -> str:
 
 
 def plan_paths(paths: list[str]) -> list[Path]:
-    """Expand folders to their ``*.yaml`` plan files; keep files as given."""
-    from c2b.airflow.dag_factory import plan_files
+    """Expand folders to their ``*.yaml`` plan files (not a plan index); keep files as given."""
+    from c2b.airflow.dag_factory import is_plan_index, plan_files
 
     out: list[Path] = []
     for raw in paths:
         p = Path(raw)
-        out += plan_files(p) if p.is_dir() else [p]
+        out += [f for f in plan_files(p) if not is_plan_index(f)] if p.is_dir() else [p]
     return out
 
 
@@ -214,7 +214,8 @@ def validate_paths(paths: list[Path]) -> tuple[dict[str, Path], list[PlanError]]
     Checks each file fully (as the DAG factory does) and, across files, that plan ids are unique.
     """
     from c2b.plan.lines import with_line
-    from c2b.plan.model import PlanError, load_plan
+    from c2b.plan.errors import PlanError
+    from c2b.plan.load import load_plan
 
     ok: dict[str, Path] = {}
     errors: list[PlanError] = []
@@ -262,22 +263,6 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_cache(args: argparse.Namespace) -> int:
-    """Show where the plan cache is, or clear it (it refills on the next parse)."""
-    from c2b.plan.cache import cache_dir, get_cache
-
-    folder, cache = cache_dir(), get_cache()
-    if cache is None:
-        print("the plan cache is off (C2B_PLAN_CACHE=off)")
-        return 0
-    if args.action == "clear":
-        print(f"removed {cache.clear()} cached plan(s) from {folder}")
-    else:
-        n = len(list(folder.glob("*.pickle"))) if folder and folder.is_dir() else 0
-        print(f"{folder}: {n} cached plan(s)")
-    return 0
-
-
 def _preview_warehouse(path: str | None):  # -> c2b.audience.warehouse.Warehouse
     import os
 
@@ -297,7 +282,8 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
     from c2b.airflow.dag_factory import find_plan_file
     from c2b.audience.extract import extract_audience
-    from c2b.plan.model import PlanError, load_plan
+    from c2b.plan.errors import PlanError
+    from c2b.plan.load import load_plan
 
     path = Path(args.plan) if args.plan.endswith(".yaml") else find_plan_file(PLANS_DIR, args.plan)
     try:
@@ -446,7 +432,8 @@ def cmd_results(args: argparse.Namespace) -> int:
     try:
         if args.attribute:
             from c2b.airflow.dag_factory import find_plan_file
-            from c2b.plan.model import PlanError, load_plan
+            from c2b.plan.errors import PlanError
+            from c2b.plan.load import load_plan
 
             try:
                 plan = load_plan(find_plan_file(PLANS_DIR, args.plan))
@@ -563,9 +550,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", action="store_true",
                    help="write the Markdown field reference instead (docs/plan-reference.md)")
     p.set_defaults(func=cmd_schema)
-    p = sub.add_parser("cache", help="where the plan cache is and how many plans it holds, or clear it")
-    p.add_argument("action", nargs="?", choices=["show", "clear"], default="show")
-    p.set_defaults(func=cmd_cache)
     p = sub.add_parser("preview", help="audience size per variant on the warehouse; no Redis, no sends")
     p.add_argument("plan", help="plan id (dags/plans/<id>.yaml) or a plan file path")
     p.add_argument("--warehouse", help="DuckDB file (default: $C2B_WAREHOUSE, else the c2b_warehouse connection)")

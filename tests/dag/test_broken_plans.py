@@ -1,7 +1,8 @@
 """A broken plan is its own Airflow import error and never stops the other plans from loading.
 
 Through a real ``DagBag`` (the class the dag-processor and the workers' task runner parse with), on
-a DAGs folder holding the example plans, one broken plan and the fallback loader.
+a DAGs folder holding the plan index, the example plans, one broken plan and the fallback loader.
+``tests/dag/test_plan_index_live.py`` checks the same under a real dag-processor.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def dags_folder(tmp_path: Path) -> Path:
     folder = tmp_path / "dags"
     (folder / "plans").mkdir(parents=True)
     shutil.copy(ROOT / "dags" / "c2b_plans.py", folder)
+    shutil.copy(ROOT / "dags" / "plans.yaml", folder)
     for path in EXAMPLES:
         shutil.copy(path, folder / "plans")
     (folder / "plans" / "broken_plan.yaml").write_text(BROKEN)
@@ -64,10 +66,11 @@ def test_broken_plan_is_the_only_import_error(dags_folder: Path) -> None:
     message = bag.import_errors["plans/broken_plan.yaml"]
     assert message == ("plans/broken_plan.yaml: touches[0].channel: 'emial' is not allowed; use one of: push, sms, "
                        "inapp, outbound_call, private_domain, webhook, outbox (line 8)")
-    # Every good plan loads, from its own YAML file; the fallback loader adds no duplicate.
+    # Every good plan loads, from the one index unit; the fallback loader adds no duplicate.
     assert set(bag.dags) == GOOD_IDS
     for dag_id, dag in bag.dags.items():
-        assert dag.relative_fileloc == f"plans/{dag_id}.yaml"
+        assert dag.relative_fileloc == "plans.yaml"  # what the dag-processor tracks and a worker re-parses
+        assert dag.fileloc == str(dags_folder / "plans" / f"{dag_id}.yaml")  # the UI's Code tab shows the plan
         assert [t.task_id for t in dag.tasks] == ["extract_audience", "load_shards", "deliver", "report", "cleanup"]
 
 
@@ -86,36 +89,77 @@ def test_fixing_the_plan_clears_its_error(dags_folder: Path) -> None:
     assert set(bag.dags) == GOOD_IDS | {"broken_plan"}
 
 
-def test_a_reparse_uses_the_plan_cache_but_never_for_the_broken_plan(
-        dags_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the dag-processor does every 30 s: the same DAGs and the same error, the good plans cached."""
-    from airflow.serialization.serialized_objects import DagSerialization
-    from c2b.plan import model as plan_module
+def test_a_worker_builds_only_its_plan(dags_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The task runner re-parses the DAG's relative_fileloc (the index) with Airflow's parsing context."""
+    from airflow.dag_processing.dagbag import BundleDagBag
+    from c2b.plan import load as plan_module
 
-    monkeypatch.setenv("C2B_PLAN_CACHE", str(tmp_path / "cache"))
     validated: list[str] = []
     real = plan_module.load_plan
     monkeypatch.setattr(plan_module, "load_plan",
                         lambda path, **kw: validated.append(Path(path).name) or real(path, **kw))
-    cold = _bag(dags_folder)
-    assert sorted(validated) == sorted([p.name for p in EXAMPLES] + ["broken_plan.yaml"])
-    assert len(list((tmp_path / "cache").glob("*.pickle"))) == len(EXAMPLES)
-    validated.clear()
-    warm = _bag(dags_folder)
-    assert validated == ["broken_plan.yaml"]  # validated (and reported) on every parse
-    assert warm.import_errors == cold.import_errors and set(warm.dags) == GOOD_IDS
-    for dag_id in GOOD_IDS:  # the same DAG, as the scheduler stores it
-        assert DagSerialization.to_dict(warm.dags[dag_id]) == DagSerialization.to_dict(cold.dags[dag_id])
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "cancelled_price_coupon")
+    bag = BundleDagBag(dag_folder=str(dags_folder / "plans.yaml"), safe_mode=False, load_op_links=False,
+                       bundle_path=dags_folder, bundle_name="dags-folder")
+    assert list(bag.dags) == ["cancelled_price_coupon"] and bag.import_errors == {}
+    assert validated == ["cancelled_price_coupon.yaml"]
 
 
-def test_a_worker_parses_only_its_plan_file(dags_folder: Path) -> None:
-    """The task runner re-parses the DAG's file: with the importer that is the one YAML file."""
+def test_one_plan_file_on_its_own_is_imported_alone(dags_folder: Path) -> None:
     from airflow.dag_processing.dagbag import BundleDagBag
 
     target = dags_folder / "plans" / "cancelled_price_coupon.yaml"
     bag = BundleDagBag(dag_folder=str(target), safe_mode=False, load_op_links=False,
                        bundle_path=dags_folder, bundle_name="dags-folder")
     assert list(bag.dags) == ["cancelled_price_coupon"] and bag.import_errors == {}
+
+
+def test_an_alias_bomb_next_to_good_plans_is_one_quick_import_error(dags_folder: Path) -> None:
+    """Issue #11 defect 5: one bad plan never slows or starves the others' parse."""
+    import time
+    import tracemalloc
+
+    bomb = ["id: bomb", "audience:", "  segment: survey_answers.sql", "  params:", "    survey: why_sell",
+            "    days: 30", '    a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
+            *(f"    a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)), "    answer: *a8",
+            "touches:", "  - {name: t, channel: outbox, template: hi}"]
+    (dags_folder / "plans" / "bomb.yaml").write_text("\n".join(bomb) + "\n")
+    (dags_folder / "plans" / "broken_plan.yaml").unlink()
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        bag = _bag(dags_folder)
+    finally:
+        took = time.perf_counter() - started
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert set(bag.dags) == GOOD_IDS
+    assert set(bag.import_errors) == {"plans/bomb.yaml"}
+    assert "anchors and aliases (&name / *name) are not allowed" in bag.import_errors["plans/bomb.yaml"]
+    assert took < 20 and peak < 200_000_000, (took, peak)  # the whole folder, traced; the bomb alone is ~ms
+
+
+def test_plan_files_without_a_listed_index_stop_the_dag_processor(dags_folder: Path) -> None:
+    """The dag-processor's listing must reach every plan, through its index or itself, or it refuses to start."""
+    import airflow.utils.file
+    from c2b.airflow.dag_factory import PlanListingError, check_listing
+
+    assert any(p.endswith("/plans.yaml") for p in airflow.utils.file.list_py_file_paths(str(dags_folder)))
+    with pytest.raises(PlanListingError, match=r"7 plan file\(s\) in .*/plans/ but the dag-processor lists "
+                                               r"neither them nor .*/plans.yaml"):
+        check_listing(dags_folder, [str(dags_folder / "c2b_plans.py")])  # an Airflow that dropped them
+
+
+def test_a_plans_folder_without_its_index_still_loads_one_unit_per_plan(dags_folder: Path) -> None:
+    import airflow.utils.file
+
+    (dags_folder / "plans.yaml").unlink()
+    listed = airflow.utils.file.list_py_file_paths(str(dags_folder))
+    assert sorted(Path(p).name for p in listed) == sorted(
+        ["c2b_plans.py", "broken_plan.yaml", *(p.name for p in EXAMPLES)])
+    bag = _bag(dags_folder)
+    assert set(bag.dags) == GOOD_IDS and set(bag.import_errors) == {"plans/broken_plan.yaml"}
+    assert {d.relative_fileloc for d in bag.dags.values()} == {f"plans/{i}.yaml" for i in GOOD_IDS}
 
 
 @pytest.fixture
@@ -158,4 +202,27 @@ def test_every_airflow_process_installs_the_importer(dags_folder: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code, str(dags_folder)], env=env, capture_output=True,
                          text=True, check=True, timeout=120).stdout.splitlines()
     assert out[0] == "True"
-    assert json.loads(out[1]) == sorted(["c2b_plans.py", "broken_plan.yaml", *(p.name for p in EXAMPLES)])
+    assert json.loads(out[1]) == ["c2b_plans.py", "plans.yaml"]  # the plans are one parse unit
+
+
+def test_a_dag_processor_that_lists_files_neither_way_refuses_to_start(
+        dags_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A future Airflow whose manager neither calls list_py_file_paths nor the importer registry."""
+    import importlib.machinery
+    import importlib.util
+
+    from airflow.configuration import conf
+    from c2b.airflow import dag_factory
+
+    future = tmp_path / "manager.py"
+    future.write_text("def find_files(folder):\n    return sorted(folder.glob('*.py'))\n")
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: importlib.machinery.ModuleSpec(
+        name, None, origin=str(future)) if name == "airflow.dag_processing.manager" else real_find_spec(name, *a))
+    real_get = conf.get
+    monkeypatch.setattr(conf, "get", lambda *a, **k: str(dags_folder) if tuple(a[:2]) == ("core", "dags_folder")
+                        else real_get(*a, **k))
+    with pytest.raises(dag_factory.PlanListingError, match="lists neither them nor"):
+        dag_factory.check_dag_processor_listing()
+    monkeypatch.setattr(importlib.util, "find_spec", real_find_spec)
+    dag_factory.check_dag_processor_listing()  # this Airflow: lists through list_py_file_paths

@@ -15,7 +15,7 @@ def test_config_read_once_builds_the_same_dag(path: Path, monkeypatch: pytest.Mo
     """Passing the config-derived DAG arguments read once equals letting DAG() read them."""
     from airflow.serialization.serialized_objects import DagSerialization
     from c2b.airflow import dag_factory
-    from c2b.plan.model import load_plan
+    from c2b.plan.load import load_plan
 
     plan = load_plan(path, check_name=True)
     fast = DagSerialization.to_dict(dag_factory.build_dag(plan, path))

@@ -1,8 +1,9 @@
 """Under a real Airflow (api-server, scheduler, dag-processor, LocalExecutor).
 
-- A broken plan shows as its own import error in the REST API while every good plan loads; fixing
-  it clears the error; the fixed plan then runs on a worker, which re-parses only its YAML file
-  through the plan importer.
+- The plans are one parse unit (the index ``plans.yaml``), yet a broken plan and an alias-bomb plan
+  each show as their own import error in the REST API, named by their file, while every good plan
+  loads; the errors stay through bundle refreshes; fixing a plan clears its error at the next parse;
+  the fixed plan then runs on a worker, which re-parses the index and builds only that plan.
 - Quiet hours: a shard whose users are all outside their send hours is ``up_for_reschedule``,
   sends nothing, and sends exactly the users whose hours opened when the scheduler runs it again.
 """
@@ -38,6 +39,12 @@ delivery:
   shards: 4
   retry_delay_seconds: 1
 """
+# ~600 bytes that expand to 9**9 strings (issue #11 defect 5).
+ALIAS_BOMB = "\n".join([
+    "id: bomb", "audience:", "  segment: survey_answers.sql", "  params:", "    survey: why_sell", "    days: 30",
+    '    a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
+    *(f"    a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)), "    answer: *a8",
+    "touches:", "  - {name: t, channel: outbox, template: hi}", ""])
 
 
 class LiveAirflow:
@@ -55,11 +62,12 @@ class LiveAirflow:
 def live(tmp_path_factory: pytest.TempPathFactory, redis_server, demo_warehouse: Path) -> Iterator[LiveAirflow]:
     base = tmp_path_factory.mktemp("live")
     home, dags, data = base / "home", base / "dags", base / "c2b"
-    (dags / "plans").mkdir(parents=True)
+    dags.mkdir(parents=True)
     shutil.copy(ROOT / "dags" / "c2b_plans.py", dags)
-    for path in EXAMPLES:
-        shutil.copy(path, dags / "plans")
+    shutil.copy(ROOT / "dags" / "plans.yaml", dags)
+    shutil.copytree(ROOT / "dags" / "plans", dags / "plans")  # the example plans in their business-line folders
     (dags / "plans" / "broken_plan.yaml").write_text(BROKEN)
+    (dags / "plans" / "bomb.yaml").write_text(ALIAS_BOMB)
     env = {**base_env(home=home, dags=dags, port=free_port(), executor=LOCAL), **FAST_PARSING,
            "AIRFLOW_CONN_C2B_REDIS": f"{redis_server.url}/?db=0",
            "AIRFLOW_CONN_C2B_WAREHOUSE": json.dumps({"conn_type": "duckdb", "host": str(demo_warehouse)}),
@@ -82,21 +90,29 @@ def test_broken_plan_under_a_real_scheduler(live: LiveAirflow) -> None:
     def errors() -> list[dict]:
         return live.get("importErrors")["import_errors"]
 
-    # The broken plan is one import error, keyed by its YAML file; every good plan loads.
-    found = live.wait("the broken plan's import error", errors)
-    assert [e["filename"] for e in found] == ["plans/broken_plan.yaml"]
-    assert found[0]["stack_trace"].startswith(
+    # Each bad plan is one import error, keyed by its YAML file; every good plan loads, from the index.
+    found = live.wait("the bad plans' import errors", lambda: len(errors()) == 2 and errors())
+    by_file = {e["filename"]: e["stack_trace"] for e in found}
+    assert set(by_file) == {"plans/broken_plan.yaml", "plans/bomb.yaml"}
+    assert by_file["plans/broken_plan.yaml"].startswith(
         "plans/broken_plan.yaml: touches[0].channel: 'emial' is not allowed; use one of: push, sms")
-    assert found[0]["stack_trace"].endswith("(line 9)")
+    assert by_file["plans/broken_plan.yaml"].endswith("(line 9)")
+    assert "anchors and aliases (&name / *name) are not allowed" in by_file["plans/bomb.yaml"]
     dags = live.wait("the good plans", loaded)
-    assert {d: f for d, f in dags.items() if d in good} == {d: f"plans/{d}.yaml" for d in good}
-    assert "broken_plan" not in dags
+    assert {d: f for d, f in dags.items() if d in good} == dict.fromkeys(good, "plans.yaml")
+    assert "broken_plan" not in dags and "bomb" not in dags
+
+    # The errors stay through bundle refreshes (every 2 s here), though only the index is listed.
+    for _ in range(8):
+        time.sleep(1)
+        assert {e["filename"] for e in errors()} == set(by_file)
 
     # Fixing the file clears the error and brings its DAG.
     (live.dags / "plans" / "broken_plan.yaml").write_text(BROKEN.replace("channel: emial", "channel: outbox"))
-    live.wait("the error to clear", lambda: not errors() and "broken_plan" in loaded())
+    live.wait("the error to clear", lambda: [e["filename"] for e in errors()] == ["plans/bomb.yaml"]
+              and "broken_plan" in loaded())
 
-    # The fixed plan runs end to end on a LocalExecutor worker (which parses plans/broken_plan.yaml).
+    # The fixed plan runs end to end on a LocalExecutor worker (which parses plans.yaml for it).
     run_id = live.trigger("broken_plan")
     state = live.wait("the run to finish", lambda: live.get(f"dags/broken_plan/dagRuns/{run_id}")["state"]
                       in ("success", "failed") and live.get(f"dags/broken_plan/dagRuns/{run_id}")["state"])

@@ -14,7 +14,7 @@ import pytest
 from c2b.airflow import resources
 from c2b.airflow.dag_factory import find_plan_file
 from c2b.hashing import VariantPicker
-from c2b.plan.model import load_plan
+from c2b.plan.load import load_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAN = "cancelled_price_coupon"

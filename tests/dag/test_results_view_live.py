@@ -422,7 +422,7 @@ def attribute(airflow: AuthedAirflow, run_id: str) -> None:
     from datetime import timedelta
 
     from c2b.airflow.resources import get_results_store, get_warehouse
-    from c2b.plan.model import load_plan
+    from c2b.plan.load import load_plan
     from c2b.results.attribution import attribute as attribute_run
 
     from devtools.demo_warehouse import add_post_touch_orders

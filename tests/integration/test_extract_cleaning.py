@@ -12,7 +12,8 @@ from c2b.audience.extract import extract_audience
 from c2b.audience.sql import SegmentError
 from c2b.audience.warehouse import DbApiWarehouse, DuckDBWarehouse
 from c2b.hashing import VariantPicker
-from c2b.plan.model import Plan, parse_plan
+from c2b.plan.load import parse_plan
+from c2b.plan.model import Plan
 
 
 def make_plan(segment: str, params: dict | None = None, **audience) -> Plan:

@@ -21,7 +21,7 @@ from c2b.delivery.contacts import (
     prune_contacts,
     record_contacts,
 )
-from c2b.plan.model import parse_plan
+from c2b.plan.load import parse_plan
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from c2b.airflow.dag_factory import plan_files
 from c2b.cli import main
-from c2b.plan.model import load_plan
+from c2b.plan.load import load_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 PLANS = plan_files(ROOT / "dags" / "plans")

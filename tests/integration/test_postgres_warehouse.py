@@ -13,7 +13,7 @@ import pytest
 from c2b.audience.extract import extract_audience
 from c2b.audience.sql import read_segment
 from c2b.audience.warehouse import DbApiWarehouse, DuckDBWarehouse
-from c2b.plan.model import parse_plan
+from c2b.plan.load import parse_plan
 
 from devtools.postgres import PG_DSN, connect, drop_schema, ensure_running, load_demo
 from devtools.segment_examples import EXAMPLES

@@ -14,7 +14,7 @@ from c2b.audience.eligibility import GlobalHoldout
 from c2b.audience.extract import extract_audience
 from c2b.audience.warehouse import DuckDBWarehouse
 from c2b.delivery.reentry import BUCKETS, bucket_key, record_sends
-from c2b.plan.model import parse_plan
+from c2b.plan.load import parse_plan
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 

@@ -14,7 +14,7 @@ import pytest
 from c2b.airflow.dag_factory import find_plan_file
 from c2b.audience.warehouse import DbApiWarehouse, DuckDBWarehouse
 from c2b.hashing import VariantPicker
-from c2b.plan.model import load_plan
+from c2b.plan.load import load_plan
 from c2b.results.attribution import AttributionError, attribute, build_page, goal_info
 from c2b.results.store import DbApiResultsStore, DuckDBResultsStore, ResultsStore
 

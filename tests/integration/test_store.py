@@ -130,7 +130,7 @@ def test_store_check_cli_reports_the_largest_key(redis_server, redis_client, tmp
 
 def test_runtime_load_and_cleanup_with_auto_shards(redis_client, tmp_path: Path) -> None:
     from c2b import steps
-    from c2b.plan.model import parse_plan
+    from c2b.plan.load import parse_plan
 
     plan = parse_plan({"id": "plan_auto", "audience": {"segment": "x.sql"},
                        "touches": [{"name": "t", "channel": "outbox", "template": "hi {{ nickname }}"}],

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 from c2b.audience.sql import SegmentError, bind, check_params, placeholders, read_segment, segment_info
-from c2b.plan.model import PlanError, parse_plan
+from c2b.plan.errors import PlanError
+from c2b.plan.load import parse_plan
 from c2b.settings import sql_dir
 
 SQL = """-- a comment with :not_a_param and 100%

@@ -6,7 +6,8 @@ import math
 
 import pytest
 import yaml
-from c2b.plan.model import PlanError, load_plan
+from c2b.plan.errors import PlanError
+from c2b.plan.load import load_plan
 
 from devtools.plan_samples import base_plan, mutate
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 from c2b.plan.goal import goal_note
-from c2b.plan.model import PlanError, parse_plan
+from c2b.plan.errors import PlanError
+from c2b.plan.load import parse_plan
 
 from devtools.plan_samples import base_plan, mutate
 
@@ -118,7 +119,7 @@ def test_goal_on_a_plan_without_control_is_allowed_and_the_note_says_why() -> No
 
 
 def test_example_plans_with_a_control_group_carry_a_goal(monkeypatch: pytest.MonkeyPatch) -> None:
-    from c2b.plan.model import load_plan
+    from c2b.plan.load import load_plan
 
     monkeypatch.delenv("C2B_SQL_DIR")
     for path in sorted((ROOT / "dags" / "plans").glob("*.yaml")):

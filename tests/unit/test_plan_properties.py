@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 from c2b.airflow.dag_factory import load_plan_dag
-from c2b.plan.model import PlanError, parse_plan
+from c2b.plan.errors import PlanError
+from c2b.plan.load import parse_plan
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from c2b.plan.model import PlanError, load_plan, parse_plan
+from c2b.plan.errors import PlanError
+from c2b.plan.load import load_plan, parse_plan
 
 from devtools.plan_samples import DELETE, base_plan, mutate
 

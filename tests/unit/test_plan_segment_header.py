@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 from c2b.plan.checks import ParamSpec, parse_header, read_segment
-from c2b.plan.model import PlanError, parse_plan
+from c2b.plan.errors import PlanError
+from c2b.plan.load import parse_plan
 
 from devtools.plan_samples import base_plan, mutate
 

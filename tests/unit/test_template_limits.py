@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from c2b.plan.model import PlanError, parse_plan
+from c2b.plan.errors import PlanError
+from c2b.plan.load import parse_plan
 
 from devtools.plan_samples import base_plan
 

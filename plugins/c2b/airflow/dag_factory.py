@@ -3,13 +3,14 @@
 How Airflow finds plans (see docs/plans.md):
 
 - **The plan importer** (the normal path). :class:`PlanImporter` is an Airflow DAG importer for
-  ``.yaml`` files in a ``plans/`` folder of the DAGs folder, registered in every Airflow process by
-  ``plugins/airflow_local_settings.py`` (:func:`install_plan_importer`). Each plan file is then its
-  own parse unit: a broken plan is its own import error, keyed by its YAML path and carrying the
-  line of the first problem, while every other plan loads; the dag-processor clears the error when
-  the file is fixed; a worker re-parses only the one YAML file of its task; the UI's Code tab shows
-  the YAML. Airflow 3.3.2 has the importer registry but its dag-processor still lists only ``.py``
-  and zip files, so the install also extends that listing with the importer's files.
+  ``.yaml`` files, registered in every Airflow process by ``plugins/airflow_local_settings.py``
+  (:func:`install_plan_importer`). The dag-processor parses one file for all plans, the plan index
+  ``dags/plans.yaml`` beside ``dags/plans/``, so a cycle costs one parse unit however many plans
+  there are; a broken plan is still its own import error, keyed by its YAML path and carrying the
+  line of the first problem, while every other plan loads, and it is cleared at the next parse once
+  fixed; a worker re-parses the index and builds only its task's plan; the UI's Code tab shows the
+  plan's YAML. Airflow 3.3.2 has the importer registry but its dag-processor still lists only
+  ``.py`` and zip files, so the install also extends that listing with the importer's files.
 - **The fallback loader** ``dags/c2b_plans.py``, used only where the importer is not installed: it
   builds every valid plan (just the requested one when a worker parses for a task, via
   ``get_parsing_context``, which relies on the file being named ``<id>.yaml``) and can only report
@@ -30,6 +31,7 @@ always runs.
 from __future__ import annotations
 
 import os
+import reprlib
 import sys
 import traceback
 from collections.abc import Iterator
@@ -39,19 +41,32 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from c2b.plan.model import Plan, PlanError
+    from c2b.plan.errors import PlanError
+    from c2b.plan.model import Plan
 
 PLANS_DIRNAME = "plans"
 PLAN_SUFFIX = ".yaml"
+# The one parse unit of a plans folder: dags/plans.yaml builds every dags/plans/*.yaml.
+PLAN_INDEX = PLANS_DIRNAME + PLAN_SUFFIX
 
 
 # --- one plan -> one DAG --------------------------------------------------------------------------
 
+# The DAG's doc is stored with every serialized DAG and shown by the UI: keep it small whatever a
+# plan holds (segment params are untyped values, any size).
+MAX_DOC_CHARS = 20_000
+_PARAMS_REPR = reprlib.Repr()
+_PARAMS_REPR.maxlevel, _PARAMS_REPR.maxdict, _PARAMS_REPR.maxlist = 3, 20, 20
+_PARAMS_REPR.maxstring = _PARAMS_REPR.maxother = 200
+
+
 def _doc_md(plan: Plan, path: Path) -> str:
-    """Return the DAG's doc: the plan in words, cheap to build (no YAML dump)."""
+    """Return the DAG's doc: the plan in words, cheap to build (no YAML dump), at most MAX_DOC_CHARS."""
     aud = plan.audience
-    who = "everyone (`all_users.sql`)" if aud.all else f"`{aud.segment}` with `{dict(aud.params)}`"
-    lines = [f"## {plan.id}", "", plan.description.strip(), "", f"**Audience:** {who}"]
+    who = "everyone (`all_users.sql`)" if aud.all else f"`{aud.segment}` with `{_PARAMS_REPR.repr(dict(aud.params))}`"
+    about = plan.description.strip()
+    about = about if len(about) <= MAX_DOC_CHARS // 4 else about[:MAX_DOC_CHARS // 4] + " ..."
+    lines = [f"## {plan.id}", "", about, "", f"**Audience:** {who}"]
     for item in aud.exclude:
         lines.append(f"- excluding `{item.label}`")
     if aud.limit:
@@ -75,7 +90,10 @@ def _doc_md(plan: Plan, path: Path) -> str:
     lines += ["", f"**Delivery:** {d.shards} shards, page size {d.page_size}, concurrency {d.concurrency}, "
                   f"rate limit {d.rate_limit or 'none'}/s, frequency cap {d.frequency_cap or 'none'}/day",
               "", f"_Plan file:_ `{path.name}`"]
-    return "\n".join(lines)
+    doc = "\n".join(lines)
+    if len(doc) > MAX_DOC_CHARS:
+        doc = doc[:MAX_DOC_CHARS] + f"\n\n_(cut at {MAX_DOC_CHARS:,} characters; the plan file has the rest)_"
+    return doc
 
 
 def _schedule_text(plan: Plan) -> str:
@@ -161,7 +179,7 @@ def plan_of(dag: Any) -> Plan:
     if plan is not None:
         return plan
     from c2b.plan.lines import with_line
-    from c2b.plan.model import load_plan
+    from c2b.plan.load import load_plan
 
     fileloc = Path(dag.fileloc)
     if fileloc.suffix != PLAN_SUFFIX:  # built by dags/c2b_plans.py
@@ -263,23 +281,18 @@ def _plan_step_class() -> type:
 
 
 def load_plan_dag(path: Path) -> Any:
-    """Validate the plan file at ``path`` and return its DAG; every failure is a ``PlanError``.
+    """Validate the plan file at ``path`` and return its DAG; every failure is a ``PlanError``."""
+    from c2b.plan.errors import PlanError
+    from c2b.plan.load import load_plan
 
-    An unchanged plan that was valid before comes from the plan cache (:mod:`c2b.plan.cache`),
-    skipping YAML and validation; a plan is cached only once its DAG is built.
-    """
-    from c2b.plan.cache import load_cached_plan
     from c2b.plan.lines import with_line
-    from c2b.plan.model import PlanError
 
-    plan, store = load_cached_plan(path)
-    plan = with_line(plan, path)  # not cached: the line's settings file may change on its own
+    plan = with_line(load_plan(path, check_name=True), path)
     try:
         dag = build_dag(plan, path)
     except Exception as exc:  # noqa: BLE001 - a valid plan Airflow still rejects: say so, per file
         raise PlanError(path, [("", f"Airflow rejected the DAG built from this plan: {type(exc).__name__}: {exc}")]) \
             from exc
-    store()
     return dag
 
 
@@ -307,7 +320,7 @@ def build_dags(folder: Path, only_dag_id: str | None = None) -> tuple[dict[str, 
     ``only_dag_id`` (from Airflow's parsing context on a worker) builds just that plan's DAG.
     Plan files are named ``<id>.yaml``, which is what makes that shortcut possible.
     """
-    from c2b.plan.model import PlanError
+    from c2b.plan.errors import PlanError
 
     files = plan_files(folder)
     if only_dag_id:
@@ -326,7 +339,7 @@ def build_dags(folder: Path, only_dag_id: str | None = None) -> tuple[dict[str, 
 def fallback_dags(folder: Path, only_dag_id: str | None = None) -> dict[str, Any]:
     """Return the DAGs ``dags/c2b_plans.py`` exports: none when the plan importer is installed.
 
-    With the importer each YAML file is parsed on its own, so exporting the same DAGs from the
+    With the importer the plan index builds every plan, so exporting the same DAGs from the
     loader too would make every plan a duplicate DAG id. A worker parsing this file for a task
     (``only_dag_id`` set) always builds that plan: the DAG was built here by a dag-processor
     running without the importer, whatever this process has installed.
@@ -356,51 +369,123 @@ def is_plan_file(path: str | os.PathLike[str]) -> bool:
                                                and not p.parent.name.startswith("."))
 
 
+def is_plan_index(path: str | os.PathLike[str]) -> bool:
+    """Return whether ``path`` is a plan index: ``plans.yaml`` beside a ``plans/`` folder."""
+    p = Path(path)
+    return p.name == PLAN_INDEX and p.with_suffix("").is_dir()
+
+
+def index_of(plan_file: str | os.PathLike[str]) -> Path:
+    """Return the index file whose parse builds ``plan_file`` (``dags/plans/x.yaml`` and a line's
+    ``dags/plans/<line>/x.yaml`` -> ``dags/plans.yaml``)."""
+    folder = Path(plan_file).parent
+    if folder.name != PLANS_DIRNAME:  # a business line's folder inside plans/
+        folder = folder.parent
+    return folder.with_suffix(PLAN_SUFFIX)
+
+
+class PlanListingError(RuntimeError):
+    """Plan files exist that the dag-processor would never parse: refuse to start without them."""
+
+
+def check_listing(directory: str | os.PathLike[str], listed: list[str]) -> None:
+    """Raise :class:`PlanListingError` when a plan file under ``directory`` has no index in ``listed``.
+
+    ``listed`` is what the dag-processor is about to parse. Without this, an Airflow that stopped
+    listing the index (or a plans folder without its index) would drop every plan silently.
+    """
+    listed_set = {os.path.abspath(p) for p in listed}
+    missing: dict[Path, int] = {}
+    for path in plan_importer().find_yaml(directory):
+        if (is_plan_file(path) and os.path.abspath(index_of(path)) not in listed_set
+                and os.path.abspath(path) not in listed_set):
+            missing[index_of(path)] = missing.get(index_of(path), 0) + 1
+    if missing:
+        lines = [f"{n} plan file(s) in {index.with_suffix('')}/ but the dag-processor lists neither them nor "
+                 f"{index}" for index, n in sorted(missing.items())]
+        raise PlanListingError("c2b: " + "; ".join(lines) + ". This Airflow lists DAG files in a way the c2b "
+                               "plan importer does not reach: set C2B_PLAN_IMPORTER=off to load plans through "
+                               "dags/c2b_plans.py (see docs/plans.md).")
+    unindexed = sorted({str(index_of(p).with_suffix("")) for p in listed if is_plan_file(p)})
+    if unindexed:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "c2b: %s has no plan index (%s beside it): each plan file is its own parse unit, which costs a "
+            "forked process per plan per cycle; add the index (an empty file, as dags/%s)",
+            ", ".join(unindexed), PLAN_INDEX, PLAN_INDEX)
+
+
 @lru_cache(maxsize=1)
 def _importer_class() -> type:
     """Define :class:`PlanImporter` on first use (keeps Airflow out of this module's import)."""
     from airflow.dag_processing.importers import AbstractDagImporter, DagImportError, DagImportResult
 
     class PlanImporter(AbstractDagImporter):
-        """Airflow DAG importer for plan files: one YAML file, one DAG or one import error."""
+        """Airflow DAG importer for plans: the index ``plans.yaml`` builds every ``plans/*.yaml``.
+
+        One parse unit for all plans (the dag-processor forks a child per unit, which costs more
+        than building a plan), yet one import error per broken plan file: each error carries its
+        plan file's path and line, and Airflow records import errors by that path. The DAGs name
+        the index as their ``relative_fileloc`` (what the dag-processor tracks and a worker
+        re-parses; with Airflow's parsing context a worker builds just its own plan) and the plan
+        file as their ``fileloc`` (the UI's Code tab shows the YAML). A plan file given on its own
+        (``DagBag`` of one file) is imported alone.
+        """
 
         @classmethod
         def supported_extensions(cls) -> list[str]:
             return [PLAN_SUFFIX]
 
-        def list_dag_files(self, directory: str | os.PathLike[str], safe_mode: bool = True) -> Iterator[str]:
-            # Every plans/*.yaml is a plan (no "contains airflow and dag" content heuristic:
-            # a plan file need not mention either), honouring .airflowignore.
-            from airflow._shared.module_loading.file_discovery import find_path_from_directory
-            from airflow.configuration import conf
+        def find_yaml(self, directory: str | os.PathLike[str]) -> Iterator[str]:
+            """Yield every ``.yaml`` file under ``directory`` that ``.airflowignore`` does not exclude."""
+            # safe_mode=False: the "contains airflow and dag" heuristic is for Python files.
+            yield from super().list_dag_files(directory, safe_mode=False)
 
-            syntax = conf.get_mandatory_value("core", "DAG_IGNORE_FILE_SYNTAX", fallback="glob")
-            for file_path in find_path_from_directory(directory, ".airflowignore", syntax):
-                if is_plan_file(file_path) and os.path.isfile(file_path):
-                    yield str(file_path)
+        def list_dag_files(self, directory: str | os.PathLike[str], safe_mode: bool = True) -> Iterator[str]:
+            # The index, not its plan files (each listed file is a parse unit of its own). A plans
+            # folder without an index still loads, one parse unit per plan file: slower, never lost.
+            files = list(self.find_yaml(directory))
+            indexed = {str(Path(p).with_suffix("")) for p in files if is_plan_index(p)}
+            for p in files:
+                if is_plan_index(p) or (is_plan_file(p) and str(index_of(p).with_suffix("")) not in indexed):
+                    yield p
 
         def import_file(self, file_path: str | Path, *, bundle_path: Path | None = None,
                         bundle_name: str | None = None, safe_mode: bool = True) -> Any:
-            from c2b.plan.model import PlanError
+            result = DagImportResult(file_path=self.get_relative_path(file_path, bundle_path))
+            if is_plan_file(file_path):
+                self._import_plan(Path(file_path), bundle_path, result, None)
+                return result
+            from airflow.sdk import get_parsing_context
 
-            rel = self.get_relative_path(file_path, bundle_path)
-            result = DagImportResult(file_path=rel)
+            only = get_parsing_context().dag_id  # a worker parsing for one task builds only its plan
+            index_rel = result.file_path
+            for plan_path in plan_files(Path(file_path).with_suffix("")):
+                if only is None or plan_path.stem == only:
+                    self._import_plan(plan_path, bundle_path, result, index_rel)
+            return result
+
+        def _import_plan(self, path: Path, bundle_path: Path | None, result: Any, index_rel: str | None) -> None:
+            """Add the DAG of one plan file to ``result``, or its import error under the plan's own path."""
+            from c2b.plan.errors import PlanError
+
+            rel = self.get_relative_path(path, bundle_path)
             try:
-                dag = load_plan_dag(Path(file_path))
+                dag = load_plan_dag(path)
             except PlanError as exc:
                 exc = PlanError(rel, exc.problems)  # name the file as the UI does: bundle-relative
                 result.errors.append(DagImportError(
                     file_path=rel, message=str(exc), error_type="plan", line_number=exc.line,
                     suggestion="fix the fields named above; `c2b validate` shows the same errors"))
-                return result
-            except Exception as exc:  # noqa: BLE001 - a bug of ours must still be this file's error only
+                return
+            except Exception as exc:  # noqa: BLE001 - a bug of ours must still be this plan's error only
                 result.errors.append(DagImportError(file_path=rel, message=f"{type(exc).__name__}: {exc}",
                                                     stacktrace=traceback.format_exc()))
-                return result
-            dag.fileloc = str(file_path)
-            dag.relative_fileloc = rel
+                return
+            dag.fileloc = str(path)
+            dag.relative_fileloc = index_rel or rel
             result.dags.append(dag)
-            return result
 
     return PlanImporter
 
@@ -409,10 +494,10 @@ def _importer_class() -> type:
 def preload() -> None:
     """Import what parsing a plan needs, once, in the dag-processor's manager.
 
-    The manager forks one child per file it parses, and a child inherits the parent's imported
-    modules. Airflow pre-imports the ``airflow.*`` modules a Python DAG file imports; a YAML plan
-    names none, so without this every plan file's child would import the plan models, Jinja and
-    the Task SDK again (about 10x the parse itself).
+    The manager forks one child per file it parses (the plan index among them), and a child
+    inherits the parent's imported modules. Airflow pre-imports the ``airflow.*`` modules a Python
+    DAG file imports; a YAML file names none, so without this every cycle's child would import the
+    plan models, Jinja and the Task SDK again.
     """
     import pendulum  # noqa: F401
     import yaml  # noqa: F401
@@ -420,14 +505,12 @@ def preload() -> None:
 
     import c2b.plan.checks  # noqa: F401
     import c2b.plan.templates  # noqa: F401
-    from c2b.plan.cache import code_salt
     from c2b.plan.model import valid_timezone
 
     _plan_step_class()
     _importer_class()
     _dag_config_defaults()
     valid_timezone("Asia/Shanghai")
-    code_salt()  # read the validating modules' sources once, not in every child
 
 
 def plan_importer() -> Any:
@@ -449,6 +532,12 @@ def install_plan_importer() -> bool:
     the dag-processor's manager module is imported). Idempotent. It is all or nothing: if this
     Airflow lacks either hook the importer is not registered and ``dags/c2b_plans.py`` loads the
     plans instead, so plans never silently disappear.
+
+    Airflow 3.3.2's dag-processor lists files with ``airflow.utils.file.list_py_file_paths`` (``.py``
+    and zip files only), not through the importer registry; the install extends that listing with
+    the importer's own (its public ``list_dag_files``) and checks every listing: plan files without
+    a listed index stop the dag-processor with :class:`PlanListingError` rather than vanish. So does
+    a dag-processor that lists files neither way (a future Airflow).
     """
     try:
         import airflow.utils.file as airflow_file
@@ -461,14 +550,17 @@ def install_plan_importer() -> bool:
     importer = plan_importer()
     if not getattr(original, "_c2b_plans", False):
         def list_py_file_paths(directory: Any, safe_mode: bool = True) -> list[str]:
-            """Airflow's file listing plus plan files (what the dag-processor queues for parsing)."""
+            """Airflow's file listing plus plan indexes (what the dag-processor queues for parsing)."""
             paths = original(directory, safe_mode=safe_mode)
             if directory is not None and os.path.isdir(directory):
                 known = set(paths)
-                plans = [p for p in importer.list_dag_files(directory) if p not in known]
-                if plans:
+                indexes = [p for p in importer.list_dag_files(directory) if p not in known]
+                if indexes:
                     preload()
-                paths += plans
+                paths += indexes
+                check_listing(directory, paths)
+                _remember_plan_files(directory, indexes)
+                _track_plan_files_in_manager()
             return paths
 
         list_py_file_paths._c2b_plans = True  # type: ignore[attr-defined]
@@ -479,4 +571,82 @@ def install_plan_importer() -> bool:
     registry = get_importer_registry()
     if not isinstance(registry.get_importer(f"x{PLAN_SUFFIX}"), _importer_class()):
         registry.register(importer)
+    if sys.argv[1:2] == ["dag-processor"]:
+        check_dag_processor_listing()
     return True
+
+
+def check_dag_processor_listing() -> None:
+    """Raise :class:`PlanListingError` when the dag-processor would not list plans and plans exist.
+
+    The dag-processor lists its files either through ``list_py_file_paths`` (extended above) or, in
+    an Airflow that adopts it, through the importer registry (which asks the plan importer). A
+    manager that uses neither would parse no plan; read its source (not imported here: this runs
+    while Airflow is still starting) and refuse to start when the DAGs folder holds plan files.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("airflow.dag_processing.manager")
+    source = Path(spec.origin).read_text(encoding="utf-8") if spec and spec.origin else ""
+    if "list_py_file_paths" in source or "list_dag_files" in source:
+        return
+    from airflow.configuration import conf
+
+    folder = conf.get("core", "dags_folder", fallback=None)
+    if folder and os.path.isdir(folder):
+        check_listing(folder, [])
+
+
+# --- import-error bookkeeping of the dag-processor ------------------------------------------------
+# Airflow keeps an import error under the path its importer names (a plan file here), but it clears
+# errors only for the files it lists and parses: the index. Left alone, a broken plan's error would
+# vanish at every bundle refresh (an "orphan": its file is not listed) until the index is parsed
+# again, and a fixed plan's error would stay until that refresh. Two small wrappers in the
+# dag-processor's manager make the plan files count as listed (observed) and as parsed whenever
+# their index is. Without them (another Airflow) errors still appear per plan, only less promptly.
+
+_plans_of_index: dict[str, set[str]] = {}  # index path relative to its bundle -> its plan files' paths
+
+
+def _remember_plan_files(directory: str | os.PathLike[str], indexes: list[str]) -> None:
+    for index in indexes:
+        rel = os.path.relpath(index, directory)
+        _plans_of_index[rel] = {os.path.relpath(p, directory) for p in plan_files(Path(index).with_suffix(""))}
+
+
+def plan_files_of(rel_paths: Any) -> set[str]:
+    """Return the plan files (bundle-relative) of the indexes among ``rel_paths``."""
+    out: set[str] = set()
+    for rel in rel_paths:
+        out |= _plans_of_index.get(str(rel), set())
+    return out
+
+
+def _track_plan_files_in_manager() -> None:
+    manager = sys.modules.get("airflow.dag_processing.manager")
+    cls = getattr(manager, "DagFileProcessorManager", None)
+    if manager is None or cls is None or getattr(cls, "_c2b_plans", False):
+        return
+    observed = getattr(cls, "_get_observed_filelocs", None)
+    persist = getattr(manager, "update_dag_parsing_results_in_db", None)
+    if observed is None or persist is None:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "c2b: this Airflow's dag-processor lacks the hooks that keep plan import errors in step with "
+            "their files; a broken plan's error may lag behind until the next bundle refresh")
+        return
+
+    def _get_observed_filelocs(self: Any, present: Any) -> set[str]:
+        found = observed(self, present)
+        return found | plan_files_of(found)
+
+    def update_dag_parsing_results_in_db(*args: Any, files_parsed: Any = None, **kwargs: Any) -> Any:
+        if files_parsed:
+            files_parsed = set(files_parsed) | {(bundle, plan) for bundle, rel in files_parsed
+                                                for plan in plan_files_of([rel])}
+        return persist(*args, files_parsed=files_parsed, **kwargs)
+
+    cls._get_observed_filelocs = _get_observed_filelocs
+    manager.update_dag_parsing_results_in_db = update_dag_parsing_results_in_db  # type: ignore[attr-defined]
+    cls._c2b_plans = True

@@ -109,7 +109,7 @@ def _attribute_class() -> type:
             from airflow.sdk import Asset
 
             from c2b.airflow.dag_factory import results_asset_uri
-            from c2b.plan.model import load_plan
+            from c2b.plan.load import load_plan
 
             as_of = context.get("data_interval_end") or context.get("logical_date") or datetime.now(UTC)
             plan = load_plan(Path(self.plan_path))
@@ -130,7 +130,7 @@ def results_dags(folder: Path, only_dag_id: str | None = None) -> dict[str, Any]
     """
     from c2b.airflow.dag_factory import plan_files
     from c2b.plan.cache import load_cached_plan
-    from c2b.plan.model import PlanError
+    from c2b.plan.errors import PlanError
 
     files = plan_files(folder)
     if only_dag_id:

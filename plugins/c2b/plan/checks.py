@@ -17,7 +17,6 @@ lists what the query returns; templates may read those plus the built-ins
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 import os
@@ -28,7 +27,8 @@ from functools import lru_cache
 from typing import Any
 
 from c2b.audience.sql import placeholders, segment_path
-from c2b.plan.model import ALL_USERS_SEGMENT, Plan, Touch, join_key
+from c2b.plan.errors import join_key
+from c2b.plan.model import ALL_USERS_SEGMENT, Plan, Touch
 from c2b.settings import sql_dir
 
 OFFER_FIELDS = ("type", "amount", "currency", "link")
@@ -129,8 +129,6 @@ class SegmentSpec:
     params: dict[str, ParamSpec] | None
     columns: tuple[str, ...] | None
     placeholders: frozenset[str] = field(default_factory=frozenset)
-    path: str = ""  # the file read, and the digest of its bytes (see c2b.plan.cache)
-    digest: str = ""
 
     def params_help(self) -> str:
         if not self.params:
@@ -190,10 +188,10 @@ def parse_header(sql: str, name: str = "") -> SegmentSpec:
 
 
 @lru_cache(maxsize=256)
-def _spec_cached(path: str, digest: str, data: bytes, name: str) -> SegmentSpec:
+def _spec_cached(data: bytes, name: str) -> SegmentSpec:
     # As read_text does: strict UTF-8, universal newlines.
     text = data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
-    return dataclasses.replace(parse_header(text, name), path=path, digest=digest)
+    return parse_header(text, name)
 
 
 def read_segment(name: str) -> SegmentSpec:
@@ -202,15 +200,13 @@ def read_segment(name: str) -> SegmentSpec:
     Raises ``FileNotFoundError`` when it does not exist under the segments folder and
     ``ValueError`` when its header cannot be read.
     """
-    from c2b.plan.cache import digest
-
     base = sql_dir() / "segments"
     path = segment_path(name)
     if not os.path.normpath(path).startswith(os.path.normpath(base) + os.sep):
         raise FileNotFoundError(name)
     with open(path, "rb") as f:  # FileNotFoundError when missing
         data = f.read()
-    return _spec_cached(str(path), digest(data), data, name)
+    return _spec_cached(data, name)
 
 
 def available_segments() -> list[str]:
@@ -288,17 +284,6 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
 
     env = templates._ENV  # the sandbox the delivery renders with (its filters and tests)
     where = f"touches[{i}].template"
-    simple = templates.simple_template_reads(touch.template)
-    if simple is not None:
-        # A template Jinja parses to these reads; when they are all fine, so is the template.
-        # Any problem is reported from Jinja's own parse below, so messages stay the same.
-        names, getattrs, filters = simple
-        internal = name_problems(names, getattrs)
-        if internal:
-            return [(where, p) for p in internal]
-        if filters <= env.filters.keys() and not _read_problems(
-                names, sorted(getattrs), touch, columns, segment, where):
-            return []
     try:
         ast = env.parse(touch.template)
     except TemplateSyntaxError as exc:
@@ -380,11 +365,8 @@ def _hint(word: str, options: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def repository_problems(plan: Plan, used: dict[str, str] | None = None) -> list[tuple[str, str]]:
-    """Return every problem of ``plan`` against the segment library and the template sandbox.
-
-    ``used`` (when given) receives ``{path: digest}`` of every segment file the checks read.
-    """
+def repository_problems(plan: Plan) -> list[tuple[str, str]]:
+    """Return every problem of ``plan`` against the segment library and the template sandbox."""
     aud = plan.audience
     spec, problems = segment_problems(aud.segment or ALL_USERS_SEGMENT, dict(aud.params), "audience")
     specs = [spec]
@@ -393,8 +375,6 @@ def repository_problems(plan: Plan, used: dict[str, str] | None = None) -> list[
             excluded, more = segment_problems(item.segment, dict(item.params), f"audience.exclude[{j}]")
             specs.append(excluded)
             problems += more
-    if used is not None:
-        used.update((s.path, s.digest) for s in specs if s is not None)
     if spec is not None:
         if spec.columns is None:
             problems.append(("audience.segment", f"{spec.name} has no '-- columns:' header; declare what it returns "

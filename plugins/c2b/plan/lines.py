@@ -26,7 +26,9 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 
 from c2b.audience.eligibility import GlobalHoldout
 from c2b.channels import channel_class
-from c2b.plan.model import Plan, PlanError, read_yaml, validation_problems, with_lines
+from c2b.plan.errors import PlanError, validation_problems
+from c2b.plan.load import read_yaml, with_lines
+from c2b.plan.model import Plan
 
 LINE_FILE = "line.yaml"
 PLANS_DIRNAME = "plans"

@@ -10,22 +10,19 @@ plan id. Everything is validated here, at the edge, so the rest of the engine ca
    params match its placeholders and declared params, templates compile in the sandbox and read
    only the segment's columns.
 
-Every problem is raised as one :class:`PlanError` whose lines read
+Reading the file is :mod:`c2b.plan.load`; every problem is raised as one
+:class:`~c2b.plan.errors.PlanError` whose lines read
 ``<file>: <field.path>: <what is allowed / how to fix> (line N)``. Nothing here does warehouse,
 Redis or network I/O: it runs at DAG parse time.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Sequence
 from datetime import date, time
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -35,16 +32,15 @@ from pydantic import (
     Field,
     Strict,
     Tag,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
 from c2b.channels import CHANNEL_NAMES
 from c2b.channels import REGISTRY as CHANNEL_REGISTRY
 from c2b.hashing import MAX_SHARDS
+from c2b.plan.errors import did_you_mean, problems_error
 from c2b.plan.goal import Goal
 from c2b.plan.policies import OfferBudget, Reentry, ReentryAfter
 
@@ -67,59 +63,6 @@ _SEGMENT_FILE = re.compile(r"^[A-Za-z0-9_\-]+(/[A-Za-z0-9_\-]+)*\.sql$")
 _SEND_HOURS = re.compile(r"^(\d\d):(\d\d)-(\d\d):(\d\d)$")
 _URL = re.compile(r"^https?://[^\s/$.?#][^\s]*$", re.IGNORECASE)
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
-_PROBLEMS = "c2b_problems"  # pydantic error type carrying a list of (sub-path, message)
-
-Problem = tuple[str, str] | tuple[str, str, int | None]
-
-
-class PlanError(ValueError):
-    """A plan file is invalid; every line names the file, the field and the fix.
-
-    ``problems`` holds ``(field_path, message, line)`` tuples; ``line`` (1-based, in the YAML file)
-    is None when it is not known. ``line`` on the exception is the first known one.
-    """
-
-    def __init__(self, path: str | Path, problems: Sequence[Problem]) -> None:
-        self.path = display_path(path)
-        # One line per problem, whatever text a message quotes from the file.
-        self.problems: list[tuple[str, str, int | None]] = [
-            (_one_line(p[0]), _one_line(p[1]), p[2] if len(p) > 2 else None) for p in problems]  # type: ignore[misc]
-        self.line = next((ln for _, _, ln in self.problems if ln), None)
-        super().__init__("\n".join(self.lines()))
-
-    def lines(self) -> list[str]:
-        """Return one ``<file>: <field>: <fix> (line N)`` line per problem."""
-        out = []
-        for fld, msg, line in self.problems:
-            where = f" (line {line})" if line else ""
-            out.append(f"{self.path}: {fld}: {msg}{where}" if fld else f"{self.path}: {msg}{where}")
-        return out
-
-
-def _one_line(text: str) -> str:
-    return text.replace("\r", "\\r").replace("\n", "\\n")
-
-
-def display_path(path: str | Path) -> str:
-    """Return ``path`` relative to the working directory when it is below it (shorter messages)."""
-    p = Path(path)
-    if p.is_absolute():
-        try:
-            return str(p.relative_to(Path.cwd()))
-        except ValueError:
-            return str(p)
-    return str(p)
-
-
-def problems_error(problems: list[tuple[str, str]]) -> PydanticCustomError:
-    """Return a pydantic error carrying several ``(sub-path, message)`` problems of one model.
-
-    Model-level checks raise this so :func:`parse_plan` can report each problem at its own field
-    path instead of one message at the model's path.
-    """
-    text = "; ".join(f"{p}: {m}" if p else m for p, m in problems)
-    return PydanticCustomError(_PROBLEMS, text, {"problems": problems})  # type: ignore[arg-type]
-
 
 # --- reusable field types ------------------------------------------------------------------------
 
@@ -236,8 +179,6 @@ def _schedule_kind(v: Any) -> str:
     return "~asset" if isinstance(v, dict | AssetSchedule) else "~cron"
 
 
-# Union tags start with "~" so they cannot be mistaken for field names (see field_path).
-_UNION_TAGS = frozenset({"~cron", "~asset"})
 Schedule = Annotated[
     Annotated[str, Tag("~cron")] | Annotated[AssetSchedule, Tag("~asset")],
     Discriminator(_schedule_kind),
@@ -592,7 +533,7 @@ def cross_field_problems(plan: Plan) -> list[tuple[str, str]]:
         for vname, variant in plan.experiment.variants.items():
             for j, t in enumerate(variant.touches):
                 if t not in seen:
-                    hint = _did_you_mean(t, names)
+                    hint = did_you_mean(t, names)
                     problems.append((f"experiment.variants.{vname}.touches[{j}]",
                                      f"no touch named {t!r}{hint}; touches: {', '.join(names)}"))
         if sum(v.weight for v in plan.experiment.variants.values()) <= 0:
@@ -604,299 +545,6 @@ def cross_field_problems(plan: Plan) -> list[tuple[str, str]]:
         problems.append(("window.end", f"{w.end} is before start_date {plan.start_date}"))
     return problems
 
-
-def _did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-# --- error rendering ------------------------------------------------------------------------------
-
-def join_key(base: str, key: object) -> str:
-    """Return the field path of mapping key ``key`` under ``base`` (odd keys quoted)."""
-    part = field_path((str(key),))
-    return part if not base else f"{base}{part}" if part.startswith("[") else f"{base}.{part}"
-
-
-def field_path(loc: tuple[int | str, ...]) -> str:
-    """Render a pydantic location as ``touches[0].offer.amount`` (list indexes in brackets)."""
-    out = ""
-    previous: int | str | None = None
-    for part in loc:
-        if isinstance(part, int):
-            out, previous = out + f"[{part}]", part
-            continue
-        part, after = str(part), previous
-        previous = part
-        if part in _UNION_TAGS and after == "schedule":
-            continue  # the union member pydantic names in the location
-        if part.startswith("function-") and "[" in part:
-            continue  # a validator pydantic names in the location
-        if not part or not part.isprintable() or part != part.strip() or any(c in part for c in ".[]:'\""):
-            out += f"[{part!r}]"  # an odd key (empty, control characters, separators): quote it
-            continue
-        out += f".{part}" if out else part
-    return out
-
-
-_MODEL_AT = {  # parent path (indexes as [], variant names as *) -> the model allowed there
-    "": "Plan", "window": "Window", "audience": "Audience", "experiment": "Experiment",
-    "experiment.variants.*": "Variant", "touches[]": "Touch", "touches[].offer": "Offer",
-    "delivery": "Delivery", "schedule.~asset": "AssetSchedule",
-    "audience.exclude[]": "Exclusion", "goal": "Goal", "touches[].offer.budget": "OfferBudget",
-    "reentry": "ReentryAfter",
-}
-
-
-def _allowed_fields(loc: tuple[int | str, ...]) -> list[str]:
-    """Return the field names allowed where an unknown field at ``loc`` was found."""
-    parts = [("[]" if isinstance(p, int) else f".{p}") for p in loc[:-1]]
-    if len(loc) >= 4 and loc[:2] == ("experiment", "variants"):
-        parts[2] = ".*"
-    shape = "".join(parts).lstrip(".").replace(".[]", "[]")
-    name = _MODEL_AT.get(shape)
-    model = globals().get(name or "")
-    return list(model.model_fields) if model else []
-
-
-def _message(err: Any) -> str:
-    """Turn one pydantic error into 'what is allowed / how to fix' text."""
-    kind, ctx, loc = err["type"], err.get("ctx") or {}, err["loc"]
-    value = err.get("input")
-    if kind == "missing":
-        return "missing; this field is required"
-    if kind == "extra_forbidden":
-        allowed = _allowed_fields(loc)
-        hint = _did_you_mean(str(loc[-1]), allowed)
-        return (f"unknown field{hint}; allowed here: {', '.join(allowed)}" if allowed
-                else "unknown field; remove it or check its spelling (see docs/plan-reference.md)")
-    if kind == "literal_error":
-        expected = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
-        hint = _did_you_mean(str(value), expected) if isinstance(value, str) else ""
-        if loc and loc[-1] == "[key]":
-            return f"unknown key {value!r}{hint}; allowed: {', '.join(expected)}"
-        return f"{value!r} is not allowed{hint}; use one of: {', '.join(expected)}"
-    simple = {
-        "int_type": "must be a whole number", "int_parsing": "must be a whole number",
-        "int_from_float": "must be a whole number", "float_type": "must be a number",
-        "float_parsing": "must be a number", "bool_type": "must be true or false",
-        "bool_parsing": "must be true or false", "string_type": "must be text (quote it in YAML)",
-        "list_type": "must be a list: YAML '- item' lines or [a, b]",
-        "dict_type": "must be a mapping: 'key: value' lines", "model_type": "must be a mapping: 'key: value' lines",
-        "model_attributes_type": "must be a mapping: 'key: value' lines",
-        "date_type": "must be a date like 2026-01-31", "date_parsing": "must be a date like 2026-01-31",
-        "date_from_datetime_parsing": "must be a date like 2026-01-31",
-        "date_from_datetime_inexact": "must be a date like 2026-01-31 (no time of day)",
-        "string_too_short": "must not be empty", "none_required": "must be null",
-    }
-    if kind in simple:
-        return simple[kind]
-    if kind == "greater_than":
-        return f"must be > {ctx['gt']}"
-    if kind == "greater_than_equal":
-        return f"must be >= {ctx['ge']}"
-    if kind == "less_than":
-        return f"must be < {ctx['lt']}"
-    if kind == "less_than_equal":
-        return f"must be <= {ctx['le']}"
-    if kind == "too_short":
-        return f"must have at least {ctx.get('min_length', 1)} item(s)"
-    if kind == "string_too_long":
-        return f"must be at most {ctx.get('max_length')} characters"
-    if kind in ("value_error", "assertion_error"):
-        return str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    return str(err["msg"])
-
-
-def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
-    """Return ``(field_path, message)`` for every error of a pydantic ``ValidationError``."""
-    problems: list[tuple[str, str]] = []
-    for err in exc.errors(include_url=False):
-        loc = tuple(err["loc"])
-        if err["type"] == _PROBLEMS:
-            base = field_path(loc)
-            for sub, msg in (err.get("ctx") or {}).get("problems", []):
-                path = f"{base}.{sub}" if base and sub and not sub.startswith("[") else f"{base}{sub}" or sub
-                problems.append((path, msg))
-            continue
-        if loc and loc[-1] == "[key]":
-            loc_key: tuple[int | str, ...] = (*loc[:-2], loc[-2])
-            problems.append((field_path(loc_key), _message(err)))
-            continue
-        problems.append((field_path(loc), _message(err)))
-    # Union members of the same location can repeat a message; keep the first of each.
-    return list(dict.fromkeys(problems))
-
-
-# --- loading --------------------------------------------------------------------------------------
-
-def parse_plan(data: Any, path: str | Path, *, text: str | None = None, check_files: bool = False,
-               segments_used: dict[str, str] | None = None) -> Plan:
-    """Validate already-loaded YAML data as a plan, raising :class:`PlanError`.
-
-    ``text`` (the YAML source) lets errors carry line numbers. ``check_files`` also checks the plan
-    against the segment library and its templates (:mod:`c2b.plan.checks`), as :func:`load_plan`
-    does by default; without it, plans built in code (tests, tools) may name segments that exist
-    elsewhere. ``segments_used`` collects the path and digest of each segment file the checks read
-    (what :mod:`c2b.plan.cache` compares).
-    """
-    if not isinstance(data, dict):
-        raise PlanError(path, [("", "a plan file must be a YAML mapping (id: ..., audience: ..., touches: ...)", 1)])
-    problems: list[tuple[str, str]] = []
-    try:
-        plan = Plan.model_validate(data, context={"deferred_problems": problems})
-    except ValidationError as exc:
-        raise PlanError(path, with_lines(validation_problems(exc), text)) from None
-    if check_files:
-        from c2b.plan.checks import repository_problems
-
-        problems += repository_problems(plan, used=segments_used)
-    if problems:
-        raise PlanError(path, with_lines(problems, text))
-    return plan
-
-
-def read_yaml(path: str | Path, text: str | None = None) -> tuple[Any, str]:
-    """Return ``(data, text)`` of a YAML file, raising :class:`PlanError` when it cannot be read.
-
-    ``text``, when given, is the file's text already read (it is not read again).
-    """
-    path = Path(path)
-    if text is None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PlanError(path, [("", f"cannot read the file: {exc}")]) from None
-    try:
-        data = load_yaml(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        what = " ".join(str(x) for x in (exc.context, exc.problem) if x)
-        raise PlanError(path, [("", f"not valid YAML: {what}; check indentation, colons and quotes",
-                                mark.line + 1 if mark else None)]) from None
-    except Exception as exc:  # noqa: BLE001 - e.g. a date like 2026-13-45 raises ValueError in the loader
-        raise PlanError(path, [("", f"not valid YAML: {exc}")]) from None
-    return data, text
-
-
-def load_plan(path: str | Path, *, check_name: bool = False, check_files: bool = True, text: str | None = None,
-              segments_used: dict[str, str] | None = None) -> Plan:
-    """Read and validate one plan file.
-
-    ``check_name`` also requires the file to be named ``<id>.yaml`` (the factory and
-    ``c2b validate`` do; that is what lets a worker build only the DAG it needs).
-    ``text`` is the file's text when already read; ``segments_used`` as for :func:`parse_plan`.
-    """
-    path = Path(path)
-    data, text = read_yaml(path, text)
-    plan = parse_plan(data, path, text=text, check_files=check_files, segments_used=segments_used)
-    if check_name and plan.id != path.stem:
-        raise PlanError(path, with_lines([("id", f"must equal the file name: rename the file to {plan.id}.yaml "
-                                                 f"or set id: {path.stem}")], text))
-    return plan
-
-
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_STR, _MAP, _SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
-_PLAIN_SCALARS = frozenset({"tag:yaml.org,2002:null", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
-                            "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp"})
-
-
-class _NotPlain(Exception):
-    """The document uses YAML beyond maps, lists and plain scalars: construct it the usual way."""
-
-
-def load_yaml(text: str) -> Any:
-    """Return ``yaml.load(text, Loader=_LOADER)``, constructing plain documents faster.
-
-    libyaml composes the node tree in C; PyYAML then builds Python objects from it in Python, the
-    larger half of a plan's YAML time. A plan is maps, lists and scalars, which this builds in one
-    loop with PyYAML's own scalar constructors. A document with anything else (anchors and
-    aliases, merge keys, other tags, keys that are not scalars) goes through ``yaml.load``, so
-    values and errors are always PyYAML's.
-    """
-    loader = _LOADER(text)
-    try:
-        root = loader.get_single_node()  # syntax errors: the same exceptions as yaml.load
-        if root is None:
-            return None
-        try:
-            return _construct_plain(root, loader)
-        except _NotPlain:
-            pass
-    finally:
-        loader.dispose()
-    return yaml.load(text, Loader=_LOADER)
-
-
-def _construct_plain(root: Any, constructor: Any) -> Any:
-    scalars = constructor.yaml_constructors
-    seen: set[int] = set()
-
-    def scalar(node: Any) -> Any:
-        tag = node.tag
-        if tag == _STR:
-            return node.value
-        if tag in _PLAIN_SCALARS:
-            return scalars[tag](constructor, node)
-        raise _NotPlain
-
-    def build(node: Any) -> Any:
-        if id(node) in seen:
-            raise _NotPlain  # an alias: one object shared by several places
-        seen.add(id(node))
-        kind = type(node)
-        if kind is yaml.ScalarNode:
-            return scalar(node)
-        if kind is yaml.MappingNode and node.tag == _MAP:
-            out = {}
-            for key_node, value_node in node.value:
-                if type(key_node) is not yaml.ScalarNode or key_node.tag == "tag:yaml.org,2002:merge":
-                    raise _NotPlain
-                seen.add(id(key_node))
-                out[scalar(key_node)] = build(value_node)
-            return out
-        if kind is yaml.SequenceNode and node.tag == _SEQ:
-            return [build(item) for item in node.value]
-        raise _NotPlain
-
-    return build(root)
-
-
-def with_lines(problems: list[tuple[str, str]], text: str | None) -> list[Problem]:
-    """Attach the YAML line of each problem's field (or of its nearest existing parent)."""
-    if not text:
-        return list(problems)
-    try:
-        root = yaml.compose(text, Loader=_LOADER)
-    except Exception:  # noqa: BLE001 - the text loaded once already; be safe anyway
-        return list(problems)
-    return [(p, m, _line_of(root, p)) for p, m in problems]
-
-
-_PATH_PART = re.compile(r"\[(\d+)\]|([^.\[\]]+)")
-
-
-def _line_of(root: Any, path: str) -> int | None:
-    """Return the 1-based line of ``path`` in the composed YAML, or of its deepest existing parent."""
-    if root is None:
-        return None
-    node, line = root, root.start_mark.line + 1
-    for index, key in _PATH_PART.findall(path):
-        if isinstance(node, yaml.SequenceNode) and index:
-            if int(index) >= len(node.value):
-                break
-            node = node.value[int(index)]
-            line = node.start_mark.line + 1
-        elif isinstance(node, yaml.MappingNode) and key:
-            found = next(((k, v) for k, v in node.value if str(k.value) == key), None)
-            if found is None:
-                break
-            line = found[0].start_mark.line + 1  # the key's line: where the author looks
-            node = found[1]
-        else:
-            break
-    return line
 
 
 def plan_json_schema() -> dict[str, Any]:
