@@ -91,11 +91,7 @@ class CeleryCluster:
         """The run's audience as its delivery log holds it (the staging file is gone after cleanup)."""
         from c2b.results.store import DuckDBResultsStore
 
-        store = DuckDBResultsStore(self.data / "results.duckdb")
-        try:
-            users = {str(row[0]) for row in store.log_users(DAG_ID, run_id)}
-        finally:
-            store.close()
+        users = {str(row[0]) for row in DuckDBResultsStore(self.data / "results.duckdb").log_users(DAG_ID, run_id)}
         assert users, f"no delivery log rows for {run_id}"
         return users
 

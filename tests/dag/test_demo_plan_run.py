@@ -110,10 +110,13 @@ def test_rerun_of_same_run_sends_nothing_twice(c2b_env: Path, demo_warehouse: Pa
     from c2b import steps
     from c2b.audience.warehouse import DuckDBWarehouse
     from c2b.channels import ChannelConfig, make_channel
+    from c2b.plan.lines import line_of
 
     plan = load_plan(find_plan_file(ROOT / "dags" / "plans", PLAN))
     # The run's cleanup deleted its staging file (#11.10): a cleared run extracts again.
-    extract = steps.step_extract(plan, dr.run_id, DuckDBWarehouse(demo_warehouse))
+    line = line_of(find_plan_file(ROOT / "dags" / "plans", PLAN))  # its global holdout, as the DAG applies it
+    extract = steps.step_extract(plan, dr.run_id, DuckDBWarehouse(demo_warehouse),
+                                 holdout=line.holdout if line else None)
     shards = steps.step_load(plan, dr.run_id, redis_client, extract)
     sent = 0
     for shard in shards:

@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from c2b.airflow.dag_factory import find_plan_file
+from c2b.airflow.dag_factory import find_plan_file, plan_files
 
 from devtools.demo_warehouse import build_demo_warehouse
 
 ROOT = Path(__file__).resolve().parents[2]
 C2B = Path(sys.executable).parent / "c2b"
-PLANS = sorted((ROOT / "dags" / "plans").glob("*.yaml"))
+PLANS = plan_files(ROOT / "dags" / "plans")
 
 
 def run(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
