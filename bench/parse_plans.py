@@ -231,7 +231,8 @@ def measure(n: int, runs: int, cycles: int, extra_layouts: dict[str, dict[str, s
         template.mkdir()
         env0 = {**os.environ, "AIRFLOW_HOME": str(template), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
         subprocess.run([AIRFLOW, "db", "migrate"], env=env0, check=True, capture_output=True, timeout=600)
-        specs = {C2B: (ours, {}), **{k: (ours, v) for k, v in extra_layouts.items()}, DAG_FACTORY: (theirs, {"PYTHONPATH": str(ensure_site())})}
+        specs = {C2B: (ours, {}), **{k: (ours, v) for k, v in extra_layouts.items()}, 
+                 DAG_FACTORY: (theirs, {"PYTHONPATH": str(ensure_site())})}
         layouts = []
         for i, (name, (folder, extra)) in enumerate(specs.items()):
             home = base / f"home{i}"

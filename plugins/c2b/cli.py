@@ -213,8 +213,8 @@ def validate_paths(paths: list[Path]) -> tuple[dict[str, Path], list[PlanError]]
 
     Checks each file fully (as the DAG factory does) and, across files, that plan ids are unique.
     """
-    from c2b.plan.lines import with_line
     from c2b.plan.errors import PlanError
+    from c2b.plan.lines import with_line
     from c2b.plan.load import load_plan
 
     ok: dict[str, Path] = {}

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from c2b.airflow.dag_factory import find_plan_file, is_plan_file, plan_files
 from c2b.cli import main as cli
-from c2b.plan.lines import line_of, with_line
 from c2b.plan.errors import PlanError
+from c2b.plan.lines import line_of, with_line
 from c2b.plan.load import load_plan
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from c2b.plan.goal import goal_note
 from c2b.plan.errors import PlanError
+from c2b.plan.goal import goal_note
 from c2b.plan.load import parse_plan
 
 from devtools.plan_samples import base_plan, mutate

@@ -283,9 +283,8 @@ def _plan_step_class() -> type:
 def load_plan_dag(path: Path) -> Any:
     """Validate the plan file at ``path`` and return its DAG; every failure is a ``PlanError``."""
     from c2b.plan.errors import PlanError
-    from c2b.plan.load import load_plan
-
     from c2b.plan.lines import with_line
+    from c2b.plan.load import load_plan
 
     plan = with_line(load_plan(path, check_name=True), path)
     try:

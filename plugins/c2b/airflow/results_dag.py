@@ -129,8 +129,8 @@ def results_dags(folder: Path, only_dag_id: str | None = None) -> dict[str, Any]
     loader's warning) already says what is wrong.
     """
     from c2b.airflow.dag_factory import plan_files
-    from c2b.plan.cache import load_cached_plan
     from c2b.plan.errors import PlanError
+    from c2b.plan.load import load_plan
 
     files = plan_files(folder)
     if only_dag_id:
@@ -138,7 +138,7 @@ def results_dags(folder: Path, only_dag_id: str | None = None) -> dict[str, Any]
     dags = {}
     for path in files:
         try:
-            plan, _store = load_cached_plan(path)
+            plan = load_plan(path, check_name=True)
         except PlanError:
             continue
         if plan.goal is not None:

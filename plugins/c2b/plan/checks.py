@@ -280,7 +280,7 @@ def template_problems(touch: Touch, i: int, columns: tuple[str, ...], segment: s
     from jinja2 import TemplateError, TemplateSyntaxError, meta, nodes
 
     from c2b.plan import templates
-    from c2b.plan.template_limits import ast_problems, name_problems
+    from c2b.plan.template_limits import ast_problems
 
     env = templates._ENV  # the sandbox the delivery renders with (its filters and tests)
     where = f"touches[{i}].template"
@@ -385,5 +385,5 @@ def repository_problems(plan: Plan) -> list[tuple[str, str]]:
     if plan.goal is not None:
         from c2b.plan.goal import goal_problems
 
-        problems += goal_problems(plan.goal, plan.has_control, used)
+        problems += goal_problems(plan.goal, plan.has_control)
     return problems

@@ -132,7 +132,6 @@ def available_goals() -> list[str]:
 
 def read_goal_spec(name: str) -> Any:  # -> c2b.plan.checks.SegmentSpec
     """Return what goal file ``name`` declares (FileNotFoundError / ValueError as for segments)."""
-    from c2b.plan.cache import digest
     from c2b.plan.checks import _spec_cached
     from c2b.settings import sql_dir
 
@@ -142,10 +141,10 @@ def read_goal_spec(name: str) -> Any:  # -> c2b.plan.checks.SegmentSpec
         raise FileNotFoundError(name)
     with open(path, "rb") as f:
         data = f.read()
-    return _spec_cached(str(path), digest(data), data, name)
+    return _spec_cached(data, name)
 
 
-def goal_problems(goal: Goal, has_control: bool, used: dict[str, str] | None = None) -> list[tuple[str, str]]:
+def goal_problems(goal: Goal, has_control: bool) -> list[tuple[str, str]]:
     """Return every problem of ``goal`` against its SQL files' headers (field path, fix)."""
     from c2b.plan.checks import segment_param_problems
 
@@ -164,8 +163,6 @@ def goal_problems(goal: Goal, has_control: bool, used: dict[str, str] | None = N
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             problems.append((f"{where}.sql", f"cannot read include/sql/goals/{metric.sql}: {exc}"))
             continue
-        if used is not None:
-            used[spec.path] = spec.digest
         problems += segment_param_problems(spec, metric.sql, dict(metric.params), where, "sql",
                                            supplied=RESERVED_PARAMS)
         columns = spec.columns
