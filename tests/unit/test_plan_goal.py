@@ -119,10 +119,12 @@ def test_goal_on_a_plan_without_control_is_allowed_and_the_note_says_why() -> No
 
 
 def test_example_plans_with_a_control_group_carry_a_goal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from c2b.airflow.dag_factory import plan_files
     from c2b.plan.load import load_plan
 
     monkeypatch.delenv("C2B_SQL_DIR")
-    for path in sorted((ROOT / "dags" / "plans").glob("*.yaml")):
-        plan = load_plan(path)
+    plans = [load_plan(path) for path in plan_files(ROOT / "dags" / "plans")]
+    assert sum(p.has_control for p in plans) >= 2  # the example plans of both lines
+    for plan in plans:
         if plan.has_control:
-            assert plan.goal is not None, path.name
+            assert plan.goal is not None, plan.id

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from c2b.airflow.dag_factory import plan_files
 from c2b.plan.errors import PlanError
 from c2b.plan.load import _LOADER, MAX_PLAN_BYTES, load_plan, load_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "dags" / "plans").glob("*.yaml"))
+EXAMPLES = plan_files(ROOT / "dags" / "plans")
 
 TRIAL = """\
 id: trial
