@@ -35,6 +35,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.wait and not args.dry_run and (why := _closed_now(args.plan)):
         print(why, file=sys.stderr)
         return 3
+    if not args.keep_history:
+        # The demo runs the same plan on the same users again and again: without this, re-entry
+        # (a plan reaches a user again only after N days) would leave the second run empty.
+        from c2b.airflow.resources import get_redis
+        from c2b.delivery.reentry import forget_history
+
+        if forgotten := forget_history(get_redis(), args.plan):
+            print(f"demo: forgot plan {args.plan}'s re-entry history of {forgotten:,} users, so this run reaches "
+                  "them again (--keep-history keeps it)")
     log_file = reports_dir().parent / "demo.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     print(f"running plan {args.plan} with dag.test() (task logs: {log_file}) ...", flush=True)
@@ -537,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("demo", help="run a plan end to end with dag.test() and print a summary")
     p.add_argument("--plan", default="cancelled_price_coupon")
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--keep-history", action="store_true",
+                   help="keep the plan's re-entry history (by default the demo forgets it, so a rerun reaches "
+                        "the same users)")
     p.add_argument("--wait", action="store_true",
                    help="run even outside the plan's send window (deliveries wait for it to open)")
     p.add_argument("--verbose", action="store_true", help="show Airflow's task logs instead of writing them to a file")

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -112,6 +114,41 @@ def test_a_delivered_run_writes_the_plan_history(redis_client, tmp_path: Path) -
     assert stored == len(users)
 
 
+def test_control_users_enter_the_plan_too_so_reentry_keeps_the_split(redis_client, tmp_path: Path) -> None:
+    """Re-entry turns away both arms alike: control users get the plan's record when their page is
+    delivered. Recording only the sent users made the next run of the demo plan a sample-ratio
+    mismatch (its 1,000 treated users of the day before turned away, none of their controls)."""
+    from c2b.channels import ChannelConfig, make_channel
+    from c2b.delivery.shard import ShardDelivery
+    from c2b.hashing import VariantPicker
+
+    from devtools.deliverkit import load_audience, plan_dict
+
+    data = plan_dict("reent_arms", channel="outbox", control=50, shards=2, page_size=10)
+    data["reentry"] = {"after_days": 7}
+    plan = parse_plan(data, "reent_arms.yaml")
+    users = [f"u{i:03d}" for i in range(200)]
+    load_audience(redis_client, plan, "r1", users, tmp_path / "staging")
+    channels = {"t0": make_channel("outbox", ChannelConfig(run_dir=str(tmp_path / "out")))}
+    for shard in range(1, plan.delivery.shards + 1):
+        ShardDelivery(redis_client, plan, "r1", shard, channels, lambda: False).run(10, 4)
+    picker = VariantPicker(plan.salt, plan.variant_weights)
+    controls = {u for u in users if picker.pick(u.encode()) == "control"}
+    assert 50 < len(controls) < 150
+    recorded = set()
+    for b in range(1, BUCKETS + 1):
+        recorded |= {k.decode() for k in redis_client.hkeys(bucket_key(plan.id, b))}
+    assert recorded == set(users)  # treated (sent) and control users alike
+    # The next run's extract turns every one of them away, whatever their arm.
+    from c2b.audience.eligibility import Eligibility
+
+    rule = Eligibility(plan, redis_client, datetime.now(UTC))
+    alive = np.ones(len(users), dtype=bool)
+    counts = SimpleNamespace(global_holdout=0, not_reentered=0)
+    rule.apply(pa.array(users), alive, counts)
+    assert not alive.any() and counts.not_reentered == len(users)
+
+
 def test_a_cleared_run_keeps_its_audience_but_the_next_run_applies_reentry(
         demo_warehouse: Path, redis_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Re-running extract_audience of a run (a retry, a cleared run) must not turn away the users
@@ -128,3 +165,16 @@ def test_a_cleared_run_keeps_its_audience_but_the_next_run_applies_reentry(
     assert again["counts"] == first["counts"] and again["counts"]["not_reentered"] == 0
     nxt = steps.step_extract(plan, "run2", warehouse, redis=redis_client)
     assert nxt["counts"]["not_reentered"] == len(kept) and nxt["counts"]["kept"] == 0
+
+
+def test_the_demo_can_forget_a_plans_history_and_only_that_plans(redis_client) -> None:
+    from c2b.delivery.reentry import forget_history, record_entries
+
+    mine, other = _plan("once", "reent_mine"), _plan("once", "reent_other")
+    users = [f"u{i:03d}" for i in range(300)]
+    record_entries(mine, redis_client, users, NOW)
+    record_entries(other, redis_client, users[:10], NOW)
+    assert forget_history(redis_client, mine.id) == len(users)
+    assert not any(redis_client.exists(bucket_key(mine.id, b)) for b in range(1, BUCKETS + 1))
+    assert sum(redis_client.hlen(bucket_key(other.id, b)) for b in range(1, BUCKETS + 1)) == 10
+    assert forget_history(redis_client, mine.id) == 0

@@ -8,8 +8,9 @@ The cross-plan history (:mod:`c2b.delivery.contacts`) says when a user was last 
 
 4096 buckets keep every hash under 10,000 fields up to ~40M users of one plan (about 0.6 MB a
 bucket at the limit). The history is written when a message is recorded sent (with the
-cross-plan contact record), and read by the extract, which counts the users it turns away as
-``not_reentered``. Each write refreshes the bucket's TTL: ``once`` plans keep theirs
+cross-plan contact record) and, for users of a control arm, when their page is delivered (they
+entered the plan too: re-entry must treat both arms alike), and read by the extract, which
+counts the users it turns away as ``not_reentered``. Each write refreshes the bucket's TTL: ``once`` plans keep theirs
 :data:`ONCE_TTL_DAYS` after the last send, others ``max(after_days + 1, 31)`` days.
 """
 
@@ -54,6 +55,32 @@ def record_sends(plan: Plan, also: Callable[[Any, list[str], datetime], None]
         record_contacts(redis, uids, when, ttl, key_of=key_of, buckets=BUCKETS)
 
     return record
+
+
+def record_entries(plan: Plan, redis: Any, uids: list[str], when: datetime) -> None:
+    """Write the plan's history for users of its control arms, who entered the plan without a send.
+
+    Re-entry must treat both arms alike: were only sent users recorded, the next run would turn
+    away treated users but not their controls, and its split would no longer match the weights.
+    """
+    record_contacts(redis, uids, when, history_days(plan), key_of=partial(bucket_key, plan.id), buckets=BUCKETS)
+
+
+def forget_history(redis: Any, plan_id: str) -> int:
+    """Delete plan ``plan_id``'s re-entry history (every bucket); return how many users it held.
+
+    For the demo, which runs one plan again and again on the same users (``c2b demo`` says so
+    when it does this); a real plan's history is what keeps it from re-sending too soon.
+    """
+    keys = [bucket_key(plan_id, b) for b in range(1, BUCKETS + 1)]
+    held = 0
+    for i in range(0, len(keys), 512):
+        pipe = redis.pipeline(transaction=False)
+        for key in keys[i:i + 512]:
+            pipe.hlen(key)
+            pipe.delete(key)
+        held += sum(pipe.execute()[0::2])
+    return held
 
 
 class ReentryRule:

@@ -39,7 +39,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -50,7 +50,7 @@ from c2b.delivery.inflight import InFlight
 from c2b.delivery.ledger import ShardLedger
 from c2b.delivery.loop import SendLoop
 from c2b.delivery.modes import DeliveryMode, DryRunMode, LiveMode
-from c2b.delivery.reentry import record_sends
+from c2b.delivery.reentry import record_entries, record_sends
 from c2b.delivery.senders import RetryPolicy
 from c2b.delivery.stats import ShardStats
 from c2b.delivery.work import Item, PageWork, WorkBuilder, idempotency_key
@@ -144,6 +144,8 @@ class ShardDelivery:
             if not uids:
                 break
             work = self._work(uids, cursor)
+            if work.held_out and self.mode.resumable:  # a real delivery: control users enter the plan
+                with_redis_retry(partial(record_entries, self.plan, self.redis, work.held_out, datetime.now(UTC)))
             go = self.mode.triage(work)
             loop.book.open_page(cursor, cursor + len(uids), len(go), len(uids), work.holdout)
             st.attempt["pages"] += 1

@@ -52,6 +52,7 @@ class PageWork:
     items: list[Item]
     attrs: Attrs
     holdout: dict[str, int] = field(default_factory=dict)
+    held_out: list[str] = field(default_factory=list)  # uids of control arms (they enter the plan too)
 
 
 class WorkBuilder:
@@ -79,6 +80,7 @@ class WorkBuilder:
         """Return the (touch, uid) items of ``uids`` (only the ``wanted`` touches, when given)."""
         items: list[Item] = []
         holdout: Counter[str] = Counter()
+        held_out: list[str] = []
         now = datetime.fromtimestamp(self.clock(), UTC)
         for uid in uids:
             variant = self.picker.pick(uid.encode("utf-8", "replace"))
@@ -86,11 +88,14 @@ class WorkBuilder:
             if wanted is not None:
                 touches = [t for t in touches if t.name in wanted.get(uid, ())]
             elif not touches:
-                holdout[self.untouched[variant]] += 1  # holdout, or not_targeted by only_touches
+                outcome = self.untouched[variant]  # holdout, or not_targeted by only_touches
+                holdout[outcome] += 1
+                if outcome.endswith("|holdout"):
+                    held_out.append(uid)
                 continue
             day = self.window.local_day(now, attrs[uid].get("timezone"))
             items.extend(Item(f"{t.name}|{uid}", variant, t.name, uid, day, page) for t in touches)
-        return PageWork(items, attrs, dict(holdout))
+        return PageWork(items, attrs, dict(holdout), held_out)
 
     def message(self, item: Item, attrs: dict[str, Any]) -> Message:
         """Render the message of ``item``; raises whatever the template raises (missing attribute...)."""
