@@ -40,6 +40,10 @@ def _wait(what: str, check, timeout: float = 240):
 
 @pytest.fixture(scope="module")
 def teams(tmp_path_factory: pytest.TempPathFactory, redis_server, demo_warehouse: Path):
+    import redis
+
+    # The session's Redis holds earlier tests' re-entry history of the same demo users: start clean.
+    redis.Redis.from_url(redis_server.url).flushall()
     base = tmp_path_factory.mktemp("teams")
     home, dags, data = base / "home", base / "dags", base / "c2b"
     shutil.copytree(ROOT / "dags" / "plans", dags / "plans")
