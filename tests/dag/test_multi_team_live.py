@@ -47,6 +47,10 @@ def teams(tmp_path_factory: pytest.TempPathFactory, redis_server, demo_warehouse
     base = tmp_path_factory.mktemp("teams")
     home, dags, data = base / "home", base / "dags", base / "c2b"
     shutil.copytree(ROOT / "dags" / "plans", dags / "plans")
+    # Manual runs only: unpausing the daily plan would also start a scheduled run, whose sends (and
+    # the re-entry rule) would leave the test's own run without an audience.
+    plan_file = dags / "plans" / "growth" / f"{PLAN}.yaml"
+    plan_file.write_text(plan_file.read_text().replace('schedule: "@daily"', "schedule: null"))
     home.mkdir()
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__"))}
@@ -132,7 +136,7 @@ def test_lines_run_as_airflow_teams(teams) -> None:
                 in ("success", "failed") and d, timeout=300)
     assert run["state"] == "success" and run["triggering_user_name"] == "alice"
     tis = get(f"dags/{PLAN}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
-    assert {t["pool"] for t in tis} == {"c2b_growth"} and {t["state"] for t in tis} == {"success"}
+    assert {t["pool"] for t in tis} == {"c2b_growth"} and {t["state"] for t in tis} == {"success"}, [(t["task_id"], t["map_index"], t["state"]) for t in tis]
     report = json.loads(next(p for p in (data / "reports" / PLAN).glob("*.json")
                              if json.loads(p.read_text())["run"] == run_id).read_text())
     assert report["audit"]["triggered_by"] == "alice" and report["audit"]["trigger"] == "manual"
