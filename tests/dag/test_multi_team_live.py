@@ -136,7 +136,8 @@ def test_lines_run_as_airflow_teams(teams) -> None:
                 in ("success", "failed") and d, timeout=300)
     assert run["state"] == "success" and run["triggering_user_name"] == "alice"
     tis = get(f"dags/{PLAN}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
-    assert {t["pool"] for t in tis} == {"c2b_growth"} and {t["state"] for t in tis} == {"success"}, [(t["task_id"], t["map_index"], t["state"]) for t in tis]
+    states = [(t["task_id"], t["map_index"], t["state"]) for t in tis]
+    assert {t["pool"] for t in tis} == {"c2b_growth"} and {t["state"] for t in tis} == {"success"}, states
     report = json.loads(next(p for p in (data / "reports" / PLAN).glob("*.json")
                              if json.loads(p.read_text())["run"] == run_id).read_text())
     assert report["audit"]["triggered_by"] == "alice" and report["audit"]["trigger"] == "manual"
