@@ -393,28 +393,41 @@ def cmd_lines(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    """List a plan's runs with their audit records (from the run reports), newest last."""
+    """List a plan's runs with their audit records, oldest first.
+
+    The results store (``c2b_audit``, written by each run's report task) is the record. Report
+    files are read only for runs the store lacks (reported before the audit was stored there,
+    or written by another store): those lines say ``(report file)``.
+    """
+    from c2b.airflow import resources
     from c2b.results.audit import audit_rows
 
+    store = resources.get_results_store()
+    rows = [{**r, "source": "results store"} for r in store.audits(args.plan)]
+    stored = {r["run"] for r in rows}
     folder = reports_dir() / args.plan
-    files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime)
-    if not files:
-        print(f"no run reports of plan {args.plan} under {folder}", file=sys.stderr)
+    files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    rows += [{**r, "source": "report file"} for r in audit_rows(files) if r.get("run") not in stored]
+    if not rows:
+        print(f"c2b audit: plan {args.plan!r} has no reported run: none in the results store ({store.name}) "
+              f"and no run report under {folder}; run it first (`make demo`, or trigger its DAG)", file=sys.stderr)
         return 1
-    rows = audit_rows(files)
     if args.json:
-        print(json.dumps(rows, indent=2, sort_keys=True))
+        print(json.dumps(rows, indent=2, sort_keys=True, default=str))
         return 0
+    print(f"audit trail of {args.plan} (results store {store.name})")
     for r in rows:
+        source = "" if r["source"] == "results store" else "  (report file)"
         if "plan_sha256" not in r:
-            print(f"{r['run']}  {r.get('status')}  (no audit record: run before the audit trail existed)")
+            print(f"{r['run']}  {r.get('status')}  (no audit record: run before the audit trail existed){source}")
             continue
         commit = r.get("git_commit")
         print(f"{r['run']}  {r.get('status')}  {r.get('recorded_at')}  plan {str(r['plan_sha256'])[:12]}  "
               f"commit {commit[:12] if commit else 'none'}{'+modified' if r.get('git_dirty') else ''}  "
               f"by {r.get('triggered_by')} ({r.get('trigger')})  params {json.dumps(r.get('params'), sort_keys=True)}  "
               f"segments {' '.join(f'{k}:{str(v)[:8]}' for k, v in (r.get('segments') or {}).items())}  "
-              f"code {(r.get('code') or {}).get('c2b')}/{(r.get('code') or {}).get('engine_sha256')}")
+              f"code {(r.get('code') or {}).get('c2b')}/{(r.get('code') or {}).get('engine_sha256')}"
+              + (f"  line {r['line']}" if r.get("line") else "") + source)
     return 0
 
 

@@ -129,8 +129,13 @@ def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict
 
 
 def step_report(plan: Plan, run_id: str, extract: dict[str, Any], shards: list[int],
-                shard_stats: list[dict[str, Any]], redis: Any = None) -> dict[str, Any]:
-    """Reduce the shards' stats to the run summary, with the offer budgets' use and the audit record."""
+                shard_stats: list[dict[str, Any]], redis: Any = None, results_store: Any = None) -> dict[str, Any]:
+    """Reduce the shards' stats to the run summary, with the offer budgets' use and the audit record.
+
+    The report goes to the reports folder and, with its audit record, to the results store
+    (``c2b_audit``: what ``c2b audit`` and the Results view read). A store that cannot be written
+    fails the task (its retry writes the same row again): a run without its audit is not reported.
+    """
     from c2b.delivery.controls.budget import budget_report
 
     summary = summarize(plan.id, run_id, extract, shard_stats, shards,
@@ -146,6 +151,9 @@ def step_report(plan: Plan, run_id: str, extract: dict[str, Any], shards: list[i
         summary["audit"] = extract["audit"]
     path = write_report(summary, reports_dir())
     log.info("run summary (%s):\n%s", path, format_table(summary))
+    if results_store is not None and summary.get("audit"):
+        results_store.save_audit(plan.id, run_id, summary["audit"], summary["status"], report=summary)
+        log.info("audit record stored in the results store (%s)", results_store.name)
     return {**summary, "report_path": str(path)}
 
 

@@ -88,6 +88,22 @@ def test_demo_plan_end_to_end(c2b_env: Path, demo_warehouse: Path, redis_client,
     assert cli(["audit", PLAN]) == 0
     listed = capsys.readouterr().out
     assert dr.run_id in listed and audit["plan_sha256"][:12] in listed and head[:12] in listed
+    # The report task stored the audit with the report in the results store, which `c2b audit` reads:
+    # the run stays listed (from the store, not a report file) once its report file is gone.
+    from c2b.airflow.resources import get_results_store
+
+    store = get_results_store()
+    assert store.audit(PLAN, dr.run_id) == {**audit, "run": dr.run_id, "status": "complete",
+                                           "reported_at": store.audit(PLAN, dr.run_id)["reported_at"]}
+    assert store.stored_report(PLAN, dr.run_id)["outcomes"] == summary["outcomes"]
+    report_files[0].unlink()
+    assert cli(["audit", PLAN]) == 0
+    listed = capsys.readouterr().out
+    line = next(row for row in listed.splitlines() if row.startswith(dr.run_id))
+    assert audit["plan_sha256"][:12] in line and head[:12] in line and "(report file)" not in line
+    assert '"sample": null' in line and f"by {audit['triggered_by']} (manual)" in line and "line growth" in line
+    assert cli(["results", PLAN]) == 0
+    assert f"commit {head[:12]}" in capsys.readouterr().out  # `c2b results` prints the run's audit too
     assert summary["outcomes"]["coupon|coupon_push|sent"] == len(targeted)
     assert summary["outcomes"]["control|-|holdout"] == len(expected) - len(targeted)
     assert summary["status"] == "complete"

@@ -129,6 +129,58 @@ def test_the_page_shows_every_figure_srm_first() -> None:
     assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
 
 
+def audit_shown(html: str) -> dict[str, str]:
+    """Return the audit table of a Results page: ``{field: text}``."""
+    shown, _ = page_figures(html)
+    return shown.get("audit", {}).get(None, {})
+
+
+def test_the_page_shows_the_runs_audit_record_or_says_there_is_none() -> None:
+    page = example_page()
+    audit = page["audit"]
+    shown = audit_shown(view.render_page(page))
+    assert shown["plan_sha256"] == audit["plan_sha256"] and shown["git_commit"] == audit["git_commit"]
+    assert shown["triggered_by"] == "alice" and shown["trigger"] == "manual"
+    assert json.loads(shown["params"]) == audit["params"]
+    assert shown["segments"] == "cancelled_for_reason.sql " + audit["segments"]["cancelled_for_reason.sql"]
+    assert shown["code"] == "c2b 0.1.0, engine 3a5c7e9b1d2f4a6c, airflow 3.3.2" and shown["line"] == "growth"
+    page["audit"] = {**audit, "git_commit": None, "git_dirty": None, "triggered_by": "<script>x</script>"}
+    html = view.render_page(page)
+    assert audit_shown(html)["git_commit"] == "none (no git checkout)" and "<script>" not in html
+    page["audit"] = None
+    html = view.render_page(page)
+    assert 'id="audit-missing"' in html and not audit_shown(html)
+
+
+def test_the_app_serves_the_runs_audit_from_the_results_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run logged and reported in a real (DuckDB) results store: the HTML and JSON both show its audit."""
+    from datetime import datetime
+
+    from c2b.results.store import DuckDBResultsStore
+    from fastapi.testclient import TestClient
+
+    monkeypatch.delenv("AIRFLOW_CONN_C2B_RESULTS", raising=False)
+    monkeypatch.setenv("C2B_DATA_DIR", str(tmp_path))
+    store = DuckDBResultsStore(tmp_path / "results.duckdb")
+    t0 = datetime(2026, 11, 27, 10, 0)
+    store.write_log([("p", "manual__1", "coupon", "push", f"u{i}", "sent", None, t0) for i in range(8)],
+                    run={"plan_id": "p", "run_id": "manual__1", "weights": {"coupon": 100}, "controls": [],
+                         "logged_at": t0, "goal": None})
+    audit = {**example_page()["audit"], "plan": "p", "run": "manual__1", "triggered_by": "bob",
+             "params": {"dry_run": False, "sample": 8, "only_touches": []}}
+    store.save_audit("p", "manual__1", audit, "complete", reported_at=t0)
+    client = TestClient(view.create_app(authorize=lambda: None), raise_server_exceptions=False)
+    got = client.get("/api/dags/p/runs/manual__1").json()["audit"]
+    assert got == {**audit, "reported_at": "2026-11-27T10:00:00+00:00"}
+    for path in ("/dags/p/runs/manual__1", "/dags/p"):
+        r = client.get(path)
+        assert r.status_code == 200, r.text[:300]
+        shown = audit_shown(r.text)
+        assert shown["plan_sha256"] == audit["plan_sha256"] and shown["git_commit"] == audit["git_commit"]
+        assert shown["triggered_by"] == "bob" and json.loads(shown["params"])["sample"] == 8
+        assert shown["status"] == "complete"
+
+
 def test_a_sample_ratio_mismatch_is_said_before_any_uplift() -> None:
     page = example_page()
     page["srm"] = {**page["srm"], "p_value": 2e-7, "ok": False}

@@ -47,7 +47,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ResultsSto
     schema = request.getfixturevalue("pg_store_schema")
     conn = connect(schema)
     with conn, conn.cursor() as cur:
-        cur.execute("DROP TABLE IF EXISTS c2b_delivery_log, c2b_runs, c2b_results")
+        cur.execute("DROP TABLE IF EXISTS c2b_delivery_log, c2b_runs, c2b_results, c2b_audit")
     conn.close()
     yield DbApiResultsStore(lambda: connect(schema), name="test-postgres")
 
@@ -74,6 +74,38 @@ def test_delivery_log_is_idempotent_and_keeps_the_first_time(store: ResultsStore
     # The run keeps its first registration time.
     store.register_run("p", "r1", {"coupon": 80, "control": 20}, ["control"], later)
     assert store.runs("p") == [("r1", T0)]
+
+
+def _audit(run: str, recorded_at: str, user: str = "alice", dirty: bool | None = False) -> dict:
+    """An audit record as :func:`c2b.results.audit.audit_record` returns it."""
+    return {"plan": "p", "plan_file": "/dags/plans/growth/p.yaml", "plan_sha256": "ab" * 32,
+            "git_commit": "fd41c0c" + "0" * 33, "git_dirty": dirty,
+            "segments": {"cancelled_for_reason.sql": "cd" * 32, "recent_buyers.sql": None},
+            "trigger": "manual", "triggered_by": user, "params": {"dry_run": False, "sample": 100, "only_touches": []},
+            "code": {"c2b": "0.1.0", "engine_sha256": "3a5c7e9b1d2f4a6c", "airflow": "3.3.2"},
+            "line": "growth", "recorded_at": recorded_at}
+
+
+def test_the_audit_record_is_stored_with_the_report_and_read_back(store: ResultsStore) -> None:
+    """Every field comes back as it went in (times as UTC ISO text), oldest run first; a re-run's
+    report replaces its row; another plan's rows are not listed."""
+    first = _audit("manual__1", "2026-11-27T10:00:02+00:00", dirty=None)
+    second = _audit("scheduled__2", "2026-11-27T12:00:00+08:00", user="scheduled")
+    second["trigger"], second["git_commit"] = "scheduled", None
+    report = {"plan": "p", "run": "manual__1", "status": "complete", "outcomes": {"coupon|push|sent": 3}}
+    store.save_audit("p", "scheduled__2", second, "incomplete", reported_at=T0)
+    store.save_audit("p", "manual__1", first, "failed", report=report, reported_at=T0)
+    store.save_audit("p", "manual__1", first, "complete", report=report, reported_at=T0 + timedelta(minutes=5))
+    store.save_audit("other", "manual__1", _audit("manual__1", "2026-11-27T09:00:00+00:00"), "complete")
+    got = store.audits("p")
+    assert [r["run"] for r in got] == ["scheduled__2", "manual__1"]  # 04:00 UTC before 10:00 UTC
+    one = store.audit("p", "manual__1")
+    assert one == got[1]
+    assert one == {**first, "run": "manual__1", "status": "complete", "reported_at": "2026-11-27T10:05:00+00:00"}
+    assert got[0]["recorded_at"] == "2026-11-27T04:00:00+00:00" and got[0]["git_commit"] is None
+    assert got[0]["git_dirty"] is False and got[0]["triggered_by"] == "scheduled"
+    assert store.stored_report("p", "manual__1") == report and store.stored_report("p", "scheduled__2") is None
+    assert store.audit("p", "manual__9") is None and store.audits("nothing") == []
 
 
 def test_results_never_go_back_to_an_earlier_clock(store: ResultsStore) -> None:
@@ -141,7 +173,7 @@ def test_attribution_is_the_same_on_duckdb_and_postgres(warehouses: tuple[Path, 
     duck_store = DuckDBResultsStore(tmp_path / "results.duckdb")
     conn = connect(pg_store_schema)
     with conn, conn.cursor() as cur:
-        cur.execute("DROP TABLE IF EXISTS c2b_delivery_log, c2b_runs, c2b_results")
+        cur.execute("DROP TABLE IF EXISTS c2b_delivery_log, c2b_runs, c2b_results, c2b_audit")
     conn.close()
     pg_store = DbApiResultsStore(lambda: connect(pg_store_schema), name="test-postgres")
     results = []

@@ -240,7 +240,7 @@ def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard:
         # instead reads them one by one until a 404, which the task SDK logs as "XCom not found".
         stats = inputs["stats"]
         summary = steps.step_report(plan, run_id, inputs["extract"], inputs["shards"], list(stats[:]) if stats else [],
-                                     redis=resources.get_redis())
+                                     redis=resources.get_redis(), results_store=resources.get_results_store())
         from airflow.sdk import Asset
 
         context["outlet_events"][Asset(uri=report_asset_uri(plan.id))].extra = report_event_extra(summary)

@@ -172,6 +172,35 @@ def _touches_html(touches: Sequence[Mapping[str, Any]]) -> str:
             f'<th class="t">reason</th><th>messages</th></tr>{"".join(rows)}</table>')
 
 
+def _audit_html(audit: Mapping[str, Any] | None) -> str:
+    """Return the run's audit record as a table (``data-k`` per field), or say there is none."""
+    if not audit:
+        return ('<p id="audit-missing" class="note">No audit record stored for this run: its report task has '
+                "not run yet (the record is stored with the run's report).</p>")
+    import json
+
+    code = audit.get("code") or {}
+    commit = audit.get("git_commit")
+    rows = [
+        ("plan_sha256", "plan file sha256", str(audit.get("plan_sha256") or "–")),
+        ("plan_file", "plan file", str(audit.get("plan_file") or "–")),
+        ("git_commit", "git commit", (commit or "none (no git checkout)")
+         + (" (plan file modified)" if audit.get("git_dirty") else "")),
+        ("triggered_by", "triggered by", str(audit.get("triggered_by") or "–")),
+        ("trigger", "run type", str(audit.get("trigger") or "–")),
+        ("params", "params", json.dumps(audit.get("params") or {}, sort_keys=True)),
+        ("segments", "segment files", ", ".join(f"{k} {v}" for k, v in (audit.get("segments") or {}).items())
+         or "–"),
+        ("code", "code", f"c2b {code.get('c2b')}, engine {code.get('engine_sha256')}, airflow {code.get('airflow')}"),
+        ("line", "business line", str(audit.get("line") or "–")),
+        ("recorded_at", "recorded", str(audit.get("recorded_at") or "–")),
+        ("status", "report status", str(audit.get("status") or "–")),
+    ]
+    body = "".join(f'<tr data-field="{k}"><td class="t">{escape(label)}</td>{_td(k, text, "t")}</tr>'
+                   for k, label, text in rows)
+    return f'<table id="audit"><tr><th>audit</th><th class="t">this run</th></tr>{body}</table>'
+
+
 def render_page(page: Mapping[str, Any]) -> str:
     """Return the Results view of one run as a complete HTML document."""
     kind = page["metric"]["kind"]
@@ -185,7 +214,8 @@ def render_page(page: Mapping[str, Any]) -> str:
         f"<title>Results: {escape(page['plan_id'])}</title><style>{STYLE}</style></head><body>",
         f"<h1>Results of {escape(page['plan_id'])}</h1>",
         f'<div class="meta">run <code id="run-id">{escape(page["run_id"])}</code> · goal '
-        f'<b id="metric">{escape(page["metric"]["name"])}</b> ({escape(kind)} metric) · '
+        f'<b id="metric">{escape(page["metric"]["name"] or "none (the plan has no goal)")}</b> '
+        f"({escape(kind)} metric) · "
         f"{window}-day attribution window, {escape(progress)}</div>",
         _srm_html(page["srm"], page["variants"]),
     ]
@@ -207,6 +237,7 @@ def render_page(page: Mapping[str, Any]) -> str:
         parts.append("<p><small>No uplift: there is nothing to compare with (see the note above).</small></p>")
     parts += ["<h2>Messages per touch</h2>", _touches_html(page["touches"]),
               "<h2>Conversions per day since the send</h2>", charts.daily_svg(page["daily"], page["variants"]),
+              "<h2>Audit: what ran, who started it</h2>", _audit_html(page.get("audit")),
               "</body></html>"]
     return "".join(parts)
 

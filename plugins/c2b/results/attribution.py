@@ -216,6 +216,7 @@ def build_page(store: ResultsStore, plan_id: str, run_id: str | None = None) -> 
         "touches": store.touch_outcomes(plan_id, run_id),
         "daily": (payload or {}).get("daily", []),
         "note": " ".join(notes) or None,
+        "audit": store.audit(plan_id, run_id),
     }
 
 

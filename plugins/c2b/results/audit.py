@@ -2,8 +2,9 @@
 
 Taken once when the run starts (by the extract step, so the hashes are of the files that ran)
 and carried to the report in the extract's XCom (a few hundred bytes). The report stores it
-under ``audit``; ``c2b audit PLAN`` lists it per run. The results store keeps the same dict (one
-row per run: :func:`audit_row` flattens it).
+under ``audit`` and the report task stores it, with the report, in the results store (table
+``c2b_audit``, one row per run: :func:`audit_row` flattens it; :meth:`ResultsStore.audits` reads it
+back), which ``c2b audit PLAN``, ``c2b results`` and the Results view read.
 
 Fields: ``plan_sha256`` (the plan file's bytes), ``plan_file``, ``git_commit`` and
 ``git_dirty`` (of the repository holding the plan file; null without git), ``segments`` (sha256
@@ -134,7 +135,8 @@ def render_audit(audit: dict[str, Any]) -> list[str]:
         f"triggered by {audit.get('triggered_by')} ({audit.get('trigger')}), params {audit.get('params')}",
         "segments " + ", ".join(f"{k} {str(v)[:12]}" for k, v in (audit.get("segments") or {}).items()),
         f"code c2b {code.get('c2b')} engine {code.get('engine_sha256')} airflow {code.get('airflow')}"
-        + (f", line {audit['line']}" if audit.get("line") else ""),
+        + (f", line {audit['line']}" if audit.get("line") else "")
+        + (f", recorded {audit['recorded_at']}" if audit.get("recorded_at") else ""),
     ]
 
 

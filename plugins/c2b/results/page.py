@@ -31,6 +31,11 @@ Shape (every key always present)::
                      expired, deferred, pending, holdout; reason: the failure reason or null
     daily            [{day: "YYYY-MM-DD", variant, conversions}]   day 0 = the send day
     note             str | None    e.g. why there is no uplift (no control group, no goal yet)
+    audit            {plan_sha256, plan_file, git_commit, git_dirty, segments: {file: sha256},
+                      trigger, triggered_by, params, code: {c2b, engine_sha256, airflow}, line,
+                      recorded_at, reported_at, status} | None
+                     the run's audit record as its report task stored it (c2b.results.audit);
+                     None until the report task has run
 
 Numbers that cannot be computed (an empty arm) are ``None``.
 """
@@ -98,6 +103,17 @@ def example_page() -> dict[str, Any]:
         "daily": [{"day": (date(2026, 11, 27) + timedelta(days=d)).isoformat(), "variant": v, "conversions": n}
                   for d in range(7) for v, n in (("coupon", 82), ("red_packet", 70), ("control", 30))],
         "note": None,
+        "audit": {"plan": "cancelled_price_ab", "run": "manual__2026-11-27T10:00:00+00:00",
+                  "plan_file": "/opt/airflow/dags/plans/growth/cancelled_price_ab.yaml",
+                  "plan_sha256": "9f2c4e0b7a1d3c5e8f6a2b4d1c3e5f7a9b0c2d4e6f8a1b3c5d7e9f0a2b4c6d8e",
+                  "git_commit": "fd41c0c1b2a3d4e5f60718293a4b5c6d7e8f9a0b", "git_dirty": False,
+                  "segments": {"cancelled_for_reason.sql":
+                               "5b1e0c9d2f4a6b8c0d2e4f6a8b0c2d4e6f8a0b2c4d6e8f0a2b4c6d8e0f2a4b6c"},
+                  "trigger": "manual", "triggered_by": "alice",
+                  "params": {"dry_run": False, "sample": None, "only_touches": []},
+                  "code": {"c2b": "0.1.0", "engine_sha256": "3a5c7e9b1d2f4a6c", "airflow": "3.3.2"},
+                  "line": "growth", "recorded_at": "2026-11-27T10:00:02+00:00",
+                  "reported_at": "2026-11-27T10:01:15+00:00", "status": "complete"},
     }
 
 
@@ -141,4 +157,10 @@ def format_page(page: dict[str, Any]) -> str:
                      f"p (Holm) {p} -> {'SIGNIFICANT' if u['significant'] else 'not significant'}")
     if page["note"]:
         lines.append(f"  note         {page['note']}")
+    if page.get("audit"):
+        from c2b.results.audit import render_audit
+
+        lines += ["  audit        " + line for line in render_audit(page["audit"])]
+    else:
+        lines.append("  audit        none stored (the run's report task has not run)")
     return "\n".join(lines)

@@ -15,6 +15,10 @@ Tables (created on first use; the same DDL on both)::
                        weights (the SRM check's expectation) and which variants are controls.
     c2b_results        one row per (plan, run, metric): the latest attribution (JSON), with the
                        clock it was computed at; an older clock never replaces a newer one.
+    c2b_audit          one row per reported run (dry runs too): its audit record (plan hash, git
+                       commit, segment hashes, trigger and user, params, code version, line; see
+                       :mod:`c2b.results.audit`), the report's status and the report itself
+                       (JSON), written by the run's ``report`` task; a re-run report replaces it.
 
 Writes go in batches (:data:`BATCH_ROWS`); nothing passes through XCom.
 """
@@ -25,7 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +54,19 @@ DDL = (
         plan_id VARCHAR(64) NOT NULL, run_id VARCHAR(250) NOT NULL, metric VARCHAR(64) NOT NULL,
         as_of TIMESTAMP NOT NULL, computed_at TIMESTAMP NOT NULL, payload TEXT NOT NULL,
         PRIMARY KEY (plan_id, run_id, metric))""",
+    """CREATE TABLE IF NOT EXISTS c2b_audit (
+        plan_id VARCHAR(64) NOT NULL, run_id VARCHAR(250) NOT NULL, recorded_at TIMESTAMP,
+        reported_at TIMESTAMP NOT NULL, status VARCHAR(16), plan_file TEXT, plan_sha256 VARCHAR(64),
+        git_commit VARCHAR(64), git_dirty BOOLEAN, run_trigger VARCHAR(32), triggered_by VARCHAR(250),
+        line VARCHAR(64), segments TEXT NOT NULL, params TEXT NOT NULL, code TEXT NOT NULL, report TEXT,
+        PRIMARY KEY (plan_id, run_id))""",
 )
+
+AUDIT_COLUMNS = ("plan_id", "run_id", "recorded_at", "reported_at", "status", "plan_file", "plan_sha256",
+                 "git_commit", "git_dirty", "run_trigger", "triggered_by", "line", "segments", "params", "code",
+                 "report")
+# The audit record's keys whose column has another name (``trigger`` is an SQL keyword).
+_AUDIT_KEY = {"run_trigger": "trigger"}
 
 _UPSERT_LOG = (
     "INSERT INTO c2b_delivery_log (plan_id, run_id, variant, touch, uid, outcome, reason, touched_at) "
@@ -235,10 +251,65 @@ class ResultsStore:
             return True
         return bool(self._transaction(work))
 
+    def save_audit(self, plan_id: str, run_id: str, audit: dict[str, Any], status: str | None,
+                   report: dict[str, Any] | None = None, reported_at: datetime | None = None) -> None:
+        """Store a run's audit record with its report (the latest report of the run replaces the row)."""
+        from c2b.results.audit import audit_row
+
+        row = audit_row(run_id, audit)
+        values = {**{c: row.get(_AUDIT_KEY.get(c, c)) for c in AUDIT_COLUMNS}, "plan_id": plan_id, "run_id": run_id,
+                  "recorded_at": _naive_utc(audit.get("recorded_at")), "status": status,
+                  "reported_at": _naive_utc(reported_at) or _naive_utc(datetime.now(UTC)),
+                  "report": json.dumps(report, sort_keys=True, default=str) if report is not None else None}
+        values["git_dirty"] = None if values["git_dirty"] is None else bool(values["git_dirty"])
+        placeholders = ", ".join("?" * len(AUDIT_COLUMNS))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in AUDIT_COLUMNS[2:])
+        self._transaction(lambda cur: self._execute(
+            cur, f"INSERT INTO c2b_audit ({', '.join(AUDIT_COLUMNS)}) VALUES ({placeholders}) "
+                 f"ON CONFLICT (plan_id, run_id) DO UPDATE SET {updates}", [values[c] for c in AUDIT_COLUMNS]))
+
+    def audits(self, plan_id: str, run_id: str | None = None) -> list[dict[str, Any]]:
+        """Return the plan's audit records (``run`` and ``status`` added), oldest first; one run's with ``run_id``."""
+        where = "plan_id = ?" + (" AND run_id = ?" if run_id is not None else "")
+        rows = self._query(f"SELECT {', '.join(AUDIT_COLUMNS[:-1])} FROM c2b_audit WHERE {where} "
+                           "ORDER BY recorded_at, reported_at, run_id",
+                           (plan_id, run_id) if run_id is not None else (plan_id,))
+        return [_audit_record(dict(zip(AUDIT_COLUMNS[:-1], r, strict=True))) for r in rows]
+
+    def audit(self, plan_id: str, run_id: str) -> dict[str, Any] | None:
+        """Return one run's audit record, or None when its report stored none."""
+        found = self.audits(plan_id, run_id)
+        return found[0] if found else None
+
+    def stored_report(self, plan_id: str, run_id: str) -> dict[str, Any] | None:
+        """Return the run report stored with the audit record, or None."""
+        rows = self._query("SELECT report FROM c2b_audit WHERE plan_id = ? AND run_id = ?", (plan_id, run_id))
+        return json.loads(rows[0][0]) if rows and rows[0][0] else None
+
     def result(self, plan_id: str, run_id: str, metric: str) -> dict[str, Any] | None:
         rows = self._query("SELECT payload FROM c2b_results WHERE plan_id = ? AND run_id = ? AND metric = ?",
                            (plan_id, run_id, metric))
         return json.loads(rows[0][0]) if rows else None
+
+
+def _naive_utc(value: Any) -> datetime | None:
+    """Return a time (datetime or ISO text) as a naive UTC datetime, what a TIMESTAMP column keeps."""
+    if value is None:
+        return None
+    when = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when
+
+
+def _audit_record(row: dict[str, Any]) -> dict[str, Any]:
+    """Return a stored audit row as the audit record (:func:`c2b.results.audit.audit_record`)."""
+    out = {_AUDIT_KEY.get(k, k): v for k, v in row.items() if k not in ("plan_id", "run_id")}
+    for key in ("segments", "params", "code"):
+        out[key] = json.loads(out[key]) if out[key] else {}
+    for key in ("recorded_at", "reported_at"):
+        if isinstance(out[key], datetime):
+            out[key] = out[key].replace(tzinfo=UTC).isoformat(timespec="seconds")
+    out["git_dirty"] = None if out["git_dirty"] is None else bool(out["git_dirty"])
+    return {"plan": row["plan_id"], "run": row["run_id"], **out}
 
 
 def _missing_table(exc: Exception) -> bool:
