@@ -1,7 +1,9 @@
 """One definition of the live Airflow set-ups: which processes run, with which settings.
 
 - ``LocalExecutor``: api-server, scheduler, dag-processor on the SQLite DB (the live LocalExecutor
-  tests; ``make demo``/``make ui`` keep their own defaults).
+  tests, with auth on (:func:`simple_auth_settings`) and in multi-team mode
+  (:func:`c2b.plan.lines.multi_team_env`, :func:`team_bundles_settings`) where they need it;
+  ``make demo``/``make ui`` keep their own defaults).
 - ``CeleryExecutor``: api-server, scheduler, dag-processor, triggerer and two ``airflow celery worker``
   processes with distinct hostnames, the metadata DB on PostgreSQL, Redis as the Celery broker.
 
@@ -21,7 +23,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,36 @@ def base_env(*, home: Path, dags: Path, port: int, executor: str) -> dict[str, s
     }
 
 
+def simple_auth_settings(users: Mapping[str, tuple[str, Sequence[str]]],
+                         passwords_file: Path | None = None) -> dict[str, str]:
+    """Auth on, with the Simple auth manager's users: ``{name: (role, teams)}``.
+
+    Without ``passwords_file`` Airflow generates the passwords into
+    ``$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated`` (:meth:`AirflowStack.login` reads it).
+    """
+    env = {"AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
+               f"{name}:{role}" + (f":{'|'.join(teams)}" if teams else "") for name, (role, teams) in users.items())}
+    if passwords_file is not None:
+        env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] = str(passwords_file)
+    return env
+
+
+def team_bundles_settings(bundles: Mapping[str, tuple[str, Path]]) -> dict[str, str]:
+    """Multi-team mode with ``{bundle name: (team, folder)}`` on the default executor.
+
+    The business lines' own set-up (a bundle and an executor per line) is
+    :func:`c2b.plan.lines.multi_team_env`; this one is for test layouts whose bundles are not lines.
+    The teams are made from the bundle config by ``airflow teams sync`` (:meth:`AirflowStack.start`'s
+    ``setup``).
+    """
+    return {"AIRFLOW__CORE__MULTI_TEAM": "True",
+            "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps([
+                {"name": name, "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
+                 "kwargs": {"path": str(folder), "refresh_interval": 0}, "team_name": team}
+                for name, (team, folder) in bundles.items()])}
+
+
 ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 
 
@@ -164,13 +196,20 @@ class AirflowStack:
     """The Airflow processes of one executor, started detached (each leads its own process group, so
     a kill reaches the task processes it forked), logs and pids under ``state``."""
 
-    def __init__(self, state: Path, env: Mapping[str, str], executor: str = LOCAL) -> None:
+    def __init__(self, state: Path, env: Mapping[str, str], executor: str = LOCAL, *,
+                 inherit_airflow_env: bool = True) -> None:
+        """``env`` on top of this process's environment; without ``inherit_airflow_env`` the
+        ``AIRFLOW__*`` settings and ``AIRFLOW_CONN_*`` connections of this process are dropped first
+        (a test's stack then has only the settings and connections it names)."""
         self.state, self.executor = state, executor
-        self.env = {**os.environ, **env}
+        inherited = {k: v for k, v in os.environ.items()
+                     if inherit_airflow_env or not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
+        self.env = {**inherited, **env}
         self.url = f"http://127.0.0.1:{self.env['AIRFLOW__API__PORT']}"
         self.components = {c.name: c for c in COMPONENTS[executor]}
         self.pids: dict[str, int] = {}
         self.procs: dict[str, subprocess.Popen] = {}
+        self.headers: dict[str, str] = {}  # the REST calls' auth (:meth:`login`)
 
     @property
     def pid_file(self) -> Path:
@@ -184,9 +223,21 @@ class AirflowStack:
         if done.returncode:
             raise RuntimeError(f"`airflow db migrate` failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
 
-    def start(self, timeout: float = 180, wait: bool = True) -> AirflowStack:
-        """Migrate the DB, start every component and (``wait``) wait until the stack takes runs."""
+    def cli(self, *args: str) -> str:
+        """Run ``airflow <args>`` with the stack's settings; return its output (fail with it)."""
+        done = subprocess.run([AIRFLOW, *args], env=self.env, cwd=self.state, capture_output=True, text=True,
+                              timeout=300)
+        if done.returncode:
+            raise RuntimeError(f"`airflow {' '.join(args)}` failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+        return done.stdout
+
+    def start(self, timeout: float = 180, wait: bool = True,
+              setup: Sequence[Sequence[str]] = ()) -> AirflowStack:
+        """Migrate the DB, run the ``setup`` CLI commands (teams, pools...), start every component
+        and (``wait``) wait until the stack takes runs."""
         self.migrate()
+        for args in setup:
+            self.cli(*args)
         (self.state / "logs").mkdir(parents=True, exist_ok=True)
         try:
             for c in self.components.values():
@@ -263,24 +314,49 @@ class AirflowStack:
 
     # --- the REST API -------------------------------------------------------------------------------
 
+    def token(self, user: str, password: str | None = None) -> str:
+        """Return a bearer token of ``user`` (password: the generated one unless given)."""
+        import requests
+
+        if password is None:
+            generated = Path(self.env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+            password = json.loads(generated.read_text())[user]
+        r = requests.post(f"{self.url}/auth/token", json={"username": user, "password": password}, timeout=30)
+        if r.status_code not in (200, 201):
+            raise AssertionError(f"no token for {user}: HTTP {r.status_code} {r.text[:300]}")
+        return str(r.json()["access_token"])
+
+    def login(self, user: str, password: str | None = None, timeout: float = 120) -> AirflowStack:
+        """Make the REST calls below as ``user`` (waits for the api-server to hand out tokens)."""
+        token = wait_for(f"a token for {user}", lambda: _or_none(lambda: self.token(user, password)), timeout)
+        self.headers = {"Authorization": f"Bearer {token}"}
+        return self
+
     def get(self, path: str) -> Any:
         import requests
 
-        r = requests.get(f"{self.url}/api/v2/{path}", timeout=10)
+        r = requests.get(f"{self.url}/api/v2/{path}", headers=self.headers, timeout=30)
         r.raise_for_status()
         return r.json()
 
-    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
-        """Unpause ``dag_id``, start a manual run and return its run id."""
+    def post(self, path: str, body: Any) -> Any:
         import requests
 
-        r = requests.patch(f"{self.url}/api/v2/dags/{dag_id}?update_mask=is_paused", json={"is_paused": False},
-                           timeout=10)
-        r.raise_for_status()
-        r = requests.post(f"{self.url}/api/v2/dags/{dag_id}/dagRuns",
-                          json={"logical_date": None, "conf": conf or {}}, timeout=10)
-        r.raise_for_status()
-        return str(r.json()["dag_run_id"])
+        r = requests.post(f"{self.url}/api/v2/{path}", json=body, headers=self.headers, timeout=30)
+        if not r.ok:
+            raise AssertionError(f"POST {path}: HTTP {r.status_code} {r.text[:500]}")
+        return r.json()
+
+    def unpause(self, dag_id: str) -> None:
+        import requests
+
+        requests.patch(f"{self.url}/api/v2/dags/{dag_id}?update_mask=is_paused", json={"is_paused": False},
+                       headers=self.headers, timeout=30).raise_for_status()
+
+    def trigger(self, dag_id: str, conf: dict[str, Any] | None = None) -> str:
+        """Unpause ``dag_id``, start a manual run and return its run id."""
+        self.unpause(dag_id)
+        return str(self.post(f"dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf or {}})["dag_run_id"])
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         return list(self.get(f"dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=1000")["task_instances"])
@@ -313,6 +389,14 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 180, every: f
             last = exc
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+
+
+def _or_none(call: Callable[[], Any]) -> Any:
+    """Return ``call()``, or None when it fails with an AssertionError (not ready yet)."""
+    try:
+        return call()
+    except (AssertionError, ValueError, KeyError):
+        return None
 
 
 def _tree(pid: int) -> list:  # -> list[psutil.Process]

@@ -1,41 +1,58 @@
 """The business lines as Airflow teams (multi-team mode) under a live api-server, dag-processor and
 scheduler: each line folder is a team's DAG bundle, its plans run in the team's pool on the team's
-executor, the run records the user who triggered it, and the Code tab serves the plan's YAML."""
+executor, the run records the user who triggered it (and the results store its audit), the Code
+tab serves the plan's YAML, and a task of one line cannot read a connection of the other line's
+team while it reads its own and the platform's."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 from c2b.plan.lines import multi_team_env
 
-from devtools.servers import free_port
+from devtools.airflow_stack import (
+    FAST_PARSING,
+    LOCAL,
+    AirflowStack,
+    base_env,
+    free_port,
+    simple_auth_settings,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-AIRFLOW = str(Path(sys.executable).parent / "airflow")
 PLAN = "cancelled_price_coupon"  # growth line, outbox channel: needs only c2b_redis and c2b_warehouse
+LINES = ("growth", "care")
+
+# A DAG of a line (in the line's bundle, so of its team) whose one task reads a connection of each
+# team and a platform one (no team) through the Task SDK, as a plan's tasks do, and returns what it got.
+PROBE_DAG = '''\
+from datetime import datetime
+
+from airflow.sdk import DAG, BaseHook, task
+from airflow.sdk.exceptions import AirflowNotFoundException
+
+with DAG("connection_probe_{line}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False):
+
+    @task
+    def read_connections():
+        got = {{}}
+        for conn_id in {conn_ids!r}:
+            try:
+                got[conn_id] = BaseHook.get_connection(conn_id).host
+            except AirflowNotFoundException as exc:
+                got[conn_id] = "not found: " + str(exc)
+        return got
+
+    read_connections()
+'''
 
 
-def _wait(what: str, check, timeout: float = 240):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-            if last:
-                return last
-        except (requests.RequestException, KeyError, ValueError, OSError) as exc:
-            last = exc
-        time.sleep(2)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+def team_conn(line: str) -> str:
+    return f"c2b_{line}_secret"
 
 
 @pytest.fixture(scope="module")
@@ -51,89 +68,57 @@ def teams(tmp_path_factory: pytest.TempPathFactory, redis_server, demo_warehouse
     # the re-entry rule) would leave the test's own run without an audience.
     plan_file = dags / "plans" / "growth" / f"{PLAN}.yaml"
     plan_file.write_text(plan_file.read_text().replace('schedule: "@daily"', "schedule: null"))
-    home.mkdir()
+    for line in LINES:
+        (dags / "plans" / line / "connection_probe.py").write_text(
+            PROBE_DAG.format(line=line, conn_ids=(*(team_conn(n) for n in LINES), "c2b_redis")))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW__"))}
-    env.update(multi_team_env(dags / "plans", f"http://127.0.0.1:{port}/execution/"))
-    env.update({
-        "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "alice:admin:growth|care",
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "2", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-        # Platform connections every line shares (no team); a line's own would carry its team.
-        "AIRFLOW_CONN_C2B_REDIS": f"{redis_server.url}/?db=0",
-        "AIRFLOW_CONN_C2B_WAREHOUSE": json.dumps({"conn_type": "duckdb", "host": str(demo_warehouse)}),
-        "C2B_DATA_DIR": str(data)})
-
-    def airflow(*args: str) -> None:
-        subprocess.run([AIRFLOW, *args], env=env, cwd=base, check=True, capture_output=True, timeout=300)
-
-    airflow("db", "migrate")
-    for line, pool in (("growth", "c2b_growth"), ("care", "c2b_care")):
-        airflow("teams", "create", line)
-        airflow("pools", "set", pool, "8", f"{line} line", "--team-name", line)
-    procs = []
+    env = {**base_env(home=home, dags=dags, port=port, executor=LOCAL), **FAST_PARSING,
+           **multi_team_env(dags / "plans", f"http://127.0.0.1:{port}/execution/"),
+           **simple_auth_settings({"alice": ("admin", LINES)}),
+           # Platform connections every line shares (no team); a line's own carry its team (below).
+           "AIRFLOW_CONN_C2B_REDIS": f"{redis_server.url}/?db=0",
+           "AIRFLOW_CONN_C2B_WAREHOUSE": json.dumps({"conn_type": "duckdb", "host": str(demo_warehouse)}),
+           "C2B_DATA_DIR": str(data)}
+    setup = [cmd for line, pool in (("growth", "c2b_growth"), ("care", "c2b_care"))
+             for cmd in (["teams", "create", line], ["pools", "set", pool, "8", f"{line} line", "--team-name", line])]
+    stack = AirflowStack(home, env, LOCAL, inherit_airflow_env=False)
     try:
-        for name, args in (("api-server", ["api-server", "--port", str(port), "--workers", "1"]),
-                           ("dag-processor", ["dag-processor"]), ("scheduler", ["scheduler"])):
-            log = open(base / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-            procs.append((subprocess.Popen([AIRFLOW, *args], env=env, cwd=base, stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True), log))
-        url = f"http://127.0.0.1:{port}"
-        passwords = home / "simple_auth_manager_passwords.json.generated"
-
-        def token() -> str | None:
-            r = requests.post(f"{url}/auth/token", timeout=30,
-                              json={"username": "alice", "password": json.loads(passwords.read_text())["alice"]})
-            return r.json()["access_token"] if r.status_code in (200, 201) else None
-
-        headers = {"Authorization": f"Bearer {_wait('a token for alice', token)}"}
-        yield url, headers, dags, data
+        stack.start(setup=setup, timeout=240)
+        stack.login("alice")
+        # A connection per team, with a team: the REST API (the CLI's `connections add` has no team option).
+        for line in LINES:
+            made = stack.post("connections", {"connection_id": team_conn(line), "conn_type": "generic",
+                                              "host": f"{line}.secret.example", "password": f"{line}-password",
+                                              "team_name": line})
+            assert made["team_name"] == line
+        yield stack, dags, data
     finally:
-        for proc, _ in procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc, log in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-            log.close()
+        stack.stop()
 
 
 def test_lines_run_as_airflow_teams(teams) -> None:
-    url, headers, dags, data = teams
-
-    def get(path: str):
-        r = requests.get(f"{url}/api/v2/{path}", headers=headers, timeout=60)
-        r.raise_for_status()
-        return r.json()
+    stack, dags, data = teams
+    get = stack.get
 
     def bundles():
         found = {d["dag_id"]: d["bundle_name"] for d in get("dags?limit=100")["dags"]}
-        return found if len(found) == 6 else None
+        return found if len(found) == 8 else None
 
-    assert _wait("the plans of both lines", bundles) == {
+    assert wait_for("the plans of both lines", bundles, timeout=240) == {
         "cancelled_price_ab": "growth", "cancelled_price_coupon": "growth", "new_users_private_domain": "growth",
-        "privacy_worry_tutorial": "growth", "high_value_callback": "care", "nps_detractor_care": "care"}
+        "privacy_worry_tutorial": "growth", "high_value_callback": "care", "nps_detractor_care": "care",
+        "connection_probe_growth": "growth", "connection_probe_care": "care"}
     assert get("importErrors")["import_errors"] == []
     # The Code tab: the DAG's source is the plan's YAML, versioned.
     source = get(f"dagSources/{PLAN}")
     assert source["content"] == (dags / "plans" / "growth" / f"{PLAN}.yaml").read_text()
     assert source["version_number"] == 1
 
-    requests.patch(f"{url}/api/v2/dags/{PLAN}?update_mask=is_paused", json={"is_paused": False}, headers=headers,
-                   timeout=60).raise_for_status()
-    r = requests.post(f"{url}/api/v2/dags/{PLAN}/dagRuns", headers=headers, timeout=60,
-                      json={"logical_date": None, "conf": {"sample": 100}})
-    r.raise_for_status()
-    run_id = r.json()["dag_run_id"]
-    run = _wait("the run to finish", lambda: (d := get(f"dags/{PLAN}/dagRuns/{run_id}"))["state"]
-                in ("success", "failed") and d, timeout=300)
+    # The plan and each line's connection probe run side by side.
+    run_id = stack.trigger(PLAN, {"sample": 100})
+    probes = {line: stack.trigger(f"connection_probe_{line}") for line in LINES}
+    run = wait_for("the run to finish", lambda: (d := get(f"dags/{PLAN}/dagRuns/{run_id}"))["state"]
+                   in ("success", "failed") and d, timeout=300)
     assert run["state"] == "success" and run["triggering_user_name"] == "alice"
     tis = get(f"dags/{PLAN}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
     states = [(t["task_id"], t["map_index"], t["state"]) for t in tis]
@@ -143,3 +128,22 @@ def test_lines_run_as_airflow_teams(teams) -> None:
     assert report["audit"]["triggered_by"] == "alice" and report["audit"]["trigger"] == "manual"
     assert report["audit"]["line"] == "growth" and report["audit"]["params"]["sample"] == 100
     assert report["audience"]["global_holdout"] > 0
+    # The audit went to the results store with the report: the record `c2b audit` and the Results view read.
+    from c2b.results.store import DuckDBResultsStore
+
+    stored = DuckDBResultsStore(data / "results.duckdb").audit(PLAN, run_id)
+    assert stored is not None and stored["triggered_by"] == "alice" and stored["line"] == "growth"
+    assert stored["plan_sha256"] == report["audit"]["plan_sha256"] and stored["status"] == report["status"]
+
+    # A task of one line reads its own team's connection and the platform's, never the other team's:
+    # the execution API answers the task with the connections of the task's team and those without one.
+    for line, probe_run in probes.items():
+        dag_id = f"connection_probe_{line}"
+        state = stack.wait_for_run(dag_id, probe_run, timeout=180)
+        assert state == "success", [(t["task_id"], t["state"]) for t in stack.task_instances(dag_id, probe_run)]
+        got = get(f"dags/{dag_id}/dagRuns/{probe_run}/taskInstances/read_connections/xcomEntries/return_value"
+                  "?deserialize=true")["value"]
+        other = next(n for n in LINES if n != line)
+        assert got[team_conn(line)] == f"{line}.secret.example", got
+        assert got[team_conn(other)] == f"not found: The conn_id `{team_conn(other)}` isn't defined", got
+        assert got["c2b_redis"] == "127.0.0.1", got
