@@ -24,12 +24,12 @@ read every DAG — so the only per-DAG access it can express is the team that ow
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,13 +40,20 @@ import pytest
 import requests
 import yaml
 from c2b.airflow.dag_factory import find_plan_file
-from test_results_view import assert_page_shows
+from test_results_view import assert_page_shows, audit_shown
 
-from devtools.airflow_stack import wait_for
-from devtools.servers import free_port
+from devtools.airflow_stack import (
+    FAST_PARSING,
+    LOCAL,
+    AirflowStack,
+    base_env,
+    free_port,
+    simple_auth_settings,
+    team_bundles_settings,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-AIRFLOW = str(Path(sys.executable).parent / "airflow")
 # Team A's plan is the A/B example plan (made runnable at any hour), under its own name.
 PLAN_A, PLAN_B = "cancelled_price_ab", "other_team_plan"
 DOWNSTREAM, AFTER_RESULTS = "after_report_live", "after_results_live"
@@ -89,33 +96,19 @@ def live_plan(plan_id: str) -> str:
 
 
 class AuthedAirflow:
-    """A live Airflow whose REST calls carry a user's bearer token."""
+    """The live Airflow (an :class:`AirflowStack` whose REST calls carry the admin's token) and this
+    test's folders and settings."""
 
-    def __init__(self, url: str, dags: Path, data: Path, token: str) -> None:
-        self.url, self.dags, self.data = url, dags, data
-        self.headers = {"Authorization": f"Bearer {token}"}
-        self.env: dict[str, str] = {}
+    def __init__(self, stack: AirflowStack, dags: Path, data: Path) -> None:
+        self.stack, self.url, self.env = stack, stack.url, stack.env
+        self.dags, self.data = dags, data
+        self.get, self.unpause = stack.get, stack.unpause
 
     def wait(self, what: str, check: Any, timeout: float = 180) -> Any:
         return wait_for(what, check, timeout)
 
-    def get(self, path: str) -> Any:
-        r = requests.get(f"{self.url}/api/v2/{path}", headers=self.headers, timeout=10)
-        r.raise_for_status()
-        return r.json()
-
     def trigger(self, dag_id: str) -> str:
-        r = requests.patch(f"{self.url}/api/v2/dags/{dag_id}?update_mask=is_paused", json={"is_paused": False},
-                           headers=self.headers, timeout=10)
-        r.raise_for_status()
-        r = requests.post(f"{self.url}/api/v2/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": {}},
-                          headers=self.headers, timeout=10)
-        r.raise_for_status()
-        return r.json()["dag_run_id"]
-
-    def unpause(self, dag_id: str) -> None:
-        requests.patch(f"{self.url}/api/v2/dags/{dag_id}?update_mask=is_paused", json={"is_paused": False},
-                       headers=self.headers, timeout=10).raise_for_status()
+        return self.stack.trigger(dag_id)
 
 
 def token(url: str, user: str) -> str:
@@ -131,15 +124,12 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, redis_server) -> Iterator[
     base = tmp_path_factory.mktemp("results_live")
     home, data = base / "home", base / "c2b"
     home.mkdir()
-    bundles = []
     for team, plans in (("team_a", [PLAN_A]), ("team_b", [PLAN_B])):
         folder = base / team
         (folder / "plans").mkdir(parents=True)
         shutil.copy(ROOT / "dags" / "c2b_plans.py", folder)
         for plan_id in plans:
             (folder / "plans" / f"{plan_id}.yaml").write_text(live_plan(plan_id))
-        bundles.append({"name": f"{team}_dags", "classpath": "airflow.dag_processing.bundles.local.LocalDagBundle",
-                        "kwargs": {"path": str(folder), "refresh_interval": 0}, "team_name": team})
     for dag_id, what in ((DOWNSTREAM, "report"), (AFTER_RESULTS, "results")):
         (base / "team_a" / f"{dag_id}.py").write_text(
             DOWNSTREAM_DAG.format(dag_id=dag_id, uri=f"c2b://plans/{PLAN_A}/{what}"))
@@ -151,50 +141,19 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, redis_server) -> Iterator[
     passwords = base / "passwords.json"
     passwords.write_text(json.dumps({u: PASSWORD.format(u) for u in USERS}))
     port = free_port()
-    env = {**os.environ,
-           "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(base / "team_a"),
-           "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-           "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
-           "AIRFLOW__CORE__MULTI_TEAM": "True",
-           "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_CONFIG_LIST": json.dumps(bundles),
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(
-               f"{u}:{role}" + (f":{team}" if team else "") for u, (role, team) in USERS.items()),
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-           "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-           "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-           "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "2",
-           "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
-           "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+    env = {**base_env(home=home, dags=base / "team_a", port=port, executor=LOCAL), **FAST_PARSING,
+           **team_bundles_settings({f"{team}_dags": (team, base / team) for team in ("team_a", "team_b")}),
+           **simple_auth_settings({u: (role, [team] if team else []) for u, (role, team) in USERS.items()},
+                                  passwords),
            "AIRFLOW_CONN_C2B_REDIS": f"{redis_server.url}/?db=0",
            "AIRFLOW_CONN_C2B_WAREHOUSE": json.dumps({"conn_type": "duckdb", "host": str(warehouse)}),
            "C2B_DATA_DIR": str(data)}
-    for args in (["db", "migrate"], ["teams", "sync"]):
-        subprocess.run([AIRFLOW, *args], env=env, cwd=base, check=True, capture_output=True, timeout=300)
-    procs = []
+    stack = AirflowStack(home, env, LOCAL, inherit_airflow_env=False)
     try:
-        for name, args in (("api-server", ["api-server", "--port", str(port), "--workers", "1"]),
-                           ("dag-processor", ["dag-processor"]), ("scheduler", ["scheduler"])):
-            log = open(base / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-            procs.append((subprocess.Popen([AIRFLOW, *args], env=env, cwd=base, stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True), log))
-        url = f"http://127.0.0.1:{port}"
-        admin = wait_for("the api-server to hand out tokens", lambda: token(url, "admin"), timeout=120)
-        live = AuthedAirflow(url, base, data, admin)
-        live.env = env
-        yield live
+        stack.start(setup=[["teams", "sync"]], timeout=240)
+        yield AuthedAirflow(stack.login("admin", PASSWORD.format("admin")), base, data)
     finally:
-        for proc, _ in procs:  # each component is the leader of its own process group
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc, log in procs:
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-            log.close()
+        stack.stop()
 
 
 @pytest.fixture(scope="module")
@@ -389,6 +348,16 @@ def test_the_results_page_in_a_browser_shows_the_results_store(
         assert status == 200, html[:500]
         assert_page_shows(html, page)
         assert f"Results of {PLAN_A}" in html and page["srm"]["ok"] is not None
+        # The run's audit, stored with its report: this plan file's hash, who triggered it, its params.
+        audit = page["audit"]
+        plan_file = airflow.dags / "team_a" / "plans" / f"{PLAN_A}.yaml"
+        assert audit["plan_sha256"] == hashlib.sha256(plan_file.read_bytes()).hexdigest()
+        assert audit["triggered_by"] == "admin" and audit["trigger"] == "manual" and audit["status"] == "complete"
+        shown = audit_shown(html)
+        assert shown["plan_sha256"] == audit["plan_sha256"] and shown["triggered_by"] == "admin"
+        assert shown["git_commit"] == "none (no git checkout)"  # the test's plan folder is no git checkout
+        assert json.loads(shown["params"]) == audit["params"] == {"dry_run": False, "sample": None,
+                                                                   "only_touches": []}
         shot = tmp_path / "results-view.png"
         browser.screenshot(shot)
         # The same page as the DAG's tab (latest run) and, for bob, a refusal.
