@@ -408,6 +408,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     folder = reports_dir() / args.plan
     files = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
     rows += [{**r, "source": "report file"} for r in audit_rows(files) if r.get("run") not in stored]
+    rows.sort(key=lambda r: str(r.get("recorded_at") or ""))  # oldest first (UTC ISO text in both sources)
     if not rows:
         print(f"c2b audit: plan {args.plan!r} has no reported run: none in the results store ({store.name}) "
               f"and no run report under {folder}; run it first (`make demo`, or trigger its DAG)", file=sys.stderr)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import airflow  # noqa: F401 - Airflow sets up logging at import: here, not under a test's capsys
 import duckdb
 import pytest
 from c2b.airflow.dag_factory import find_plan_file
@@ -106,6 +107,41 @@ def test_the_audit_record_is_stored_with_the_report_and_read_back(store: Results
     assert got[0]["git_dirty"] is False and got[0]["triggered_by"] == "scheduled"
     assert store.stored_report("p", "manual__1") == report and store.stored_report("p", "scheduled__2") is None
     assert store.audit("p", "manual__9") is None and store.audits("nothing") == []
+
+
+def test_c2b_audit_reads_the_store_and_report_files_only_for_runs_it_lacks(
+        c2b_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`c2b audit` lists the store's rows; a run known only from its report file is listed and marked;
+    a plan with neither is an error naming both places."""
+    import json
+
+    from c2b.airflow.resources import get_results_store
+    from c2b.cli import main
+
+    old = {"plan": "p", "run": "manual__0", "status": "complete",
+           "audit": _audit("manual__0", "2026-11-26T10:00:00+00:00", user="carol")}
+    (c2b_env / "reports" / "p").mkdir(parents=True)
+    (c2b_env / "reports" / "p" / "manual__0.json").write_text(json.dumps(old))
+    (c2b_env / "reports" / "p" / "manual__1.json").write_text(json.dumps({"plan": "p", "run": "manual__1",
+                                                                          "status": "complete"}))
+    store = get_results_store()
+    store.save_audit("p", "manual__1", _audit("manual__1", "2026-11-27T10:00:02+00:00"), "complete")
+    assert main(["audit", "p"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"audit trail of p (results store {store.name})"
+    by_run = {line.split()[0]: line for line in lines[1:]}
+    assert set(by_run) == {"manual__0", "manual__1"}
+    assert by_run["manual__1"].startswith("manual__1  complete  2026-11-27T10:00:02+00:00  plan abababababab  "
+                                          "commit fd41c0c00000  by alice (manual)")
+    assert '"sample": 100' in by_run["manual__1"] and "(report file)" not in by_run["manual__1"]
+    assert "by carol (manual)" in by_run["manual__0"] and by_run["manual__0"].endswith("(report file)")
+    assert main(["audit", "p", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["run"], r["source"], r["triggered_by"]) for r in rows] == [
+        ("manual__0", "report file", "carol"), ("manual__1", "results store", "alice")]  # oldest first
+    assert main(["audit", "nothing_ran"]) == 1
+    err = capsys.readouterr().err
+    assert "has no reported run" in err and store.name in err and str(c2b_env / "reports" / "nothing_ran") in err
 
 
 def test_results_never_go_back_to_an_earlier_clock(store: ResultsStore) -> None:
