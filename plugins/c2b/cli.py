@@ -386,7 +386,7 @@ def cmd_lines(args: argparse.Namespace) -> int:
             continue
         holdout = f"{s.global_holdout.share:.2%} (salt {s.global_holdout.salt})" if s.global_holdout else "none"
         print(f"{line.name}: owners {', '.join(s.owners)}; pool {s.pool or 'default_pool'}; "
-              f"frequency cap {s.frequency_cap.per_day if s.frequency_cap else 'none'}/day; "
+              f"frequency cap {line.caps.describe()}; "
               f"global holdout {holdout}; connections {', '.join(s.connections or ['any'])}; "
               f"plans {', '.join(p.stem for p in plans) or 'none'}")
     return status
