@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 import yaml
-from c2b import steps
 from c2b.channels import ChannelConfig, make_channel
 from c2b.delivery.controls.frequency_cap import (
     BUCKETS,
@@ -178,15 +177,17 @@ def test_a_replayed_call_gets_its_first_answer_and_counts_once(redis_client) -> 
     assert first == [None, "sms.per_day", None, "per_day", None]
     # The same call again (its reply was lost): the same answer, nothing counted twice.
     assert FrequencyCap(redis_client, rules).take_each(touches, receipt) == first
-    assert (fcap.count("20261125", "r1"), fcap.count("20261125", "r1", "sms"), fcap.count("20261125", "r1", week=True)) \
-        == (2, 1, 2)
+    day, sms, week = (fcap.count("20261125", "r1"), fcap.count("20261125", "r1", "sms"),
+                      fcap.count("20261125", "r1", week=True))
+    assert (day, sms, week) == (2, 1, 2)
     give = fcap.new_receipt()
     fcap.give_back([("20261125", "r1", "sms")], give)
     fcap.give_back([("20261125", "r1", "sms")], give)  # replayed: given back once
     assert (fcap.count("20261125", "r1"), fcap.count("20261125", "r1", "sms")) == (1, 0)
     # A new call is a new receipt: it counts.
     assert fcap.take_each([("20261125", "r1", "sms")]) == [None]
-    assert fcap.take_each([("20261126", "r1", "push")] * 2) == [None, "per_week"]  # Thursday: the week's third, then none
+    # Thursday: the week's third touch, then none.
+    assert fcap.take_each([("20261126", "r1", "push")] * 2) == [None, "per_week"]
 
 
 def _race(url: str, rules: CapRules, touches: list[tuple[str, str, str]], start: Any, out: Any) -> None:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 
 from c2b.audience.eligibility import GlobalHoldout
 from c2b.channels import channel_class
-from c2b.delivery.controls.frequency_cap import ChannelCap, CapRules
+from c2b.delivery.controls.frequency_cap import CapRules, ChannelCap
 from c2b.plan.errors import PlanError, did_you_mean, problems_error, validation_problems
 from c2b.plan.load import read_yaml, with_lines
 from c2b.plan.model import Plan
@@ -128,8 +128,8 @@ class Line:
         c = self.settings.frequency_cap
         if c is None:
             return CapRules(scope=self.name)
-        return CapRules(scope=self.name, per_day=c.per_day, per_week=c.per_week,
-                        per_channel=tuple((ch, ChannelCap(x.per_day, x.per_week)) for ch, x in sorted(c.per_channel.items())))
+        channels = tuple((ch, ChannelCap(x.per_day, x.per_week)) for ch, x in sorted(c.per_channel.items()))
+        return CapRules(scope=self.name, per_day=c.per_day, per_week=c.per_week, per_channel=channels)
 
     @property
     def holdout(self) -> GlobalHoldout | None:

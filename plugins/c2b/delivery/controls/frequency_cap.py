@@ -203,6 +203,10 @@ def fcap_keys(scope: str, day: str, uid: str) -> tuple[str, str, str]:
     return f"{prefix}:{day}", f"{prefix}:{week_of(day)}", f"{prefix}:{day}:rcpt"
 
 
+def _arg(cap: int | None) -> int:
+    return -1 if cap is None else cap
+
+
 class FrequencyCap:
     """Take and give back per-user touch slots under a plan's :class:`CapRules`.
 
@@ -214,9 +218,8 @@ class FrequencyCap:
         self.redis = redis
         self.rules = rules if isinstance(rules, CapRules) else CapRules(per_day=rules)
         r = self.rules
-        self._caps = [-1 if r.per_day is None else r.per_day, -1 if r.per_week is None else r.per_week,
-                      ";".join(f"{ch}:{-1 if c.per_day is None else c.per_day}:{-1 if c.per_week is None else c.per_week}"
-                               for ch, c in r.per_channel)]
+        self._caps = [_arg(r.per_day), _arg(r.per_week),
+                      ";".join(f"{ch}:{_arg(c.per_day)}:{_arg(c.per_week)}" for ch, c in r.per_channel)]
         self._script = redis.register_script(_TAKE)
         self._answered: dict[str, str] = {}  # receipts key of a (scope, bucket, day) -> our last answered receipt
 
@@ -239,10 +242,11 @@ class FrequencyCap:
         answers = self._move([(d, u, ch, 1) for d, u, ch in touches], receipt)
         return [None if g > 0 else why for g, why in answers]
 
-    def take(self, wants: Iterable[tuple[str, ...]], receipt: str | None = None) -> dict[tuple[str, str], int]:
+    def take(self, wants: Iterable[tuple[str, str, int] | tuple[str, str, str, int]],
+             receipt: str | None = None) -> dict[tuple[str, str], int]:
         """Take slots for ``(day, uid, touches)`` or ``(day, uid, channel, touches)``; return the
         touches granted per (day, uid)."""
-        asks = [(w[0], w[1], w[2], int(w[3])) if len(w) == 4 else (w[0], w[1], "", int(w[2])) for w in wants]
+        asks = [(w[0], w[1], str(w[2]), int(w[3])) if len(w) == 4 else (w[0], w[1], "", int(w[2])) for w in wants]
         asks = [a for a in asks if a[3] > 0]
         granted: dict[tuple[str, str], int] = defaultdict(int)
         for (day, uid, _, _), (g, _) in zip(asks, self._move(asks, receipt), strict=True):
@@ -316,3 +320,22 @@ def rules_of(plan: Any) -> CapRules:
     if isinstance(rules, CapRules):
         return rules
     return CapRules(per_day=getattr(plan.delivery, "frequency_cap", None))
+
+
+def forget_counts(redis: Any, scope: str) -> int:
+    """Delete every count of ``scope`` (a line, or ``-``); return how many user-days they held.
+
+    For the demo, which runs the same plans on the same users again and again (``c2b demo`` says
+    so when it does this); in production the counts are what keeps a line's caps.
+    """
+    held = 0
+    keys = [k for k in redis.scan_iter(match="c2b:fcap:{" + scope + ":*", count=1000)]
+    for i in range(0, len(keys), 512):
+        pipe = redis.pipeline(transaction=False)
+        for key in keys[i:i + 512]:
+            pipe.hlen(key)
+            pipe.delete(key)
+        answers = pipe.execute()
+        held += sum(n for key, n in zip(keys[i:i + 512], answers[0::2], strict=True)
+                    if (key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[-1].isdigit())
+    return held
