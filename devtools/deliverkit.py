@@ -100,6 +100,13 @@ def run_shard_process(spec_file: str) -> int:
                                      ChannelConfig(url=s["url"], extra=s["extra"], conn_id=f"test_{t.channel}",
                                                    redis=client))
                 for t in plan.touches}
+    if s.get("gate"):  # start together with other processes: say ready, wait for the test to open the gate
+        import time
+
+        client.incr(f"{s['gate']}:ready")
+        deadline = time.monotonic() + 120
+        while not client.exists(s["gate"]) and time.monotonic() < deadline:
+            time.sleep(0.005)
     stats = steps.step_deliver(plan, s["run_id"], s["shard"], client, channels, KillSwitch(client, plan.id))
     print(json.dumps(stats), flush=True)
     return 0

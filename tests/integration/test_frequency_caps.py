@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from c2b.delivery.shard import ShardDelivery
 from c2b.plan.lines import with_line
 from c2b.plan.load import load_plan
 from c2b.results.delivery_log import outcome_of
+from redis.crc import key_slot
 
 from devtools.deliverkit import load_audience, plan_dict, spec, start_shard
 from devtools.gateway import Faults, Gateway
@@ -93,6 +95,8 @@ def test_week_cap_counts_every_plan_of_the_line_across_days(redis_client, tmp_pa
     day_key, week_key, _ = fcap_keys("growth", "20261125", "w7")
     assert week_key.endswith(":2026W48") and week_of("20261129") == "2026W48" and week_of("20261130") == "2026W49"
     assert 0 < redis_client.ttl(week_key) <= 8 * 86400 and 0 < redis_client.ttl(day_key) <= 2 * 86400
+    # A call's keys share one hash tag: one Redis Cluster slot, one atomic script.
+    assert len({key_slot(k.encode()) for k in fcap_keys("growth", "20261125", "w7")}) == 1
 
 
 def test_per_channel_caps_apply_per_channel_by_day_and_week(redis_client, tmp_path: Path) -> None:
@@ -244,9 +248,13 @@ def test_two_plans_of_a_line_running_at_once_send_each_user_once(redis_server, r
     for plan in plans:
         load_audience(redis_client, plan, "r1", users, tmp_path)
     with Gateway(Faults(median_latency_s=0.002)) as gw:
-        procs = [start_shard({**spec(redis_server.url, _touches(p.id, "push"), "r1", 1, gw.url),
+        procs = [start_shard({**spec(redis_server.url, _touches(p.id, "push"), "r1", 1, gw.url), "gate": "test:go",
                               "plan_file": str(tmp_path / "plans" / "care" / f"{p.id}.yaml")}, tmp_path, p.id)
                  for p in plans]
+        deadline = time.monotonic() + 120
+        while int(redis_client.get("test:go:ready") or 0) < len(procs) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        redis_client.set("test:go", 1)  # both processes are ready: they start at once
         stats = []
         for p in procs:
             out, _ = p.communicate(timeout=120)

@@ -223,11 +223,6 @@ class FrequencyCap:
         self._script = redis.register_script(_TAKE)
         self._answered: dict[str, str] = {}  # receipts key of a (scope, bucket, day) -> our last answered receipt
 
-    @property
-    def cap(self) -> int | None:
-        """The plan's daily cap (``None``: none)."""
-        return self.rules.per_day
-
     @staticmethod
     def new_receipt() -> str:
         return uuid.uuid4().hex
