@@ -20,8 +20,9 @@ as a stricter daily cap (see :func:`c2b.plan.lines.cap_rules`).
 A user has one field per key however many channels are capped: the per-channel counts ride in the
 field's value, and only the channels the line caps are counted (a line with no week cap keeps no
 week keys). At 10M users a key holds about 4,900 fields (10M / 2,048) and 340 KB, about 67 bytes
-per user per key (measured by ``bench/fcap_memory.py``): far below 10k elements and 1 MB. A day key expires 15 hours after the day ends in UTC (the last local day on Earth, UTC-12,
-ends 12 hours later), a week key 15 hours after its Sunday: just past the window.
+per user per key (measured by ``bench/fcap_memory.py``): far below 10k elements and 1 MB. A day
+key expires 15 hours after the day ends in UTC (the last local day on Earth, UTC-12, ends 12 hours
+later), a week key 15 hours after its Sunday: just past the window.
 
 **Exactness.** A capped plan takes a slot *before* the send and gives it back when the send fails
 for good. Both are one script per (scope, bucket, day) that checks every cap and moves every count
