@@ -89,11 +89,24 @@ def run_shard_process(spec_file: str) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(process)d %(message)s")
     s = json.loads(Path(spec_file).read_text())
     client = redis.Redis.from_url(s["redis_url"])
-    plan = make_plan(s["plan"])
+    if s.get("plan_file"):  # a plan file in a business-line folder: the line's settings apply
+        from c2b.plan.lines import with_line
+        from c2b.plan.load import load_plan
+
+        plan = with_line(load_plan(s["plan_file"], check_files=False), s["plan_file"])
+    else:
+        plan = make_plan(s["plan"])
     channels = {t.name: make_channel(s.get("channel") or t.channel,
                                      ChannelConfig(url=s["url"], extra=s["extra"], conn_id=f"test_{t.channel}",
                                                    redis=client))
                 for t in plan.touches}
+    if s.get("gate"):  # start together with other processes: say ready, wait for the test to open the gate
+        import time
+
+        client.incr(f"{s['gate']}:ready")
+        deadline = time.monotonic() + 120
+        while not client.exists(s["gate"]) and time.monotonic() < deadline:
+            time.sleep(0.005)
     stats = steps.step_deliver(plan, s["run_id"], s["shard"], client, channels, KillSwitch(client, plan.id))
     print(json.dumps(stats), flush=True)
     return 0

@@ -44,6 +44,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if forgotten := forget_history(get_redis(), args.plan):
             print(f"demo: forgot plan {args.plan}'s re-entry history of {forgotten:,} users, so this run reaches "
                   "them again (--keep-history keeps it)")
+        # Likewise the line's frequency caps (3 a day, 10 a week for growth) would cap a demo run again and again.
+        from c2b.airflow.dag_factory import plan_of
+        from c2b.delivery.controls.frequency_cap import forget_counts, rules_of
+
+        scope = rules_of(plan_of(dags[args.plan])).scope
+        if forgotten := forget_counts(get_redis(), scope):
+            print(f"demo: forgot line {scope}'s frequency-cap counts ({forgotten:,} user-days), so its caps start "
+                  "from zero (--keep-history keeps them)")
     log_file = reports_dir().parent / "demo.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     print(f"running plan {args.plan} with dag.test() (task logs: {log_file}) ...", flush=True)
@@ -386,7 +394,7 @@ def cmd_lines(args: argparse.Namespace) -> int:
             continue
         holdout = f"{s.global_holdout.share:.2%} (salt {s.global_holdout.salt})" if s.global_holdout else "none"
         print(f"{line.name}: owners {', '.join(s.owners)}; pool {s.pool or 'default_pool'}; "
-              f"frequency cap {s.frequency_cap.per_day if s.frequency_cap else 'none'}/day; "
+              f"frequency cap {line.caps.describe()}; "
               f"global holdout {holdout}; connections {', '.join(s.connections or ['any'])}; "
               f"plans {', '.join(p.stem for p in plans) or 'none'}")
     return status
@@ -561,8 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan", default="cancelled_price_coupon")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--keep-history", action="store_true",
-                   help="keep the plan's re-entry history (by default the demo forgets it, so a rerun reaches "
-                        "the same users)")
+                   help="keep the plan's re-entry history and its line's frequency-cap counts (by default the "
+                        "demo forgets both, so a rerun reaches the same users)")
     p.add_argument("--wait", action="store_true",
                    help="run even outside the plan's send window (deliveries wait for it to open)")
     p.add_argument("--verbose", action="store_true", help="show Airflow's task logs instead of writing them to a file")

@@ -24,6 +24,7 @@ def test_the_demo_has_two_lines_with_their_own_settings() -> None:
     assert growth.settings.pool != care.settings.pool
     assert growth.holdout is not None and care.holdout is None
     assert growth.settings.frequency_cap.per_day != care.settings.frequency_cap.per_day
+    assert growth.caps.per_week and care.caps.per_week and growth.caps.per_channel != care.caps.per_channel
     # A plan without its own cap takes the line's; one with a cap keeps it.
     coupon = find_plan_file(PLANS, "cancelled_price_coupon")
     assert with_line(load_plan(coupon), coupon).delivery.frequency_cap == 3
@@ -84,7 +85,27 @@ def test_a_plan_in_a_line_folder_without_settings_is_an_error(dags_folder: Path)
     ("owners: []\n", "owners", "at least 1"),
     ("owners: [a]\nglobal_holdout: {share: 0.9, salt: s}\n", "global_holdout.share", "<= 0.5"),
     ("owners: [a]\nfrequency_cap: {per_day: 0}\n", "frequency_cap.per_day", ">= 1"),
-], ids=["no-owner", "unknown-key", "empty-owners", "holdout-too-big", "cap-zero"])
+    ("owners: [a]\nfrequency_cap: {per_week: -2}\n", "frequency_cap.per_week", ">= 1"),
+    ("owners: [a]\nfrequency_cap: {per_month: 3}\n", "frequency_cap.per_month",
+     "unknown key; allowed: per_day, per_week, per_channel"),
+    ("owners: [a]\nfrequency_cap: {per_day: 3, per_week: 2}\n", "frequency_cap.per_week",
+     "2 is below per_day 3, but a week holds every day of it: set per_week to at least 3"),
+    ("owners: [a]\nfrequency_cap: {}\n", "frequency_cap", "set per_day, per_week and/or per_channel"),
+    ("owners: [a]\nfrequency_cap: {per_channel: {fax: {per_day: 1}}}\n", "frequency_cap.per_channel.fax",
+     "unknown channel 'fax'; channels: push, sms, inapp, outbound_call, private_domain, webhook, outbox"),
+    ("owners: [a]\nfrequency_cap: {per_channel: {sms: {per_week: 0}}}\n", "frequency_cap.per_channel.sms.per_week",
+     ">= 1"),
+    ("owners: [a]\nfrequency_cap: {per_channel: {sms: {per_day: 2, per_week: 1}}}\n",
+     "frequency_cap.per_channel.sms.per_week", "1 is below per_day 2"),
+    ("owners: [a]\nfrequency_cap: {per_channel: {sms: {per_hour: 1}}}\n", "frequency_cap.per_channel.sms.per_hour",
+     "unknown key; allowed: per_day, per_week"),
+    ("owners: [a]\nfrequency_cap: {per_channel: {sms: {}}}\n", "frequency_cap.per_channel.sms",
+     "set per_day and/or per_week"),
+    ("owners: [a]\nfrequency_cap: {per_week: 4, per_channel: {push: {per_week: 5}}}\n",
+     "frequency_cap.per_channel.push.per_week", "5 is above the line's per_week 4, so it would never apply"),
+], ids=["no-owner", "unknown-key", "empty-owners", "holdout-too-big", "cap-zero", "week-negative", "cap-unknown-key",
+        "week-below-day", "cap-empty", "unknown-channel", "channel-week-zero", "channel-week-below-day",
+        "channel-unknown-key", "channel-empty", "channel-above-line"])
 def test_bad_line_settings_name_file_and_field(tmp_path: Path, text: str, field: str, says: str) -> None:
     line = tmp_path / "plans" / "ops"
     line.mkdir(parents=True)
@@ -94,6 +115,16 @@ def test_bad_line_settings_name_file_and_field(tmp_path: Path, text: str, field:
         line_of(line / "high_value_callback.yaml")
     assert any(ln.startswith(f"{line / 'line.yaml'}: {field}: ") and says in ln for ln in info.value.lines()), \
         info.value.lines()
+
+
+def test_a_plan_cap_looser_than_its_lines_is_an_error_naming_plan_file_and_field(dags_folder: Path) -> None:
+    plan = dags_folder / "plans" / "care" / "nps_detractor_care.yaml"
+    plan.write_text(plan.read_text().replace("frequency_cap: 1", "frequency_cap: 2"))
+    with pytest.raises(PlanError) as info:
+        with_line(load_plan(plan), plan)
+    assert info.value.lines()[0].startswith(
+        f"{plan}: delivery.frequency_cap: 2 is above business line care's frequency_cap.per_day 1 (care/line.yaml): "
+        "a plan may be stricter than its line, never looser; set at most 1, or remove it to take the line's (line ")
 
 
 def test_plan_file_discovery() -> None:

@@ -133,7 +133,7 @@ def test_frequency_cap_take_replayed_after_a_lost_reply_counts_once(redis_client
     from c2b.delivery.controls.frequency_cap import FrequencyCap
     from c2b.store.redis_retry import with_redis_retry
 
-    fcap = FrequencyCap(_client(proxy.url, client_retries), cap=2)
+    fcap = FrequencyCap(_client(proxy.url, client_retries), 2)
     wants = [("20261125", f"u{i}", 1 + i % 2) for i in range(40)]  # many buckets: one pipelined call
     _lose_reply_to(proxy, redis_client, fcap._script)
     receipt = fcap.new_receipt()
@@ -152,7 +152,7 @@ def test_frequency_cap_give_back_replayed_after_a_lost_reply_gives_back_once(red
     from c2b.delivery.controls.frequency_cap import FrequencyCap
     from c2b.store.redis_retry import with_redis_retry
 
-    fcap = FrequencyCap(_client(proxy.url, 0), cap=3)
+    fcap = FrequencyCap(_client(proxy.url, 0), 3)
     users = [("20261125", f"g{i}") for i in range(10)]
     assert fcap.take([(d, u, 3) for d, u in users]) == {k: 3 for k in users}
     _lose_reply_to(proxy, redis_client, fcap._script)
@@ -167,7 +167,7 @@ def test_frequency_cap_give_back_replayed_after_a_lost_reply_gives_back_once(red
 def test_frequency_cap_after_redis_lost_its_script_cache_loads_it_and_counts_once(redis_client) -> None:
     from c2b.delivery.controls.frequency_cap import FrequencyCap
 
-    fcap = FrequencyCap(redis_client, cap=1)
+    fcap = FrequencyCap(redis_client, 1)
     assert fcap.take([("20261125", "s1", 1)]) == {("20261125", "s1"): 1}
     redis_client.script_flush()  # what a restart or a failover to a fresh replica does
     assert fcap.take([("20261125", "s1", 1), ("20261125", "s2", 1)]) == {("20261125", "s1"): 0,

@@ -62,6 +62,8 @@ _PARAMS_REPR.maxstring = _PARAMS_REPR.maxother = 200
 
 def _doc_md(plan: Plan, path: Path) -> str:
     """Return the DAG's doc: the plan in words, cheap to build (no YAML dump), at most MAX_DOC_CHARS."""
+    from c2b.delivery.controls.frequency_cap import rules_of
+
     aud = plan.audience
     who = "everyone (`all_users.sql`)" if aud.all else f"`{aud.segment}` with `{_PARAMS_REPR.repr(dict(aud.params))}`"
     about = plan.description.strip()
@@ -88,7 +90,7 @@ def _doc_md(plan: Plan, path: Path) -> str:
         lines.append(f"- **{t.name}** via `{t.channel}`{conn}{offer}")
     d = plan.delivery
     lines += ["", f"**Delivery:** {d.shards} shards, page size {d.page_size}, concurrency {d.concurrency}, "
-                  f"rate limit {d.rate_limit or 'none'}/s, frequency cap {d.frequency_cap or 'none'}/day",
+                  f"rate limit {d.rate_limit or 'none'}/s, frequency cap {rules_of(plan).describe()}",
               "", f"_Plan file:_ `{path.name}`"]
     doc = "\n".join(lines)
     if len(doc) > MAX_DOC_CHARS:

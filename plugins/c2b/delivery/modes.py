@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from c2b.channels.base import Channel
 from c2b.delivery.controls.budget import BudgetCheck, OfferBudgets
-from c2b.delivery.controls.frequency_cap import FrequencyCap
+from c2b.delivery.controls.frequency_cap import CapRules, FrequencyCap
 from c2b.delivery.controls.quiet_hours import SendWindow
 from c2b.delivery.controls.rate_limit import Limits
 from c2b.delivery.controls.suppression import SendTimeSuppression
@@ -55,26 +55,26 @@ class LiveMode:
 
     def __init__(self, redis: Any, ledger: ShardLedger, channels: Mapping[str, Channel],
                  limits: Mapping[str, Limits], retry: RetryPolicy, builder: WorkBuilder, window: SendWindow,
-                 cap: int | None, clock: Callable[[], float], stats: ShardStats,
+                 caps: CapRules, clock: Callable[[], float], stats: ShardStats,
                  record_contacts: Callable[[Any, list[str], datetime], None]) -> None:
         self.redis = redis
         self.ledger = ledger
         self.channels = channels
         self.limits = limits
         self.retry = retry
-        self.cap = cap
+        self.caps = caps
         self.record_contacts = record_contacts
         self.done: Counter[str] = Counter()  # sent / failed recorded by this attempt
-        fcap = FrequencyCap(redis, cap)
-        budget = BudgetCheck(OfferBudgets(redis, builder.plan, builder.run_id), fcap, cap)
-        checks = default_checks(window, fcap, cap, builder, SendTimeSuppression(redis, builder.plan), budget)
+        fcap = FrequencyCap(redis, caps)
+        budget = BudgetCheck(OfferBudgets(redis, builder.plan, builder.run_id), fcap, caps.capped)
+        checks = default_checks(window, fcap, builder, SendTimeSuppression(redis, builder.plan), budget, stats.attempt)
         self.triage: Triage = LedgerTriage(ledger, checks, clock, stats.attempt)
 
     def start_cursor(self) -> int:
         return with_redis_retry(self.ledger.checkpoint)
 
     def open(self) -> tuple[Sender, PageBook]:
-        recorder = Recorder(self.ledger, FrequencyCap(self.redis, self.cap), self.cap is not None,
+        recorder = Recorder(self.ledger, FrequencyCap(self.redis, self.caps), self.caps.capped,
                             lambda uids: self.record_contacts(self.redis, uids, datetime.now(UTC)), done=self.done)
         return ChannelSender(self.channels, self.limits, self.retry, recorder), recorder
 

@@ -183,17 +183,17 @@ class Recorder:
             raise
         for written in waiters:
             written(None)
-        sent = [(item.day, item.uid) for item, outcome in batch if outcome.status == "sent"]
-        failed = [(item.day, item.uid) for item, outcome in batch if outcome.status != "sent"]
+        sent = [(item.day, item.uid, item.channel) for item, outcome in batch if outcome.status == "sent"]
+        failed = [(item.day, item.uid, item.channel) for item, outcome in batch if outcome.status != "sent"]
         self.done["sent"] += len(sent)
         self.done["failed"] += len(failed)
         # Side records in other slots: best effort after the ledger (a crash here under-counts,
         # which errs towards contacting a user less, never more).
         if sent:
-            with_redis_retry(lambda: self.on_contacts([uid for _, uid in sent]))
+            with_redis_retry(lambda: self.on_contacts([uid for _, uid, _ in sent]))
             if not self.capped_plan:
                 receipt = self.fcap.new_receipt()  # the same on a replay: counted once
-                with_redis_retry(lambda: self.fcap.take(((d, u, 1) for d, u in sent), receipt))
+                with_redis_retry(lambda: self.fcap.take([(d, u, ch, 1) for d, u, ch in sent], receipt))
         if failed and self.capped_plan:
             receipt = self.fcap.new_receipt()
             with_redis_retry(lambda: self.fcap.give_back(failed, receipt))

@@ -44,6 +44,7 @@ from functools import partial
 from typing import Any
 
 from c2b.channels.base import Channel
+from c2b.delivery.controls.frequency_cap import rules_of
 from c2b.delivery.controls.quiet_hours import SendWindow
 from c2b.delivery.controls.rate_limit import Limits, RateLimiter
 from c2b.delivery.inflight import InFlight
@@ -91,7 +92,7 @@ class ShardDelivery:
                 record_contacts = default_contacts
             record_contacts = record_sends(plan, record_contacts)  # + the plan's own history, for re-entry
             self.mode = LiveMode(redis, self.ledger, channels, _limits(redis, plan, channels), retry or RetryPolicy(),
-                                 self.builder, window, getattr(plan.delivery, "frequency_cap", None), clock,
+                                 self.builder, window, rules_of(plan), clock,
                                  self.stats, record_contacts)
         self._started = self._last_log = time.monotonic()
 

@@ -81,29 +81,30 @@ class QuietHours:
 
 
 class FrequencyCapCheck:
-    """Take the users' daily slots for fresh items in one call; items without a slot are ``capped``.
+    """Take the users' slots for fresh items in one call; items without a slot are ``capped``.
 
-    Re-sends took their slot on the attempt that first tried them.
+    The ledger state says which cap refused the item (``c:per_week``, ``c:sms.per_day``...), and
+    this attempt's counters count them (``capped <cap>``). Re-sends took their slot on the attempt
+    that first tried them.
     """
 
-    def __init__(self, fcap: FrequencyCap, cap: int | None) -> None:
+    def __init__(self, fcap: FrequencyCap, counters: Counter[str] | None = None) -> None:
         self.fcap = fcap
-        self.cap = cap
+        self.counters = counters if counters is not None else Counter()
 
     def __call__(self, page: PageDecisions) -> None:
-        if self.cap is None or not page.fresh:
+        if not self.fcap.rules.capped or not page.fresh:
             return
-        want = Counter((it.day, it.uid) for it in page.fresh)
+        touches = [(it.day, it.uid, it.channel) for it in page.fresh]  # plan order: earlier touches first
         receipt = self.fcap.new_receipt()  # the same on a replay: taken once
-        granted = with_redis_retry(lambda: self.fcap.take(((d, u, n) for (d, u), n in want.items()), receipt))
+        refused = with_redis_retry(lambda: self.fcap.take_each(touches, receipt))
         allowed = []
-        for it in page.fresh:  # touches in plan order take the user's remaining slots first
-            key = (it.day, it.uid)
-            if granted.get(key, 0) > 0:
-                granted[key] -= 1
+        for it, why in zip(page.fresh, refused, strict=True):
+            if why is None:
                 allowed.append(it)
             else:
-                page.hold(it, CAPPED, "capped")
+                page.hold(it, f"{CAPPED}:{why}", "capped")
+                self.counters[f"capped {why}"] += 1
         page.fresh = allowed
 
 
@@ -126,12 +127,12 @@ class Render:
         page.fresh = [it for it in page.fresh if rendered(it)]
 
 
-def default_checks(window: SendWindow, fcap: FrequencyCap, cap: int | None, builder: WorkBuilder,
-                   suppression: PageCheck, budget: PageCheck) -> list[PageCheck]:
+def default_checks(window: SendWindow, fcap: FrequencyCap, builder: WorkBuilder, suppression: PageCheck,
+                   budget: PageCheck, counters: Counter[str] | None = None) -> list[PageCheck]:
     """The controls every page goes through, in order: consent before the frequency cap (a suppressed
     user takes no slot), offer budgets after it (a capped user reserves no coupon), rendering last
     (only what may go is rendered)."""
-    return [QuietHours(window), suppression, FrequencyCapCheck(fcap, cap), budget, Render(builder)]
+    return [QuietHours(window), suppression, FrequencyCapCheck(fcap, counters), budget, Render(builder)]
 
 
 class Triage(Protocol):

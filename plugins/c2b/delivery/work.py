@@ -39,6 +39,7 @@ class Item:
     day: str
     page: int  # start rank of its page; -1 for the deferred pass (no checkpoint)
     message: Message | None = None
+    channel: str = ""  # the touch's channel (frequency caps per channel)
 
     @property
     def vt(self) -> str:
@@ -94,7 +95,7 @@ class WorkBuilder:
                     held_out.append(uid)
                 continue
             day = self.window.local_day(now, attrs[uid].get("timezone"))
-            items.extend(Item(f"{t.name}|{uid}", variant, t.name, uid, day, page) for t in touches)
+            items.extend(Item(f"{t.name}|{uid}", variant, t.name, uid, day, page, channel=t.channel) for t in touches)
         return PageWork(items, attrs, dict(holdout), held_out)
 
     def message(self, item: Item, attrs: dict[str, Any]) -> Message:

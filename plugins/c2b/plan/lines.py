@@ -8,7 +8,7 @@ project does not rely on that mode yet)::
     default_tags: [growth]                   # added to every plan's DAG tags
     connections: [c2b_push, c2b_sms]         # the only connection ids its plans may name
     pool: growth                             # Airflow pool every task of its plans runs in
-    frequency_cap: {per_day: 2}              # default delivery.frequency_cap of its plans
+    frequency_cap: {per_day: 3, per_week: 10, per_channel: {sms: {per_day: 1}}}  # touches per user, all plans
     global_holdout: {share: 0.05, salt: growth-2026}   # users no plan of the line touches
 
 A plan file directly in ``dags/plans/`` belongs to no line (the settings above do not apply).
@@ -18,15 +18,17 @@ Every problem is a :class:`~c2b.plan.model.PlanError` naming the file and field.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from c2b.audience.eligibility import GlobalHoldout
 from c2b.channels import channel_class
-from c2b.plan.errors import PlanError, validation_problems
+from c2b.delivery.controls.frequency_cap import CapRules, ChannelCap
+from c2b.plan.errors import PlanError, did_you_mean, problems_error, validation_problems
 from c2b.plan.load import read_yaml, with_lines
 from c2b.plan.model import Plan
 
@@ -39,10 +41,50 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class LineCap(_Strict):
-    """The most touches a user gets per day from all plans (the plans' default frequency cap)."""
+class ChannelCaps(_Strict):
+    """A channel's caps in a line: touches per user per local day and/or ISO week on that channel."""
 
-    per_day: Annotated[int, Strict()] = Field(ge=1, description="touches per user per local day")
+    per_day: Annotated[int, Strict()] | None = Field(None, ge=1, description="touches per user per local day")
+    per_week: Annotated[int, Strict()] | None = Field(None, ge=1, description="touches per user per local ISO week")
+
+    def window_problems(self) -> list[tuple[str, str]]:
+        """Return what is wrong between the two windows (a week below its day)."""
+        if self.per_day is not None and self.per_week is not None and self.per_week < self.per_day:
+            return [("per_week", f"{self.per_week} is below per_day {self.per_day}, but a week holds every day of "
+                                 f"it: set per_week to at least {self.per_day}, or lower per_day")]
+        return []
+
+
+class LineCap(ChannelCaps):
+    """The most touches a user gets from all plans of the line: per local day, per ISO week, and
+    per channel (``per_channel: {sms: {per_day: 1, per_week: 2}}``)."""
+
+    per_channel: dict[str, ChannelCaps] = Field(default_factory=dict, description="caps of single channels")
+
+    @model_validator(mode="after")
+    def _windows(self) -> LineCap:
+        from c2b.channels import CHANNEL_NAMES
+
+        problems = self.window_problems()
+        if self.per_day is None and self.per_week is None and not self.per_channel:
+            problems.append(("", "set per_day, per_week and/or per_channel (or remove frequency_cap)"))
+        for ch, caps in self.per_channel.items():
+            at = f"per_channel.{ch}"
+            if ch not in CHANNEL_NAMES:
+                problems.append((at, f"unknown channel {ch!r}{did_you_mean(ch, list(CHANNEL_NAMES))}; channels: "
+                                     f"{', '.join(CHANNEL_NAMES)}"))
+                continue
+            if caps.per_day is None and caps.per_week is None:
+                problems.append((at, "set per_day and/or per_week (or remove the entry)"))
+            problems += [(f"{at}.{f}", m) for f, m in caps.window_problems()]
+            for window in ("per_day", "per_week"):
+                mine, line = getattr(caps, window), getattr(self, window)
+                if mine is not None and line is not None and mine > line:
+                    problems.append((f"{at}.{window}", f"{mine} is above the line's {window} {line}, so it would "
+                                                       f"never apply: lower it to at most {line}, or remove it"))
+        if problems:
+            raise problems_error(problems)
+        return self
 
 
 class LineHoldout(_Strict):
@@ -79,6 +121,15 @@ class Line:
         self.name = name
         self.folder = folder
         self.settings = settings
+
+    @property
+    def caps(self) -> CapRules:
+        """The line's frequency caps, counted across its plans (none: its plans only count)."""
+        c = self.settings.frequency_cap
+        if c is None:
+            return CapRules(scope=self.name)
+        channels = tuple((ch, ChannelCap(x.per_day, x.per_week)) for ch, x in sorted(c.per_channel.items()))
+        return CapRules(scope=self.name, per_day=c.per_day, per_week=c.per_week, per_channel=channels)
 
     @property
     def holdout(self) -> GlobalHoldout | None:
@@ -127,19 +178,40 @@ def _load_line(folder: str, _stamp: int) -> Line:
     try:
         settings = LineSettings.model_validate(data)
     except ValidationError as exc:
-        problems = [(f, m.replace("allowed here: ", "allowed here: ") if "unknown field" not in m else
-                     f"unknown key; allowed: {', '.join(LineSettings.model_fields)}")
+        problems = [(f, f"unknown key; allowed: {', '.join(_allowed_keys(f))}" if "unknown field" in m else m)
                     for f, m in validation_problems(exc)]
         raise PlanError(path, with_lines(problems, text)) from None
     return Line(name, Path(folder), settings)
 
 
+def _allowed_keys(field: str) -> list[str]:
+    """Return the keys allowed where the unknown key ``field`` (a path in line.yaml) was found."""
+    parent = field.rsplit(".", 1)[0] if "." in field else ""
+    if parent == "frequency_cap":
+        return list(LineCap.model_fields)
+    if parent.startswith("frequency_cap.per_channel."):
+        return list(ChannelCaps.model_fields)
+    if parent == "global_holdout":
+        return list(LineHoldout.model_fields)
+    return list(LineSettings.model_fields)
+
+
 def line_problems(plan: Plan, line: Line | None) -> list[tuple[str, str]]:
-    """Return what the plan does that its line does not allow (connections outside the line)."""
-    if line is None or line.settings.connections is None:
+    """Return what the plan does that its line does not allow: connections outside the line, or a
+    daily cap looser than the line's (a plan may only be stricter)."""
+    if line is None:
         return []
-    allowed = set(line.settings.connections)
     problems = []
+    line_cap = line.settings.frequency_cap
+    own = plan.delivery.frequency_cap
+    if own is not None and line_cap is not None and line_cap.per_day is not None and own > line_cap.per_day:
+        problems.append(("delivery.frequency_cap",
+                         f"{own} is above business line {line.name}'s frequency_cap.per_day {line_cap.per_day} "
+                         f"({line.name}/{LINE_FILE}): a plan may be stricter than its line, never looser; set at "
+                         f"most {line_cap.per_day}, or remove it to take the line's"))
+    if line.settings.connections is None:
+        return problems
+    allowed = set(line.settings.connections)
     for i, t in enumerate(plan.touches):
         conn = t.connection
         if conn is not None and conn not in allowed:
@@ -169,17 +241,39 @@ def dag_settings(line: Line | None) -> dict[str, Any]:
     return {"owner": ",".join(s.owners), "tags": [*s.default_tags, f"line:{line.name}"], "pool": s.pool}
 
 
-def with_line(plan: Plan, plan_file: str | Path, text: str | None = None) -> Plan:
-    """Return ``plan`` checked against its line and with the line's defaults filled in.
+def cap_rules(line: Line | None, plan: Plan) -> CapRules:
+    """Return the frequency caps ``plan`` obeys: its line's, with its own daily cap as a stricter one.
 
-    The line's ``frequency_cap.per_day`` becomes the plan's ``delivery.frequency_cap`` when the
-    plan sets none. Raises :class:`PlanError` (naming the plan file and field, or the line file).
+    The counts are the line's (every plan of the line counts there, and no other line's plans do);
+    a plan outside any line counts in the scope of the plans outside any line.
+    """
+    own = plan.delivery.frequency_cap
+    if line is None:
+        return CapRules(per_day=own)
+    caps = line.caps
+    if own is not None and (caps.per_day is None or own < caps.per_day):
+        caps = replace(caps, per_day=own)
+    return caps
+
+
+def with_line(plan: Plan, plan_file: str | Path, text: str | None = None) -> Plan:
+    """Return ``plan`` checked against its line and with the line's settings filled in.
+
+    The plan's frequency caps (:func:`cap_rules`) ride on it for the delivery
+    (:func:`c2b.delivery.controls.frequency_cap.rules_of`), and its ``delivery.frequency_cap``
+    shows its daily cap: its own, else its line's ``frequency_cap.per_day``. Raises
+    :class:`PlanError` (naming the plan file and field, or the line file).
     """
     line = check_plan_line(plan, plan_file, text)
-    if line is None or line.settings.frequency_cap is None or plan.delivery.frequency_cap is not None:
+    if line is None:
         return plan
-    delivery = plan.delivery.model_copy(update={"frequency_cap": line.settings.frequency_cap.per_day})
-    return plan.model_copy(update={"delivery": delivery})
+    rules = cap_rules(line, plan)
+    if rules.per_day != plan.delivery.frequency_cap:
+        plan = plan.model_copy(update={"delivery": plan.delivery.model_copy(update={"frequency_cap": rules.per_day})})
+    else:
+        plan = plan.model_copy()
+    plan._cap_rules = rules
+    return plan
 
 
 def line_folders(plans_dir: Path) -> list[Path]:

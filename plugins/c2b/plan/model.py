@@ -30,6 +30,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Strict,
     Tag,
     ValidationInfo,
@@ -440,8 +441,11 @@ class Delivery(_Strict):
     retry_delay_seconds: Number = Field(30.0, ge=0, description="wait before a task's retry")
     retry_backoff: Number = Field(0.0, ge=0, description="the retry delay's multiplier per attempt (Airflow's "
                                                                  "retry_exponential_backoff); 0 keeps it constant")
-    frequency_cap: Int | None = Field(None, ge=1, description="most touches one user gets per day (the "
-                                                                 "user's local day), across all plans")
+    frequency_cap: Int | None = Field(None, ge=1, description="most touches one user gets per day (the user's "
+                                                             "local day) from all plans of its business line (of "
+                                                             "all plans outside any line, for a plan in none); in a "
+                                                             "line: at most, and by default, the line's "
+                                                             "frequency_cap.per_day")
     key_ttl_hours: Number = Field(48.0, gt=0, description="TTL of a run's shard keys (set when a key "
                                                                       "is created)")
 
@@ -473,6 +477,8 @@ class Plan(_Strict):
     reentry: Reentry = Field(default_factory=ReentryAfter,  # type: ignore[arg-type]
                              description="'once', or {after_days: N} (default 7): when a user may get this plan again")
     goal: Goal | None = Field(None, description="conversion metrics and attribution window (c2b.plan.goal)")
+    # The frequency caps of the plan's business line, set by c2b.plan.lines.with_line (not a YAML field).
+    _cap_rules: Any = PrivateAttr(None)
 
     @property
     def has_control(self) -> bool:

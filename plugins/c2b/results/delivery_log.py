@@ -38,6 +38,8 @@ def outcome_of(state: str | None) -> tuple[str, str | None]:
         return NOT_TRIED, None
     if state.startswith("f:"):
         return "failed", state[2:][:200] or "unknown"
+    if state.startswith(CAPPED + ":"):  # which frequency cap: per_day, per_week, sms.per_week...
+        return "capped", state[2:]
     return OUTCOMES.get(state, state), None
 
 

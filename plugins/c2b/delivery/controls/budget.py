@@ -85,6 +85,7 @@ class _Work(Protocol):
     touch: str
     uid: str
     day: str
+    channel: str
 
     @property
     def vt(self) -> str: ...
@@ -183,7 +184,7 @@ class OfferBudgets:
         return [bool(x) for x in answer[:-1]], bool(answer[-1])
 
     def admit(self, items: list[_Work], changes: list[Change],
-              give_back: Callable[[list[tuple[str, str]]], None] | None = None) -> list[_Work]:
+              give_back: Callable[[list[tuple[str, str, str]]], None] | None = None) -> list[_Work]:
         """Return the ``items`` whose offer got a reservation (or carries no budget).
 
         The refused are appended to ``changes`` as ``budget_exhausted`` (a final ledger state), and
@@ -205,7 +206,7 @@ class OfferBudgets:
         if refused:
             changes.extend(Change(it.field, BUDGET_EXHAUSTED, it.vt, OUTCOME) for it in refused)
             if give_back is not None:
-                give_back([(it.day, it.uid) for it in refused])
+                give_back([(it.day, it.uid, it.channel) for it in refused])
         wanted = {id(it) for it in keep}
         return [it for it in items if id(it) in wanted]  # plan order kept
 
@@ -214,18 +215,18 @@ class BudgetCheck:
     """The page check (:class:`c2b.delivery.triage.PageCheck`): fresh items whose touch's budget
     is spent are held as ``budget_exhausted``, and their frequency-cap slots are given back."""
 
-    def __init__(self, budgets: OfferBudgets, fcap: Any, cap: int | None) -> None:
+    def __init__(self, budgets: OfferBudgets, fcap: Any, capped: bool) -> None:
         self.budgets = budgets
         self.fcap = fcap
-        self.cap = cap
+        self.capped = capped
 
-    def _give_back(self, slots: list[tuple[str, str]]) -> None:
+    def _give_back(self, slots: list[tuple[str, str, str]]) -> None:
         receipt = self.fcap.new_receipt()  # the same on a replay: given back once
         with_redis_retry(lambda: self.fcap.give_back(slots, receipt))
 
     def __call__(self, page: Any) -> None:
         if self.budgets.active:
-            page.fresh = self.budgets.admit(page.fresh, page.changes, self._give_back if self.cap is not None else None)
+            page.fresh = self.budgets.admit(page.fresh, page.changes, self._give_back if self.capped else None)
 
 
 def budget_report(redis: Any, plan: Plan, run_id: str, per_touch: dict[str, dict[str, int]]) -> dict[str, Any]:

@@ -1,136 +1,337 @@
-"""The global frequency cap: at most N touches per user per day, counted across every plan.
+"""Frequency caps: at most N touches per user per local day and per local week, in total and per
+channel, counted across every plan of one business line.
 
-Every plan counts its sends here, capped or not, so a plan with ``frequency_cap: 2`` sees the
-touches other plans sent the same user today.
+**Scope.** Counts are kept per business line (its ``line.yaml`` says the caps, see
+docs/business-lines.md): the plans of line ``growth`` count their touches in the line's counters and
+are capped by them; another line's plans never count against ``growth``. Plans outside any line
+share one scope of their own (``-``), where ``delivery.frequency_cap`` works as it always did. What a
+plan obeys is its :class:`CapRules`: the line's caps, with the plan's own ``delivery.frequency_cap``
+as a stricter daily cap (see :func:`c2b.plan.lines.cap_rules`).
 
-Keys (no big keys, cluster-safe): ``c2b:fcap:{<YYYYMMDD>:<bucket>}`` HASH uid -> touches that day,
-``bucket = shard_index(uid, 1024)``; one key per day and bucket, each on its own slot, with a TTL
-of two days. The day is the user's local day (see :mod:`c2b.delivery.controls.quiet_hours`).
+**Windows.** The day is the user's local day (``YYYYMMDD``, see
+:mod:`c2b.delivery.controls.quiet_hours`); the week is the ISO week (Monday to Sunday) of that day.
 
-A capped plan takes a slot *before* the send and gives it back when the send fails for good.
-Both are one script per bucket that moves the counts and returns what it granted, so of two shards
-racing for a user's last slot exactly one gets it. The scripts of one call are pipelined (one round
-trip; on Redis Cluster one per node, see :mod:`c2b.store.script_pipelines`). A worker killed between
-taking the slot and recording the message leaves the slot taken: the user may get one touch fewer
-that day, never one more.
+**Keys** (no big keys, cluster-safe), per scope and ``bucket = shard_index(uid, 2048)``::
 
-Replays are safe: when Redis stops right after running a call, the client cannot tell and sends it
-again. Each call carries a receipt, and the bucket's receipts hash (``...:rcpt``, next to the
-counts, same slot) keeps the answer, so a replay gets the first answer back instead of counting
-the touches twice (which would cap a user early, or, for a give-back, let one touch too many
-through). A caller drops its previous receipt on its next call to the bucket, so the hash holds
-about one receipt per running shard.
+    c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>   HASH uid -> "<touches>[;<channel>=<touches>...]" that day
+    c2b:fcap:{<scope>:<bucket>}:<YYYY>W<ww>  HASH uid -> the same, that ISO week (only for week caps)
+    c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>:rcpt  HASH receipt -> answer (replays, see below)
+
+A user has one field per key however many channels are capped: the per-channel counts ride in the
+field's value, and only the channels the line caps are counted (a line with no week cap keeps no
+week keys). At 10M users a key holds about 4,900 fields (10M / 2,048) and 340 KB, about 67 bytes
+per user per key (measured by ``bench/fcap_memory.py``): far below 10k elements and 1 MB. A day
+key expires 15 hours after the day ends in UTC (the last local day on Earth, UTC-12, ends 12 hours
+later), a week key 15 hours after its Sunday: just past the window.
+
+**Exactness.** A capped plan takes a slot *before* the send and gives it back when the send fails
+for good. Both are one script per (scope, bucket, day) that checks every cap and moves every count
+of the touch together, so of two shards racing for a user's last slot exactly one gets it. The
+scripts of one call are pipelined (one round trip; on Redis Cluster one per node, see
+:mod:`c2b.store.script_pipelines`). A worker killed between taking the slot and recording the
+message leaves the slot taken: the user may get one touch fewer, never one more. Plans of a scope
+without any cap only count their sends, after sending.
+
+**Replays** are safe: when Redis stops right after running a call, the client cannot tell and sends
+it again. Each call carries a receipt, and the bucket's receipts hash (``...:rcpt``, same slot)
+keeps the answer, so a replay gets the first answer back instead of counting the touches twice
+(which would cap a user early, or, for a give-back, let one touch too many through). A caller drops
+its previous receipt on its next call to the bucket, so the hash holds about one receipt per
+running shard.
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
-
-from redis.exceptions import NoScriptError
 
 from c2b.hashing import shard_index
 from c2b.store.script_pipelines import run_scripts
 
-BUCKETS = 1024
-TTL_SECONDS = 2 * 24 * 3600
+BUCKETS = 2048
+NO_LINE = "-"  # the scope of plans outside any business line (line names are [a-z][a-z0-9_]+)
 RECEIPT_TTL = 3600
+PAST_WINDOW = timedelta(hours=15)  # UTC-12 ends a day 12 hours after UTC does; 3 hours to spare
+MIN_TTL = 3600  # a count written for a day already over (a test's fixed day, a skewed clock) lives an hour
 
-# KEYS: counts, receipts. ARGV: cap (-1: none), ttl, receipt ttl, receipt, previous receipt, then
-# (uid, touches) x n; touches < 0 gives back. Returns the touches granted per uid.
+
+@dataclass(frozen=True)
+class ChannelCap:
+    """One channel's caps within a scope (``None``: that window is not capped, nor counted)."""
+
+    per_day: int | None = None
+    per_week: int | None = None
+
+
+@dataclass(frozen=True)
+class CapRules:
+    """What one plan obeys: where its touches are counted and the caps it checks them against.
+
+    ``per_day`` is the plan's daily cap (the stricter of its line's and its own); ``per_week`` and
+    ``per_channel`` are its line's. ``None`` everywhere: the plan only counts its sends.
+    """
+
+    scope: str = NO_LINE
+    per_day: int | None = None
+    per_week: int | None = None
+    per_channel: tuple[tuple[str, ChannelCap], ...] = ()
+
+    @property
+    def capped(self) -> bool:
+        """Whether any cap applies (then slots are taken before sending, not counted after)."""
+        return self.per_day is not None or self.per_week is not None or any(
+            c.per_day is not None or c.per_week is not None for _, c in self.per_channel)
+
+    def describe(self) -> str:
+        """Return the caps in a few words, e.g. ``3/day, 10/week; sms 1/day`` (``none`` when none)."""
+        def windows(day: int | None, week: int | None) -> str:
+            return ", ".join(f"{n}/{w}" for n, w in ((day, "day"), (week, "week")) if n is not None)
+
+        parts = [windows(self.per_day, self.per_week)] if self.capped else []
+        parts += [f"{ch} {windows(c.per_day, c.per_week)}" for ch, c in self.per_channel]
+        return "; ".join(p for p in parts if p) or "none"
+
+
+# KEYS: day counts, week counts, receipts (of that day and bucket: one call per key set, so a
+# receipt answers one call). ARGV: receipt, previous receipt, day ttl, week ttl, receipt ttl, day
+# cap (-1: none; the day total is always counted), week cap (-1: none, not counted), channel caps
+# "<ch>:<day cap>:<week cap>;..." (-1: not counted), then (uid, channel, touches) x n; touches < 0
+# gives back. Returns per ask "<granted>" or "<granted> <cap that stopped it>". A field's value is
+# "<total>[;<channel>=<n>...]".
 _TAKE = """
-local done = redis.call('HGET', KEYS[2], ARGV[4])
+local done = redis.call('HGET', KEYS[3], ARGV[1])
 if done then
   local out = {}
-  for n in string.gmatch(done, '[^,]+') do out[#out + 1] = tonumber(n) end
+  for s in string.gmatch(done, '[^,]+') do out[#out + 1] = s end
   return out
 end
-local cap = tonumber(ARGV[1])
-local out = {}
-for i = 6, #ARGV, 2 do
-  local uid, n = ARGV[i], tonumber(ARGV[i + 1])
-  local after = redis.call('HINCRBY', KEYS[1], uid, n)
-  local granted = n
-  if cap >= 0 and n > 0 then
-    granted = math.max(0, math.min(n, cap - (after - n)))
-    if granted < n then redis.call('HINCRBY', KEYS[1], uid, granted - n) end
-  end
-  out[#out + 1] = granted
+local daycap, weekcap = tonumber(ARGV[6]), tonumber(ARGV[7])
+local rules = {}
+local useweek = weekcap >= 0
+for ch, d, w in string.gmatch(ARGV[8], '([^:;]+):(%-?%d+):(%-?%d+)') do
+  rules[ch] = {tonumber(d), tonumber(w)}
+  if tonumber(w) >= 0 then useweek = true end
 end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-if ARGV[5] ~= '' then redis.call('HDEL', KEYS[2], ARGV[5]) end
-redis.call('HSET', KEYS[2], ARGV[4], table.concat(out, ','))
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+local nocap = {-1, -1}
+local NAMES = {'per_day', 'per_week'}
+local function load(key, uid)
+  local v = redis.call('HGET', key, uid)
+  local c = {}
+  if not v then return 0, c end
+  local i = string.find(v, ';', 1, true)
+  if not i then return tonumber(v), c end
+  for ch, n in string.gmatch(string.sub(v, i), ';([^=;]+)=(%d+)') do c[ch] = tonumber(n) end
+  return tonumber(string.sub(v, 1, i - 1)), c
+end
+local function save(key, uid, total, c)
+  local parts, any = {tostring(total)}, total > 0
+  for ch, n in pairs(c) do
+    if n > 0 then parts[#parts + 1] = ch .. '=' .. n; any = true end
+  end
+  if any then redis.call('HSET', key, uid, table.concat(parts, ';')) else redis.call('HDEL', key, uid) end
+end
+local out = {}
+for i = 9, #ARGV, 3 do
+  local uid, ch, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local rule = rules[ch] or nocap
+  local dt, dc = load(KEYS[1], uid)
+  local wt, wc = 0, {}
+  if useweek then wt, wc = load(KEYS[2], uid) end
+  local g, why = n, 0
+  if n > 0 then
+    local caps = {daycap, weekcap, rule[1], rule[2]}
+    local used = {dt, wt, dc[ch] or 0, wc[ch] or 0}
+    for k = 1, 4 do
+      if caps[k] >= 0 and caps[k] - used[k] < g then g = math.max(0, caps[k] - used[k]); why = k end
+    end
+  end
+  if g ~= 0 then
+    if rule[1] >= 0 then dc[ch] = math.max(0, (dc[ch] or 0) + g) end
+    save(KEYS[1], uid, math.max(0, dt + g), dc)
+    if useweek then
+      if weekcap >= 0 then wt = math.max(0, wt + g) end
+      if rule[2] >= 0 then wc[ch] = math.max(0, (wc[ch] or 0) + g) end
+      save(KEYS[2], uid, wt, wc)
+    end
+  end
+  if why == 0 then out[#out + 1] = tostring(g)
+  elseif why <= 2 then out[#out + 1] = g .. ' ' .. NAMES[why]
+  else out[#out + 1] = g .. ' ' .. ch .. '.' .. NAMES[why - 2] end
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+if useweek then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4])) end
+if ARGV[2] ~= '' then redis.call('HDEL', KEYS[3], ARGV[2]) end
+redis.call('HSET', KEYS[3], ARGV[1], table.concat(out, ','))
+redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
 return out
 """
 
 
-def fcap_key(day: str, uid: str) -> str:
-    return "c2b:fcap:{" + f"{day}:{shard_index(uid, BUCKETS)}" + "}"
+@lru_cache(maxsize=64)
+def week_of(day: str) -> str:
+    """Return the ISO week of a ``YYYYMMDD`` day as ``YYYYWww`` (``20261127`` -> ``2026W48``)."""
+    year, week, _ = _date(day).isocalendar()
+    return f"{year}W{week:02d}"
+
+
+def _date(day: str) -> date:
+    return date(int(day[:4]), int(day[4:6]), int(day[6:8]))
+
+
+@lru_cache(maxsize=64)
+def _expire_at(day: str) -> tuple[int, int]:
+    """Return when the day's and its week's keys may go (epoch seconds): just past the window."""
+    start = datetime.combine(_date(day), datetime.min.time(), UTC)
+    monday = start - timedelta(days=start.weekday())
+    return (int((start + timedelta(days=1) + PAST_WINDOW).timestamp()),
+            int((monday + timedelta(days=7) + PAST_WINDOW).timestamp()))
+
+
+def fcap_prefix(scope: str, uid: str) -> str:
+    """Return the key prefix (hash tag included) of ``uid``'s counts in ``scope``."""
+    return "c2b:fcap:{" + f"{scope}:{shard_index(uid, BUCKETS)}" + "}"
+
+
+def fcap_keys(scope: str, day: str, uid: str) -> tuple[str, str, str]:
+    """Return the day, week and receipts keys that hold ``uid``'s counts of ``day`` in ``scope``."""
+    prefix = fcap_prefix(scope, uid)
+    return f"{prefix}:{day}", f"{prefix}:{week_of(day)}", f"{prefix}:{day}:rcpt"
+
+
+def _arg(cap: int | None) -> int:
+    return -1 if cap is None else cap
 
 
 class FrequencyCap:
-    """Take and give back per-user daily touch slots; ``cap=None`` only counts.
+    """Take and give back per-user touch slots under a plan's :class:`CapRules`.
 
-    One instance per thread: it remembers its last receipt per bucket.
+    ``rules`` may be an int (a daily cap outside any line) or ``None`` (count only, outside any
+    line). One instance per thread: it remembers its last receipt per bucket.
     """
 
-    def __init__(self, redis: Any, cap: int | None) -> None:
+    def __init__(self, redis: Any, rules: CapRules | int | None) -> None:
         self.redis = redis
-        self.cap = cap
+        self.rules = rules if isinstance(rules, CapRules) else CapRules(per_day=rules)
+        r = self.rules
+        self._caps = [_arg(r.per_day), _arg(r.per_week),
+                      ";".join(f"{ch}:{_arg(c.per_day)}:{_arg(c.per_week)}" for ch, c in r.per_channel)]
         self._script = redis.register_script(_TAKE)
-        self._answered: dict[str, str] = {}  # bucket key -> receipt of our last answered call
+        self._answered: dict[str, str] = {}  # receipts key of a (scope, bucket, day) -> our last answered receipt
 
     @staticmethod
     def new_receipt() -> str:
         return uuid.uuid4().hex
 
-    def take(self, wants: Iterable[tuple[str, str, int]], receipt: str | None = None) -> dict[tuple[str, str], int]:
-        """Take slots for ``(day, uid, touches wanted)``; return granted touches per (day, uid).
+    def take_each(self, touches: Sequence[tuple[str, str, str]], receipt: str | None = None) -> list[str | None]:
+        """Take one slot per ``(day, uid, channel)``, in order; return per touch ``None`` when it
+        got its slot, else the cap that refused it (``per_day``, ``per_week``, ``sms.per_week``...).
 
-        Pass the same ``receipt`` (:meth:`new_receipt`) when retrying a call whose outcome is unknown.
+        Earlier touches of a user take the user's remaining slots first. Pass the same ``receipt``
+        (:meth:`new_receipt`) when retrying a call whose outcome is unknown.
         """
-        return self._move([(day, uid, n) for day, uid, n in wants if n > 0], receipt)
+        answers = self._move([(d, u, ch, 1) for d, u, ch in touches], receipt)
+        return [None if g > 0 else why for g, why in answers]
 
-    def give_back(self, items: Iterable[tuple[str, str]], receipt: str | None = None) -> None:
-        """Return one slot per (day, uid) (a send that failed for good reached nobody)."""
-        self._move([(day, uid, -1) for day, uid in items], receipt)
+    def take(self, wants: Iterable[tuple[str, str, int] | tuple[str, str, str, int]],
+             receipt: str | None = None) -> dict[tuple[str, str], int]:
+        """Take slots for ``(day, uid, touches)`` or ``(day, uid, channel, touches)``; return the
+        touches granted per (day, uid)."""
+        asks = [(w[0], w[1], str(w[2]), int(w[3])) if len(w) == 4 else (w[0], w[1], "", int(w[2])) for w in wants]
+        asks = [a for a in asks if a[3] > 0]
+        granted: dict[tuple[str, str], int] = defaultdict(int)
+        for (day, uid, _, _), (g, _) in zip(asks, self._move(asks, receipt), strict=True):
+            granted[(day, uid)] += g
+        return dict(granted)
 
-    def _move(self, asks: list[tuple[str, str, int]], receipt: str | None) -> dict[tuple[str, str], int]:
+    def give_back(self, items: Iterable[tuple[str, ...]], receipt: str | None = None) -> None:
+        """Return one slot per ``(day, uid)`` or ``(day, uid, channel)`` (a send that failed for good
+        reached nobody)."""
+        self._move([(i[0], i[1], i[2] if len(i) > 2 else "", -1) for i in items], receipt)
+
+    def _move(self, asks: list[tuple[str, str, str, int]], receipt: str | None) -> list[tuple[int, str | None]]:
         if not asks:
-            return {}
+            return []
         receipt = receipt or self.new_receipt()
-        cap = -1 if self.cap is None else self.cap
-        by_key: dict[str, list[tuple[str, str, int]]] = defaultdict(list)
-        for day, uid, n in asks:
-            by_key[fcap_key(day, uid)].append((day, uid, n))
+        scope = self.rules.scope
+        by_key: dict[tuple[str, str, str], list[int]] = defaultdict(list)  # (day, week, receipts) keys -> asks
+        for i, (day, uid, _, _) in enumerate(asks):
+            by_key[fcap_keys(scope, day, uid)].append(i)
         calls = []
         sha = self._script.sha
-        for key, group in by_key.items():
-            args: list[Any] = [cap, TTL_SECONDS, RECEIPT_TTL, receipt, self._answered.get(key, "")]
-            for _, uid, n in group:
-                args += [uid, n]
+        for keys, idx in by_key.items():
+            now = int(time.time())
+            day_ttl, week_ttl = (max(MIN_TTL, at - now) for at in _expire_at(asks[idx[0]][0]))
+            args: list[Any] = [receipt, self._answered.get(keys[2], ""), day_ttl, week_ttl, RECEIPT_TTL, *self._caps]
+            for i in idx:
+                _, uid, ch, n = asks[i]
+                args += [uid, ch, n]
             # Plain EVALSHA: redis-py's script objects make a pipeline ask SCRIPT EXISTS first, a
             # round trip per call.
-            calls.append((key, lambda pipe, key=key, args=args: pipe.evalsha(sha, 2, key, key + ":rcpt", *args)))
+            calls.append((keys[0], lambda pipe, keys=keys, args=args: pipe.evalsha(sha, 3, *keys, *args)))
         try:
             answers = run_scripts(self.redis, calls)
-        except NoScriptError:
+        except Exception as exc:
+            from redis.exceptions import NoScriptError
+
+            if not isinstance(exc, NoScriptError):
+                raise
             # A server lost its script cache (restart, failover): load it and run the call again.
             # Safe: the buckets that did run it answer from their receipts.
             self.redis.script_load(_TAKE)
             answers = run_scripts(self.redis, calls)
-        granted: dict[tuple[str, str], int] = defaultdict(int)
-        for (key, group), answer in zip(by_key.items(), answers, strict=True):
-            self._answered[key] = receipt
-            for (day, uid, _), g in zip(group, answer, strict=True):
-                granted[(day, uid)] += int(g)
+        out: list[tuple[int, str | None]] = [(0, None)] * len(asks)
+        for (keys, idx), answer in zip(by_key.items(), answers, strict=True):
+            self._answered[keys[2]] = receipt
+            for i, a in zip(idx, answer, strict=True):
+                text = a.decode() if isinstance(a, bytes) else str(a)
+                g, _, why = text.partition(" ")
+                out[i] = (int(g), why or None)
         if len(self._answered) > 100_000:
             self._answered.clear()
-        return dict(granted)
+        return out
 
-    def count(self, day: str, uid: str) -> int:
-        """Return the touches ``uid`` got on ``day`` (for tests and support questions)."""
-        return int(self.redis.hget(fcap_key(day, uid), uid) or 0)
+    def count(self, day: str, uid: str, channel: str | None = None, week: bool = False) -> int:
+        """Return the touches ``uid`` got on ``day`` (or in its week), in total or on ``channel``
+        (for tests and support questions; a window or channel that is not capped is not counted)."""
+        day_key, week_key, _ = fcap_keys(self.rules.scope, day, uid)
+        raw = self.redis.hget(week_key if week else day_key, uid)
+        if raw is None:
+            return 0
+        total, *per = (raw.decode() if isinstance(raw, bytes) else str(raw)).split(";")
+        if channel is None:
+            return int(total)
+        return next((int(n) for ch, _, n in (p.partition("=") for p in per) if ch == channel), 0)
+
+
+def rules_of(plan: Any) -> CapRules:
+    """Return the caps a plan obeys: its line's (set by :func:`c2b.plan.lines.with_line`), or,
+    for a plan outside any line, its own ``delivery.frequency_cap`` per day."""
+    rules = getattr(plan, "_cap_rules", None)
+    if isinstance(rules, CapRules):
+        return rules
+    return CapRules(per_day=getattr(plan.delivery, "frequency_cap", None))
+
+
+def forget_counts(redis: Any, scope: str) -> int:
+    """Delete every count of ``scope`` (a line, or ``-``); return how many user-days they held.
+
+    For the demo, which runs the same plans on the same users again and again (``c2b demo`` says
+    so when it does this); in production the counts are what keeps a line's caps.
+    """
+    held = 0
+    keys = [k for k in redis.scan_iter(match="c2b:fcap:{" + scope + ":*", count=1000)]
+    for i in range(0, len(keys), 512):
+        pipe = redis.pipeline(transaction=False)
+        for key in keys[i:i + 512]:
+            pipe.hlen(key)
+            pipe.delete(key)
+        answers = pipe.execute()
+        held += sum(n for key, n in zip(keys[i:i + 512], answers[0::2], strict=True)
+                    if (key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[-1].isdigit())
+    return held

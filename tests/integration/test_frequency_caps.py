@@ -1,0 +1,277 @@
+"""Business-line frequency caps: per local day and ISO week, in total and per channel, counted
+across the plans of one line only, exact under parallel takers, replay-safe (real Redis, real HTTP).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from c2b.channels import ChannelConfig, make_channel
+from c2b.delivery.controls.frequency_cap import (
+    BUCKETS,
+    NO_LINE,
+    CapRules,
+    ChannelCap,
+    FrequencyCap,
+    fcap_keys,
+    rules_of,
+    week_of,
+)
+from c2b.delivery.shard import ShardDelivery
+from c2b.plan.lines import with_line
+from c2b.plan.load import load_plan
+from c2b.results.delivery_log import outcome_of
+from redis.crc import key_slot
+
+from devtools.deliverkit import load_audience, plan_dict, spec, start_shard
+from devtools.gateway import Faults, Gateway
+
+# Wednesday 2026-11-25 12:00 Shanghai: the plans' default timezone.
+WED = datetime(2026, 11, 25, 4, 0, tzinfo=UTC).timestamp()
+MON, THU = WED - 2 * 86400, WED + 86400
+
+
+def _line(root: Path, name: str, caps: dict[str, Any] | None, plans: list[dict[str, Any]]) -> list[Any]:
+    """Write ``plans/<name>/line.yaml`` and the plan files; return the plans as the factory sees them."""
+    folder = root / "plans" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    settings: dict[str, Any] = {"owners": ["ops"]}
+    if caps is not None:
+        settings["frequency_cap"] = caps
+    (folder / "line.yaml").write_text(yaml.safe_dump(settings))
+    out = []
+    for data in plans:
+        path = folder / f"{data['id']}.yaml"
+        path.write_text(yaml.safe_dump(data))
+        out.append(with_line(load_plan(path, check_files=False), path))
+    return out
+
+
+def _channels(plan, url: str) -> dict:
+    return {t.name: make_channel(t.channel, ChannelConfig(url=url, conn_id=f"c_{t.channel}")) for t in plan.touches}
+
+
+def _deliver(redis, plan, run_id: str, users: list[str], folder: Path, url: str, at: float) -> Counter:
+    """Load and deliver one shard of ``plan`` with the clock at ``at``; return its outcome counts."""
+    load_audience(redis, plan, run_id, users, folder)
+    delivery = ShardDelivery(redis, plan, run_id, 1, _channels(plan, url), lambda: False, clock=lambda: at)
+    return Counter(delivery.run(plan.delivery.page_size, plan.delivery.concurrency).counts)
+
+
+def _touches(plan_id: str, *channels: str) -> dict[str, Any]:
+    data = plan_dict(plan_id)
+    data["touches"] = [{"name": f"t{i}", "channel": ch, "template": "Hi {{ uid }}"}
+                       for i, ch in enumerate(channels)]
+    return data
+
+
+def test_week_cap_counts_every_plan_of_the_line_across_days(redis_client, tmp_path: Path) -> None:
+    """growth: 2/day, 3/week. Plan A sends 2 touches on Monday; plan B's 2 touches on Wednesday get
+    one slot (the week's third), the other is capped by per_week; Thursday nothing is left."""
+    a, b, c = _line(tmp_path, "growth", {"per_day": 2, "per_week": 3},
+                    [_touches("plan_a", "push", "push"), _touches("plan_b", "push", "sms"), _touches("plan_c", "push")])
+    assert rules_of(b) == CapRules("growth", 2, 3)
+    users = [f"w{i}" for i in range(40)]
+    with Gateway() as gw:
+        assert _deliver(redis_client, a, "r1", users, tmp_path, gw.url, MON) == {"all|t0|sent": 40, "all|t1|sent": 40}
+        assert _deliver(redis_client, b, "r1", users, tmp_path, gw.url, WED) == {"all|t0|sent": 40, "all|t1|capped": 40}
+        assert _deliver(redis_client, c, "r1", users, tmp_path, gw.url, THU) == {"all|t0|capped": 40}
+        assert gw.record.messages == 120
+    fcap = FrequencyCap(redis_client, rules_of(b))
+    assert (fcap.count("20261123", "w7"), fcap.count("20261125", "w7"), fcap.count("20261125", "w7", week=True)) \
+        == (2, 1, 3)
+    # The ledger says which cap refused the touch; the delivery log reports it as the reason.
+    state = redis_client.hget("c2b:{plan_b:r1:1}:ledger", "t1|w7").decode()
+    assert state == "c:per_week" and outcome_of(state) == ("capped", "per_week")
+    # Keys: one day key and one week key per bucket, expiring just past their window.
+    day_key, week_key, _ = fcap_keys("growth", "20261125", "w7")
+    assert week_key.endswith(":2026W48") and week_of("20261129") == "2026W48" and week_of("20261130") == "2026W49"
+    assert 0 < redis_client.ttl(week_key) <= 8 * 86400 and 0 < redis_client.ttl(day_key) <= 2 * 86400
+    # A call's keys share one hash tag: one Redis Cluster slot, one atomic script.
+    assert len({key_slot(k.encode()) for k in fcap_keys("growth", "20261125", "w7")}) == 1
+
+
+def test_per_channel_caps_apply_per_channel_by_day_and_week(redis_client, tmp_path: Path) -> None:
+    """care: 5/day in total, sms 1/day and 2/week, push only under the total."""
+    (plan,) = _line(tmp_path, "care", {"per_day": 5, "per_channel": {"sms": {"per_day": 1, "per_week": 2}}},
+                    [_touches("calls", "sms", "sms", "push", "push")])
+    users = [f"c{i}" for i in range(30)]
+    with Gateway() as gw:
+        counts = _deliver(redis_client, plan, "mon", users, tmp_path, gw.url, MON)
+        assert counts == {"all|t0|sent": 30, "all|t1|capped": 30, "all|t2|sent": 30, "all|t3|sent": 30}
+        assert redis_client.hget("c2b:{calls:mon:1}:ledger", "t1|c3") == b"c:sms.per_day"
+        assert _deliver(redis_client, plan, "wed", users, tmp_path, gw.url, WED) == counts
+        # Thursday: the week's two SMS are spent; push still goes.
+        counts = _deliver(redis_client, plan, "thu", users, tmp_path, gw.url, THU)
+        assert counts == {"all|t0|capped": 30, "all|t1|capped": 30, "all|t2|sent": 30, "all|t3|sent": 30}
+        assert redis_client.hget("c2b:{calls:thu:1}:ledger", "t0|c3") == b"c:sms.per_week"
+    fcap = FrequencyCap(redis_client, rules_of(plan))
+    assert fcap.count("20261126", "c3") == 2 and fcap.count("20261126", "c3", "push") == 0  # push is not counted apart
+    assert fcap.count("20261126", "c3", "sms", week=True) == 2
+    assert fcap.count("20261126", "c3", week=True) == 0  # no week cap in total: no week total kept
+
+
+def test_another_lines_plans_do_not_count_against_this_line(redis_client, tmp_path: Path) -> None:
+    (grow,) = _line(tmp_path, "growth", {"per_day": 1}, [_touches("grow_plan", "push")])
+    (care,) = _line(tmp_path, "care", {"per_day": 1}, [_touches("care_plan", "push")])
+    outside = load_plan_outside(tmp_path, _touches("loose_plan", "push"), frequency_cap=1)
+    users = [f"o{i}" for i in range(25)]
+    with Gateway() as gw:
+        for plan in (grow, care, outside):
+            assert _deliver(redis_client, plan, "r1", users, tmp_path, gw.url, WED) == {"all|t0|sent": 25}
+        # The line's own second plan is capped: its first touch took the day's slot.
+        (grow2,) = _line(tmp_path, "growth", {"per_day": 1}, [_touches("grow_plan2", "push")])
+        assert _deliver(redis_client, grow2, "r1", users, tmp_path, gw.url, WED) == {"all|t0|capped": 25}
+    for scope in ("growth", "care", NO_LINE):
+        assert FrequencyCap(redis_client, CapRules(scope)).count("20261125", "o1") == 1
+
+
+def load_plan_outside(root: Path, data: dict[str, Any], **delivery: Any):
+    """A plan directly in plans/ (no line): its cap counts in the scope of plans outside any line."""
+    data = {**data, "delivery": {**data["delivery"], **delivery}}
+    path = root / "plans" / f"{data['id']}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data))
+    plan = with_line(load_plan(path, check_files=False), path)
+    assert rules_of(plan) == CapRules(NO_LINE, delivery.get("frequency_cap"))
+    return plan
+
+
+def test_a_plan_may_be_stricter_than_its_line(redis_client, tmp_path: Path) -> None:
+    strict = _touches("strict_plan", "push", "push", "push")
+    strict["delivery"]["frequency_cap"] = 1
+    plain, tight = _line(tmp_path, "growth", {"per_day": 3}, [_touches("plain_plan", "push"), strict])
+    assert (plain.delivery.frequency_cap, tight.delivery.frequency_cap) == (3, 1)
+    users = [f"s{i}" for i in range(20)]
+    with Gateway() as gw:
+        assert _deliver(redis_client, plain, "r1", users, tmp_path, gw.url, WED) == {"all|t0|sent": 20}
+        # One touch already today: the plan's own cap of 1 leaves nothing, the line's 3 would have left 2.
+        assert _deliver(redis_client, tight, "r1", users, tmp_path, gw.url, WED) == \
+            {"all|t0|capped": 20, "all|t1|capped": 20, "all|t2|capped": 20}
+
+
+def test_a_failed_send_gives_its_slot_back(redis_client, tmp_path: Path) -> None:
+    """Every send fails for good (HTTP 400): the slots it took are returned, day, week and channel."""
+    (plan,) = _line(tmp_path, "growth", {"per_day": 1, "per_week": 1, "per_channel": {"push": {"per_day": 1}}},
+                    [_touches("failing", "push")])
+    with Gateway(Faults(reject_rate=1.0)) as gw:
+        counts = _deliver(redis_client, plan, "r1", ["f1", "f2"], tmp_path, gw.url, WED)
+    assert counts == {"all|t0|failed": 2}
+    fcap = FrequencyCap(redis_client, rules_of(plan))
+    assert [fcap.count("20261125", "f1"), fcap.count("20261125", "f1", week=True),
+            fcap.count("20261125", "f1", "push")] == [0, 0, 0]
+    assert not redis_client.hlen(fcap_keys("growth", "20261125", "f1")[0])  # no zero fields left behind
+
+
+def test_a_replayed_call_gets_its_first_answer_and_counts_once(redis_client) -> None:
+    rules = CapRules("growth", per_day=2, per_week=3, per_channel=(("sms", ChannelCap(1, None)),))
+    fcap = FrequencyCap(redis_client, rules)
+    touches = [("20261125", "r1", "sms"), ("20261125", "r1", "sms"), ("20261125", "r1", "push"),
+               ("20261125", "r1", "push"), ("20261125", "r2", "push")]
+    receipt = fcap.new_receipt()
+    first = fcap.take_each(touches, receipt)
+    assert first == [None, "sms.per_day", None, "per_day", None]
+    # The same call again (its reply was lost): the same answer, nothing counted twice.
+    assert FrequencyCap(redis_client, rules).take_each(touches, receipt) == first
+    day, sms, week = (fcap.count("20261125", "r1"), fcap.count("20261125", "r1", "sms"),
+                      fcap.count("20261125", "r1", week=True))
+    assert (day, sms, week) == (2, 1, 2)
+    give = fcap.new_receipt()
+    fcap.give_back([("20261125", "r1", "sms")], give)
+    fcap.give_back([("20261125", "r1", "sms")], give)  # replayed: given back once
+    assert (fcap.count("20261125", "r1"), fcap.count("20261125", "r1", "sms")) == (1, 0)
+    # A new call is a new receipt: it counts.
+    assert fcap.take_each([("20261125", "r1", "sms")]) == [None]
+    # Thursday: the week's third touch, then none.
+    assert fcap.take_each([("20261126", "r1", "push")] * 2) == [None, "per_week"]
+
+
+def _race(url: str, rules: CapRules, touches: list[tuple[str, str, str]], start: Any, out: Any) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.ping()
+    fcap = FrequencyCap(client, rules)
+    start.wait(timeout=30)  # every process connected: go at once
+    got: list[str] = []
+    for i in range(0, len(touches), 50):  # pages of 50, like a shard's
+        batch = touches[i:i + 50]
+        got += [uid for (_, uid, _), why in zip(batch, fcap.take_each(batch), strict=True) if why is None]
+    out.put(got)
+
+
+@pytest.mark.parametrize("what", ["total", "channel", "week"])
+def test_parallel_processes_racing_for_the_last_slot_exactly_one_gets_it(redis_server, redis_client, what) -> None:
+    """8 processes ask for every user's last slot at once (the total's, a channel's, or the week's):
+    each user's slot goes to exactly one of them."""
+    rules, earlier, counted = {
+        "total": (CapRules("growth", per_day=3), [("20261125", "push")] * 2, {}),
+        "channel": (CapRules("growth", per_day=9, per_channel=(("sms", ChannelCap(2, 5)),)),
+                    [("20261125", "sms"), *[("20261125", "push")] * 3], {"channel": "sms"}),
+        "week": (CapRules("growth", per_week=4), [("20261124", "push")] * 3, {"week": True}),  # Tuesday's
+    }[what]
+    users = [f"u{i}" for i in range(600)]
+    fcap = FrequencyCap(redis_client, rules)
+    before = [(day, u, ch) for u in users for day, ch in earlier]
+    assert fcap.take_each(before) == [None] * len(before)  # every user is one touch short of the cap
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    start = ctx.Barrier(8)
+    procs = [ctx.Process(target=_race, args=(redis_server.url, rules, [("20261125", u, "sms") for u in users],
+                                              start, out)) for _ in range(8)]
+    for p in procs:
+        p.start()
+    per_process = [out.get(timeout=60) for _ in procs]
+    winners = Counter(uid for got in per_process for uid in got)
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    assert winners == Counter({u: 1 for u in users})
+    assert sum(1 for got in per_process if got) >= 2, "the processes really raced"
+    full = {"total": 3, "channel": 2, "week": 4}[what]
+    assert {fcap.count("20261125", u, **counted) for u in users} == {full}
+
+
+def test_two_plans_of_a_line_running_at_once_send_each_user_once(redis_server, redis_client, tmp_path: Path) -> None:
+    """care: 1/day. Two plans' shards run in their own processes over the same users at the same
+    time: every user gets exactly one message from the two."""
+    plans = _line(tmp_path, "care", {"per_day": 1}, [_touches("race_a", "push"), _touches("race_b", "push")])
+    users = [f"p{i:04d}" for i in range(1500)]
+    for plan in plans:
+        load_audience(redis_client, plan, "r1", users, tmp_path)
+    with Gateway(Faults(median_latency_s=0.002)) as gw:
+        procs = [start_shard({**spec(redis_server.url, _touches(p.id, "push"), "r1", 1, gw.url), "gate": "test:go",
+                              "plan_file": str(tmp_path / "plans" / "care" / f"{p.id}.yaml")}, tmp_path, p.id)
+                 for p in plans]
+        deadline = time.monotonic() + 120
+        while int(redis_client.get("test:go:ready") or 0) < len(procs) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        redis_client.set("test:go", 1)  # both processes are ready: they start at once
+        stats = []
+        for p in procs:
+            out, _ = p.communicate(timeout=120)
+            assert p.returncode == 0, (tmp_path / "race_a.log").read_text()[-2000:]
+            stats.append(json.loads(out.strip().splitlines()[-1])["counts"])
+        got = Counter(m["uid"] for m in gw.record.accepted.values())
+    assert got == Counter({u: 1 for u in users}), f"{sum(got.values())} messages for {len(users)} users"
+    assert sum(s.get("all|t0|sent", 0) for s in stats) == len(users)
+    assert sum(s.get("all|t0|capped", 0) for s in stats) == len(users)
+    assert all(s.get("all|t0|sent", 0) > 0 for s in stats), "both plans sent some: they really raced"
+
+
+def test_no_key_grows_past_its_bound(redis_client) -> None:
+    """Users spread over 2,048 buckets per scope and day: at 10M users a key holds ~4,900 fields."""
+    fcap = FrequencyCap(redis_client, CapRules("growth", 3, 5, (("sms", ChannelCap(1, 2)),)))
+    fcap.take_each([("20261125", f"b{i}", ch) for i in range(20_000) for ch in ("sms", "push")])
+    sizes = [redis_client.hlen(k) for k in redis_client.scan_iter("c2b:fcap:*", count=1000)
+             if not k.endswith(b":rcpt")]
+    assert len(sizes) == 2 * BUCKETS  # a day key and a week key per bucket
+    assert max(sizes) < 3 * 20_000 / BUCKETS  # even spread: ~10 per key here, ~4,900 at 10M users
