@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
 LOCAL_PROTOCOLS = ("file", "local", "")
+# Upload part size on object storage: what a writer buffers (S3's smallest part is 5 MiB).
+UPLOAD_PART_BYTES = 16 << 20
 
 
 class StorageError(RuntimeError):
@@ -176,7 +178,7 @@ def atomic_sink(path: Location) -> Iterator[Any]:
         return
     p = as_path(path)
     with guard("writing", p):
-        f = p.fs.open(p.path, "wb")
+        f = p.fs.open(p.path, "wb", block_size=UPLOAD_PART_BYTES)
     try:
         yield f
     except BaseException:
