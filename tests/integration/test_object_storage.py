@@ -330,3 +330,60 @@ def test_failed_upload_is_aborted_not_completed(moto_s3: MotoS3Server, s3_url: s
     assert not moto_s3.client().list_multipart_uploads(Bucket=BUCKET).get("Uploads"), "the upload was aborted"
     storage.write_bytes(path, b"whole")
     assert _read(moto_s3, f"{s3_url}/staging/x.bin") == b"whole"
+
+
+# --- a worker killed mid-load ---------------------------------------------------------------------
+
+LOAD = """
+import sys
+import redis
+from c2b.store.shards import load_shards
+
+print("start", flush=True)
+load_shards(redis.Redis.from_url(sys.argv[1]), sys.argv[2], "p_load", "run-1", 16, batch_rows=1000)
+print("done", flush=True)
+"""
+
+
+def test_killed_mid_load_from_s3_and_the_retry_loads_the_whole_audience(
+        moto_s3: MotoS3Server, s3_url: str, redis_server, redis_client, tmp_path: Path) -> None:
+    import io
+
+    import pyarrow as pa
+    from c2b import storage
+    from c2b.store.shards import ShardKeys, load_shards, read_layout, read_page
+
+    users = 1_000_000
+    uids = [str(10_000_000 + 3 * i) for i in range(users)]
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"uid": uids, "variant": ["a"] * users}), buf, row_group_size=50_000)
+    url = str(storage.root() / "staging" / "p_load" / "run-1.parquet")
+    storage.write_bytes(url, buf.getvalue())
+
+    script = tmp_path / "load.py"
+    script.write_text(LOAD)
+    proc = subprocess.Popen([sys.executable, str(script), redis_server.url, url], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            layout = read_layout(redis_client, "p_load", "run-1")
+            if layout and layout["state"] == "loading" and redis_client.strlen(ShardKeys("p_load", "run-1", 1).packed):
+                time.sleep(0.3)  # well into the writes
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.01)
+        proc.wait(30)
+        assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr.read() if proc.stderr else "")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert read_layout(redis_client, "p_load", "run-1")["state"] == "loading", "killed before the load completed"
+
+    result = load_shards(redis_client, url, "p_load", "run-1", 16)  # the retry, on another worker
+    assert not result.reused and result.members == users
+    assert read_layout(redis_client, "p_load", "run-1")["state"] == "complete"
+    loaded = [u for s in range(1, 17) for u in read_page(redis_client, ShardKeys("p_load", "run-1", s), 0, users)]
+    assert len(loaded) == users and set(loaded) == set(uids)
+    assert load_shards(redis_client, url, "p_load", "run-1", 16).reused  # same object again: nothing rewritten
