@@ -387,3 +387,15 @@ def test_killed_mid_load_from_s3_and_the_retry_loads_the_whole_audience(
     loaded = [u for s in range(1, 17) for u in read_page(redis_client, ShardKeys("p_load", "run-1", s), 0, users)]
     assert len(loaded) == users and set(loaded) == set(uids)
     assert load_shards(redis_client, url, "p_load", "run-1", 16).reused  # same object again: nothing rewritten
+
+
+def test_missing_staging_at_load_fails_without_retries(moto_s3: MotoS3Server, s3_url: str, tmp_path: Path) -> None:
+    """Missing state is an error, and retrying the load cannot bring the staging file back."""
+    from airflow.sdk.exceptions import AirflowFailException
+    from c2b.airflow.dag_factory import run_step
+
+    plan = _plan_dags(tmp_path)._c2b_plan
+    url = f"s3://{CONN}@{BUCKET}/{s3_url}/staging/{PLAN}/manual__gone.parquet"
+    with pytest.raises(AirflowFailException, match=f"reading {url}: not found.*Clear the whole run"):
+        run_step("load_shards", plan, {"run_id": "manual__gone"}, {"extract": {"path": url, "counts": {"kept": 1}}},
+                 None)
