@@ -34,8 +34,10 @@ LOCAL, CELERY = "LocalExecutor", "CeleryExecutor"
 CHANNEL_CONNECTIONS = ("AIRFLOW_CONN_C2B_PUSH", "AIRFLOW_CONN_C2B_SMS", "AIRFLOW_CONN_C2B_CALL",
                        "AIRFLOW_CONN_C2B_PRIVATE_DOMAIN", "AIRFLOW_CONN_C2B_WEBHOOK")
 # What every deployment sets for the engine (values are per deployment): the audience store, the
-# warehouse, the channels and the folder of run artifacts.
-ENGINE_SETTINGS = ("AIRFLOW_CONN_C2B_REDIS", "AIRFLOW_CONN_C2B_WAREHOUSE", *CHANNEL_CONNECTIONS, "C2B_DATA_DIR")
+# warehouse, the channels, the engine's local folder and the storage of run artifacts (C2B_DATA_URL:
+# file:// of a folder every worker mounts, or s3://<conn_id>@<bucket>/<prefix>; see c2b.storage).
+ENGINE_SETTINGS = ("AIRFLOW_CONN_C2B_REDIS", "AIRFLOW_CONN_C2B_WAREHOUSE", *CHANNEL_CONNECTIONS, "C2B_DATA_DIR",
+                   "C2B_DATA_URL")
 
 
 @dataclass(frozen=True)
@@ -428,7 +430,9 @@ def cluster_env(state: Path, port: int, database: str, broker_url: str) -> dict[
     # Run artifacts where `make demo` keeps them (the stack's AIRFLOW_HOME is a folder of its own).
     data = os.environ.get("C2B_DATA_DIR") or str(Path(os.environ.get("AIRFLOW_HOME", ROOT / ".airflow")) / "c2b")
     dags = Path(os.environ.get("AIRFLOW__CORE__DAGS_FOLDER", ROOT / "dags"))
-    return {"C2B_DATA_DIR": data, **base_env(home=state, dags=dags, port=port, executor=CELERY),
+    # Run artifacts under C2B_DATA_DIR unless C2B_DATA_URL (e.g. s3://conn@bucket/prefix) says otherwise.
+    url = os.environ.get("C2B_DATA_URL") or f"file://{Path(data).absolute()}"
+    return {"C2B_DATA_DIR": data, "C2B_DATA_URL": url, **base_env(home=state, dags=dags, port=port, executor=CELERY),
             **celery_settings(sql_alchemy_conn=f"postgresql+psycopg2://postgres@127.0.0.1:5432/{database}",
                               broker_url=broker_url, api_url=f"http://127.0.0.1:{port}", secret=secret,
                               worker_concurrency=int(os.environ.get("C2B_WORKER_CONCURRENCY", "8"))),

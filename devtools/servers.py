@@ -257,3 +257,59 @@ def _close(*socks: socket.socket) -> None:
         except OSError:
             pass
         s.close()
+
+
+class MotoS3Server:
+    """A real S3 API on a loopback port: ``moto`` in server mode (``moto[server]``, a test tool),
+    in its own process, which a test starts and stops."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def airflow_conn(self) -> str:
+        """The JSON of an Airflow ``aws`` connection to this server (what ``AIRFLOW_CONN_<ID>`` holds)."""
+        import json
+
+        return json.dumps({"conn_type": "aws", "login": "testing", "password": "testing",
+                           "extra": {"endpoint_url": self.endpoint, "region_name": "us-east-1"}})
+
+    def client(self):  # -> a boto3 S3 client
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id="testing",
+                            aws_secret_access_key="testing", region_name="us-east-1")
+
+    def start(self, timeout: float = 60) -> MotoS3Server:
+        import sys
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = (self.workdir / f"moto-{self.port}.log").open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto server exited with {self.proc.returncode}; see {log.name}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"moto server did not listen on {self.port} within {timeout:.0f} s; see {log.name}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None

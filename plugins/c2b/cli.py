@@ -14,7 +14,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from c2b.settings import PROJECT_ROOT, outbox_dir, reports_dir, safe_name
+from c2b.settings import PROJECT_ROOT, data_dir, outbox_dir, reports_dir, safe_name
 
 if TYPE_CHECKING:
     from c2b.plan.errors import PlanError
@@ -52,7 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if forgotten := forget_counts(get_redis(), scope):
             print(f"demo: forgot line {scope}'s frequency-cap counts ({forgotten:,} user-days), so its caps start "
                   "from zero (--keep-history keeps them)")
-    log_file = reports_dir().parent / "demo.log"
+    log_file = data_dir() / "demo.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     print(f"running plan {args.plan} with dag.test() (task logs: {log_file}) ...", flush=True)
     started = time.monotonic()
@@ -108,7 +108,7 @@ def demo_results(plan_id: str, run_id: str) -> int:
             reached[uid] = offers[touch]
     orders = add_post_touch_orders(warehouse.path, plan_id, run_id, [(u, reached.get(u), t) for u, _, t, _ in users])
     clock = max(t for _, _, t, _ in users) + timedelta(days=plan.goal.window_days, minutes=1)
-    with _output_to(reports_dir().parent / "results.log"):
+    with _output_to(data_dir() / "results.log"):
         attribute(plan, run_id, store, warehouse, as_of=clock)
     print(f"\ndemo clock advanced to {clock:%Y-%m-%d %H:%M} UTC (the end of the {plan.goal.window_days}-day window): "
           f"{orders:,} post-touch orders simulated\n")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from c2b import storage
 from c2b.audience.columns import template_attributes
 from c2b.audience.eligibility import GlobalHoldout
 from c2b.audience.extract import extract_audience
@@ -27,11 +27,20 @@ from c2b.store.redis_retry import with_redis_retry
 from c2b.store.run_meta import loaded_size
 from c2b.store.shards import drop_run, load_shards
 
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
 log = logging.getLogger(__name__)
 
 
-def staging_path(plan: Plan, run_id: str) -> Path:
+def staging_path(plan: Plan, run_id: str) -> ObjectStoragePath:
+    """Return the run's staging file under the run artifacts' storage (:mod:`c2b.storage`)."""
     return staging_dir() / plan.id / f"{safe_name(run_id)}.parquet"
+
+
+def extract_marker(staging: ObjectStoragePath) -> ObjectStoragePath:
+    """Return the extract's marker beside its staging file (written after it, see step_extract)."""
+    return staging.parent / f"{staging.name}.extract.json"
 
 
 def attribute_columns(plan: Plan) -> list[str]:
@@ -39,14 +48,16 @@ def attribute_columns(plan: Plan) -> list[str]:
     return template_attributes(plan)
 
 
-def stored_columns(plan: Plan, staging: str | Path) -> list[str]:
+def stored_columns(plan: Plan, staging: Any) -> list[str]:
     """Return the attributes kept in Redis: those templates read, plus ``timezone`` when the
     segment has it (quiet hours and the frequency cap's day are local to the user)."""
     import pyarrow.parquet as pq
 
     names = attribute_columns(plan)
-    if "timezone" not in names and "timezone" in pq.read_schema(staging).names:
-        names.append("timezone")
+    if "timezone" not in names:
+        with storage.arrow_source(staging) as source, storage.guard("reading", staging):
+            if "timezone" in pq.read_schema(source).names:
+                names.append("timezone")
     return names
 
 
@@ -59,18 +70,15 @@ def step_extract(plan: Plan, run_id: str, warehouse: Warehouse, sample: int | No
     (kept beside the staging file): the run's own sends must not turn its users away as
     ``not_reentered``, and the loaded shards hold that first audience anyway.
     """
-    import json
-
     path = staging_path(plan, run_id)
-    done = path.with_name(path.name + ".extract.json")
-    if done.exists() and path.exists():
+    done = extract_marker(path)
+    # The marker is written only after the whole staging file: both present = a complete extract.
+    if storage.exists(done) and storage.exists(path):
         log.info("reusing the audience this run extracted before (%s)", done)
-        return json.loads(done.read_text(encoding="utf-8"))
+        return storage.read_json(done)
     result = extract_audience(plan, warehouse, path, sample=sample, redis=redis, holdout=holdout)
     out = {**result.to_xcom(), "started_at": time.time(), **({"audit": audit} if audit else {})}
-    tmp = done.with_name(done.name + ".tmp")
-    tmp.write_text(json.dumps(out, default=str), encoding="utf-8")
-    tmp.replace(done)
+    storage.write_json(done, out)
     return out
 
 
@@ -164,8 +172,7 @@ def step_cleanup(plan: Plan, run_id: str, redis: Any) -> int:
     shards = plan.delivery.shards if isinstance(plan.delivery.shards, int) else None
     dropped = drop_run(redis, plan.id, run_id, shards)
     staging = staging_path(plan, run_id)
-    had_staging = staging.exists()
-    staging.unlink(missing_ok=True)
+    had_staging = storage.delete(staging)
     purged = purge_expired(plan.id, retention_days())
     log.info("dropped %s run keys of %s / %s; staging file %s; %s outbox/report files past %s days purged",
              dropped, plan.id, run_id, "deleted" if had_staging else "already gone", purged, retention_days())

@@ -232,7 +232,19 @@ def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard:
         return steps.step_extract(plan, run_id, resources.get_warehouse(), context["params"].get("sample"),
                                   redis=resources.get_redis(), holdout=line.holdout if line else None, audit=audit)
     if step == "load_shards":
-        return steps.step_load(plan, run_id, resources.get_redis(), inputs["extract"])
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from c2b.storage import StorageMissing
+        from c2b.store.sizing import ShardCountError
+
+        try:
+            return steps.step_load(plan, run_id, resources.get_redis(), inputs["extract"])
+        except ShardCountError as exc:  # a plan error: every retry would fail the same way
+            raise AirflowFailException(f"plan {plan.id}: {exc}") from exc
+        except StorageMissing as exc:  # retrying the load cannot bring the staging file back
+            raise AirflowFailException(
+                f"{exc}. The staging file is written by extract_audience and deleted by cleanup: "
+                "Clear the whole run to extract again") from exc
     if step == "deliver":
         assert shard is not None, "deliver is mapped over the shards load_shards returns"
         context["shard_label"] = shard  # read by the map_index_template: the UI shows "shard 7"

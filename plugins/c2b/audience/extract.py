@@ -23,7 +23,6 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -177,11 +176,11 @@ class _StagingWriter:
     (unique) uid column, LZ4. At most two row groups wait in the queue, so memory stays bounded.
     """
 
-    def __init__(self, path: Path, group_rows: int) -> None:
+    def __init__(self, sink: Any, group_rows: int) -> None:
         import queue
         import threading
 
-        self.path = path
+        self.sink = sink  # a local file name or an open binary file (c2b.storage.atomic_sink)
         self.group_rows = group_rows
         self.schema: pa.Schema | None = None
         self._pending: list[pa.RecordBatch] = []
@@ -199,7 +198,7 @@ class _StagingWriter:
             while (table := self._queue.get()) is not None:
                 if self._writer is None:
                     self._writer = pq.ParquetWriter(
-                        self.path, table.schema, compression="lz4", write_statistics=False,
+                        self.sink, table.schema, compression="lz4", write_statistics=False,
                         use_dictionary=[f.name for f in table.schema if f.name != "uid"])
                 self._writer.write_table(table)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
@@ -209,6 +208,11 @@ class _StagingWriter:
         finally:
             if self._writer is not None:
                 self._writer.close()
+
+    @property
+    def failed(self) -> BaseException | None:
+        """What the writer thread failed with (writing the sink), if it did."""
+        return self._error
 
     def _put(self, table: pa.Table | None) -> None:
         if not self._started:
@@ -253,10 +257,9 @@ class _StagingWriter:
         if self._started and self._thread.is_alive():
             self._queue.put(None)
             self._thread.join()
-        self.path.unlink(missing_ok=True)
 
 
-def extract_audience(plan: Plan, warehouse: Warehouse, out_path: str | Path, batch_rows: int = 100_000,
+def extract_audience(plan: Plan, warehouse: Warehouse, out_path: Any, batch_rows: int = 100_000,
                      sample: int | None = None, *, redis: Any = None, now: datetime | None = None,
                      holdout: GlobalHoldout | None = None) -> ExtractResult:
     """Run the plan's segment on ``warehouse`` and write the staging Parquet to ``out_path``.
@@ -264,9 +267,13 @@ def extract_audience(plan: Plan, warehouse: Warehouse, out_path: str | Path, bat
     ``redis`` is needed for suppression-list and contacted-within-days exclusions and for the
     plan's re-entry rule (a run always passes it; without it, as in a preview, re-entry is not
     checked); ``now`` (default: the current time) anchors both. ``holdout`` is the business line's
-    global holdout, if it keeps one. The file is written under a
-    temporary name and renamed when complete, so a reader never sees half an audience.
+    global holdout, if it keeps one. ``out_path`` is a local path or a URL under the run artifacts'
+    storage (:mod:`c2b.storage`): the file appears only when complete (a temporary name renamed on
+    ``file://``, one upload completed at the end on object storage), so a reader never sees half an
+    audience, and a failure to write it is a :class:`~c2b.storage.StorageError` naming the URL.
     """
+    from c2b import storage
+
     started = time.monotonic()
     segment = plan.audience.segment
     sql = read_segment(segment)
@@ -280,22 +287,23 @@ def extract_audience(plan: Plan, warehouse: Warehouse, out_path: str | Path, bat
                            excluded_by={e.label: 0 for e in exclusions})
     seen = KeySet()
     keep = staged_columns(plan)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    writer = _StagingWriter(out_path.with_name(out_path.name + ".tmp"), max(batch_rows, 1))
     default_schema = pa.schema([("uid", pa.string()), ("variant", pa.string())])
-    try:
-        for batch in warehouse.record_batches(sql, plan.audience.params, batch_rows):
-            if "uid" not in batch.schema.names:
-                raise ValueError(f"segment {segment} returns no 'uid' column "
-                                 f"(columns: {', '.join(batch.schema.names)})")
-            out = _clean_batch(batch, counts, seen, exclusions, assigner, cap, eligibility)
-            writer.write(keep_only(out, keep))  # personal data only as far as templates need it
-        writer.close(default_schema)
-    except BaseException:
-        writer.abort()
-        raise
-    writer.path.replace(out_path)
+    with storage.atomic_sink(out_path) as sink:
+        writer = _StagingWriter(sink, max(batch_rows, 1))
+        try:
+            for batch in warehouse.record_batches(sql, plan.audience.params, batch_rows):
+                if "uid" not in batch.schema.names:
+                    raise ValueError(f"segment {segment} returns no 'uid' column "
+                                     f"(columns: {', '.join(batch.schema.names)})")
+                out = _clean_batch(batch, counts, seen, exclusions, assigner, cap, eligibility)
+                writer.write(keep_only(out, keep))  # personal data only as far as templates need it
+            writer.close(default_schema)
+        except BaseException as exc:
+            writer.abort()
+            if exc is writer.failed:  # the writer thread's error: writing to the storage
+                raise storage.StorageError(f"writing {out_path} failed: {type(exc).__name__}: "
+                                           f"{(str(exc).strip().splitlines() or [''])[0]}") from exc
+            raise
     assert counts.balanced(), counts
     result = ExtractResult(str(out_path), counts, round(time.monotonic() - started, 3))
     log.info("audience of %s from %s: %s", plan.id, segment, counts.describe())

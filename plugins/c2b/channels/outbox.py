@@ -1,9 +1,17 @@
-"""The ``outbox`` channel: append each message as a JSON line to the run's outbox file.
+"""The ``outbox`` channel: each message as a JSON line in the run's outbox folder.
 
 It is what the demo prints from, and a safe default for trying a plan before wiring a gateway.
-A file cannot refuse a repeated idempotency key the way a gateway does: after a worker is killed
-mid-send, the retry re-appends the messages that were in flight, so readers of the file dedupe by
-``idempotency_key`` (the engine's ledger still records each message once).
+The folder is ``<data url>/outbox/<plan>/<run>/`` (:mod:`c2b.storage`):
+
+- on ``file://`` (the default) every message is appended to ``outbox.jsonl`` (``extra.file``);
+- on object storage (no append there) every batch is one object
+  ``outbox.jsonl.d/part-<writer>-<seq>.jsonl``, written whole before its messages count as sent;
+  ``writer`` is unique per channel instance, so each attempt of each shard writes its own objects.
+
+Readers take every ``*.jsonl`` under the run's folder. A file cannot refuse a repeated idempotency
+key the way a gateway does: after a worker is killed mid-send, the retry writes the messages that
+were in flight again, so readers dedupe by ``idempotency_key`` (the engine's ledger still records
+each message once).
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Any
 
 from c2b.channels.base import Channel, ChannelConfig, Message, Outcome
 
@@ -23,11 +31,20 @@ class OutboxChannel(Channel):
     default_batch = 100
 
     def __init__(self, config: ChannelConfig) -> None:
+        from c2b import storage
+
         super().__init__(config)
-        folder = Path(config.run_dir or ".")
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / config.extra.get("file", "outbox.jsonl")
+        name = config.extra.get("file", "outbox.jsonl")
+        local = storage.local_of(config.run_dir or ".")
         self._lock = threading.Lock()
+        self._objects: storage.ObjectWriter | None = None
+        if local is None:
+            folder = storage.as_path(config.run_dir) / f"{name}.d"
+            self.path: Any = folder
+            self._objects = storage.ObjectWriter(folder, "part", ".jsonl")
+            return
+        local.mkdir(parents=True, exist_ok=True)
+        self.path = local / name
         self._file = self.path.open("a", encoding="utf-8")
 
     def send(self, message: Message) -> Outcome:
@@ -35,10 +52,14 @@ class OutboxChannel(Channel):
 
     def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
         lines = "".join(json.dumps(m.to_json(), ensure_ascii=False) + "\n" for m in messages)
+        if self._objects is not None:
+            self._objects.write(lines.encode("utf-8"))  # raises StorageError (URL + cause): not sent
+            return [Outcome("sent")] * len(messages)
         with self._lock:
             self._file.write(lines)
             self._file.flush()
         return [Outcome("sent")] * len(messages)
 
     def close(self) -> None:
-        self._file.close()
+        if self._objects is None:
+            self._file.close()

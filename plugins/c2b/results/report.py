@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 
@@ -70,13 +68,14 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
 
 
-def write_report(summary: dict[str, Any], folder: Path) -> Path:
-    """Store the summary as ``<folder>/<plan>/<run>.json`` (read by the CLI and the UI)."""
+def write_report(summary: dict[str, Any], folder: Any) -> Any:
+    """Store the summary as ``<folder>/<plan>/<run>.json`` (read by the CLI and the UI).
+
+    ``folder`` is a local path or an ``ObjectStoragePath`` (:func:`c2b.settings.reports_dir`); the
+    report appears whole or not at all (:func:`c2b.storage.write_json`)."""
+    from c2b import storage
     from c2b.settings import safe_name
 
     path = folder / summary["plan"] / f"{safe_name(summary['run'])}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str), encoding="utf-8")
-    tmp.replace(path)
+    storage.write_json(path, summary, indent=2, sort_keys=True)
     return path

@@ -35,9 +35,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from c2b.hashing import MAX_SHARDS, murmur3_32_arrow, murmur3_32_matrix, shard_of_hashes, string_groups
@@ -145,13 +144,25 @@ class AudienceScan:
     non_integer_example: str | None = None
 
 
-def scan_staging(path: str | Path, batch_rows: int = DEFAULT_BATCH_ROWS, check_integers: bool = True) -> AudienceScan:
-    """Hash every uid of the staging Parquet once: shard-size histogram and integer check."""
+def scan_staging(path: Any, batch_rows: int = DEFAULT_BATCH_ROWS, check_integers: bool = True) -> AudienceScan:
+    """Hash every uid of the staging Parquet once: shard-size histogram and integer check.
+
+    ``path``: a local path or a URL of the run artifacts' storage (:mod:`c2b.storage`)."""
     import numpy as np
     import pyarrow.parquet as pq
 
+    from c2b import storage
+
     scan = AudienceScan(histogram=np.zeros(MAX_SHARDS, dtype=np.int64), integers=check_integers)
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["uid"]):
+    with storage.arrow_source(path) as source, storage.guard("reading", path):
+        _scan(pq.ParquetFile(source), scan, batch_rows)
+    return scan
+
+
+def _scan(file: Any, scan: AudienceScan, batch_rows: int) -> None:
+    import numpy as np
+
+    for batch in file.iter_batches(batch_size=batch_rows, columns=["uid"]):
         uids = batch.column(0)
         scan.rows += len(uids)
         buckets = np.abs(murmur3_32_arrow(uids).astype(np.int64)) & (MAX_SHARDS - 1)
@@ -159,12 +170,12 @@ def scan_staging(path: str | Path, batch_rows: int = DEFAULT_BATCH_ROWS, check_i
         if scan.integers and packed.canonical_ints(uids) is None:
             scan.integers = False
             scan.non_integer_example = packed.first_non_canonical(uids)
-    return scan
 
 
-def _fingerprint(path: Path, attr_columns: list[str]) -> str:
-    st = path.stat()
-    return json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, attr_columns])
+def _fingerprint(path: Any, attr_columns: list[str]) -> str:
+    from c2b import storage
+
+    return json.dumps([*storage.fingerprint(path), attr_columns])
 
 
 def _text(value: bytes | str) -> str:
@@ -203,7 +214,7 @@ def _stored_sizes(redis: Any, plan_id: str, run_id: str, shards: int, encoding: 
     return [int(n) // div for n in pipe.execute()]
 
 
-def load_shards(redis: Any, staging_path: str | Path, plan_id: str, run_id: str, shards: int | str,
+def load_shards(redis: Any, staging_path: Any, plan_id: str, run_id: str, shards: int | str,
                 attr_columns: Iterable[str] = (), ttl_seconds: int = 48 * 3600,
                 batch_rows: int = DEFAULT_BATCH_ROWS, max_shard_members: int = DEFAULT_MAX_SHARD_MEMBERS,
                 encoding: str = "auto") -> LoadResult:
@@ -213,10 +224,14 @@ def load_shards(redis: Any, staging_path: str | Path, plan_id: str, run_id: str,
     canonical integer), ``packed`` or ``zset``. Raises :class:`~c2b.store.sizing.ShardCountError`
     (nothing written) when a shard would exceed ``max_shard_members``, and :class:`StoreError` when
     ``packed`` is forced on non-integer uids. Loading the same file again is a no-op.
+
+    ``staging_path`` is a local path or a URL of the run artifacts' storage (:mod:`c2b.storage`); a
+    missing file raises :class:`~c2b.storage.StorageMissing`, a store that fails
+    :class:`~c2b.storage.StorageError` (both name the URL).
     """
     if encoding not in ENCODINGS:
         raise StoreError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
-    path = Path(staging_path)
+    path = staging_path
     attrs = [c for c in attr_columns if c not in ("uid", "variant")]
     started = time.monotonic()
     scan = scan_staging(path, batch_rows, check_integers=encoding != "zset")
@@ -262,11 +277,10 @@ def load_shards(redis: Any, staging_path: str | Path, plan_id: str, run_id: str,
                       write_seconds=done - scanned)
 
 
-def _write(stream: CommandStream, path: Path, plan_id: str, run_id: str, n: int, enc: str, sizes: list[int],
+def _write(stream: CommandStream, path: Any, plan_id: str, run_id: str, n: int, enc: str, sizes: list[int],
            attrs: list[str], ttl: int, batch_rows: int) -> list[int]:
     """Write every batch of the staging file; return the members written per shard."""
     import numpy as np
-    import pyarrow.parquet as pq
 
     keys = [ShardKeys(plan_id, run_id, s) for s in range(n + 1)]  # index 0 unused
     expiring: set[str] = set()
@@ -286,7 +300,7 @@ def _write(stream: CommandStream, path: Path, plan_id: str, run_id: str, n: int,
                 stream.command(key, "SETRANGE", key, sizes[s - 1] * packed.WIDTH - 1, b"\0")
                 ensure_ttl(key)
 
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["uid", *attrs]):
+    for batch in _batches(path, batch_rows, ["uid", *attrs]):
         uids = batch.column(0)
         if enc == "packed":
             values = packed.canonical_ints(uids)
@@ -327,6 +341,23 @@ def _write(stream: CommandStream, path: Path, plan_id: str, run_id: str, n: int,
             shard = shard_of_hashes(murmur3_32_arrow(uids), n)
             _write_attrs(stream, batch, shard, keys, attrs, ensure_ttl)
     return written[1:]
+
+
+def _batches(path: Any, batch_rows: int, columns: list[str]) -> Iterator[Any]:
+    """Yield the staging file's batches; a failure to read them is a StorageError naming ``path``."""
+    import pyarrow.parquet as pq
+
+    from c2b import storage
+
+    with storage.arrow_source(path) as source:
+        with storage.guard("reading", path):
+            it = pq.ParquetFile(source).iter_batches(batch_size=batch_rows, columns=columns)
+        while True:
+            with storage.guard("reading", path):
+                batch = next(it, None)
+            if batch is None:
+                return
+            yield batch
 
 
 def _zadd_members_resp(mat: Any, length: int) -> Any:
