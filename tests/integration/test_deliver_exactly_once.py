@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.deliverkit import (expected_keys, ledger_entries, load_audience, make_plan, plan_dict, spec,
-                                 start_shard)
+from devtools.deliverkit import expected_keys, ledger_entries, load_audience, make_plan, plan_dict, spec, start_shard
 from devtools.gateway import Faults, Gateway
 from devtools.servers import RedisServer
 

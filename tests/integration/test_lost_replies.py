@@ -20,8 +20,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from devtools.deliverkit import (expected_keys, ledger_entries, load_audience, make_plan, plan_dict, spec,
-                                 start_shard)
+from devtools.deliverkit import expected_keys, ledger_entries, load_audience, make_plan, plan_dict, spec, start_shard
 from devtools.gateway import Faults, Gateway
 from devtools.servers import ReplyCuttingProxy
 

@@ -342,7 +342,8 @@ class ShardLedger:
         with self._lock:
             if self._bits is None:
                 if create:
-                    nb, _ = self._layout_script(keys=[self.codes], args=[self._proposed_buckets(), self.slots, self.ttl])
+                    proposal = [self._proposed_buckets(), self.slots, self.ttl]
+                    nb, _ = self._layout_script(keys=[self.codes], args=proposal)
                 else:
                     nb = self.redis.hget(self.codes, "#nb")
                     if nb is None:
