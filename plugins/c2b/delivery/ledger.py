@@ -42,14 +42,13 @@ load), which is why the per-page counters live there.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from c2b.hashing import uid_bytes
+from c2b.delivery.records import uid_key
 from c2b.store.shards import ShardKeys, read_layout
 
 PENDING, SENT, DEFERRED, CAPPED, EXPIRED = "p", "s", "d", "c", "x"
@@ -261,19 +260,6 @@ return 1
 
 _MASK64 = (1 << 64) - 1
 _FIB = 0x9E3779B97F4A7C15
-
-
-def uid_key(uid: str) -> bytes:
-    """Return the 8 bytes an outcome record keeps for ``uid``: a canonical int64 uid as itself
-    (little-endian, exact), any other uid as its 8-byte BLAKE2b (a collision needs ~4e9 uids in one shard)."""
-    if uid[:1].isdigit() or uid[:1] == "-":
-        try:
-            v = int(uid)
-        except ValueError:
-            v = None
-        if v is not None and -(1 << 63) <= v < (1 << 63) and str(v) == uid:
-            return v.to_bytes(8, "little", signed=True)
-    return hashlib.blake2b(uid_bytes(uid), digest_size=8).digest()
 
 
 def bucket_count(members: int) -> int:
