@@ -93,17 +93,28 @@ local function find(s, k8)
     init = p + 1
   end
 end
+local names = {}
+local bucket = {}  -- bucket strings read in this call (a write drops its copy)
 local function recorded(bkey, k8, f)
   if k8 == '' then return false end
   local slot = slot_of(f, false)
   if not slot then return false end
-  local s = redis.call('GET', bkey)
+  local s = bucket[bkey]
+  if s == nil then
+    s = redis.call('GET', bkey)
+    bucket[bkey] = s
+  end
   if not s then return false end
   local p = find(s, k8)
   if not p then return false end
   local c = string.byte(s, p + 8 + slot)
   if c == 0 then return false end
-  return redis.call('HGET', DICT, 'c:' .. c)
+  local st = names[c]
+  if not st then
+    st = redis.call('HGET', DICT, 'c:' .. c)
+    names[c] = st
+  end
+  return st
 end
 local function state_of(f, bkey, k8)
   local cur = redis.call('HGET', KEYS[1], f)
@@ -111,10 +122,11 @@ local function state_of(f, bkey, k8)
   return recorded(bkey, k8, f)
 end
 local touched = {}
+local codes = {}
 local function seal(bkey, k8, f, st)
   local slot = slot_of(f, true)
   if not slot then return false end
-  local code = tonumber(redis.call('HGET', DICT, 's:' .. st) or '0')
+  local code = codes[st] or tonumber(redis.call('HGET', DICT, 's:' .. st) or '0')
   if code == 0 then
     local n = redis.call('HINCRBY', DICT, '#codes', 1)
     if n > 255 then
@@ -124,6 +136,8 @@ local function seal(bkey, k8, f, st)
     code = n
     redis.call('HSET', DICT, 's:' .. st, code, 'c:' .. code, st)
   end
+  codes[st] = code
+  bucket[bkey] = nil
   local s = redis.call('GET', bkey) or ''
   local p = find(s, k8)
   if p then
