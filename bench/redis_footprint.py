@@ -123,6 +123,85 @@ def worker(users: int, redis_url: str, workdir: Path) -> dict[str, Any]:
             "before": before, "delivered": delivered, "after": after, "live_ledger_peak": sampler.largest}
 
 
+def history_worker(users: int, redis_url: str) -> dict[str, Any]:
+    """Write ``users`` users into the contact history and one plan's re-entry history, as the
+    recorder does (flushes of 500 sends), then read them back as the extract does (batches of
+    262,144 uids through the plan's re-entry rule); return sizes and times."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+    import redis as redis_lib
+    from c2b.delivery.contacts import record_contacts
+    from c2b.delivery.reentry import ReentryRule, record_sends
+    from c2b.plan.load import parse_plan
+
+    r = redis_lib.Redis.from_url(redis_url)
+    plan = parse_plan({"id": "bench_history", "audience": {"all": True}, "reentry": {"after_days": 7},
+                       "touches": [{"name": "note", "channel": "outbox", "template": "Hi"}]}, "<bench>")
+    now = datetime.now(UTC)
+    record = record_sends(plan, record_contacts)
+    before = measure(r)
+    t0 = time.monotonic()
+    for start in range(0, users, 500):
+        record(r, [str(10_000_000 + 3 * i) for i in range(start, min(start + 500, users))], now)
+    t_record = time.monotonic() - t0
+    after = measure(r)
+    rule = ReentryRule(plan, r, now)
+    t0 = time.monotonic()
+    hits = 0
+    for start in range(0, users, 262_144):
+        batch = pa.array([str(10_000_000 + 3 * i) for i in range(start, min(start + 262_144, users))])
+        hits += int(rule.matches(batch).sum())
+    t_lookup = time.monotonic() - t0
+    if hits != users:
+        raise AssertionError(f"re-entry lookup found {hits} of {users} recorded users")
+    return {"users": users, "record_s": round(t_record, 1), "lookup_s": round(t_lookup, 1),
+            "before": before, "after": after}
+
+
+def run_history(name: str, code: Path, users: int, tmp: Path) -> dict[str, Any]:
+    from devtools.servers import RedisServer
+
+    server = RedisServer(tmp / f"redis-history-{name}").start()
+    try:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(code / "plugins"), str(ROOT)])}
+        out = tmp / f"history-{name}.json"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--history-worker", "--users", str(users),
+               "--redis-url", server.url, "--out", str(out)]
+        subprocess.run(cmd, check=True, env=env, cwd=str(code))
+        return json.loads(out.read_text())
+    finally:
+        server.stop()
+
+
+def history_report(hist: dict[str, dict[str, Any]]) -> list[str]:
+    if not hist:
+        return []
+    names = list(hist)
+    users = next(iter(hist.values()))["users"]
+    lines = [f"## Cross-run histories at {users:,} users", "",
+             f"Contact history and one plan's re-entry history written for {users:,} users as the recorder "
+             "does (flushes of 500), then read back through the plan's re-entry rule as the extract does "
+             "(batches of 262,144); each version on its own fresh redis-server.", "",
+             "| | " + " | ".join(names) + (" | current / baseline |" if len(names) == 2 else " |"),
+             "|---|" + "---|" * (len(names) + (1 if len(names) == 2 else 0))]
+
+    def row(label: str, values: list[float]) -> None:
+        ratio = [f"{values[1] / values[0]:.2f}x" if values[0] else "-"] if len(values) == 2 else []
+        lines.append(f"| {label} | " + " | ".join([f"{v:,.2f}" for v in values] + ratio) + " |")
+
+    for fam in ("contacts", "reentry"):
+        row(f"{fam}, B/user", [hist[n]["after"]["families"][fam]["bytes"] / users for n in names])
+        row(f"{fam}, largest key B", [hist[n]["after"]["families"][fam]["largest_bytes"]["bytes"] for n in names])
+        row(f"{fam}, largest key elements",
+            [hist[n]["after"]["families"][fam]["largest_elements"]["elements"] for n in names])
+    row("used_memory, B/user", [(hist[n]["after"]["used_memory"] - hist[n]["before"]["used_memory"]) / users
+                                for n in names])
+    row("record both histories, s", [hist[n]["record_s"] for n in names])
+    row("re-entry lookup of every user (extract), s", [hist[n]["lookup_s"] for n in names])
+    return [*lines, ""]
+
+
 def run_version(name: str, code: Path, users: int, tmp: Path) -> dict[str, Any]:
     """Run :func:`worker` in a fresh process against ``code``'s plugins, on a fresh redis-server."""
     sys.path.insert(0, str(ROOT))
@@ -228,17 +307,24 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=1_000_000)
     ap.add_argument("--baseline-ref", default="main", help="git ref of the 'before' code, or 'none'")
+    ap.add_argument("--history-users", type=int, default=10_000_000,
+                    help="users written into the cross-run histories alone (0: skip)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--history-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--redis-url", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.history_worker:
+        Path(args.out).write_text(json.dumps(history_worker(args.users, args.redis_url)))
+        return 0
     if args.worker:
         workdir = Path(args.workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(worker(args.users, args.redis_url, workdir)))
         return 0
     results: dict[str, dict[str, Any]] = {}
+    hist: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="c2b-footprint-") as tmp_s:
         tmp = Path(tmp_s)
         if args.baseline_ref != "none":
@@ -249,13 +335,19 @@ def main() -> int:
             subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
             print(f"baseline: {args.baseline_ref} ({users_label(args.users)})", flush=True)
             results[f"baseline ({args.baseline_ref})"] = run_version("baseline", base, args.users, tmp)
+            if args.history_users:
+                print(f"baseline histories ({users_label(args.history_users)})", flush=True)
+                hist[f"baseline ({args.baseline_ref})"] = run_history("baseline", base, args.history_users, tmp)
         print(f"current: this worktree ({users_label(args.users)})", flush=True)
         results["current"] = run_version("current", ROOT, args.users, tmp)
+        if args.history_users:
+            print(f"current histories ({users_label(args.history_users)})", flush=True)
+            hist["current"] = run_history("current", ROOT, args.history_users, tmp)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    text = report(results, args.users)
+    text = report(results, args.users) + "\n".join(history_report(hist))
     (RESULTS / "redis_footprint.md").write_text(text)
     (RESULTS / "redis_footprint.json").write_text(json.dumps(
-        {"users": args.users, "loadavg": os.getloadavg(), "results": results,
+        {"users": args.users, "loadavg": os.getloadavg(), "results": results, "histories": hist,
          "summary": {n: summarize(r) for n, r in results.items()}}, indent=1, default=str))
     print(text)
     return 0
