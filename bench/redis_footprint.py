@@ -309,6 +309,8 @@ def main() -> int:
     ap.add_argument("--baseline-ref", default="main", help="git ref of the 'before' code, or 'none'")
     ap.add_argument("--history-users", type=int, default=10_000_000,
                     help="users written into the cross-run histories alone (0: skip)")
+    ap.add_argument("--histories-only", action="store_true",
+                    help="measure only the cross-run histories (results in redis_footprint_histories.md/.json)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--history-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--redis-url", help=argparse.SUPPRESS)
@@ -333,17 +335,30 @@ def main() -> int:
             archive = subprocess.run(["git", "-C", str(ROOT), "archive", args.baseline_ref, "plugins"],
                                      check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
-            print(f"baseline: {args.baseline_ref} ({users_label(args.users)})", flush=True)
-            results[f"baseline ({args.baseline_ref})"] = run_version("baseline", base, args.users, tmp)
+            if not args.histories_only:
+                print(f"baseline: {args.baseline_ref} ({users_label(args.users)})", flush=True)
+                results[f"baseline ({args.baseline_ref})"] = run_version("baseline", base, args.users, tmp)
             if args.history_users:
                 print(f"baseline histories ({users_label(args.history_users)})", flush=True)
                 hist[f"baseline ({args.baseline_ref})"] = run_history("baseline", base, args.history_users, tmp)
-        print(f"current: this worktree ({users_label(args.users)})", flush=True)
-        results["current"] = run_version("current", ROOT, args.users, tmp)
+        if not args.histories_only:
+            print(f"current: this worktree ({users_label(args.users)})", flush=True)
+            results["current"] = run_version("current", ROOT, args.users, tmp)
         if args.history_users:
             print(f"current histories ({users_label(args.history_users)})", flush=True)
             hist["current"] = run_history("current", ROOT, args.history_users, tmp)
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if args.histories_only:
+        load = os.getloadavg()
+        text = "\n".join([f"# Redis footprint of the cross-run histories ({args.history_users:,} users)", "",
+                          f"Machine: {platform.machine()}, {os.cpu_count()} cores, load average at the end "
+                          f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (shared: times are indicative).", "",
+                          *history_report(hist)])
+        (RESULTS / "redis_footprint_histories.md").write_text(text)
+        (RESULTS / "redis_footprint_histories.json").write_text(json.dumps(
+            {"users": args.history_users, "loadavg": load, "histories": hist}, indent=1, default=str))
+        print(text)
+        return 0
     text = report(results, args.users) + "\n".join(history_report(hist))
     (RESULTS / "redis_footprint.md").write_text(text)
     (RESULTS / "redis_footprint.json").write_text(json.dumps(
