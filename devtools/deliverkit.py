@@ -61,6 +61,18 @@ def expected_keys(plan: Any, run_id: str, uids: list[str]) -> set[str]:
             for t in plan.touches_of(picker.pick(u.encode()))}
 
 
+def ledger_entries(redis: Any, plan: Any, run_id: str, uids: list[str], shard: int = 1) -> dict[str, str]:
+    """Return the shard's ledger as ``{"<touch>|<uid>": state}`` for every entry of ``uids`` x the
+    plan's touches that exists (final entries live in outcome records keyed by uid, not in a hash
+    one could list, so the caller names the users)."""
+    from c2b.delivery.ledger import ShardLedger
+    from c2b.store.shards import ShardKeys
+
+    fields = [f"{t.name}|{u}" for u in uids for t in plan.touches]
+    states = ShardLedger(redis, ShardKeys(plan.id, run_id, shard)).states(fields)
+    return {f: st for f, st in zip(fields, states, strict=True) if st is not None}
+
+
 def spec(redis_url: str, plan: dict[str, Any], run_id: str, shard: int, url: str,
          extra: dict[str, Any] | None = None, channel: str | None = None) -> dict[str, Any]:
     return {"redis_url": redis_url, "plan": plan, "run_id": run_id, "shard": shard,

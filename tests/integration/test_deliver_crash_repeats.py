@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.deliverkit import expected_keys, load_audience, make_plan, plan_dict, spec, start_shard
+from devtools.deliverkit import expected_keys, ledger_entries, load_audience, make_plan, plan_dict, spec, start_shard
 from devtools.gateway import Faults, Gateway
 from devtools.servers import RedisServer
 
@@ -45,8 +45,8 @@ def _repeats(gw: Gateway) -> int:
     return sum(n - 1 for n in gw.record.keys.values() if n > 1)
 
 
-def _ledger_states(redis, plan_id: str, run_id: str) -> set[str]:
-    return {v.decode() for v in redis.hgetall(f"c2b:{{{plan_id}:{run_id}:1}}:ledger").values()}
+def _ledger_states(redis, plan, run_id: str, users: list[str]) -> set[str]:
+    return set(ledger_entries(redis, plan, run_id, users).values())
 
 
 @pytest.mark.timeout(600)
@@ -77,7 +77,7 @@ def test_kill_minus_9_repeats_at_most_the_in_flight_window(redis_server, redis_c
             _finish(start_shard(s, tmp_path / f"t{trial}", "last"))
             rec = gw.record
             assert set(rec.keys) == want, f"trial {trial}: lost {len(want - set(rec.keys))}"
-            assert _ledger_states(redis_client, plan.id, run_id) == {"s"}
+            assert _ledger_states(redis_client, plan, run_id, users) == {"s"}
             repeats = _repeats(gw)
             report.append((trial, batch, kills, window, repeats))
             assert repeats <= kills * window, (trial, kills, window, repeats)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from devtools.deliverkit import expected_keys, load_audience, make_plan, plan_dict, spec, start_shard
+from devtools.deliverkit import expected_keys, ledger_entries, load_audience, make_plan, plan_dict, spec, start_shard
 from devtools.gateway import Faults, Gateway
 from devtools.servers import RedisServer
 
@@ -37,9 +37,8 @@ def _finish(proc, timeout: float = 60.0) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _ledger(redis, plan_id: str, run_id: str, shard: int = 1) -> dict[str, str]:
-    raw = redis.hgetall(f"c2b:{{{plan_id}:{run_id}:{shard}}}:ledger")
-    return {k.decode(): v.decode() for k, v in raw.items()}
+def _ledger(redis, plan, run_id: str, users: list[str], shard: int = 1) -> dict[str, str]:
+    return ledger_entries(redis, plan, run_id, users, shard)
 
 
 def _pending_count(redis, plan_id: str, run_id: str, shard: int = 1) -> int:
@@ -67,7 +66,7 @@ def test_kill_minus_9_at_random_points_then_retry_sends_each_message_once(
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             seen_at_kill = gw.record.messages
-            pending = sum(1 for v in _ledger(redis_client, plan.id, run_id).values() if v == "p")
+            pending = sum(1 for v in _ledger(redis_client, plan, run_id, users).values() if v == "p")
             stats = _finish(start_shard(s, tmp_path / f"t{trial}", "retry"))
 
             rec = gw.record
@@ -77,7 +76,7 @@ def test_kill_minus_9_at_random_points_then_retry_sends_each_message_once(
             # The retry sends again exactly the entries left pending by the kill (in flight, or sent
             # but not yet recorded), and the gateway had already accepted at most those.
             assert stats["attempt"].get("resent", 0) == pending and replays <= pending, (trial, pending, replays)
-            ledger = _ledger(redis_client, plan.id, run_id)
+            ledger = _ledger(redis_client, plan, run_id, users)
             assert len(ledger) == len(want) and set(ledger.values()) == {"s"}
             # The pending count agrees with the ledger, and nothing needed the orphan sweep.
             assert _pending_count(redis_client, plan.id, run_id) == 0 and not stats["attempt"].get("orphans")
@@ -99,7 +98,7 @@ def test_injected_5xx_and_timeouts_end_sent_or_failed_with_reason(redis_server, 
     with Gateway(faults) as gw:
         stats = _finish(start_shard(spec(redis_server.url, data, "r1", 1, gw.url, {"timeout": 0.2}), tmp_path))
     rec = gw.record
-    ledger = _ledger(redis_client, plan.id, "r1")
+    ledger = _ledger(redis_client, plan, "r1", users)
     assert len(ledger) == len(want)
     states = {v if v == "s" else v.split(":", 1)[0] for v in ledger.values()}
     assert states <= {"s", "f"}, states
@@ -147,7 +146,7 @@ def test_redis_restart_during_delivery_the_retry_completes_the_shard(tmp_path: P
             rec = gw.record
         assert set(rec.accepted) == want, f"lost {len(want - set(rec.accepted))}"
         assert rec.duplicates == 0
-        ledger = _ledger(server.client(), plan.id, "r1")
+        ledger = _ledger(server.client(), plan, "r1", users)
         assert len(ledger) == len(want) and set(ledger.values()) == {"s"}
         assert _pending_count(server.client(), plan.id, "r1") == 0
         log = (tmp_path / "first.log").read_text()
@@ -190,4 +189,4 @@ def test_pending_entries_behind_the_checkpoint_are_swept_and_sent_once(redis_cli
     assert set(rec.accepted) == orphans | rest and rec.duplicates == 0 and not rec.replays
     assert stats["attempt"]["orphans"] == 10 and stats["counts"] == {"all|t0|sent": 200}
     assert ledger.pending_count() == 0
-    assert set(_ledger(redis_client, plan.id, "r1").values()) == {"s"}
+    assert set(_ledger(redis_client, plan, "r1", users).values()) == {"s"}

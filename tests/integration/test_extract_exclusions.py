@@ -14,10 +14,14 @@ from c2b.audience.warehouse import DuckDBWarehouse
 from c2b.cli import main as cli
 from c2b.delivery.contacts import (
     BUCKETS,
+    LEGACY_BUCKETS,
+    RECORD,
     bucket_key,
     contacted_since,
     contacted_since_array,
     epoch_day,
+    last_days,
+    legacy_bucket_key,
     prune_contacts,
     record_contacts,
 )
@@ -87,11 +91,14 @@ def test_contact_history_layout_and_semantics(redis_client) -> None:
     assert contacted_since(redis_client, [], NOW) == []
 
     keys = [k.decode() for k in redis_client.scan_iter("c2b:contacts:*")]
-    assert 0 < len(keys) <= BUCKETS and all(k.startswith("c2b:contacts:{") and k.endswith("}") for k in keys)
-    assert max(redis_client.hlen(k) for k in keys) < 50  # spread, no big key
+    assert 0 < len(keys) <= BUCKETS and all(k.startswith("c2b:contacts:r:{") and k.endswith("}") for k in keys)
+    # Fixed-width records (uid key, day), spread: no big key, 10 bytes a user.
+    assert all(redis_client.strlen(k) % RECORD == 0 for k in keys)
+    assert sum(redis_client.strlen(k) for k in keys) == RECORD * len(uids)
+    assert max(redis_client.strlen(k) for k in keys) < 10 * RECORD
     assert all(0 < redis_client.ttl(k) <= 180 * 86_400 for k in keys)
-    assert redis_client.hget(bucket_key(1), "nobody") is None
-    assert int(redis_client.hget(_key_of(redis_client, uids[0]), uids[0])) == epoch_day(NOW - timedelta(days=3))
+    assert last_days(redis_client, ["nobody", uids[0]]).tolist() == [0, epoch_day(NOW - timedelta(days=3))]
+    assert redis_client.strlen(_key_of(redis_client, uids[0])) >= RECORD
 
     texts = pa.array(uids[:-2] + ["never", "用户"])
     vector = contacted_since_array(redis_client, texts, NOW - timedelta(days=7)).tolist()
@@ -101,6 +108,25 @@ def test_contact_history_layout_and_semantics(redis_client) -> None:
     record_contacts(redis_client, ["old"], NOW - timedelta(days=100))
     assert prune_contacts(redis_client, NOW - timedelta(days=90)) == 1
     assert contacted_since(redis_client, ["old"], NOW - timedelta(days=365)) == [False]
+
+
+def test_contacts_of_the_former_hash_layout_are_still_read_and_pruned(redis_client) -> None:
+    """History written by earlier versions (uid -> day in 1,024 hashes) counts until it expires."""
+    from c2b.delivery import contacts
+    from c2b.hashing import shard_index
+
+    contacts._legacy_seen.clear()
+    for uid, days_ago in (("7", 2), ("x1", 50), ("8", 100)):
+        day = epoch_day(NOW - timedelta(days=days_ago))
+        redis_client.hset(legacy_bucket_key(shard_index(uid, LEGACY_BUCKETS)), uid, day)
+    record_contacts(redis_client, ["7"], NOW - timedelta(days=30))  # the legacy day is later: it wins
+    since = NOW - timedelta(days=60)
+    assert contacted_since(redis_client, ["7", "x1", "8", "9"], since) == [True, True, False, False]
+    assert contacted_since(redis_client, ["7"], NOW - timedelta(days=3)) == [True]
+    assert contacted_since_array(redis_client, pa.array(["x1", "8"]), since).tolist() == [True, False]
+    assert prune_contacts(redis_client, NOW - timedelta(days=90)) == 1  # the 100-day-old legacy field
+    assert contacted_since(redis_client, ["8"], NOW - timedelta(days=365)) == [False]
+    contacts._legacy_seen.clear()
 
 
 def _key_of(redis_client, uid: str) -> str:

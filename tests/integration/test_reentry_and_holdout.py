@@ -15,7 +15,7 @@ import pytest
 from c2b.audience.eligibility import GlobalHoldout
 from c2b.audience.extract import extract_audience
 from c2b.audience.warehouse import DuckDBWarehouse
-from c2b.delivery.reentry import BUCKETS, bucket_key, record_sends
+from c2b.delivery.reentry import BUCKETS, bucket_key, record_sends, stored_users
 from c2b.plan.load import parse_plan
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
@@ -72,8 +72,8 @@ def test_reentry_history_is_per_plan_and_bounded(demo_warehouse: Path, redis_cli
     record_sends(plan, lambda *_: None)(redis_client, audience, NOW)
     counts, _ = _extract(other, demo_warehouse, tmp_path, redis_client, NOW)
     assert counts.not_reentered == 0  # another plan's sends do not count
-    sizes = [redis_client.hlen(bucket_key(plan.id, b)) for b in range(1, BUCKETS + 1)]
-    assert sum(sizes) == len(audience) and max(sizes) < 10_000
+    sizes = stored_users(redis_client, plan.id)
+    assert len(sizes) == BUCKETS and sum(sizes) == len(audience) and max(sizes) < 100  # ~10 B a user, spread
     ttl = redis_client.ttl(bucket_key(plan.id, 1 + next(i for i, n in enumerate(sizes) if n)))
     assert ttl > 1000 * 86_400  # 'once' keeps its history for years, refreshed by every send
 
@@ -110,8 +110,7 @@ def test_a_delivered_run_writes_the_plan_history(redis_client, tmp_path: Path) -
     channels = {"t": make_channel("outbox", ChannelConfig(run_dir=str(tmp_path / "out")))}
     for shard in range(1, plan.delivery.shards + 1):
         ShardDelivery(redis_client, plan, "r1", shard, channels, lambda: False).run(10, 4)
-    stored = sum(redis_client.hlen(bucket_key(plan.id, b)) for b in range(1, BUCKETS + 1))
-    assert stored == len(users)
+    assert sum(stored_users(redis_client, plan.id)) == len(users)
 
 
 def test_control_users_enter_the_plan_too_so_reentry_keeps_the_split(redis_client, tmp_path: Path) -> None:
@@ -135,10 +134,12 @@ def test_control_users_enter_the_plan_too_so_reentry_keeps_the_split(redis_clien
     picker = VariantPicker(plan.salt, plan.variant_weights)
     controls = {u for u in users if picker.pick(u.encode()) == "control"}
     assert 50 < len(controls) < 150
-    recorded = set()
-    for b in range(1, BUCKETS + 1):
-        recorded |= {k.decode() for k in redis_client.hkeys(bucket_key(plan.id, b))}
-    assert recorded == set(users)  # treated (sent) and control users alike
+    from functools import partial
+
+    from c2b.delivery.contacts import last_days
+
+    days = last_days(redis_client, users, key_of=partial(bucket_key, plan.id), buckets=BUCKETS, legacy_of=None)
+    assert sum(stored_users(redis_client, plan.id)) == len(users) and days.all()  # treated and control alike
     # The next run's extract turns every one of them away, whatever their arm.
     from c2b.audience.eligibility import Eligibility
 
@@ -176,5 +177,5 @@ def test_the_demo_can_forget_a_plans_history_and_only_that_plans(redis_client) -
     record_entries(other, redis_client, users[:10], NOW)
     assert forget_history(redis_client, mine.id) == len(users)
     assert not any(redis_client.exists(bucket_key(mine.id, b)) for b in range(1, BUCKETS + 1))
-    assert sum(redis_client.hlen(bucket_key(other.id, b)) for b in range(1, BUCKETS + 1)) == 10
+    assert sum(stored_users(redis_client, other.id)) == 10
     assert forget_history(redis_client, mine.id) == 0

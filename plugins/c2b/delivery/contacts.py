@@ -1,19 +1,27 @@
 """Contact history: when each user was last messaged, for ``exclude: [{contacted_within_days: N}]``.
 
-One key per user would mean millions of tiny keys; one hash for everyone would be a big key. So
-users are spread over :data:`BUCKETS` hashes by the platform's shard formula
-(``shard_index(uid, 1024)``), each field ``uid -> epoch day`` of the last contact::
+One key per user would mean millions of tiny keys; one hash for everyone would be a big key; and a
+hash field costs ~60-70 bytes once a hash is large. So the history is kept as fixed-width records
+(:mod:`c2b.delivery.records`): the uid's 8-byte key and the UTC epoch day of the last contact
+(uint16, little-endian), 10 bytes a user, in :data:`BUCKETS` strings chosen by the platform's shard
+formula (``shard_index(uid, 16384)``)::
 
-    c2b:contacts:{0001} .. c2b:contacts:{1024}    HASH  uid -> days since 1970-01-01 (UTC)
+    c2b:contacts:r:{00001} .. c2b:contacts:r:{16384}    STRING  (uid key, epoch day) x users
 
-Every command touches one key, so the layout works unchanged on Redis Cluster (the ``{...}`` hash
-tag only pins each bucket to one slot). Each write refreshes the bucket's TTL, so the history of an
-idle system expires; :func:`prune_contacts` drops fields older than a horizon from busy buckets.
+At 10M users a bucket holds ~610 records (~6 KB); a bucket reaches 1 MB only past 1.6 billion
+users. Every command touches one key, so the layout works unchanged on Redis Cluster (the
+``{...}`` hash tag only pins each bucket to one slot). Each write refreshes the bucket's TTL, so
+the history of an idle system expires; :func:`prune_contacts` drops records older than a horizon.
 The delivery step calls :func:`record_contacts` after each sent message (or page of messages).
+
+Earlier versions kept ``uid -> day`` in 1,024 hashes (``c2b:contacts:{0001}`` ..). Nothing writes
+them any more; while any of them still exists (they expire 180 days after their last write),
+readers look there too and take the later day, so no contact is forgotten by the change.
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -22,28 +30,86 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from c2b.delivery.records import FIND, uid_key, uid_keys_arrow
 from c2b.hashing import shard_index, shard_indexes_arrow, uid_bytes
 from c2b.store.script_pipelines import run_scripts
 
-BUCKETS = 1024
+BUCKETS = 16384
 DEFAULT_TTL_DAYS = 180
-_KEY = "c2b:contacts:{{{:04d}}}"
+RECORD = 10  # uid key (8) + epoch day (uint16 LE)
+_KEY = "c2b:contacts:r:{{{:05d}}}"
+LEGACY_BUCKETS = 1024
+_LEGACY_KEY = "c2b:contacts:{{{:04d}}}"
+LEGACY_CHECK_EVERY_S = 60.0
 
-# Keep the later day when a field already holds one (writes may arrive out of order).
-_RECORD_MAX = """
+# KEYS[1]: a bucket. ARGV: day, ttl seconds, then uid keys. Keeps the later day when a record
+# exists (writes may arrive out of order); new records are appended with one exact-size SET.
+_RECORD_MAX = FIND + r"""
 local day = tonumber(ARGV[1])
+local enc = string.char(day % 256, math.floor(day / 256))
+local s = redis.call('GET', KEYS[1]) or ''
+local add, later, seen = {}, {}, {}
 for i = 3, #ARGV do
-  local old = tonumber(redis.call('HGET', KEYS[1], ARGV[i]))
-  if not old or old < day then redis.call('HSET', KEYS[1], ARGV[i], day) end
+  local k8 = ARGV[i]
+  if not seen[k8] then
+    seen[k8] = true
+    local p = find_record(s, k8, 10)
+    if p then
+      if string.byte(s, p + 8) + 256 * string.byte(s, p + 9) < day then later[#later + 1] = p + 7 end
+    else
+      add[#add + 1] = k8 .. enc
+    end
+  end
 end
+if #add > 0 then redis.call('SET', KEYS[1], s .. table.concat(add)) end
+for _, at in ipairs(later) do redis.call('SETRANGE', KEYS[1], at, enc) end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return #ARGV - 2
+"""
+
+# KEYS[1]: a bucket. ARGV: uid keys. Returns the epoch day of each (0: no record).
+_LOOKUP = FIND + r"""
+local s = redis.call('GET', KEYS[1])
+local out = {}
+for i = 1, #ARGV do
+  local d = 0
+  if s then
+    local p = find_record(s, ARGV[i], 10)
+    if p then d = string.byte(s, p + 8) + 256 * string.byte(s, p + 9) end
+  end
+  out[i] = d
+end
+return out
+"""
+
+# KEYS[1]: a bucket. ARGV: floor day. Drops records older than the floor; returns how many.
+_PRUNE = r"""
+local s = redis.call('GET', KEYS[1])
+if not s then return 0 end
+local floor = tonumber(ARGV[1])
+local keep, dropped = {}, 0
+for p = 1, #s - 9, 10 do
+  if string.byte(s, p + 8) + 256 * string.byte(s, p + 9) >= floor then
+    keep[#keep + 1] = string.sub(s, p, p + 9)
+  else
+    dropped = dropped + 1
+  end
+end
+if dropped > 0 then
+  if #keep == 0 then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], table.concat(keep), 'KEEPTTL') end
+end
+return dropped
 """
 
 
 def bucket_key(bucket: int) -> str:
     """Return the Redis key of contact bucket ``bucket`` (1..BUCKETS)."""
     return _KEY.format(bucket)
+
+
+def legacy_bucket_key(bucket: int) -> str:
+    """Return the key of bucket ``bucket`` (1..LEGACY_BUCKETS) of the former hash layout."""
+    return _LEGACY_KEY.format(bucket)
 
 
 def epoch_day(when: datetime) -> int:
@@ -71,67 +137,134 @@ def record_contacts(redis: Any, uids: list[str], when: datetime, ttl_days: int =
     if not uids:
         return
     day = epoch_day(when)
+    groups: dict[int, list[bytes]] = defaultdict(list)
+    for uid in uids:
+        groups[shard_index(uid, buckets)].append(uid_key(uid))
     calls = []
-    for bucket, members in _by_bucket(uids, buckets).items():
+    for bucket, members in groups.items():
         key = key_of(bucket)
-        args = (day, ttl_days * 86_400, *(b for _, b in members))
+        args = (day, ttl_days * 86_400, *members)
         # EVAL, not EVALSHA: no script cache to miss, in a pipeline or on a cluster node.
         calls.append((key, lambda pipe, key=key, args=args: pipe.eval(_RECORD_MAX, 1, key, *args)))
     run_scripts(redis, calls)
+
+
+_legacy_seen: dict[tuple[int, str], tuple[float, bool]] = {}
+
+
+def legacy_present(redis: Any, key_of: Callable[[int], str], buckets: int) -> bool:
+    """Return whether any bucket of a former hash layout still exists (checked once a minute)."""
+    name = key_of(1)
+    cache = (id(redis), name)
+    now = time.monotonic()
+    seen = _legacy_seen.get(cache)
+    if seen is not None and now - seen[0] < LEGACY_CHECK_EVERY_S:
+        return seen[1]
+    present = False
+    for start in range(1, buckets + 1, 1024):
+        pipe = redis.pipeline(transaction=False)
+        for b in range(start, min(start + 1024, buckets + 1)):
+            pipe.exists(key_of(b))
+        if any(pipe.execute()):
+            present = True
+            break
+    _legacy_seen[cache] = (now, present)
+    return present
+
+
+def last_days(redis: Any, uids: list[str], *, key_of: Callable[[int], str] = bucket_key, buckets: int = BUCKETS,
+              legacy_of: Callable[[int], str] | None = legacy_bucket_key, legacy_buckets: int = LEGACY_BUCKETS,
+              keys: list[bytes] | None = None, where: np.ndarray | None = None) -> np.ndarray:
+    """Return the epoch day of each uid's last record (0: none), as numpy int32.
+
+    ``keys``/``where`` (uid keys, buckets) may be given when the caller has them vectorised.
+    """
+    n = len(uids)
+    out = np.zeros(n, dtype=np.int32)
+    if n == 0:
+        return out
+    if where is None:
+        where = np.array([shard_index(u, buckets) for u in uids], dtype=np.int64)
+    if keys is None:
+        keys = [uid_key(u) for u in uids]
+    order = np.argsort(where, kind="stable")
+    ordered = where[order]
+    cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+    starts = np.concatenate(([0], cuts)).tolist()
+    ends = np.concatenate((cuts, [n])).tolist()
+    rows = order.tolist()
+    calls = []
+    for a, b in zip(starts, ends, strict=True):
+        key = key_of(int(ordered[a]))
+        args = [keys[i] for i in rows[a:b]]
+        calls.append((key, lambda pipe, key=key, args=args: pipe.eval(_LOOKUP, 1, key, *args)))
+    for a, days in zip(starts, run_scripts(redis, calls), strict=True):
+        out[order[a:a + len(days)]] = np.asarray(days, dtype=np.int32)
+    if legacy_of is not None and legacy_present(redis, legacy_of, legacy_buckets):
+        old = np.zeros(n, dtype=np.int32)
+        groups = _by_bucket(uids, legacy_buckets)
+        pipe = redis.pipeline(transaction=False)
+        for bucket, members in groups.items():
+            pipe.hmget(legacy_of(bucket), [b for _, b in members])
+        for members, days in zip(groups.values(), pipe.execute(), strict=True):
+            for (i, _), day in zip(members, days, strict=True):
+                if day is not None:
+                    old[i] = int(day)
+        np.maximum(out, old, out=out)
+    return out
 
 
 def contacted_since(redis: Any, uids: list[str], since: datetime) -> list[bool]:
     """Return, for each uid, whether it was contacted on or after the UTC day of ``since``."""
     if not uids:
         return []
-    floor = epoch_day(since)
-    out = [False] * len(uids)
-    groups = _by_bucket(uids)
-    pipe = redis.pipeline(transaction=False)
-    for bucket, members in groups.items():
-        pipe.hmget(bucket_key(bucket), [b for _, b in members])
-    for members, days in zip(groups.values(), pipe.execute(), strict=True):
-        for (i, _), day in zip(members, days, strict=True):
-            if day is not None and int(day) >= floor:
-                out[i] = True
-    return out
+    days = last_days(redis, list(uids))
+    return ((days > 0) & (days >= epoch_day(since))).tolist()  # 0: no record
 
 
 def contacted_since_array(redis: Any, uids: pa.Array, since: datetime, *,
-                          key_of: Callable[[int], str] = bucket_key, buckets: int = BUCKETS) -> np.ndarray:
+                          key_of: Callable[[int], str] = bucket_key, buckets: int = BUCKETS,
+                          legacy_of: Callable[[int], str] | None = legacy_bucket_key,
+                          legacy_buckets: int = LEGACY_BUCKETS) -> np.ndarray:
     """Return :func:`contacted_since` for an Arrow string array (no nulls), as a numpy bool mask.
 
     The extract's version: buckets come from the vectorised ``shard_indexes_arrow`` (the same
-    formula as ``shard_index``), so a batch costs one pipelined HMGET per bucket, no per-row hash.
+    formula as ``shard_index``) and uid keys from the int64 values when the uids are integers, so
+    a batch costs one pipelined lookup script per bucket, no per-row hash.
     """
     n = len(uids)
-    out = np.zeros(n, dtype=bool)
     if n == 0:
-        return out
-    where = shard_indexes_arrow(uids, buckets)
-    order = np.argsort(where, kind="stable")
-    ordered = where[order]
-    cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
-    starts = np.concatenate(([0], cuts))
-    ends = np.concatenate((cuts, [n]))
-    values = uids.take(pa.array(order)).to_pylist()
-    pipe = redis.pipeline(transaction=False)
-    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        pipe.hmget(key_of(int(ordered[a])), values[a:b])
-    floor = epoch_day(since)
-    hits: list[int] = []
-    for a, days in zip(starts.tolist(), pipe.execute(), strict=True):
-        hits.extend(a + j for j, day in enumerate(days) if day is not None and int(day) >= floor)
-    out[order[hits]] = True
-    return out
+        return np.zeros(0, dtype=bool)
+    where = shard_indexes_arrow(uids, buckets).astype(np.int64)
+    days = last_days(redis, uids.to_pylist(), key_of=key_of, buckets=buckets, legacy_of=legacy_of,
+                     legacy_buckets=legacy_buckets, keys=uid_keys_arrow(uids), where=where)
+    return (days > 0) & (days >= epoch_day(since))  # 0: no record
+
+
+def history_size(redis: Any, *, key_of: Callable[[int], str] = bucket_key, buckets: int = BUCKETS) -> list[int]:
+    """Return the users recorded in each bucket of a history (records, not counting the legacy hashes)."""
+    sizes: list[int] = []
+    for start in range(1, buckets + 1, 2048):
+        pipe = redis.pipeline(transaction=False)
+        for b in range(start, min(start + 2048, buckets + 1)):
+            pipe.strlen(key_of(b))
+        sizes += [int(n) // RECORD for n in pipe.execute()]
+    return sizes
 
 
 def prune_contacts(redis: Any, before: datetime, scan_count: int = 1000) -> int:
-    """Delete contact fields older than the UTC day of ``before``; return how many were deleted."""
+    """Delete contact records (and legacy fields) older than the UTC day of ``before``; return how many."""
     floor = epoch_day(before)
+
+    def prune(key: str) -> Callable[[Any], None]:
+        return lambda pipe: pipe.eval(_PRUNE, 1, key, floor)
+
+    calls = [(bucket_key(b), prune(bucket_key(b))) for b in range(1, BUCKETS + 1)]
     deleted = 0
-    for bucket in range(1, BUCKETS + 1):
-        key = bucket_key(bucket)
+    for i in range(0, len(calls), 1024):
+        deleted += sum(int(n) for n in run_scripts(redis, calls[i:i + 1024]))
+    for bucket in range(1, LEGACY_BUCKETS + 1):
+        key = legacy_bucket_key(bucket)
         old = [field for field, day in redis.hscan_iter(key, count=scan_count) if int(day) < floor]
         for i in range(0, len(old), 1000):
             deleted += int(redis.hdel(key, *old[i:i + 1000]))

@@ -2,16 +2,17 @@
 
 The cross-plan history (:mod:`c2b.delivery.contacts`) says when a user was last messaged by
 *any* plan and is kept 180 days; re-entry needs *this* plan's, kept as long as the rule needs
-(``once`` means ever). Same layout, own keys, spread wider so no key grows big::
+(``once`` means ever). Same layout (fixed-width records, 10 bytes a user), own keys::
 
-    c2b:reentry:{<plan>:0001} .. c2b:reentry:{<plan>:4096}    HASH  uid -> epoch day of the last send
+    c2b:reentry:r:{<plan>:00001} .. c2b:reentry:r:{<plan>:16384}    STRING  (uid key, epoch day of the last send)
 
-4096 buckets keep every hash under 10,000 fields up to ~40M users of one plan (about 0.6 MB a
-bucket at the limit). The history is written when a message is recorded sent (with the
-cross-plan contact record) and, for users of a control arm, when their page is delivered (they
-entered the plan too: re-entry must treat both arms alike), and read by the extract, which
-counts the users it turns away as ``not_reentered``. Each write refreshes the bucket's TTL: ``once`` plans keep theirs
-:data:`ONCE_TTL_DAYS` after the last send, others ``max(after_days + 1, 31)`` days.
+At 10M users of one plan a bucket holds ~610 records (~6 KB). The history is written when a
+message is recorded sent (with the cross-plan contact record) and, for users of a control arm,
+when their page is delivered (they entered the plan too: re-entry must treat both arms alike),
+and read by the extract, which counts the users it turns away as ``not_reentered``. Each write
+refreshes the bucket's TTL: ``once`` plans keep theirs :data:`ONCE_TTL_DAYS` after the last send,
+others ``max(after_days + 1, 31)`` days. Histories of the former hash layout
+(``c2b:reentry:{<plan>:0001..4096}``) are still read while they exist (and expire unwritten).
 """
 
 from __future__ import annotations
@@ -24,18 +25,29 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from c2b.delivery.contacts import contacted_since_array, record_contacts
+from c2b.delivery.contacts import RECORD, contacted_since_array, history_size, record_contacts
 from c2b.plan.model import Plan
 from c2b.plan.policies import reentry_days
 from c2b.store.shards import _tag_part
 
-BUCKETS = 4096
+BUCKETS = 16384
+LEGACY_BUCKETS = 4096
 ONCE_TTL_DAYS = 3 * 365
 
 
 def bucket_key(plan_id: str, bucket: int) -> str:
     """Return the Redis key of re-entry bucket ``bucket`` (1..BUCKETS) of ``plan_id``."""
+    return "c2b:reentry:r:{" + f"{_tag_part(plan_id)}:{bucket:05d}" + "}"
+
+
+def legacy_bucket_key(plan_id: str, bucket: int) -> str:
+    """Return the key of bucket ``bucket`` (1..LEGACY_BUCKETS) of the former hash layout."""
     return "c2b:reentry:{" + f"{_tag_part(plan_id)}:{bucket:04d}" + "}"
+
+
+def stored_users(redis: Any, plan_id: str) -> list[int]:
+    """Return the users recorded in each bucket of the plan's history (the new layout's)."""
+    return history_size(redis, key_of=partial(bucket_key, plan_id), buckets=BUCKETS)
 
 
 def history_days(plan: Plan) -> int:
@@ -73,13 +85,16 @@ def forget_history(redis: Any, plan_id: str) -> int:
     when it does this); a real plan's history is what keeps it from re-sending too soon.
     """
     keys = [bucket_key(plan_id, b) for b in range(1, BUCKETS + 1)]
+    legacy = [legacy_bucket_key(plan_id, b) for b in range(1, LEGACY_BUCKETS + 1)]
     held = 0
-    for i in range(0, len(keys), 512):
-        pipe = redis.pipeline(transaction=False)
-        for key in keys[i:i + 512]:
-            pipe.hlen(key)
-            pipe.delete(key)
-        held += sum(pipe.execute()[0::2])
+    for group, size in ((keys, "strlen"), (legacy, "hlen")):
+        for i in range(0, len(group), 1024):
+            pipe = redis.pipeline(transaction=False)
+            for key in group[i:i + 1024]:
+                getattr(pipe, size)(key)
+                pipe.delete(key)
+            counts = pipe.execute()[0::2]
+            held += sum(int(n) // RECORD for n in counts) if size == "strlen" else sum(int(n) for n in counts)
     return held
 
 
@@ -92,6 +107,7 @@ class ReentryRule:
         days = reentry_days(plan.reentry)
         self.redis = redis
         self.key_of = partial(bucket_key, plan.id)
+        self.legacy_of = partial(legacy_bucket_key, plan.id)
         # once: any record; N days: a send on one of the last N UTC days (N = 1: today only).
         self.since: datetime | None = datetime(1970, 1, 1, tzinfo=now.tzinfo) if days is None else \
             (now - timedelta(days=days - 1) if days > 0 else None)
@@ -106,4 +122,5 @@ class ReentryRule:
     def matches(self, texts: pa.Array) -> np.ndarray:
         """Return a mask of the uids that may not enter again yet."""
         assert self.since is not None
-        return contacted_since_array(self.redis, texts, self.since, key_of=self.key_of, buckets=BUCKETS)
+        return contacted_since_array(self.redis, texts, self.since, key_of=self.key_of, buckets=BUCKETS,
+                                     legacy_of=self.legacy_of, legacy_buckets=LEGACY_BUCKETS)

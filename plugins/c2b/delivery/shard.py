@@ -81,7 +81,8 @@ class ShardDelivery:
         self.stats = ShardStats(shard)
         window = SendWindow.of(getattr(plan, "window", None))
         self.builder = WorkBuilder(plan, run_id, window, clock, only_touches, channels)
-        self.ledger = ShardLedger(redis, self.keys, ckpt_ttl=int(plan.delivery.key_ttl_hours * 3600))
+        self.ledger = ShardLedger(redis, self.keys, ckpt_ttl=int(plan.delivery.key_ttl_hours * 3600),
+                                  touches=[t.name for t in plan.touches])
         self.mode: DeliveryMode
         if dry_run:  # the ledger is never read or written
             self.mode = DryRunMode(channels, self.builder, self.stats)

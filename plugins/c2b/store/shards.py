@@ -9,7 +9,8 @@ while different shards hash to different slots and so spread over the cluster's 
     c2b:{<plan>:<run>:<shard>}:attrs    HASH    uid -> JSON of template attributes (only if used)
     c2b:{<plan>:<run>:<shard>}:ckpt     HASH    delivery checkpoint (next page start)
     c2b:{<plan>:<run>:<shard>}:rcpt     HASH    answer of the ledger's last decision (replay guard)
-    c2b:{<plan>:<run>:<shard>}:ledger   HASH    "<touch>|<uid>" -> p (pending) | s (sent) | f:<reason>
+    c2b:{<plan>:<run>:<shard>}:ledger   HASH    "<touch>|<uid>" -> p (pending) | d (deferred): not final yet
+    c2b:{<plan>:<run>:<shard>}:out:<b>  STRING  final outcomes as per-uid records (c2b.delivery.ledger)
 
 A shard holds its uids in exactly one of ``pk`` / ``aud``: ``packed`` when every uid of the run is a
 canonical integer (~8.5 bytes per member, see :mod:`c2b.store.packed`), ``zset`` otherwise (~105 bytes).
