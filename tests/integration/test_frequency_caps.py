@@ -25,10 +25,12 @@ from c2b.delivery.controls.frequency_cap import (
     rules_of,
     week_of,
 )
+from c2b.delivery.ledger import ShardLedger
 from c2b.delivery.shard import ShardDelivery
 from c2b.plan.lines import with_line
 from c2b.plan.load import load_plan
 from c2b.results.delivery_log import outcome_of
+from c2b.store.shards import ShardKeys
 from redis.crc import key_slot
 
 from devtools.deliverkit import load_audience, plan_dict, spec, start_shard
@@ -73,6 +75,11 @@ def _touches(plan_id: str, *channels: str) -> dict[str, Any]:
     return data
 
 
+
+def _ledger_state(redis: Any, plan_id: str, run_id: str, field: str, shard: int = 1) -> str | None:
+    """Return one ledger entry's state (a final one lives in the shard's outcome records, not the hash)."""
+    return ShardLedger(redis, ShardKeys(plan_id, run_id, shard)).states([field])[0]
+
 def test_week_cap_counts_every_plan_of_the_line_across_days(redis_client, tmp_path: Path) -> None:
     """growth: 2/day, 3/week. Plan A sends 2 touches on Monday; plan B's 2 touches on Wednesday get
     one slot (the week's third), the other is capped by per_week; Thursday nothing is left."""
@@ -89,7 +96,7 @@ def test_week_cap_counts_every_plan_of_the_line_across_days(redis_client, tmp_pa
     assert (fcap.count("20261123", "w7"), fcap.count("20261125", "w7"), fcap.count("20261125", "w7", week=True)) \
         == (2, 1, 3)
     # The ledger says which cap refused the touch; the delivery log reports it as the reason.
-    state = redis_client.hget("c2b:{plan_b:r1:1}:ledger", "t1|w7").decode()
+    state = _ledger_state(redis_client, "plan_b", "r1", "t1|w7")
     assert state == "c:per_week" and outcome_of(state) == ("capped", "per_week")
     # Keys: one day key and one week key per bucket, expiring just past their window.
     day_key, week_key, _ = fcap_keys("growth", "20261125", "w7")
@@ -107,12 +114,12 @@ def test_per_channel_caps_apply_per_channel_by_day_and_week(redis_client, tmp_pa
     with Gateway() as gw:
         counts = _deliver(redis_client, plan, "mon", users, tmp_path, gw.url, MON)
         assert counts == {"all|t0|sent": 30, "all|t1|capped": 30, "all|t2|sent": 30, "all|t3|sent": 30}
-        assert redis_client.hget("c2b:{calls:mon:1}:ledger", "t1|c3") == b"c:sms.per_day"
+        assert _ledger_state(redis_client, "calls", "mon", "t1|c3") == "c:sms.per_day"
         assert _deliver(redis_client, plan, "wed", users, tmp_path, gw.url, WED) == counts
         # Thursday: the week's two SMS are spent; push still goes.
         counts = _deliver(redis_client, plan, "thu", users, tmp_path, gw.url, THU)
         assert counts == {"all|t0|capped": 30, "all|t1|capped": 30, "all|t2|sent": 30, "all|t3|sent": 30}
-        assert redis_client.hget("c2b:{calls:thu:1}:ledger", "t0|c3") == b"c:sms.per_week"
+        assert _ledger_state(redis_client, "calls", "thu", "t0|c3") == "c:sms.per_week"
     fcap = FrequencyCap(redis_client, rules_of(plan))
     assert fcap.count("20261126", "c3") == 2 and fcap.count("20261126", "c3", "push") == 0  # push is not counted apart
     assert fcap.count("20261126", "c3", "sms", week=True) == 2
