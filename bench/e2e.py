@@ -14,7 +14,7 @@ What it runs (issue #13, items 5 and 6):
 Per run it reports the wall time of each stage from the task instances (extract_audience,
 load_shards, deliver = first start to last end of the mapped tasks, report), trigger to end (the
 run's ``queued_at`` to ``end_date``), messages/s over the deliver stage, and the peak RSS of every
-process of the stack (psutil polling of each component's process tree, every 0.2 s: the workers'
+process of the stack (psutil polling of each component's process tree, every 0.5 s: the workers'
 forked task processes included), of the audience Redis and of the gateway.
 
 The anchors, measured in the same run on the same machine:
@@ -74,7 +74,7 @@ RESULTS = ROOT / "bench" / "results"
 DEMO_USERS = 200_000  # `make demo`'s warehouse
 DEMO_PLAN = "cancelled_price_coupon"
 GOAL_BIG_S, GOAL_RSS_MIB, GOAL_DEMO_S = 180.0, 1024.0, 30.0
-STAGES = ("extract_audience", "load_shards", "deliver", "report")
+STAGES = ("extract_audience", "load_shards", "deliver", "report", "cleanup")
 
 
 def plan_outbox(users: int) -> str:
@@ -134,10 +134,11 @@ def warehouse(users: int, cache: Path) -> tuple[Path, float | None]:
 class RssWatch:
     """Poll the process trees of named roots; keep each process's peak RSS (MiB) and what it was."""
 
-    def __init__(self, every: float = 0.2) -> None:
+    def __init__(self, every: float = 0.5) -> None:
         self.every = every
         self.roots: dict[str, int] = {}
         self.peaks: dict[tuple[str, int], dict[str, Any]] = {}
+        self.cpu_base: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -153,7 +154,18 @@ class RssWatch:
         self._thread.join()
 
     def reset(self) -> None:
+        """Forget the peaks; count CPU time from now on (what long-lived processes used so far is not this run's)."""
+        import psutil
+
         self.peaks = {}
+        self.cpu_base = {}
+        for pid in self.roots.values():
+            try:
+                for p in [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]:
+                    cpu = p.cpu_times()
+                    self.cpu_base[p.pid] = cpu.user + cpu.system
+            except psutil.NoSuchProcess:
+                pass
 
     def _run(self) -> None:
         import psutil
@@ -175,6 +187,8 @@ class RssWatch:
                             seen = self.peaks[key] = {"component": name, "pid": p.pid, "root": p.pid == pid,
                                                       "cmd": cmd, "peak_mib": 0.0}
                         seen["peak_mib"] = max(seen["peak_mib"], rss)
+                        cpu = p.cpu_times()
+                        seen["cpu_s"] = cpu.user + cpu.system - self.cpu_base.get(p.pid, 0.0)
                     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                         pass
 
@@ -183,7 +197,8 @@ class RssWatch:
         out: dict[str, Any] = {}
         for seen in self.peaks.values():
             c = out.setdefault(seen["component"], {"root_mib": 0.0, "child_max_mib": 0.0, "children": 0,
-                                                  "child_cmd": ""})
+                                                  "child_cmd": "", "cpu_s": 0.0})
+            c["cpu_s"] = round(c["cpu_s"] + max(seen.get("cpu_s", 0.0), 0.0), 1)
             if seen["root"]:
                 c["root_mib"] = round(max(c["root_mib"], seen["peak_mib"]), 1)
             else:
@@ -212,7 +227,8 @@ def stage_times(tis: list[dict[str, Any]]) -> dict[str, Any]:
         by_task[t["task_id"]].append(t)
     for task, its in by_task.items():
         starts = [_ts(t["start_date"]) for t in its if t["start_date"]]
-        ends = [_ts(t["end_date"]) for t in its if t["end_date"]]
+        # A task still running (a run cut short) counts until now.
+        ends = [_ts(t["end_date"]) or time.time() for t in its if t["start_date"]]
         durations = sorted(float(t["duration"] or 0) for t in its)
         out[task] = {"tasks": len(its), "states": sorted({t["state"] for t in its}),
                      "wall_s": round(max(ends) - min(starts), 2) if starts and ends else None,
@@ -220,7 +236,8 @@ def stage_times(tis: list[dict[str, Any]]) -> dict[str, Any]:
                      "task_s_min": round(durations[0], 2), "task_s_median": round(durations[len(durations) // 2], 2),
                      "task_s_max": round(durations[-1], 2), "task_s_sum": round(sum(durations), 1),
                      "hosts": sorted({str(t.get("hostname")) for t in its}),
-                     "tries": max(int(t.get("try_number") or 1) for t in its)}
+                     "tries": max(int(t.get("try_number") or 1) for t in its),
+                     "unfinished": sum(1 for t in its if not t["end_date"])}
     return out
 
 
@@ -237,12 +254,25 @@ def trigger(stack: AirflowStack, dag_id: str) -> str:
     return str(r.json()["dag_run_id"])
 
 
-def run_plan(stack: AirflowStack, dag_id: str, rss: RssWatch, timeout: float) -> dict[str, Any]:
+def sent_so_far(audience: RedisServer, dag_id: str) -> int:
+    """Messages the run's shard ledgers count as sent (what a run cut short had sent)."""
+    r = audience.client()
+    total = 0
+    for key in r.scan_iter(match=f"c2b:{{{dag_id}:*}}:stats", count=1000):
+        total += sum(int(v) for k, v in r.hgetall(key).items() if k.endswith(b"|sent"))
+    return total
+
+
+def run_plan(stack: AirflowStack, dag_id: str, rss: RssWatch, timeout: float,
+             audience: RedisServer | None = None) -> dict[str, Any]:
     stack.wait_for_dag(dag_id, timeout=180)
     rss.reset()
     wall = time.time()
     run_id = trigger(stack, dag_id)
-    state = stack.wait_for_run(dag_id, run_id, timeout)
+    try:
+        state = stack.wait_for_run(dag_id, run_id, timeout)
+    except AssertionError:  # cut short: report what it did so far
+        state = f"still running after {timeout:.0f} s (cut short)"
     observed = time.time() - wall
     run = stack.get(f"dags/{dag_id}/dagRuns/{run_id}")
     tis = stack.task_instances(dag_id, run_id)
@@ -256,17 +286,21 @@ def run_plan(stack: AirflowStack, dag_id: str, rss: RssWatch, timeout: float) ->
     except Exception as exc:  # noqa: BLE001 - the figures stand without the summary
         summary = {"error": repr(exc)}
     sent = sum(n for k, n in (summary.get("outcomes") or {}).items() if k.endswith("|sent"))
+    if not sent and audience is not None:
+        sent = sent_so_far(audience, dag_id)
     deliver = stages.get("deliver", {})
     first = min((s["start"] for s in stages.values() if s.get("start")), default=None)
     out = {"dag_id": dag_id, "run_id": run_id, "state": state,
-           "trigger_to_end_s": round(ended - queued, 2) if ended else round(observed, 2),
+           "trigger_to_end_s": round(ended - queued, 2) if ended and not state.startswith("still") else
+           round(observed, 2),
            "queued_to_first_task_s": round(first - queued, 2) if first else None,
            "observed_s": round(observed, 2), "sent": sent,
            "audience": summary.get("audience"), "status": summary.get("status"),
            "failures": summary.get("failures"),
            "messages_per_s": round(sent / deliver["wall_s"]) if sent and deliver.get("wall_s") else None,
-           "stages": stages, "rss": rss.summary()}
+           "stages": stages, "rss": rss.summary(), "load_at_end": [round(x, 2) for x in os.getloadavg()]}
     out["max_stack_rss_mib"] = round(max_stack_rss(out["rss"]), 1)
+    out["cpu_s_total"] = round(sum(c.get("cpu_s", 0.0) for n, c in out["rss"].items() if n != "gateway"), 1)
     print(f"  {dag_id}: {state} in {out['trigger_to_end_s']} s, sent {sent:,}, "
           + ", ".join(f"{k} {v['wall_s']} s ({v['tasks']})" for k, v in stages.items()), flush=True)
     return out
@@ -487,6 +521,14 @@ def main(argv: list[str] | None = None) -> int:
                               "started": datetime.now(UTC).isoformat(timespec="seconds"),
                               "worker_concurrency": args.worker_concurrency,
                               "goals": {"big_s": GOAL_BIG_S, "rss_mib": GOAL_RSS_MIB, "demo_s": GOAL_DEMO_S}}
+    def save() -> None:  # after every run too: a long measurement cut short keeps what it measured
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        try:
+            args.out.with_suffix(".md").write_text(render(result))
+        except Exception as exc:  # noqa: BLE001 - the JSON holds the figures
+            print(f"could not render the report yet: {exc!r}")
+
     base = Path(tempfile.mkdtemp(prefix="c2b-e2e-"))
     link = base / "warehouse.duckdb"
     dags, data = base / "dags", base / "c2b"
@@ -514,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
                         run = run_plan(stack, DEMO_PLAN, rss, 600)
                         run["stack_start_s"] = info["start_s"]
                         result["demo"][executor] = run
+                        save()
                     finally:
                         stop_stack(stack, info)
                         for name in list(rss.roots):
@@ -532,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                     result["anchors"]["outbox_write"] = anchor_outbox_write(base)
                     parquet.unlink()
                     print("  " + json.dumps(result["anchors"]), flush=True)
+                    save()
                 gateway = None if args.skip_http else GatewayProcess(base, count_only=True)
                 if gateway:
                     rss.watch("gateway", gateway.proc.pid)
@@ -546,12 +590,13 @@ def main(argv: list[str] | None = None) -> int:
                     for dag_id in ("e2e_outbox", *(() if args.skip_http else ("e2e_http",))):
                         print(f"{dag_id} on {CELERY} ({args.users:,} users) ...", flush=True)
                         flush(audience)
-                        run = run_plan(stack, dag_id, rss, args.timeout)
+                        run = run_plan(stack, dag_id, rss, args.timeout, audience)
                         run["redis_left"] = flush(audience)
                         if dag_id == "e2e_http" and gateway:
                             run["gateway"] = gateway.stats()
                             gateway.reset()
                         result["big"][dag_id] = run
+                        save()
                         shutil.rmtree(data / "outbox", ignore_errors=True)
                 finally:
                     stop_stack(stack, info)
@@ -560,13 +605,12 @@ def main(argv: list[str] | None = None) -> int:
             gateway.stop()
         audience.stop()
         result["load_after"] = os.getloadavg()
+        result["ended"] = datetime.now(UTC).isoformat(timespec="seconds")
         if args.keep:
             print(f"work folder kept: {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    args.out.with_suffix(".md").write_text(render(result))
+    save()
     print(render(result))
     return 0
 
@@ -581,12 +625,11 @@ def _redis_pid(server: RedisServer) -> int:
 
 def _auto_shards(parquet: Path) -> int:
     """The shard count ``shards: auto`` picks for this audience (the loader's own sizing)."""
+    import numpy as np
     import pyarrow.parquet as pq
     from c2b.hashing import MAX_SHARDS, murmur3_32_arrow, shard_of_hashes
     from c2b.store.shards import DEFAULT_MAX_SHARD_MEMBERS
     from c2b.store.sizing import choose_shard_count
-
-    import numpy as np
 
     hist = np.zeros(MAX_SHARDS, dtype=np.int64)
     with pq.ParquetFile(parquet) as pf:
@@ -609,16 +652,17 @@ def _run_rows(run: dict[str, Any]) -> list[str]:
 
 
 def _rss_rows(rss: dict[str, Any]) -> list[str]:
-    return [f"| {name} | {c['root_mib']} | {c['child_max_mib']} ({c['children']}) | {c['child_cmd']} |"
-            for name, c in rss.items()]
+    return [f"| {name} | {c['root_mib']} | {c['child_max_mib']} ({c['children']}) | {c.get('cpu_s', '')} | "
+            f"{c['child_cmd']} |" for name, c in rss.items()]
 
 
 def render(r: dict[str, Any]) -> str:
     la = r.get("load_before")
     lines = ["# End to end on the live Airflow stacks (bench/e2e.py)", "",
              f"Measured {r['started']} on {r['cpus']} cores; load average before {la[0]:.2f} / {la[1]:.2f} / "
-             f"{la[2]:.2f}, after {r['load_after'][0]:.2f} (the machine is shared with other sessions: figures "
-             f"are what this run saw). Celery worker concurrency {r['worker_concurrency']}.", ""]
+             f"{la[2]:.2f}, after {r.get('load_after', os.getloadavg())[0]:.2f} (the machine is shared with "
+             f"other sessions: figures are what this run saw). Celery worker concurrency "
+             f"{r['worker_concurrency']}.", ""]
     if "big" in r:
         lines += [f"## {r['users']:,} users on the CeleryExecutor stack (2 workers)", "",
                   f"Goal: under {GOAL_BIG_S:.0f} s trigger to end, every process under {GOAL_RSS_MIB:.0f} MiB.", ""]
@@ -632,13 +676,19 @@ def render(r: dict[str, Any]) -> str:
             lines += [f"### {dag_id}: {run['state']}, {run['trigger_to_end_s']} s trigger to end ({goal} the goal)",
                       "",
                       f"{run['sent']:,} messages sent, {run['messages_per_s'] or 0:,} messages/s over the deliver "
-                      f"stage; first task started {run['queued_to_first_task_s']} s after the trigger; largest "
+                      f"stage; load average at the end {run['load_at_end'][0]} (1 min), "
+                      f"{run['load_at_end'][2]} (15 min); first task started {run['queued_to_first_task_s']} s "
+                      "after the trigger; largest "
                       f"stack process {run['max_stack_rss_mib']} MiB ({rss_goal} the 1 GiB goal); audience Redis "
                       f"held {run['redis_left']['used_memory_mib']} MiB in {run['redis_left']['keys']} keys "
                       "after the run.", "",
                       "| stage | tasks | wall s | task s min / median / max | workers |", "|---|---|---|---|---|",
                       *_run_rows(run), "",
-                      "| process | peak RSS MiB | largest child MiB (children seen) | child |", "|---|---|---|---|",
+                      f"CPU time used by the stack's processes during the run: {run.get('cpu_s_total', '?')} s "
+                      f"(audience Redis included); on 2 idle cores that is at least "
+                      f"{(run.get('cpu_s_total') or 0) / 2:.0f} s of wall time.", "",
+                      "| process | peak RSS MiB | largest child MiB (children seen) | CPU s (all its processes) | "
+                      "child |", "|---|---|---|---|---|",
                       *_rss_rows(run["rss"]), ""]
             if run.get("gateway"):
                 g = run["gateway"]
@@ -663,7 +713,8 @@ def render(r: dict[str, Any]) -> str:
             aud = run.get("audience") or {}
             lines += [f"### {executor}: {run['state']}, {run['trigger_to_end_s']} s trigger to end "
                       f"({'meets' if run['trigger_to_end_s'] < GOAL_DEMO_S else 'misses'} the goal)", "",
-                      f"{aud.get('rows', '?')} rows, {run['sent']:,} sent; first task started "
+                      f"{aud.get('rows', '?')} rows, {run['sent']:,} sent; load average at the end "
+                      f"{run['load_at_end'][0]} (1 min); first task started "
                       f"{run['queued_to_first_task_s']} s after the trigger; largest stack process "
                       f"{run['max_stack_rss_mib']} MiB.", "",
                       "| stage | tasks | wall s | task s min / median / max | workers |", "|---|---|---|---|---|",
