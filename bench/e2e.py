@@ -481,6 +481,9 @@ def start_stack(executor: str, base: Path, name: str, dags: Path, extra: dict[st
                                    broker_url=f"{broker.url}/0", api_url=f"http://127.0.0.1:{port}",
                                    secret="e2e-bench-secret", worker_concurrency=concurrency))
         env.update(FAST_FAILURE_DETECTION)
+        # A big plan maps more deliver tasks than the workers have slots: the later ones wait in
+        # the broker (state queued) for a whole wave of shards, far beyond the stack's 180 s.
+        env["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"] = extra.get("AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT", "180")
         info.update(database=database, broker=broker, worker_concurrency=concurrency)
     stack = AirflowStack(home, env, executor)
     t = time.perf_counter()
@@ -579,10 +582,9 @@ def main(argv: list[str] | None = None) -> int:
                 gateway = None if args.skip_http else GatewayProcess(base, count_only=True)
                 if gateway:
                     rss.watch("gateway", gateway.proc.pid)
-                stack, info = start_stack(CELERY, base, "big", dags,
-                                          stack_env(base / "big", dags, data, audience, link,
-                                                    gateway.base if gateway else None),
-                                          args.worker_concurrency)
+                env = stack_env(base / "big", dags, data, audience, link, gateway.base if gateway else None)
+                env["AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT"] = str(int(args.timeout) + 600)
+                stack, info = start_stack(CELERY, base, "big", dags, env, args.worker_concurrency)
                 result["big"] = {"stack_start_s": info["start_s"]}
                 try:
                     for name, pid in stack.pids.items():
