@@ -516,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("C2B_BENCH_CACHE",
                                                                            Path.home() / ".cache" / "c2b-bench")))
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--warm-baseline", action="store_true",
+                        help="also run the demo on LocalExecutor with C2B_WARM_IMPORTS=off (the same-run baseline)")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other parts of an existing result file (measure --only demo after big)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (stack logs) at the end")
@@ -559,10 +561,14 @@ def main(argv: list[str] | None = None) -> int:
                 result["demo_warehouse_build_s"] = built
                 point(link, demo_wh)
                 result["demo"] = {}
-                for executor in (LOCAL, CELERY):
-                    print(f"demo plan on {executor} ...", flush=True)
-                    stack, info = start_stack(executor, base, f"demo-{executor}", dags,
-                                              stack_env(base / f"demo-{executor}", dags, data, audience, link, None),
+                # The baseline of the same run: task processes that import the engine themselves.
+                arms = [(LOCAL, "off")] if args.warm_baseline else []
+                for executor, warm in [*arms, (LOCAL, "on"), (CELERY, "on")]:
+                    label = executor if warm == "on" else f"{executor}, C2B_WARM_IMPORTS=off"
+                    print(f"demo plan on {label} ...", flush=True)
+                    env = stack_env(base / f"demo-{executor}", dags, data, audience, link, None)
+                    env["C2B_WARM_IMPORTS"] = warm
+                    stack, info = start_stack(executor, base, f"demo-{executor}-{warm}", dags, env,
                                               args.worker_concurrency)
                     try:
                         for name, pid in stack.pids.items():
@@ -570,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
                         flush(audience)
                         run = run_plan(stack, DEMO_PLAN, rss, 600)
                         run["stack_start_s"] = info["start_s"]
-                        result["demo"][executor] = run
+                        result["demo"][label] = run
                         save()
                     finally:
                         stop_stack(stack, info)

@@ -32,7 +32,12 @@ def forks_tasks(argv: Sequence[str]) -> bool:
     """Return whether this Airflow command forks task processes (scheduler with LocalExecutor, a
     Celery worker)."""
     args = [a for a in argv[1:] if not a.startswith("-")]
-    return args[:1] == ["scheduler"] or args[:2] == ["celery", "worker"]
+    if args[:2] == ["celery", "worker"]:
+        return True
+    # A scheduler forks task processes only with LocalExecutor (the default; a CeleryExecutor
+    # scheduler sends them to the workers).
+    executor = os.environ.get("AIRFLOW__CORE__EXECUTOR", "LocalExecutor")
+    return args[:1] == ["scheduler"] and "LocalExecutor" in executor
 
 
 def warm(modules: Sequence[str] = MODULES) -> list[str]:
