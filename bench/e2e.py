@@ -59,7 +59,6 @@ sys.path.insert(0, str(ROOT / "plugins"))
 from devtools.airflow_stack import (  # noqa: E402
     CELERY,
     FAST_FAILURE_DETECTION,
-    FAST_PARSING,
     LOCAL,
     AirflowStack,
     base_env,
@@ -254,6 +253,16 @@ def trigger(stack: AirflowStack, dag_id: str) -> str:
     return str(r.json()["dag_run_id"])
 
 
+def all_task_instances(stack: AirflowStack, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    """Every task instance of the run (the API answers at most 100 a page: a 128-shard run has more)."""
+    out: list[dict[str, Any]] = []
+    while True:
+        page = stack.get(f"dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100&offset={len(out)}")
+        out += page["task_instances"]
+        if not page["task_instances"] or len(out) >= int(page.get("total_entries", 0)):
+            return out
+
+
 def sent_so_far(audience: RedisServer, dag_id: str) -> int:
     """Messages the run's shard ledgers count as sent (what a run cut short had sent)."""
     import redis
@@ -277,7 +286,7 @@ def run_plan(stack: AirflowStack, dag_id: str, rss: RssWatch, timeout: float,
         state = f"still running after {timeout:.0f} s (cut short)"
     observed = time.time() - wall
     run = stack.get(f"dags/{dag_id}/dagRuns/{run_id}")
-    tis = stack.task_instances(dag_id, run_id)
+    tis = all_task_instances(stack, dag_id, run_id)
     stages = stage_times(tis)
     queued, ended = _ts(run.get("queued_at")) or wall, _ts(run.get("end_date"))
     summary: dict[str, Any] = {}
@@ -312,7 +321,7 @@ def stack_env(home: Path, dags: Path, data: Path, audience: RedisServer, warehou
               gateway_url: str | None) -> dict[str, str]:
     env = {"AIRFLOW_CONN_C2B_REDIS": f"{audience.url}/?db=0",
            "AIRFLOW_CONN_C2B_WAREHOUSE": json.dumps({"conn_type": "duckdb", "host": str(warehouse_link)}),
-           "C2B_DATA_DIR": str(data), **FAST_PARSING}
+           "C2B_DATA_DIR": str(data)}
     if gateway_url:
         host, port = gateway_url.removeprefix("http://").split(":")
         conn = {"conn_type": "http", "host": host, "port": int(port), "schema": "send"}
@@ -683,6 +692,8 @@ def render(r: dict[str, Any]) -> str:
              f"{la[2]:.2f}, after {r.get('load_after', os.getloadavg())[0]:.2f} (the machine is shared with "
              f"other sessions: figures are what this run saw). Celery worker concurrency "
              f"{r['worker_concurrency']}.", ""]
+    if r.get("notes"):
+        lines += ["## Reading these figures", "", *[f"- {n}" for n in r["notes"]], ""]
     if "big" in r:
         lines += [f"## {r['users']:,} users on the CeleryExecutor stack (2 workers)", "",
                   f"Goal: under {GOAL_BIG_S:.0f} s trigger to end, every process under {GOAL_RSS_MIB:.0f} MiB.", ""]
