@@ -48,6 +48,7 @@ class Faults:
     reject_rate: float = 0.0     # 400 "invalid recipient" for this share of keys (stable per key)
     dedupe: bool = True          # honour idempotency keys
     bare_batch_ok: bool = False  # answer an accepted batch 200 {"ok": true}, with no per-message results
+    count_only: bool = False     # keep counts only, no per-key record (millions of messages in bounded memory)
     seed: int = 7
 
 
@@ -162,6 +163,8 @@ class Gateway:
         """
         r = self.record
         r.messages += 1
+        if self.faults.count_only:
+            return 200, ""
         r.keys[key] += 1
         if self._rejects(key):
             if answered:
@@ -232,13 +235,14 @@ class GatewayProcess:
     show as a burst in the acceptance times). ``GET /stats``, ``GET /accept_times``, ``POST /reset``.
     """
 
-    def __init__(self, workdir: Path, latency_ms: float = 0.0, sigma: float = 0.5) -> None:
+    def __init__(self, workdir: Path, latency_ms: float = 0.0, sigma: float = 0.5, count_only: bool = False) -> None:
         import subprocess
         import sys
 
         port_file = workdir / f"gateway-{id(self)}.port"
         self.proc = subprocess.Popen([sys.executable, "-m", "devtools.gateway", "--port", "0", "--latency-ms",
-                                      str(latency_ms), "--sigma", str(sigma), "--port-file", str(port_file)],
+                                      str(latency_ms), "--sigma", str(sigma), "--port-file", str(port_file),
+                                      *(["--count-only"] if count_only else [])],
                                      stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while not (port_file.exists() and port_file.read_text()):
@@ -289,11 +293,13 @@ def main() -> None:
     parser.add_argument("--reject-rate", type=float, default=0.0)
     parser.add_argument("--bare-batch-ok", action="store_true",
                         help='answer batches 200 {"ok": true} without per-message results')
+    parser.add_argument("--count-only", action="store_true",
+                        help="count messages only, keep no per-key record (a big load in bounded memory)")
     parser.add_argument("--port-file", help="write the bound port here once listening")
     args = parser.parse_args()
     faults = Faults(median_latency_s=args.latency_ms / 1000, latency_sigma=args.sigma, error_rate=args.error_rate,
                     timeout_rate=args.timeout_rate, reject_rate=args.reject_rate,
-                    bare_batch_ok=args.bare_batch_ok)
+                    bare_batch_ok=args.bare_batch_ok, count_only=args.count_only)
     with Gateway(faults, args.port) as gw:
         if args.port_file:
             with open(args.port_file, "w") as fh:

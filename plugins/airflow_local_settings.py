@@ -9,9 +9,11 @@ registers the c2b plan importer: ``dags/plans.yaml`` (the plan index) then build
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 from c2b.airflow.dag_factory import install_plan_importer
+from c2b.airflow.warm import forks_tasks, warm
 
 # Airflow copies every public name of this module into airflow.settings; export none.
 __all__: list[str] = []
@@ -20,6 +22,12 @@ __all__: list[str] = []
 # dags/c2b_plans.py instead, where a broken plan is only a warning.
 if os.environ.get("C2B_PLAN_IMPORTER", "on").lower() not in ("off", "0", "false", "no"):
     install_plan_importer()
+
+# The scheduler (LocalExecutor workers are its forks) and `airflow celery worker` fork every task
+# process: import the engine's modules here once, so that each task inherits them instead of
+# importing them again (c2b/airflow/warm.py; C2B_WARM_IMPORTS=off turns it off).
+if forks_tasks(sys.argv):
+    warm()
 
 # Airflow 3.3.2 compiles .airflowignore glob patterns (plugins/.airflowignore keeps the engine
 # package out of the plugin scan) with pathspec's GitWildMatchPattern, which pathspec 1.x

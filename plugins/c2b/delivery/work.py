@@ -28,7 +28,7 @@ def idempotency_key(plan_id: str, run_id: str, touch: str, uid: str) -> str:
     return hashlib.sha256(f"{plan_id}\x1f{run_id}\x1f{touch}\x1f{uid}".encode("utf-8", "replace")).hexdigest()[:32]
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     """One (touch, uid) on its way: ledger field, counters, the message, and its page."""
 
@@ -83,6 +83,7 @@ class WorkBuilder:
         holdout: Counter[str] = Counter()
         held_out: list[str] = []
         now = datetime.fromtimestamp(self.clock(), UTC)
+        days: dict[Any, str] = {}  # timezone -> the users' local day at ``now`` (few zones a page)
         for uid in uids:
             variant = self.picker.pick(uid.encode("utf-8", "replace"))
             touches = self.touches_by_variant[variant]
@@ -94,7 +95,12 @@ class WorkBuilder:
                 if outcome.endswith("|holdout"):
                     held_out.append(uid)
                 continue
-            day = self.window.local_day(now, attrs[uid].get("timezone"))
+            tz = attrs[uid].get("timezone")
+            day = days.get(tz) if tz is None or isinstance(tz, str) else None
+            if day is None:
+                day = self.window.local_day(now, tz)
+                if tz is None or isinstance(tz, str):
+                    days[tz] = day
             items.extend(Item(f"{t.name}|{uid}", variant, t.name, uid, day, page, channel=t.channel) for t in touches)
         return PageWork(items, attrs, dict(holdout), held_out)
 

@@ -71,6 +71,11 @@ class BoundedTemplate:
     """A compiled template that renders one message within a size and a time limit."""
 
     def __init__(self, template: Any, max_chars: int, channel: str = "", seconds: float = RENDER_SECONDS) -> None:
+        # Jinja keeps a template's globals as a ChainMap over the environment's, and copies them
+        # into every render's context: iterating the ChainMap was ~3/4 of rendering a short
+        # message. Our environment's globals are fixed once built, so a plain dict is the same
+        # names at a quarter of the cost.
+        template.globals = dict(template.globals)
         self.template = template
         self.max_chars = max_chars
         self.channel = channel

@@ -2,9 +2,12 @@
 
 Read after a deliver attempt from what the run already keeps in Redis: the shard's users (paged by
 rank, like the delivery itself) and the ledger's state of each ``(touch, uid)``. The variant is
-recomputed from the plan's salt (the same pure function the extract used). Rows stream to the
-results store in batches (:meth:`c2b.results.store.ResultsStore.write_log`), so a shard of any
-size is logged in bounded memory, and a retried attempt replaces its rows.
+recomputed from the plan's salt (the same pure function the extract used). A shard's rows are
+read from Redis first (at most ``delivery.max_shard_members`` users times the touches, a shard's
+bound) and then upserted in batches (:meth:`c2b.results.store.ResultsStore.write_log`) in one
+transaction, so the store is held only while writing: a DuckDB file takes one writer at a time,
+and 16 parallel deliver tasks that each held it while paging through Redis waited past the
+store's lock timeout (measured by bench/e2e.py at 1M users). A retried attempt replaces its rows.
 
 ``touched_at`` is the end of the attempt that logged the row: a few seconds after the real send
 for most users. Holdout users get the same time as their shard-mates who were touched in that
@@ -79,6 +82,7 @@ def log_shard(store: ResultsStore, redis: Any, plan: Plan, run_id: str, shard: i
 
     run = {"plan_id": plan.id, "run_id": run_id, "weights": plan.variant_weights, "controls": controls,
            "logged_at": now.astimezone(UTC).replace(tzinfo=None), "goal": goal_info(plan.goal)}
-    n = store.write_log(shard_log_rows(redis, plan, run_id, shard, now), run=run)
+    rows = list(shard_log_rows(redis, plan, run_id, shard, now))  # before taking the store's write lock
+    n = store.write_log(rows, run=run)
     log.info("delivery log: %s rows of shard %s written to %s", n, shard, store.name)
     return n
