@@ -703,14 +703,18 @@ def render(r: dict[str, Any]) -> str:
                 continue
             goal = "meets" if run["trigger_to_end_s"] < GOAL_BIG_S else \
                 f"misses by {run['trigger_to_end_s'] - GOAL_BIG_S:.0f} s ({run['trigger_to_end_s'] / GOAL_BIG_S:.1f}x)"
-            rss_goal = "meets" if run["max_stack_rss_mib"] < GOAL_RSS_MIB else "misses"
+            # "Every process": the audience redis-server counts too, not only Airflow's processes.
+            redis_mib = (run["rss"].get("audience-redis") or {}).get("root_mib", 0.0)
+            rss_goal = "meets" if max(run["max_stack_rss_mib"], redis_mib) < GOAL_RSS_MIB else "misses"
             lines += [f"### {dag_id}: {run['state']}, {run['trigger_to_end_s']} s trigger to end ({goal} the goal)",
                       "",
                       f"{run['sent']:,} messages sent, {run['messages_per_s'] or 0:,} messages/s over the deliver "
                       f"stage; load average at the end {run['load_at_end'][0]} (1 min), "
                       f"{run['load_at_end'][2]} (15 min); first task started {run['queued_to_first_task_s']} s "
                       "after the trigger; largest "
-                      f"stack process {run['max_stack_rss_mib']} MiB ({rss_goal} the 1 GiB goal); audience Redis "
+                      f"Airflow process {run['max_stack_rss_mib']} MiB, audience redis-server peak "
+                      f"{redis_mib:,.1f} MiB "
+                      f"(every process under 1 GiB: {rss_goal}); audience Redis "
                       f"held {run['redis_left']['used_memory_mib']} MiB in {run['redis_left']['keys']} keys "
                       "after the run.", "",
                       "| stage | tasks | wall s | task s min / median / max | workers |", "|---|---|---|---|---|",
