@@ -282,7 +282,8 @@ def load_shards(redis: Any, staging_path: Any, plan_id: str, run_id: str, shards
 
     old = read_layout(redis, plan_id, run_id)
     if (old and old.get("state") == "complete" and old.get("format") == FORMAT and old.get("source") == source
-            and old.get("shards") == n and old.get("attr_parts") == parts and old.get("encoding") == enc and old.get("sizes") == sizes
+            and old.get("shards") == n and old.get("attr_parts") == parts and old.get("encoding") == enc
+            and old.get("sizes") == sizes
             and _stored_sizes(redis, plan_id, run_id, n, enc) == sizes):
         log.info("run %s / %s already holds this staging file (%s users, %s shards, %s): not rewritten",
                  plan_id, run_id, scan.rows, n, enc)
