@@ -68,7 +68,7 @@ def main() -> int:
 
             def baseline(start: int, n: int) -> None:
                 page = read_page(r, keys, start, n)
-                read_attrs(r, keys, page)
+                read_attrs(r, keys, page, 1)
 
             def check(names: list[str]):
                 def run(start: int, n: int) -> None:

@@ -30,7 +30,7 @@ _FAMILIES = [
     (re.compile(r":meta$"), "meta"),
     (re.compile(r":pk$"), "audience_packed"),
     (re.compile(r":aud$"), "audience_zset"),
-    (re.compile(r":attrs$"), "attrs"),
+    (re.compile(r":attrs(:\d+)?$"), "attrs"),
 ]
 _SIZE = {"string": "strlen", "hash": "hlen", "zset": "zcard", "set": "scard", "list": "llen"}
 

@@ -62,3 +62,38 @@ def test_batch_answer_rules_without_a_server() -> None:
     assert {o.status for o in _batch_outcomes(msgs, 503, b"")} == {"retry"}
     with pytest.raises(ValueError, match="per_message_results"):
         make_channel("sms", ChannelConfig(url="http://127.0.0.1:9/x", extra={"per_message_results": "maybe"}))
+
+
+def test_batch_read_ahead_keeps_the_ledger_hash_under_10k_fields(redis_client, tmp_path: Path) -> None:
+    """Read-ahead is counted in messages (#13 item 7): with batches of 100 and pages of 1,000, the old
+    ``max(concurrency, page_size)`` *requests* ahead let a 24k-user shard's pending entries all pile up
+    in the ledger hash while a slow gateway worked through them."""
+    import threading
+
+    from c2b.store.shards import ShardKeys
+
+    users = [f"r{i:05d}" for i in range(24_000)]
+    plan = make_plan(plan_dict("p_ahead", channel="sms", page_size=1000, concurrency=4, max_shard_members=30_000))
+    load_audience(redis_client, plan, "r1", users, tmp_path)
+    ledger = ShardKeys(plan.id, "r1", 1).ledger
+    seen: list[int] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            seen.append(int(redis_client.hlen(ledger)))
+            done.wait(0.005)
+
+    sampler = threading.Thread(target=sample)
+    with Gateway(Faults(median_latency_s=0.02, latency_sigma=0.1, count_only=True)) as gw:
+        channels = {t.name: make_channel(t.channel, ChannelConfig(url=gw.url, extra={"batch_size": 100},
+                                                                  conn_id="c_sms")) for t in plan.touches}
+        sampler.start()
+        try:
+            stats = ShardDelivery(redis_client, plan, "r1", 1, channels, lambda: False).run(1000, 4).to_xcom()
+        finally:
+            done.set()
+            sampler.join()
+    assert stats["counts"] == {"all|t0|sent": 24_000}
+    assert max(seen) > 1000, "the sampler saw the delivery under way"
+    assert max(seen) < 10_000, f"the ledger hash held up to {max(seen):,} pending entries"

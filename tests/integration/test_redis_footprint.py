@@ -11,6 +11,7 @@ outcome records answer by uid, so nothing is sent twice.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from devtools.deliverkit import ledger_entries, make_plan
@@ -18,12 +19,13 @@ from devtools.footprint import CROSS_RUN, measure
 
 USERS = 20_000
 MAX_SHARD = 4000
+ATTR_PART = 500  # average fields per attrs sub-key (production: 3,000): a shard's ~2,500 in 8 sub-keys
 
 
 def _plan(tmp: Path):  # -> Plan
     return make_plan({
         "id": "p_footprint", "audience": {"segment": "x.sql"},
-        "touches": [{"name": "a", "channel": "outbox", "template": "Hi {{ uid }}"},
+        "touches": [{"name": "a", "channel": "outbox", "template": "Hi {{ nickname }}"},
                     {"name": "b", "channel": "outbox", "template": "Again {{ uid }}"}],
         "experiment": {"salt": "s", "variants": {"one": {"weight": 45, "touches": ["a"]},
                                                  "two": {"weight": 45, "touches": ["a", "b"]},
@@ -37,9 +39,10 @@ def _load(redis_client, plan, run_id: str, uids: list[str], folder: Path) -> dic
     from c2b.store.shards import load_shards
 
     folder.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({"uid": uids}), folder / "staging.parquet")
+    pq.write_table(pa.table({"uid": uids, "nickname": [f"nick-{u}" for u in uids]}), folder / "staging.parquet")
     return load_shards(redis_client, folder / "staging.parquet", plan.id, run_id, plan.delivery.shards,
-                       max_shard_members=plan.delivery.max_shard_members).shards
+                       ["nickname"], max_shard_members=plan.delivery.max_shard_members,
+                       attr_part_fields=ATTR_PART).shards
 
 
 def _deliver_all(redis_client, plan, run_id: str, shards: list[int], outbox: Path) -> int:
@@ -69,12 +72,20 @@ def test_a_run_leaves_no_big_key_and_under_16_bytes_per_member(redis_client, tmp
     assert len(shards) >= USERS // MAX_SHARD and max(loaded.values()) <= MAX_SHARD
     sent = _deliver_all(redis_client, plan, "r1", shards, tmp_path / "outbox")
     assert sent > USERS  # two touches for some: the run really sent
+    msgs = [json.loads(line) for p in (tmp_path / "outbox").glob("*") for line in p.read_text().splitlines()]
+    firsts = [m for m in msgs if m["touch"] == "a"]
+    assert len(firsts) > USERS // 2 and all(m["text"] == f"Hi nick-{m['uid']}" for m in firsts), \
+        "every user's attributes read back from its sub-key"
 
     delivered = measure(redis_client)
     fams = delivered["families"]
+    # The template attributes are split in sub-keys of ~ATTR_PART fields (one hash per shard before:
+    # every member of the shard, 5 MB / 63k fields at 1M users in 16 shards).
+    assert fams["attrs"]["keys"] >= 4 * len(shards), fams["attrs"]
+    assert fams["attrs"]["largest_elements"]["elements"] <= 2 * ATTR_PART, fams["attrs"]
     # The audience keys are bounded by max_shard_members (the loader's rule); everything else the run
     # wrote stays far below a shard's size: the old ledger hash held every (touch, uid) of its shard.
-    audience = ("audience_packed", "audience_zset", "attrs", "meta")
+    audience = ("audience_packed", "audience_zset", "meta")
     run_bytes, run_elements = _largest(delivered, skip=audience + CROSS_RUN)
     assert run_elements <= MAX_SHARD // 4 and run_bytes <= 64 * 1024, {
         k: (v["largest_bytes"], v["largest_elements"]) for k, v in fams.items()}

@@ -47,7 +47,8 @@ def test_every_key_has_a_ttl_and_attributes_round_trip(redis_client, tmp_path: P
     assert all(0 < redis_client.ttl(k) <= 3600 for k in keys)
     s = result.non_empty[0]
     page = read_page(redis_client, ShardKeys("plan_ttl", "run-1", s), 0, 5)
-    assert read_attrs(redis_client, ShardKeys("plan_ttl", "run-1", s), page) == [
+    assert read_layout(redis_client, "plan_ttl", "run-1")["attr_parts"] == 1  # 375 a shard: one sub-key
+    assert read_attrs(redis_client, ShardKeys("plan_ttl", "run-1", s), page, 1) == [
         {"nickname": f"n{u}", "score": int(u) - 1_000_000} for u in page]
     check = inspect_run(redis_client, "plan_ttl", "run-1")
     assert check.problems == []
@@ -97,6 +98,45 @@ def test_drop_run_drops_every_run_key_but_the_ledger(redis_client, tmp_path: Pat
     dropped = drop_run(redis_client, "plan_d", "run-1")  # shard count comes from the run's meta
     assert dropped == 1 + 2 * len(result.non_empty) + 1
     assert [k.decode() for k in redis_client.scan_iter("c2b:*")] == [keys.ledger]
+
+
+@pytest.mark.parametrize("encoding", ["packed", "zset"])
+@pytest.mark.parametrize("column_wise", [True, False])
+def test_attrs_split_into_sub_keys_of_the_shard_slot(redis_client, tmp_path: Path, encoding: str,
+                                                     column_wise: bool) -> None:
+    """A shard's attributes go to S sub-keys (S from the largest shard), both write paths agree with
+    read_attrs, a reused load keeps them, drop_run deletes them all."""
+    uids = INTS[:8000]
+    cols: dict = {"nickname": [f"n{u}" for u in uids]}
+    if not column_wise:
+        cols["w"] = [0.5] * len(uids)  # a float: the row-by-row path
+    path = staging(tmp_path / "p.parquet", uids, **cols)
+    load = lambda: load_shards(redis_client, path, "plan_p", "run-1", 2, attr_columns=list(cols),  # noqa: E731
+                               encoding=encoding, attr_part_fields=500, batch_rows=3000)
+    result = load()
+    layout = read_layout(redis_client, "plan_p", "run-1")
+    parts = layout["attr_parts"]
+    assert parts >= 8 and result.largest <= parts * 500 < 2 * result.largest  # ~4,000 a shard -> 8 x ~500
+    sub_keys = sorted(k.decode() for k in redis_client.scan_iter("c2b:*:attrs*"))
+    assert sub_keys == sorted(k for s in (1, 2) for k in ShardKeys("plan_p", "run-1", s).attr_keys(parts))
+    sizes = [redis_client.hlen(k) for k in sub_keys]
+    assert sum(sizes) == len(uids) and max(sizes) <= 650 and min(sizes) >= 150, sizes
+    assert all(0 < redis_client.ttl(k) for k in sub_keys)
+
+    def check() -> None:
+        for s in (1, 2):
+            keys = ShardKeys("plan_p", "run-1", s)
+            page = read_page(redis_client, keys, 0, result.shards[s])
+            got = read_attrs(redis_client, keys, [*page, "404"], parts)
+            want = [{"nickname": f"n{u}", **({} if column_wise else {"w": 0.5})} for u in page]
+            assert got == [*want, {}]
+
+    check()
+    assert load().reused
+    check()
+    dropped = drop_run(redis_client, "plan_p", "run-1")
+    assert dropped == 1 + 2 + len(sub_keys)  # meta, the shards' uids, every attrs sub-key
+    assert list(redis_client.scan_iter("c2b:*")) == []
 
 
 def test_empty_audience_loads_nothing(redis_client, tmp_path: Path) -> None:

@@ -57,9 +57,11 @@ from c2b.delivery.stats import ShardStats
 from c2b.delivery.work import Item, PageWork, WorkBuilder, idempotency_key
 from c2b.plan.model import Plan
 from c2b.store.redis_retry import with_redis_retry
-from c2b.store.shards import ShardKeys, read_attrs, read_page
+from c2b.store.shards import ShardKeys, read_attrs, read_layout, read_page
 
 log = logging.getLogger(__name__)
+
+AHEAD_MESSAGES = 5000  # messages waiting for a send slot at most (+ one page and those in flight)
 
 __all__ = ["RetryPolicy", "ShardDelivery", "ShardStats", "idempotency_key"]
 
@@ -96,6 +98,8 @@ class ShardDelivery:
                                  self.builder, window, rules_of(plan), clock,
                                  self.stats, record_contacts)
         self._started = self._last_log = time.monotonic()
+        self._attr_parts: int | None = None
+        self._batch = max((int(getattr(c, "batch_size", 1) or 1) for c in channels.values()), default=1)
 
     # -- the shard ----------------------------------------------------------------------------
     def run(self, page_size: int, concurrency: int) -> ShardStats:
@@ -125,7 +129,10 @@ class ShardDelivery:
     def _drive(self, page_size: int, concurrency: int, passes: Callable[[SendLoop], None]) -> None:
         """Run ``passes`` with a send window and a page book; return once all is sent and recorded."""
         sender, book = self.mode.open()
-        sends = InFlight(concurrency, backlog=max(concurrency, page_size), name=f"shard{self.stats.shard}-send")
+        # Read-ahead counted in messages, not requests: every message prepared ahead has a pending
+        # ledger entry, so batch requests (100 messages each) must not multiply what the hash holds.
+        backlog = max(1, min(max(concurrency, page_size), AHEAD_MESSAGES // self._batch))
+        sends = InFlight(concurrency, backlog=backlog, name=f"shard{self.stats.shard}-send")
         try:
             try:
                 passes(SendLoop(sends, sender, self.kill_switch, self.stats, book, self._progress))
@@ -187,7 +194,11 @@ class ShardDelivery:
 
     # -- turning uids into work ---------------------------------------------------------------
     def _work(self, uids: Sequence[str], page: int, wanted: Mapping[str, set[str]] | None = None) -> PageWork:
-        stored = with_redis_retry(lambda: read_attrs(self.redis, self.keys, list(uids)))
+        if self._attr_parts is None:  # the load's split of the attrs hash (c2b.store.shards), read once
+            layout = with_redis_retry(lambda: read_layout(self.redis, self.keys.plan_id, self.keys.run_id)) or {}
+            self._attr_parts = int(layout.get("attr_parts", 1))
+        parts = self._attr_parts
+        stored = with_redis_retry(lambda: read_attrs(self.redis, self.keys, list(uids), parts))
         return self.builder.page(uids, dict(zip(uids, stored, strict=True)), page, wanted)
 
     def _deferred_items(self, fields: list[str]) -> list[Item]:

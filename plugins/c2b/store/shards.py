@@ -6,7 +6,8 @@ while different shards hash to different slots and so spread over the cluster's 
     c2b:{<plan>:<run>}:meta             HASH    the run's layout: encoding, shard count, sizes, state
     c2b:{<plan>:<run>:<shard>}:pk       STRING  packed encoding: uids as little-endian int64, 8 bytes each
     c2b:{<plan>:<run>:<shard>}:aud      ZSET    zset encoding: uids with score 0, paged by rank
-    c2b:{<plan>:<run>:<shard>}:attrs    HASH    uid -> JSON of template attributes (only if used)
+    c2b:{<plan>:<run>:<shard>}:attrs:<j> HASH   uid -> JSON of template attributes (only if used),
+                                                split in ``attr_parts`` sub-keys j = 0 .. S-1
     c2b:{<plan>:<run>:<shard>}:ckpt     HASH    delivery checkpoint (next page start)
     c2b:{<plan>:<run>:<shard>}:rcpt     HASH    answer of the ledger's last decision (replay guard)
     c2b:{<plan>:<run>:<shard>}:ledger   HASH    "<touch>|<uid>" -> p (pending) | d (deferred): not final yet
@@ -15,6 +16,13 @@ while different shards hash to different slots and so spread over the cluster's 
 A shard holds its uids in exactly one of ``pk`` / ``aud``: ``packed`` when every uid of the run is a
 canonical integer (~8.5 bytes per member, see :mod:`c2b.store.packed`), ``zset`` otherwise (~105 bytes).
 The meta key records which, so readers and ``c2b store-check`` know the layout.
+
+The attributes of a shard are split over ``S`` sub-keys (``attr_parts`` in the meta, a power of two
+chosen at load time from the largest shard so a sub-key averages at most ``ATTR_PART_FIELDS``
+fields): a uid's sub-key is ``(abs(h) >> 10) & (S - 1)`` with ``h`` the murmur3 hash that picks its
+shard (``abs(h) & (N - 1)``, N <= 1024), so the bits are independent of the shard and the sub-keys
+of a shard are even. They share the shard's hash tag (one slot), so a page's attributes are one
+pipelined HMGET per sub-key it touches, on one node.
 
 Every key carries a TTL (the plan's ``delivery.key_ttl_hours``), set when the key is created, so an
 abandoned run cleans itself up. ``cleanup`` drops the meta, audience, attribute, checkpoint and receipt keys;
@@ -47,9 +55,12 @@ from c2b.store.sizing import choose_shard_count, shard_sizes
 
 log = logging.getLogger(__name__)
 
-FORMAT = "1"  # bump when the layout changes in a way old readers cannot follow
+FORMAT = "2"  # bump when the layout changes in a way old readers cannot follow
 ZADD_CHUNK = 1000  # members per ZADD: big enough to amortise round trips, small enough not to block
 ATTR_CHUNK = 500  # fields per HSET
+ATTR_PART_FIELDS = 3000  # average fields per attrs sub-key: the largest stays far below 4,000 (~ +4 sigma = 3,220)
+ATTR_PART_SHIFT = 10  # the shard takes the low bits of abs(h) (MAX_SHARDS = 1024); the sub-key the next ones
+MAX_ATTR_PARTS = 1 << 21  # abs(h) < 2**31 leaves 21 bits above the shard's 10
 DEFAULT_BATCH_ROWS = 1 << 18
 DEFAULT_MAX_SHARD_MEMBERS = 100_000
 ENCODINGS = ("auto", "zset", "packed")
@@ -92,9 +103,13 @@ class ShardKeys:
         """The STRING of the shard's uids as int64 (``packed`` encoding)."""
         return f"c2b:{self.tag}:pk"
 
-    @property
-    def attrs(self) -> str:
-        return f"c2b:{self.tag}:attrs"
+    def attrs(self, part: int) -> str:
+        """Sub-key ``part`` of the shard's attribute hash (see :func:`attr_part_of_hashes`)."""
+        return f"c2b:{self.tag}:attrs:{part}"
+
+    def attr_keys(self, parts: int) -> list[str]:
+        """Every sub-key of the shard's attribute hash, for a run whose meta says ``attr_parts: parts``."""
+        return [self.attrs(j) for j in range(parts)]
 
     @property
     def checkpoint(self) -> str:
@@ -108,9 +123,27 @@ class ShardKeys:
     def receipts(self) -> str:
         return f"c2b:{self.tag}:rcpt"
 
-    def run_scoped(self) -> list[str]:
-        """Keys that only live for the run (dropped by cleanup)."""
-        return [self.audience, self.packed, self.attrs, self.checkpoint, self.receipts]
+    def run_scoped(self, attr_parts: int = 1) -> list[str]:
+        """Keys that only live for the run (dropped by cleanup); ``attr_parts`` from the run's meta."""
+        return [self.audience, self.packed, *self.attr_keys(attr_parts), self.checkpoint, self.receipts]
+
+
+def attr_parts_for(largest_shard: int, part_fields: int = ATTR_PART_FIELDS) -> int:
+    """Return S, the number of attrs sub-keys per shard: the smallest power of two with
+    ``largest_shard / S <= part_fields``."""
+    if part_fields < 1:
+        raise StoreError(f"attr_part_fields must be at least 1, got {part_fields}")
+    parts = 1
+    while parts < MAX_ATTR_PARTS and largest_shard > parts * part_fields:
+        parts <<= 1
+    return parts
+
+
+def attr_part_of_hashes(hashes: Any, parts: int) -> Any:
+    """Return the attrs sub-key (0 .. parts-1) of numpy int32 murmur3 hashes: ``(abs(h) >> 10) & (parts - 1)``."""
+    import numpy as np
+
+    return ((np.abs(hashes.astype(np.int64)) >> ATTR_PART_SHIFT) & (parts - 1)).astype(np.int32)
 
 
 @dataclass
@@ -194,7 +227,7 @@ def read_layout(redis: Any, plan_id: str, run_id: str) -> dict[str, Any] | None:
         return None
     meta = {_text(k): _text(v) for k, v in raw.items()}
     out: dict[str, Any] = dict(meta)
-    for name in ("shards", "members", "max_shard_members", "ttl_seconds"):
+    for name in ("shards", "members", "max_shard_members", "ttl_seconds", "attr_parts"):
         if name in meta:
             out[name] = int(meta[name])
     for name in ("sizes", "attrs"):
@@ -218,13 +251,14 @@ def _stored_sizes(redis: Any, plan_id: str, run_id: str, shards: int, encoding: 
 def load_shards(redis: Any, staging_path: Any, plan_id: str, run_id: str, shards: int | str,
                 attr_columns: Iterable[str] = (), ttl_seconds: int = 48 * 3600,
                 batch_rows: int = DEFAULT_BATCH_ROWS, max_shard_members: int = DEFAULT_MAX_SHARD_MEMBERS,
-                encoding: str = "auto") -> LoadResult:
+                encoding: str = "auto", attr_part_fields: int = ATTR_PART_FIELDS) -> LoadResult:
     """Stream the staging Parquet into the run's shard keys; return members per shard.
 
     ``shards`` is a power of two or ``"auto"``; ``encoding`` is ``auto`` (packed when every uid is a
     canonical integer), ``packed`` or ``zset``. Raises :class:`~c2b.store.sizing.ShardCountError`
     (nothing written) when a shard would exceed ``max_shard_members``, and :class:`StoreError` when
     ``packed`` is forced on non-integer uids. Loading the same file again is a no-op.
+    ``attr_part_fields``: average fields per attrs sub-key (:func:`attr_parts_for`; tests lower it).
 
     ``staging_path`` is a local path or a URL of the run artifacts' storage (:mod:`c2b.storage`); a
     missing file raises :class:`~c2b.storage.StorageMissing`, a store that fails
@@ -242,12 +276,14 @@ def load_shards(redis: Any, staging_path: Any, plan_id: str, run_id: str, shards
                          f"{scan.non_integer_example!r}; use encoding: auto or zset")
     enc = "packed" if encoding != "zset" and scan.integers and scan.rows else "zset"
     sizes = shard_sizes(scan.histogram, n)
+    parts = attr_parts_for(max(sizes, default=0), attr_part_fields)
     scanned = time.monotonic()
     source = _fingerprint(path, attrs)
 
     old = read_layout(redis, plan_id, run_id)
-    if (old and old.get("state") == "complete" and old.get("source") == source and old.get("shards") == n
-            and old.get("encoding") == enc and old.get("sizes") == sizes
+    if (old and old.get("state") == "complete" and old.get("format") == FORMAT and old.get("source") == source
+            and old.get("shards") == n and old.get("attr_parts") == parts and old.get("encoding") == enc
+            and old.get("sizes") == sizes
             and _stored_sizes(redis, plan_id, run_id, n, enc) == sizes):
         log.info("run %s / %s already holds this staging file (%s users, %s shards, %s): not rewritten",
                  plan_id, run_id, scan.rows, n, enc)
@@ -259,14 +295,14 @@ def load_shards(redis: Any, staging_path: Any, plan_id: str, run_id: str, shards
     mkey = meta_key(plan_id, run_id)
     meta = {"format": FORMAT, "state": "loading", "encoding": enc, "shards": n, "source": source,
             "members": scan.rows, "max_shard_members": max_shard_members, "ttl_seconds": ttl_seconds,
-            "sizes": json.dumps(sizes), "attrs": json.dumps(attrs)}
+            "sizes": json.dumps(sizes), "attrs": json.dumps(attrs), "attr_parts": parts}
     pipe = redis.pipeline(transaction=False)
     pipe.hset(mkey, mapping=meta)
     pipe.expire(mkey, ttl_seconds)
     pipe.execute()
 
     with CommandStream(redis) as stream:
-        written = _write(stream, path, plan_id, run_id, n, enc, sizes, attrs, ttl_seconds, batch_rows)
+        written = _write(stream, path, plan_id, run_id, n, enc, sizes, attrs, parts, ttl_seconds, batch_rows)
         stream.finish()
     stored = _stored_sizes(redis, plan_id, run_id, n, enc)
     if stored != sizes or written != sizes:  # the staging file changed under us, or another writer interfered
@@ -279,7 +315,7 @@ def load_shards(redis: Any, staging_path: Any, plan_id: str, run_id: str, shards
 
 
 def _write(stream: CommandStream, path: Any, plan_id: str, run_id: str, n: int, enc: str, sizes: list[int],
-           attrs: list[str], ttl: int, batch_rows: int) -> list[int]:
+           attrs: list[str], parts: int, ttl: int, batch_rows: int) -> list[int]:
     """Write every batch of the staging file; return the members written per shard."""
     import numpy as np
 
@@ -292,6 +328,8 @@ def _write(stream: CommandStream, path: Any, plan_id: str, run_id: str, n: int, 
             expiring.add(key)
             stream.command(key, "EXPIRE", key, ttl)
 
+    # attrs sub-key of index shard * parts + j (index < parts: shard 0, unused)
+    attr_keys = [keys[t // parts].attrs(t % parts) if t >= parts else "" for t in range((n + 1) * parts)]
     written = [0] * (n + 1)
     if enc == "packed":
         for s in range(1, n + 1):
@@ -303,11 +341,12 @@ def _write(stream: CommandStream, path: Any, plan_id: str, run_id: str, n: int, 
 
     for batch in _batches(path, batch_rows, ["uid", *attrs]):
         uids = batch.column(0)
+        hashes = murmur3_32_arrow(uids) if enc == "packed" or attrs else None  # once per batch, for both
         if enc == "packed":
             values = packed.canonical_ints(uids)
             if values is None:
                 raise StoreError(f"{path} changed while loading: it now holds non-integer uids")
-            shard = shard_of_hashes(murmur3_32_arrow(uids), n)
+            shard = shard_of_hashes(hashes, n)
             order = np.argsort(shard.astype(np.int16), kind="stable")  # radix sort
             counts = np.bincount(shard, minlength=n + 1)
             ordered = values[order]
@@ -339,8 +378,9 @@ def _write(stream: CommandStream, path: Any, plan_id: str, run_id: str, n: int, 
                     written[s] += c
                     pos += c
         if attrs:
-            shard = shard_of_hashes(murmur3_32_arrow(uids), n)
-            _write_attrs(stream, batch, shard, keys, attrs, ensure_ttl)
+            # One index per (shard, sub-key): shard * parts + sub-key, so a sort groups both at once.
+            target = shard_of_hashes(hashes, n) * parts + attr_part_of_hashes(hashes, parts)
+            _write_attrs(stream, batch, target, attr_keys, attrs, ensure_ttl)
     return written[1:]
 
 
@@ -374,9 +414,10 @@ def _zadd_members_resp(mat: Any, length: int) -> Any:
     return out
 
 
-def _write_attrs(stream: CommandStream, batch: Any, shard: Any, keys: list[ShardKeys], attrs: list[str],
+def _write_attrs(stream: CommandStream, batch: Any, target: Any, keys: list[str], attrs: list[str],
                  ensure_ttl: Any) -> None:
-    """HSET each row's attributes as JSON into its shard's attrs hash, ``ATTR_CHUNK`` fields a command.
+    """HSET each row's attributes as JSON into its attrs sub-key ``keys[target[row]]``, ``ATTR_CHUNK``
+    fields a command.
 
     The JSON of a row is exactly ``json.dumps({col: value}, ensure_ascii=False)``. Built column-wise
     with Arrow compute when every attribute column is text, integer or boolean and no text holds a
@@ -386,17 +427,17 @@ def _write_attrs(stream: CommandStream, batch: Any, shard: Any, keys: list[Shard
 
     resp = _attr_resp_arrow(batch, attrs)
     if resp is None:
-        _write_attrs_rows(stream, batch, shard, keys, attrs, ensure_ttl)
+        _write_attrs_rows(stream, batch, target, keys, attrs, ensure_ttl)
         return
-    order = np.argsort(shard.astype(np.int16), kind="stable")
-    counts = np.bincount(shard, minlength=len(keys))
+    order = np.argsort(target.astype(np.int16) if len(keys) <= 1 << 15 else target, kind="stable")  # radix sort
+    counts = np.bincount(target, minlength=len(keys))
     resp = resp.take(order)
     offsets, data = _string_buffers(resp)
     view = memoryview(data)
     pos = 0
     for s in np.flatnonzero(counts).tolist():
         c = int(counts[s])
-        key = keys[s].attrs
+        key = keys[s]
         kb = key.encode()
         for i in range(pos, pos + c, ATTR_CHUNK):
             j = min(i + ATTR_CHUNK, pos + c)
@@ -448,15 +489,15 @@ def _string_buffers(arr: Any) -> tuple[Any, Any]:
     return offsets, data if data is not None else b""
 
 
-def _write_attrs_rows(stream: CommandStream, batch: Any, shard: Any, keys: list[ShardKeys], attrs: list[str],
+def _write_attrs_rows(stream: CommandStream, batch: Any, target: Any, keys: list[str], attrs: list[str],
                       ensure_ttl: Any) -> None:
     uids = batch.column(0).to_pylist()
     columns = {c: batch.column(c).to_pylist() for c in attrs}
-    by_shard: dict[int, list[int]] = {}
-    for row, s in enumerate(shard.tolist()):
-        by_shard.setdefault(s, []).append(row)
-    for s, rows in by_shard.items():
-        key = keys[s].attrs
+    by_key: dict[int, list[int]] = {}
+    for row, t in enumerate(target.tolist()):
+        by_key.setdefault(t, []).append(row)
+    for t, rows in by_key.items():
+        key = keys[t]
         for i in range(0, len(rows), ATTR_CHUNK):
             args: list[Any] = ["HSET", key]
             for r in rows[i:i + ATTR_CHUNK]:
@@ -484,12 +525,32 @@ def read_page(redis: Any, keys: ShardKeys, start: int, page_size: int) -> list[s
     return [_text(m) for m in members]
 
 
-def read_attrs(redis: Any, keys: ShardKeys, uids: list[str]) -> list[dict[str, Any]]:
-    """Return the template attributes of ``uids`` (empty dicts when none were stored)."""
+def read_attrs(redis: Any, keys: ShardKeys, uids: list[str], parts: int) -> list[dict[str, Any]]:
+    """Return the template attributes of ``uids`` (empty dicts when none were stored).
+
+    ``parts`` is the run's ``attr_parts`` (:func:`read_layout`): one round trip, a pipelined HMGET
+    per sub-key the uids fall in (all on the shard's slot).
+    """
     if not uids:
         return []
-    raw = redis.hmget(keys.attrs, uids)
-    return [json.loads(r) if r else {} for r in raw]
+    if parts == 1:
+        raw = redis.hmget(keys.attrs(0), uids)
+        return [json.loads(r) if r else {} for r in raw]
+    import pyarrow as pa
+
+    sub = attr_part_of_hashes(murmur3_32_arrow(pa.array(uids, pa.string())), parts).tolist()
+    groups: dict[int, list[int]] = {}
+    for i, j in enumerate(sub):
+        groups.setdefault(j, []).append(i)
+    pipe = redis.pipeline(transaction=False)
+    for j, rows in groups.items():
+        pipe.hmget(keys.attrs(j), [uids[i] for i in rows])
+    out: list[dict[str, Any]] = [{}] * len(uids)
+    for rows, raw in zip(groups.values(), pipe.execute(), strict=True):
+        for i, r in zip(rows, raw, strict=True):
+            if r:
+                out[i] = json.loads(r)
+    return out
 
 
 def drop_run(redis: Any, plan_id: str, run_id: str, shards: int | None = None) -> int:
@@ -500,10 +561,11 @@ def drop_run(redis: Any, plan_id: str, run_id: str, shards: int | None = None) -
     """
     layout = read_layout(redis, plan_id, run_id)
     count = max(shards or 0, int(layout["shards"]) if layout else 0)
+    parts = int(layout.get("attr_parts", 1)) if layout else 1
     pipe = redis.pipeline(transaction=False)
     pipe.unlink(meta_key(plan_id, run_id))
     for s in range(1, count + 1):
-        for key in ShardKeys(plan_id, run_id, s).run_scoped():
+        for key in ShardKeys(plan_id, run_id, s).run_scoped(parts):
             pipe.unlink(key)
     return sum(int(n) for n in pipe.execute())
 
@@ -559,7 +621,7 @@ def inspect_run(redis: Any, plan_id: str, run_id: str, shards: int | None = None
     names = [meta_key(plan_id, run_id)]
     for s in range(1, count + 1):
         k = ShardKeys(plan_id, run_id, s)
-        names += [*k.run_scoped(), k.ledger]
+        names += [*k.run_scoped(int(layout.get("attr_parts", 1)) if layout else 1), k.ledger]
     pipe = redis.pipeline(transaction=False)
     for key in names:
         pipe.type(key)
