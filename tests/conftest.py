@@ -16,7 +16,7 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
-from devtools.servers import RedisServer  # noqa: E402 (after the Airflow env above)
+from devtools.servers import MotoS3Server, RedisServer  # noqa: E402 (after the Airflow env above)
 
 DEMO_USERS = 20_000
 
@@ -24,6 +24,15 @@ DEMO_USERS = 20_000
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def moto_s3(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3Server]:
+    """A real S3 API on loopback (moto in server mode) with the bucket named by the module's ``BUCKET``."""
+    server = MotoS3Server(tmp_path_factory.mktemp("moto")).start()
+    server.client().create_bucket(Bucket=request.module.BUCKET)
     yield server
     server.stop()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,14 +34,6 @@ delivery:
   shards: 4
   retry_delay_seconds: 1
 """
-
-
-@pytest.fixture(scope="module")
-def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3Server]:
-    server = MotoS3Server(tmp_path_factory.mktemp("moto")).start()
-    server.client().create_bucket(Bucket=BUCKET)
-    yield server
-    server.stop()
 
 
 @pytest.mark.timeout(600)

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +30,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PLAN = "cancelled_price_coupon"
 BUCKET = "c2b-artifacts"
 CONN = "c2b_s3_test"
-
-
-@pytest.fixture(scope="module")
-def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3Server]:
-    server = MotoS3Server(tmp_path_factory.mktemp("moto")).start()
-    server.client().create_bucket(Bucket=BUCKET)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
