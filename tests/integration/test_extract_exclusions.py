@@ -133,3 +133,34 @@ def _key_of(redis_client, uid: str) -> str:
     from c2b.hashing import shard_index
 
     return bucket_key(shard_index(uid, BUCKETS))
+
+
+def test_large_batches_read_the_history_once_and_agree_with_the_lookup_scripts(redis_client) -> None:
+    """A batch of >= MIN_BATCH uids is looked up in a snapshot of the whole history (one GET per
+    bucket), and gets exactly the answers of the per-bucket lookup scripts: integer and other uids,
+    recorded on different days (the later day of a re-recorded user wins), and never recorded."""
+    from c2b.delivery.contacts import contacted_since_array
+    from c2b.delivery.history_snapshot import MIN_BATCH, HistoryLookup
+    from c2b.delivery.reentry import BUCKETS, bucket_key
+
+    ints = [str(1_000_000 + 7 * i) for i in range(MIN_BATCH)]
+    texts = [f"user-{i}" for i in range(MIN_BATCH // 2)] + ["-42", "007", "é"]
+    everyone = ints + texts
+    record_contacts(redis_client, everyone[::3], NOW - timedelta(days=10))
+    record_contacts(redis_client, everyone[1::3], NOW - timedelta(days=2))
+    record_contacts(redis_client, everyone[::6], NOW - timedelta(days=1))  # later than day -10: wins
+    batch = pa.array(everyone + [str(9_000_000 + i) for i in range(500)])  # the last 500 never recorded
+    since = NOW - timedelta(days=5)
+    expected = contacted_since_array(redis_client, batch, since)
+    lookup = HistoryLookup(redis_client)
+    got = lookup.matches(batch, since)
+    assert lookup.snapshot is not None and lookup.snapshot.size == len(everyone) - len(everyone[2::3])
+    assert got.tolist() == expected.tolist()
+    recent = set(range(1, len(everyone), 3)) | set(range(0, len(everyone), 6))  # days -2 and -1
+    assert sorted(map(int, got.nonzero()[0])) == sorted(recent)
+    # a small batch keeps the per-bucket scripts; a plan's own history (re-entry keys) works the same
+    small = pa.array(everyone[:10])
+    assert HistoryLookup(redis_client).matches(small, since).tolist() == expected[:10].tolist()
+    record_contacts(redis_client, ints, NOW - timedelta(days=1), key_of=lambda b: bucket_key("p1", b), buckets=BUCKETS)
+    own = HistoryLookup(redis_client, key_of=lambda b: bucket_key("p1", b), buckets=BUCKETS)
+    assert own.matches(batch, since).tolist() == [True] * len(ints) + [False] * (len(batch) - len(ints))

@@ -142,6 +142,7 @@ class _Exclusion:
         self.keys: KeySet | None = None
         self.since: datetime | None = None
         self.redis = redis
+        self.lookup: Any = None
         if item.segment is not None:
             sql = read_segment(item.segment)
             check_params(item.segment, sql, item.params)
@@ -162,10 +163,12 @@ class _Exclusion:
     def matches(self, texts: pa.Array, keys: np.ndarray) -> np.ndarray:
         if self.keys is not None:
             return self.keys.contains(keys)
-        from c2b.delivery.contacts import contacted_since_array
+        from c2b.delivery.history_snapshot import HistoryLookup
 
         assert self.since is not None
-        return contacted_since_array(self.redis, texts, self.since)
+        if self.lookup is None:
+            self.lookup = HistoryLookup(self.redis)
+        return self.lookup.matches(texts, self.since)
 
 
 class _StagingWriter:

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from c2b.delivery.contacts import RECORD, contacted_since_array, history_size, record_contacts
+from c2b.delivery.contacts import RECORD, history_size, record_contacts
+from c2b.delivery.history_snapshot import HistoryLookup
 from c2b.plan.model import Plan
 from c2b.plan.policies import reentry_days
 from c2b.store.shards import _tag_part
@@ -111,6 +112,8 @@ class ReentryRule:
         # once: any record; N days: a send on one of the last N UTC days (N = 1: today only).
         self.since: datetime | None = datetime(1970, 1, 1, tzinfo=now.tzinfo) if days is None else \
             (now - timedelta(days=days - 1) if days > 0 else None)
+        self.lookup = HistoryLookup(redis, key_of=self.key_of, buckets=BUCKETS, legacy_of=self.legacy_of,
+                                    legacy_buckets=LEGACY_BUCKETS)
         if self.since is not None and redis is None:
             raise ValueError(f"plan {plan.id}: its re-entry rule needs the contact history in Redis: "
                              "pass redis= to extract_audience")
@@ -122,5 +125,4 @@ class ReentryRule:
     def matches(self, texts: pa.Array) -> np.ndarray:
         """Return a mask of the uids that may not enter again yet."""
         assert self.since is not None
-        return contacted_since_array(self.redis, texts, self.since, key_of=self.key_of, buckets=BUCKETS,
-                                     legacy_of=self.legacy_of, legacy_buckets=LEGACY_BUCKETS)
+        return self.lookup.matches(texts, self.since)
