@@ -25,6 +25,17 @@ MIN_BATCH = 4096  # uids; below this a batch touches few buckets and the lookup 
 _GETS_PER_CALL = 1024
 
 
+def uid_keys_u8(uids: Any) -> np.ndarray:
+    """Return the record keys (:func:`c2b.delivery.records.uid_key`) of an Arrow string array as uint64."""
+    from c2b.delivery.records import uid_keys_arrow
+    from c2b.store import packed
+
+    ints = packed.canonical_ints(uids)
+    if ints is not None:  # the key of a canonical integer uid is its int64, little-endian
+        return np.asarray(ints, dtype="<i8").view("<u8")
+    return np.frombuffer(b"".join(uid_keys_arrow(uids)), dtype="<u8")
+
+
 class HistorySnapshot:
     """Every record of one history, as sorted uid keys (uint64) and epoch days (int32)."""
 
@@ -57,9 +68,8 @@ class HistorySnapshot:
     def size(self) -> int:
         return len(self.keys)
 
-    def last_days(self, uid_keys: list[bytes]) -> np.ndarray:
-        """Return the epoch day of each uid key's record (0: none), as numpy int32."""
-        wanted = np.frombuffer(b"".join(uid_keys), dtype="<u8")
+    def last_days(self, wanted: np.ndarray) -> np.ndarray:
+        """Return the epoch day of the record of each uid key (uint64, :func:`uid_keys_u8`; 0: none)."""
         out = np.zeros(len(wanted), dtype=np.int32)
         if not len(self.keys) or not len(wanted):
             return out
@@ -92,7 +102,6 @@ class HistoryLookup:
     def matches(self, texts: Any, since: Any) -> np.ndarray:
         """Return a mask of the uids (an Arrow string array, no nulls) with a record on or after ``since``."""
         from c2b.delivery import contacts
-        from c2b.delivery.records import uid_keys_arrow
 
         if self.snapshot is None:
             legacy = self.legacy_of is not None and contacts.legacy_present(self.redis, self.legacy_of,
@@ -102,5 +111,5 @@ class HistoryLookup:
                                                       buckets=self.buckets, legacy_of=self.legacy_of,
                                                       legacy_buckets=self.legacy_buckets)
             self.snapshot = HistorySnapshot.read(self.redis, self.key_of, self.buckets, contacts.RECORD)
-        days = self.snapshot.last_days(uid_keys_arrow(texts))
+        days = self.snapshot.last_days(uid_keys_u8(texts))
         return (days > 0) & (days >= contacts.epoch_day(since))
