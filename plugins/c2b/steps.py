@@ -82,8 +82,40 @@ def step_extract(plan: Plan, run_id: str, warehouse: Warehouse, sample: int | No
     return out
 
 
-def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> list[int]:
-    """Load the staging file into the run's shard keys; return the non-empty shards (to map over).
+def task_units(shards: list[int], per_task: int) -> list[int] | list[list[int]]:
+    """Return what the ``deliver`` tasks map over: the shards, or groups of ``per_task`` shards.
+
+    With ``delivery.shards_per_task: 1`` (the default) every non-empty shard is its own mapped task;
+    with more, consecutive shards share one, which sends them one after another.
+    """
+    if per_task <= 1:
+        return list(shards)
+    return [list(shards[i:i + per_task]) for i in range(0, len(shards), per_task)]
+
+
+def unit_shards(unit: int | list[int]) -> list[int]:
+    """Return the shards of one mapped ``deliver`` task (a shard, or a group of them)."""
+    return [unit] if isinstance(unit, int) else [int(s) for s in unit]
+
+
+def all_shards(units: list[Any]) -> list[int]:
+    """Return every shard of ``load_shards``' output, grouped or not."""
+    return [s for u in units for s in unit_shards(u)]
+
+
+def unit_label(unit: int | list[int]) -> str:
+    """Name a deliver task in the UI: ``shard 7``, ``shards 1-8``, ``shards 3, 5``."""
+    shards = unit_shards(unit)
+    if len(shards) == 1:
+        return f"shard {shards[0]}"
+    if shards == list(range(shards[0], shards[-1] + 1)):
+        return f"shards {shards[0]}-{shards[-1]}"
+    return "shards " + ", ".join(map(str, shards))
+
+
+def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> list[int] | list[list[int]]:
+    """Load the staging file into the run's shard keys; return the non-empty shards to map over
+    (grouped by ``delivery.shards_per_task``: :func:`task_units`).
 
     The list is at most 1024 long (the largest shard count), Airflow's ``max_map_length``.
     """
@@ -98,7 +130,7 @@ def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> l
              "reused" if result.reused else "loaded", result.members, result.shard_count,
              len(result.non_empty), result.largest, result.encoding,
              result.scan_seconds + result.write_seconds)
-    return result.non_empty
+    return task_units(result.non_empty, d.shards_per_task)
 
 
 def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict[str, Channel],

@@ -28,7 +28,9 @@ def _write_plan(dags: Path) -> Path:
         "touches": [{"name": "coupon_push", "channel": "push",  # connection: default c2b_push
                      "template": "+{{ offer.amount | int }} on your next sale", "assets": {"title": "Coupon"},
                      "offer": {"type": "price_up_coupon", "amount": 30}}],
-        "delivery": {"shards": 4, "page_size": 50, "concurrency": 8, "retries": 0, "rate_limit": 5000},
+        # two shards per deliver task: the grouped mapping, its UI labels and the report's flattening
+        "delivery": {"shards": 4, "shards_per_task": 2, "page_size": 50, "concurrency": 8, "retries": 0,
+                     "rate_limit": 5000},
         "reentry": {"after_days": 0},  # the second run below targets the same users again
     }
     (folder / f"{PLAN}.yaml").write_text(yaml.safe_dump(plan))
@@ -69,6 +71,9 @@ def test_push_plan_through_airflow_then_kill_switch_variable_fails_the_shards(
     dr = dags[PLAN].test()
     assert str(getattr(dr.state, "value", dr.state)) == "success"
     summary = json.loads(next((c2b_env / "reports" / PLAN).glob("*.json")).read_text())
+    delivers = sorted((ti.map_index, ti.rendered_map_index) for ti in dr.get_task_instances() if ti.task_id == "deliver")
+    assert delivers == [(0, "shards 1-2"), (1, "shards 3-4")], delivers
+    assert summary["status"] == "complete" and summary["shards"]["delivered"] == [1, 2, 3, 4], summary
     sent = summary["outcomes"]["all|coupon_push|sent"]
     assert sent == len(gw_env.record.accepted) > 50 and gw_env.record.duplicates == 0
     assert set(gw_env.record.paths) == {"/push/batch"}
@@ -119,3 +124,34 @@ def test_dry_run_sends_nothing_and_writes_no_ledger(gw_env: Gateway, redis_clien
     stats = deliver_shard(plan, "r1", 1, {"dry_run": True, "only_touches": ["t1"]})
     assert stats["counts"] == {"all|t1|dry_run": 30} and stats["users"] == 30
     assert gw_env.record.requests == 0 and not redis_client.exists("c2b:{p_dry:r1:1}:ledger")
+
+
+def test_a_task_of_several_shards_sends_each_and_reschedules_for_the_earliest_parked_user(
+        gw_env: Gateway, redis_client, tmp_path: Path) -> None:
+    """deliver_shards: every shard of the group is sent before the task reschedules for parked users."""
+    from datetime import UTC, datetime, timedelta
+
+    from airflow.sdk.exceptions import AirflowRescheduleException
+    from c2b.airflow.resources import deliver_shards
+
+    from devtools.deliverkit import load_audience, make_plan, plan_dict
+
+    plan = make_plan(plan_dict("p_group", shards=2, page_size=20))
+    shards = load_audience(redis_client, plan, "r1", [f"g{i}" for i in range(60)], tmp_path)
+    stats = deliver_shards(plan, "r1", sorted(shards), {})
+    assert [st["shard"] for st in stats] == [1, 2]
+    assert sum(st["counts"].get("all|t0|sent", 0) for st in stats) == 60 == len(gw_env.record.accepted)
+
+    now = datetime.now(UTC)
+    opens = now + timedelta(hours=2)
+    data = plan_dict("p_group_w", shards=2, page_size=20)
+    data["window"] = {"send_hours": f"{opens:%H:%M}-{now + timedelta(hours=3):%H:%M}", "timezone": "UTC"}
+    plan = make_plan(data)
+    load_audience(redis_client, plan, "r1", [f"w{i}" for i in range(40)], tmp_path)
+    before = gw_env.record.requests
+    with pytest.raises(AirflowRescheduleException) as info:
+        deliver_shards(plan, "r1", [1, 2], {})
+    assert info.value.reschedule_date == opens.replace(second=0, microsecond=0)
+    assert gw_env.record.requests == before
+    parked = [redis_client.zcard(f"c2b:{{p_group_w:r1:{s}}}:deferred") for s in (1, 2)]
+    assert all(parked) and sum(parked) == 40  # both shards had their pass before the reschedule

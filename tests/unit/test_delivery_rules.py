@@ -73,3 +73,12 @@ def test_idempotency_key_is_stable_and_distinct() -> None:
 ])
 def test_http_status_classes(status: int, outcome: str) -> None:
     assert classify(status).status == outcome
+
+
+def test_deliver_tasks_map_over_shards_or_groups_of_them() -> None:
+    from c2b.steps import all_shards, task_units, unit_label
+
+    assert task_units([1, 2, 3], 1) == [1, 2, 3]
+    assert task_units([1, 2, 3, 5, 6], 2) == [[1, 2], [3, 5], [6]]
+    assert all_shards(task_units([1, 2, 3, 5, 6], 2)) == [1, 2, 3, 5, 6] == all_shards([1, 2, 3, 5, 6])
+    assert [unit_label(u) for u in ([7], 7, [1, 2, 3], [3, 5])] == ["shard 7", "shard 7", "shards 1-3", "shards 3, 5"]

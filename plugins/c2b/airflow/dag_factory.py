@@ -139,7 +139,7 @@ def build_dag(plan: Plan, path: Path) -> Any:
     ) as dag:
         extract = step(task_id="extract_audience", step="extract_audience")
         shards = step(task_id="load_shards", step="load_shards", inputs={"extract": extract.output})
-        deliver = step.partial(task_id="deliver", step="deliver", map_index_template="shard {{ shard_label }}") \
+        deliver = step.partial(task_id="deliver", step="deliver", map_index_template="{{ shard_label }}") \
             .expand(shard=shards.output)
         step(task_id="report", step="report", trigger_rule=TriggerRule.NONE_FAILED,
              inputs={"extract": extract.output, "shards": shards.output, "stats": deliver.output},
@@ -209,7 +209,7 @@ def report_event_extra(summary: dict[str, Any]) -> dict[str, Any]:
             "outcomes": dict(sorted(outcomes.items())), "per_touch": summary["per_touch"]}
 
 
-def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard: int | None) -> Any:
+def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard: int | list[int] | None) -> Any:
     """Run one step of a plan run: resolve Airflow resources, then call :mod:`c2b.steps`."""
     from c2b import steps
     from c2b.airflow import resources
@@ -247,13 +247,17 @@ def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard:
                 "Clear the whole run to extract again") from exc
     if step == "deliver":
         assert shard is not None, "deliver is mapped over the shards load_shards returns"
-        context["shard_label"] = shard  # read by the map_index_template: the UI shows "shard 7"
-        return resources.deliver_shard(plan, run_id, shard, dict(context["params"]))
+        context["shard_label"] = steps.unit_label(shard)  # the map_index_template: "shard 7", "shards 1-8"
+        if isinstance(shard, int):
+            return resources.deliver_shard(plan, run_id, shard, dict(context["params"]))
+        return resources.deliver_shards(plan, run_id, steps.unit_shards(shard), dict(context["params"]))
     if step == "report":
         # One slice reads every mapped deliver's stats in one request; iterating the lazy sequence
         # instead reads them one by one until a 404, which the task SDK logs as "XCom not found".
         stats = inputs["stats"]
-        summary = steps.step_report(plan, run_id, inputs["extract"], inputs["shards"], list(stats[:]) if stats else [],
+        # A task of several shards returns a list of their stats (delivery.shards_per_task).
+        shard_stats = [st for x in (list(stats[:]) if stats else []) for st in (x if isinstance(x, list) else [x])]
+        summary = steps.step_report(plan, run_id, inputs["extract"], steps.all_shards(inputs["shards"]), shard_stats,
                                      redis=resources.get_redis(), results_store=resources.get_results_store())
         from airflow.sdk import Asset
 
@@ -280,7 +284,7 @@ def _plan_step_class() -> type:
         template_fields = ("inputs", "shard")
         ui_color = "#e3eefc"
 
-        def __init__(self, *, step: str, inputs: dict[str, Any] | None = None, shard: int | None = None,
+        def __init__(self, *, step: str, inputs: dict[str, Any] | None = None, shard: int | list[int] | None = None,
                      **kwargs: Any) -> None:
             super().__init__(**kwargs)
             self.step = step

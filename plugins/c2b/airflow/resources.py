@@ -155,7 +155,7 @@ def kill_switch(redis: Any, plan_id: str, with_variable: bool = True):  # -> Kil
 
 
 def deliver_shard(plan: Plan, run_id: str, shard: int, params: dict[str, Any]) -> dict[str, Any]:
-    """The ``deliver`` task: send one shard, then tell Airflow how it ended.
+    """The ``deliver`` task of one shard: send it, then tell Airflow how it ended.
 
     - done: return the shard's stats (XCom, read by ``report``);
     - stopped by the kill switch: fail the task *without retries* with a message saying which
@@ -166,6 +166,19 @@ def deliver_shard(plan: Plan, run_id: str, shard: int, params: dict[str, Any]) -
     - users parked by quiet hours: reschedule the task (state ``up_for_reschedule``) for when the
       earliest of them may be messaged; it frees its worker slot meanwhile.
     """
+    return deliver_shards(plan, run_id, [shard], params)[0]
+
+
+def deliver_shards(plan: Plan, run_id: str, shards: list[int], params: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``deliver`` task of a group of shards (``delivery.shards_per_task``): each in turn, as
+    :func:`deliver_shard` does one; return their stats in order.
+
+    The kill switch or lost keys fail the task at the shard that meets them (the shards after it
+    are not started: Clear the run to resume, as for one shard). Users parked by quiet hours in any
+    shard reschedule the task once every shard has had its pass, for the earliest due time; the
+    rescheduled task passes over the finished shards again, which their ledgers make cheap and
+    send-free.
+    """
     from datetime import datetime
 
     from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
@@ -174,23 +187,30 @@ def deliver_shard(plan: Plan, run_id: str, shard: int, params: dict[str, Any]) -
     from c2b.store.run_meta import RunStateLost
 
     redis = get_redis()
-    try:
-        stats = steps.step_deliver(plan, run_id, shard, redis, make_channels(plan, run_id, redis),
-                                   kill_switch(redis, plan.id), params, results_store=get_results_store())
-    except RunStateLost as exc:  # lost keys stay lost: retrying would only "deliver" an empty shard
-        raise AirflowFailException(str(exc)) from exc
-    if stats["stopped"]:
-        raise AirflowFailException(
-            f"shard {shard} STOPPED by the kill switch ({stats['stop_reason']}) after {stats['users']} users; "
-            f"sent so far: {sum(n for k, n in stats['counts'].items() if k.endswith('|sent'))}. "
-            "Turn the switch off and Clear the whole run to resume (cleanup has dropped this run's shard "
-            "keys, so the run extracts and loads again): the ledger sends nothing twice.")
-    if stats["deferred"]:
-        when = datetime.fromisoformat(stats["next_due"]) if stats["next_due"] else datetime.now(UTC)
+    channels = make_channels(plan, run_id, redis)
+    switch = kill_switch(redis, plan.id)
+    store = get_results_store()
+    out: list[dict[str, Any]] = []
+    for shard in shards:
+        try:
+            stats = steps.step_deliver(plan, run_id, shard, redis, channels, switch, params, results_store=store)
+        except RunStateLost as exc:  # lost keys stay lost: retrying would only "deliver" an empty shard
+            raise AirflowFailException(str(exc)) from exc
+        if stats["stopped"]:
+            raise AirflowFailException(
+                f"shard {shard} STOPPED by the kill switch ({stats['stop_reason']}) after {stats['users']} users; "
+                f"sent so far: {sum(n for k, n in stats['counts'].items() if k.endswith('|sent'))}. "
+                "Turn the switch off and Clear the whole run to resume (cleanup has dropped this run's shard "
+                "keys, so the run extracts and loads again): the ledger sends nothing twice.")
+        out.append(stats)
+    waiting = [st for st in out if st["deferred"]]
+    if waiting:
+        dues = [datetime.fromisoformat(st["next_due"]) if st["next_due"] else datetime.now(UTC) for st in waiting]
+        when = min(dues)
         import logging
 
         logging.getLogger(__name__).info(
-            "shard %s: %s messages wait for their send hours; rescheduling for %s", shard, stats["deferred"],
-            when.isoformat())
+            "shard %s: %s messages wait for their send hours; rescheduling for %s",
+            ", ".join(str(st["shard"]) for st in waiting), sum(st["deferred"] for st in waiting), when.isoformat())
         raise AirflowRescheduleException(when)
-    return stats
+    return out

@@ -428,6 +428,9 @@ class Delivery(_Strict):
         16, description=f"Redis keys per run (one mapped deliver task per non-empty shard): a power of two from 1 "
                         f"to {MAX_SHARDS}, or auto: the smallest power of two whose largest shard fits "
                         "max_shard_members")
+    shards_per_task: Int = Field(1, ge=1, le=MAX_SHARDS, description="shards one mapped deliver task sends, one "
+                                 "after another: 1 shows every shard as its own task; more means fewer task starts "
+                                 "(each costs a worker ~1-2 s of CPU) for plans of millions of users")
     max_shard_members: Int = Field(100_000, ge=1, description="the most users one shard key may hold; a load that "
                                                               "would exceed it fails before writing anything")
     encoding: Literal["auto", "zset", "packed"] = Field(
