@@ -76,7 +76,7 @@ GOAL_BIG_S, GOAL_RSS_MIB, GOAL_DEMO_S = 180.0, 1024.0, 30.0
 STAGES = ("extract_audience", "load_shards", "deliver", "report", "cleanup")
 
 
-def plan_outbox(users: int) -> str:
+def plan_outbox(users: int, shards_per_task: int = 1, page_size: int = 100) -> str:
     return f"""\
 id: e2e_outbox
 description: Every user, one outbox message rendering the nickname (bench/e2e.py, {users:,} users).
@@ -88,12 +88,14 @@ touches:
     template: "Hi {{{{ nickname }}}}, a new quote is waiting for you."
 delivery:
   shards: auto
+  shards_per_task: {shards_per_task}
+  page_size: {page_size}
   retries: 1
   retry_delay_seconds: 5
 """
 
 
-def plan_http(users: int) -> str:
+def plan_http(users: int, shards_per_task: int = 1, page_size: int = 100) -> str:
     return f"""\
 id: e2e_http
 description: Every user, one push through a batch HTTP gateway (bench/e2e.py, {users:,} users).
@@ -106,6 +108,8 @@ touches:
     template: "Hi {{{{ nickname }}}}, a new quote is waiting for you."
 delivery:
   shards: auto
+  shards_per_task: {shards_per_task}
+  page_size: {page_size}
   retries: 1
   retry_delay_seconds: 5
 """
@@ -331,7 +335,7 @@ def stack_env(home: Path, dags: Path, data: Path, audience: RedisServer, warehou
     return env
 
 
-def make_dags(dags: Path, users: int) -> None:
+def make_dags(dags: Path, users: int, shards_per_task: int = 1, page_size: int = 100) -> None:
     dags.mkdir(parents=True)
     shutil.copy(ROOT / "dags" / "c2b_plans.py", dags)
     shutil.copy(ROOT / "dags" / "plans.yaml", dags)
@@ -342,8 +346,8 @@ def make_dags(dags: Path, users: int) -> None:
     text = demo.read_text()
     assert 'schedule: "@daily"' in text, f"{demo}: expected a daily schedule to replace"
     demo.write_text(text.replace('schedule: "@daily"', "schedule: null"))
-    (dags / "plans" / "e2e_outbox.yaml").write_text(plan_outbox(users))
-    (dags / "plans" / "e2e_http.yaml").write_text(plan_http(users))
+    (dags / "plans" / "e2e_outbox.yaml").write_text(plan_outbox(users, shards_per_task, page_size))
+    (dags / "plans" / "e2e_http.yaml").write_text(plan_http(users, shards_per_task, page_size))
 
 
 def create_pools(stack: AirflowStack) -> None:
@@ -525,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("C2B_BENCH_CACHE",
                                                                            Path.home() / ".cache" / "c2b-bench")))
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument("--shards-per-task", type=int, default=8,
+                        help="the big plans' delivery.shards_per_task (default 8: 128 shards -> 16 tasks)")
+    parser.add_argument("--page-size", type=int, default=1000, help="the big plans' delivery.page_size")
     parser.add_argument("--warm-baseline", action="store_true",
                         help="also run the demo on LocalExecutor with C2B_WARM_IMPORTS=off (the same-run baseline)")
     parser.add_argument("--merge", action="store_true",
@@ -540,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"users": args.users, "cpus": os.cpu_count(), "load_before": os.getloadavg(),
                               "started": datetime.now(UTC).isoformat(timespec="seconds"),
                               "worker_concurrency": args.worker_concurrency,
+                              "big_plan_delivery": {"shards_per_task": args.shards_per_task,
+                                                    "page_size": args.page_size},
                               "goals": {"big_s": GOAL_BIG_S, "rss_mib": GOAL_RSS_MIB, "demo_s": GOAL_DEMO_S}}
     def save() -> None:  # after every run too: a long measurement cut short keeps what it measured
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -558,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="c2b-e2e-"))
     link = base / "warehouse.duckdb"
     dags, data = base / "dags", base / "c2b"
-    make_dags(dags, args.users)
+    make_dags(dags, args.users, args.shards_per_task, args.page_size)
     ensure_running()
     audience = RedisServer(base / "audience").start()
     gateway = None
@@ -691,7 +700,8 @@ def render(r: dict[str, Any]) -> str:
              f"Measured {r['started']} on {r['cpus']} cores; load average before {la[0]:.2f} / {la[1]:.2f} / "
              f"{la[2]:.2f}, after {r.get('load_after', os.getloadavg())[0]:.2f} (the machine is shared with "
              f"other sessions: figures are what this run saw). Celery worker concurrency "
-             f"{r['worker_concurrency']}.", ""]
+             f"{r['worker_concurrency']}; the big plans' delivery settings: {r.get('big_plan_delivery', 'defaults')}.",
+             ""]
     if r.get("notes"):
         lines += ["## Reading these figures", "", *[f"- {n}" for n in r["notes"]], ""]
     if "big" in r:
