@@ -16,6 +16,11 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
+# Import Airflow now, while pytest's session-long capture is sys.stderr: its logging handlers bind
+# to the stream of the moment, and when a test's ``capsys`` was that stream (Airflow first imported
+# inside such a test), every later log line met a closed stream ("--- Logging error ---").
+import airflow  # noqa: E402,F401
+
 from devtools.servers import MotoS3Server, RedisServer  # noqa: E402 (after the Airflow env above)
 
 DEMO_USERS = 20_000

@@ -71,7 +71,8 @@ def test_push_plan_through_airflow_then_kill_switch_variable_fails_the_shards(
     dr = dags[PLAN].test()
     assert str(getattr(dr.state, "value", dr.state)) == "success"
     summary = json.loads(next((c2b_env / "reports" / PLAN).glob("*.json")).read_text())
-    delivers = sorted((ti.map_index, ti.rendered_map_index) for ti in dr.get_task_instances() if ti.task_id == "deliver")
+    delivers = sorted((ti.map_index, ti.rendered_map_index) for ti in dr.get_task_instances()
+                      if ti.task_id == "deliver")
     assert delivers == [(0, "shards 1-2"), (1, "shards 3-4")], delivers
     assert summary["status"] == "complete" and summary["shards"]["delivered"] == [1, 2, 3, 4], summary
     sent = summary["outcomes"]["all|coupon_push|sent"]
