@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 from c2b.airflow.dag_factory import plan_files
+from c2b.plan.load import load_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = plan_files(ROOT / "dags" / "plans")  # copied flat: plans in no business line
-GOOD_IDS = {p.stem for p in EXAMPLES}
+# Each good plan's DAG and, for a plan with a goal, its results DAG (built from the same file)
+GOOD_IDS = {p.stem for p in EXAMPLES} | {f"{p.stem}__results" for p in EXAMPLES
+                                          if load_plan(p, check_files=False).goal is not None}
 BROKEN = """\
 id: broken_plan
 description: A plan with a typo in a channel.
@@ -69,9 +72,11 @@ def test_broken_plan_is_the_only_import_error(dags_folder: Path) -> None:
     # Every good plan loads, from the one index unit; the fallback loader adds no duplicate.
     assert set(bag.dags) == GOOD_IDS
     for dag_id, dag in bag.dags.items():
+        plan_id = dag_id.removesuffix("__results")
         assert dag.relative_fileloc == "plans.yaml"  # what the dag-processor tracks and a worker re-parses
-        assert dag.fileloc == str(dags_folder / "plans" / f"{dag_id}.yaml")  # the UI's Code tab shows the plan
-        assert [t.task_id for t in dag.tasks] == ["extract_audience", "load_shards", "deliver", "report", "cleanup"]
+        assert dag.fileloc == str(dags_folder / "plans" / f"{plan_id}.yaml")  # the UI's Code tab shows the plan
+        assert [t.task_id for t in dag.tasks] == (
+            ["attribute"] if dag_id != plan_id else ["extract_audience", "load_shards", "deliver", "report", "cleanup"])
 
 
 def test_a_yaml_syntax_error_is_reported_with_its_line(dags_folder: Path) -> None:
@@ -103,6 +108,13 @@ def test_a_worker_builds_only_its_plan(dags_folder: Path, monkeypatch: pytest.Mo
                        bundle_path=dags_folder, bundle_name="dags-folder")
     assert list(bag.dags) == ["cancelled_price_coupon"] and bag.import_errors == {}
     assert validated == ["cancelled_price_coupon.yaml"]
+    # The daily results DAG of a plan with a goal comes from the same file, validated once.
+    validated.clear()
+    monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "cancelled_price_coupon__results")
+    bag = BundleDagBag(dag_folder=str(dags_folder / "plans.yaml"), safe_mode=False, load_op_links=False,
+                       bundle_path=dags_folder, bundle_name="dags-folder")
+    assert list(bag.dags) == ["cancelled_price_coupon__results"] and bag.import_errors == {}
+    assert validated == ["cancelled_price_coupon.yaml"]
 
 
 def test_one_plan_file_on_its_own_is_imported_alone(dags_folder: Path) -> None:
@@ -111,7 +123,8 @@ def test_one_plan_file_on_its_own_is_imported_alone(dags_folder: Path) -> None:
     target = dags_folder / "plans" / "cancelled_price_coupon.yaml"
     bag = BundleDagBag(dag_folder=str(target), safe_mode=False, load_op_links=False,
                        bundle_path=dags_folder, bundle_name="dags-folder")
-    assert list(bag.dags) == ["cancelled_price_coupon"] and bag.import_errors == {}
+    assert list(bag.dags) == ["cancelled_price_coupon", "cancelled_price_coupon__results"]
+    assert bag.import_errors == {}
 
 
 def test_an_alias_bomb_next_to_good_plans_is_one_quick_import_error(dags_folder: Path) -> None:
@@ -159,7 +172,7 @@ def test_a_plans_folder_without_its_index_still_loads_one_unit_per_plan(dags_fol
         ["c2b_plans.py", "broken_plan.yaml", *(p.name for p in EXAMPLES)])
     bag = _bag(dags_folder)
     assert set(bag.dags) == GOOD_IDS and set(bag.import_errors) == {"plans/broken_plan.yaml"}
-    assert {d.relative_fileloc for d in bag.dags.values()} == {f"plans/{i}.yaml" for i in GOOD_IDS}
+    assert {d.relative_fileloc for d in bag.dags.values()} == {f"plans/{p.stem}.yaml" for p in EXAMPLES}
 
 
 @pytest.fixture

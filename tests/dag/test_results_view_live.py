@@ -133,7 +133,6 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, redis_server) -> Iterator[
     for dag_id, what in ((DOWNSTREAM, "report"), (AFTER_RESULTS, "results")):
         (base / "team_a" / f"{dag_id}.py").write_text(
             DOWNSTREAM_DAG.format(dag_id=dag_id, uri=f"c2b://plans/{PLAN_A}/{what}"))
-    shutil.copy(ROOT / "dags" / "c2b_results.py", base / "team_a")  # the daily results DAG of team A's plan
     # Its own demo warehouse: this test adds post-touch orders to it, and with 100k users the run's
     # ~3.6k users are enough for the planted uplift to show (the session's 20k give ~700).
     warehouse = base / "warehouse.duckdb"

@@ -298,6 +298,29 @@ def _plan_step_class() -> type:
     return PlanStep
 
 
+def load_plan_dags(path: Path, only_dag_id: str | None = None) -> list[Any]:
+    """Validate the plan file at ``path`` and return its DAGs: the plan's, then its results DAG
+    (``<plan>__results``, when the plan has a ``goal``); every failure is a ``PlanError``.
+
+    Both come from one validation of the file, in the same parse unit (the plan index), so a goal
+    costs the dag-processor one more DAG, not a second pass over every plan. ``only_dag_id`` (a
+    worker's parsing context) keeps just that one of the two.
+    """
+    from c2b.airflow.results_dag import build_results_dag, results_dag_id
+    from c2b.plan.errors import PlanError
+
+    dag = load_plan_dag(path)
+    plan = plan_of(dag)
+    mine = [] if only_dag_id not in (None, dag.dag_id) else [dag]
+    if plan.goal is None or only_dag_id not in (None, results_dag_id(plan.id)):
+        return mine
+    try:
+        return [*mine, build_results_dag(plan, path)]
+    except Exception as exc:  # noqa: BLE001 - as for the plan's own DAG: this file's error only
+        raise PlanError(path, [("goal", f"Airflow rejected the results DAG built from this plan: "
+                                        f"{type(exc).__name__}: {exc}")]) from exc
+
+
 def load_plan_dag(path: Path) -> Any:
     """Validate the plan file at ``path`` and return its DAG; every failure is a ``PlanError``."""
     from c2b.plan.errors import PlanError
@@ -341,16 +364,23 @@ def build_dags(folder: Path, only_dag_id: str | None = None) -> tuple[dict[str, 
 
     files = plan_files(folder)
     if only_dag_id:
-        files = [p for p in files if p.stem == only_dag_id]
+        files = [p for p in files if builds(p, only_dag_id)]
     dags: dict[str, Any] = {}
     errors: list[PlanError] = []
     for path in files:
         try:
-            dag = load_plan_dag(path)
-            dags[dag.dag_id] = dag
+            for dag in load_plan_dags(path, only_dag_id):
+                dags[dag.dag_id] = dag
         except PlanError as exc:
             errors.append(exc)
     return dags, errors
+
+
+def builds(path: Path, dag_id: str) -> bool:
+    """Return whether plan file ``path`` builds DAG ``dag_id``: its plan's, or its results DAG."""
+    from c2b.airflow.results_dag import results_dag_id
+
+    return dag_id in (path.stem, results_dag_id(path.stem))
 
 
 def fallback_dags(folder: Path, only_dag_id: str | None = None) -> dict[str, Any]:
@@ -479,17 +509,18 @@ def _importer_class() -> type:
             only = get_parsing_context().dag_id  # a worker parsing for one task builds only its plan
             index_rel = result.file_path
             for plan_path in plan_files(Path(file_path).with_suffix("")):
-                if only is None or plan_path.stem == only:
-                    self._import_plan(plan_path, bundle_path, result, index_rel)
+                if only is None or builds(plan_path, only):
+                    self._import_plan(plan_path, bundle_path, result, index_rel, only)
             return result
 
-        def _import_plan(self, path: Path, bundle_path: Path | None, result: Any, index_rel: str | None) -> None:
-            """Add the DAG of one plan file to ``result``, or its import error under the plan's own path."""
+        def _import_plan(self, path: Path, bundle_path: Path | None, result: Any, index_rel: str | None,
+                         only: str | None = None) -> None:
+            """Add the DAGs of one plan file to ``result``, or its import error under the plan's own path."""
             from c2b.plan.errors import PlanError
 
             rel = self.get_relative_path(path, bundle_path)
             try:
-                dag = load_plan_dag(path)
+                dags = load_plan_dags(path, only)
             except PlanError as exc:
                 exc = PlanError(rel, exc.problems)  # name the file as the UI does: bundle-relative
                 result.errors.append(DagImportError(
@@ -500,9 +531,10 @@ def _importer_class() -> type:
                 result.errors.append(DagImportError(file_path=rel, message=f"{type(exc).__name__}: {exc}",
                                                     stacktrace=traceback.format_exc()))
                 return
-            dag.fileloc = str(path)
-            dag.relative_fileloc = index_rel or rel
-            result.dags.append(dag)
+            for dag in dags:  # the plan's DAG and, with a goal, its results DAG
+                dag.fileloc = str(path)
+                dag.relative_fileloc = index_rel or rel
+                result.dags.append(dag)
 
     return PlanImporter
 

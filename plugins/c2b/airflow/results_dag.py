@@ -120,28 +120,3 @@ def _attribute_class() -> type:
 
     AttributeResults.__module__ = __name__
     return AttributeResults
-
-
-def results_dags(folder: Path, only_dag_id: str | None = None) -> dict[str, Any]:
-    """Return the results DAG of every valid plan with a goal in ``folder`` (``dags/c2b_results.py``).
-
-    A broken plan is skipped here: its own import error (the plan importer, or the fallback
-    loader's warning) already says what is wrong.
-    """
-    from c2b.airflow.dag_factory import plan_files
-    from c2b.plan.errors import PlanError
-    from c2b.plan.load import load_plan
-
-    files = plan_files(folder)
-    if only_dag_id:
-        files = [p for p in files if results_dag_id(p.stem) == only_dag_id]
-    dags = {}
-    for path in files:
-        try:
-            plan = load_plan(path, check_name=True)
-        except PlanError:
-            continue
-        if plan.goal is not None:
-            dag = build_results_dag(plan, path)
-            dags[dag.dag_id] = dag
-    return dags
