@@ -7,6 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from c2b.delivery.controls.frequency_cap import NO_LINE, CapRules, ChannelCap, FrequencyCap, fcap_keys
 from c2b.store.shards import ShardKeys, load_shards, read_page
 
 
@@ -56,3 +57,24 @@ def assert_resume(redis: Any, tmp_path: Path, uids: list[str], encoding: str) ->
             cursor += len(page)
         assert cursor == result.shards[s]
     assert sorted(done) == sorted(uids) and len(done) == len(set(done))
+
+
+def assert_counting_without_caps(client: Any) -> None:
+    """A plan without caps counts its sends (day totals, with the day key's TTL); a capped plan of
+    the same scope is then refused by those counts; a field holding per-channel counts (written by
+    a line's scripts) is still counted, through the script."""
+    uncapped = FrequencyCap(client, CapRules(NO_LINE))
+    users = [str(500_000 + i) for i in range(300)] + ["u-x", "é"]
+    granted = uncapped.take([("20261125", u, "push", 1) for u in users] + [("20261125", users[0], "sms", 1)])
+    assert granted == {("20261125", u): 2 if u == users[0] else 1 for u in users}
+    assert [uncapped.count("20261125", u) for u in users[:3]] == [2, 1, 1]
+    day_key = fcap_keys(NO_LINE, "20261125", users[0])[0]
+    assert 0 < client.ttl(day_key) <= 3600  # a day long past: MIN_TTL
+    capped = FrequencyCap(client, CapRules(NO_LINE, per_day=2))
+    assert capped.take_each([("20261125", users[0], "push"), ("20261125", users[1], "push")]) == ["per_day", None]
+    line = CapRules("growth", per_day=5, per_channel=(("sms", ChannelCap(per_day=3)),))
+    FrequencyCap(client, line).take_each([("20261125", "u-x", "sms")])  # the field becomes "1;sms=1"
+    FrequencyCap(client, CapRules("growth")).take([("20261125", "u-x", "sms", 2)])  # caps removed: counts go on
+    assert FrequencyCap(client, line).count("20261125", "u-x") == 3
+    assert FrequencyCap(client, line).count("20261125", "u-x", "sms") == 1  # as the script: channels uncounted
+

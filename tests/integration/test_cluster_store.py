@@ -128,3 +128,9 @@ def test_whole_plan_run_on_cluster(redis_cluster, monkeypatch: pytest.MonkeyPatc
     assert budget_keys and len({cluster.keyslot(k) for k in budget_keys}) == 1
     ledger_keys = re.compile(r":(ledger|stats|codes|out:\d+)$")
     assert run_keys and all(ledger_keys.search(k) for k in run_keys), "cleanup dropped the run's keys"
+
+
+def test_a_plan_without_caps_counts_its_sends_on_cluster(cluster_client) -> None:
+    from store_cases import assert_counting_without_caps
+
+    assert_counting_without_caps(cluster_client)

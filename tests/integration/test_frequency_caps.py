@@ -282,3 +282,9 @@ def test_no_key_grows_past_its_bound(redis_client) -> None:
              if not k.endswith(b":rcpt")]
     assert len(sizes) == 2 * BUCKETS  # a day key and a week key per bucket
     assert max(sizes) < 3 * 20_000 / BUCKETS  # even spread: ~10 per key here, ~4,900 at 10M users
+
+
+def test_a_plan_without_caps_counts_its_sends_for_the_capped_plans_of_its_scope(redis_client) -> None:
+    from store_cases import assert_counting_without_caps
+
+    assert_counting_without_caps(redis_client)
