@@ -142,6 +142,11 @@ def test_a_task_of_several_shards_sends_each_and_reschedules_for_the_earliest_pa
     stats = deliver_shards(plan, "r1", sorted(shards), {})
     assert [st["shard"] for st in stats] == [1, 2]
     assert sum(st["counts"].get("all|t0|sent", 0) for st in stats) == 60 == len(gw_env.record.accepted)
+    # The outbox too (a channel holding a file: each shard gets its own, its send loop closes it)
+    plan = make_plan(plan_dict("p_group_o", channel="outbox", shards=2, page_size=20))
+    shards = load_audience(redis_client, plan, "r1", [f"o{i}" for i in range(60)], tmp_path)
+    stats = deliver_shards(plan, "r1", sorted(shards), {})
+    assert [st["counts"] for st in stats] == [{"all|t0|sent": shards[1]}, {"all|t0|sent": shards[2]}]
 
     now = datetime.now(UTC)
     opens = now + timedelta(hours=2)

@@ -187,11 +187,11 @@ def deliver_shards(plan: Plan, run_id: str, shards: list[int], params: dict[str,
     from c2b.store.run_meta import RunStateLost
 
     redis = get_redis()
-    channels = make_channels(plan, run_id, redis)
     switch = kill_switch(redis, plan.id)
     store = get_results_store()
     out: list[dict[str, Any]] = []
     for shard in shards:
+        channels = make_channels(plan, run_id, redis)  # a shard's send loop closes its channels at its end
         try:
             stats = steps.step_deliver(plan, run_id, shard, redis, channels, switch, params, results_store=store)
         except RunStateLost as exc:  # lost keys stay lost: retrying would only "deliver" an empty shard
