@@ -189,7 +189,8 @@ def _evalsha_calls(redis) -> tuple[int, int]:
 
 def test_a_flush_writes_both_histories_in_one_script_call(redis_client) -> None:
     """The cross-plan contacts and the plan's re-entry history of a flush: one EVALSHA taking every
-    bucket of both, however many buckets (the body sent once, after the server's NOSCRIPT)."""
+    bucket of both, however many buckets (the body sent once, after the server's NOSCRIPT); a
+    lookup of the flush's users, one EVALSHA."""
     from c2b.delivery.contacts import DEFAULT_TTL_DAYS, contacted_since, epoch_day, last_days, record_contacts
     from c2b.delivery.contacts import bucket_key as contacts_key
     from c2b.delivery.reentry import history_days
@@ -207,6 +208,9 @@ def test_a_flush_writes_both_histories_in_one_script_call(redis_client) -> None:
 
     own = partial(bucket_key, plan.id)
     days = last_days(redis_client, users, key_of=own, buckets=BUCKETS, legacy_of=None)
+    redis_client.config_resetstat()
+    assert last_days(redis_client, users, key_of=own, buckets=BUCKETS, legacy_of=None).tolist() == days.tolist()
+    assert _evalsha_calls(redis_client) == (1, 0)  # lookups too: one call for every bucket (up to 512)
     expect = [epoch_day(NOW)] * 5 + [epoch_day(NOW - timedelta(days=3))] * (len(users) - 5)
     assert days.tolist() == expect
     assert last_days(redis_client, users, legacy_of=None).tolist() == expect

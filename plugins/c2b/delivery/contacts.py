@@ -78,20 +78,26 @@ end
 return #ARGV - 1 - 2 * #KEYS
 """
 
-# KEYS[1]: a bucket. ARGV: uid keys. Returns the epoch day of each (0: no record).
+# KEYS: buckets. ARGV: for each key in turn how many uid keys follow, and those uid keys.
+# Returns the epoch day of each uid key, in ARGV order (0: no record).
 _LOOKUP = FIND + r"""
-local s = redis.call('GET', KEYS[1])
-local out = {}
-for i = 1, #ARGV do
-  local d = 0
-  if s then
-    local p = find_record(s, ARGV[i], 10)
-    if p then d = string.byte(s, p + 8) + 256 * string.byte(s, p + 9) end
+local out, a = {}, 1
+for k = 1, #KEYS do
+  local s = redis.call('GET', KEYS[k])
+  local last = a + tonumber(ARGV[a])
+  for i = a + 1, last do
+    local d = 0
+    if s then
+      local p = find_record(s, ARGV[i], 10)
+      if p then d = string.byte(s, p + 8) + 256 * string.byte(s, p + 9) end
+    end
+    out[#out + 1] = d
   end
-  out[i] = d
+  a = last + 1
 end
 return out
 """
+LOOKUP_KEYS = 512  # buckets per lookup call: bounds how long one call holds the server
 
 # KEYS[1]: a bucket. ARGV: floor day. Drops records older than the floor; returns how many.
 _PRUNE = r"""
@@ -213,6 +219,8 @@ def last_days(redis: Any, uids: list[str], *, key_of: Callable[[int], str] = buc
               keys: list[bytes] | None = None, where: np.ndarray | None = None) -> np.ndarray:
     """Return the epoch day of each uid's last record (0: none), as numpy int32.
 
+    One ``EVALSHA`` reads up to :data:`LOOKUP_KEYS` buckets (on a cluster, those of one slot).
+
     ``keys``/``where`` (uid keys, buckets) may be given when the caller has them vectorised.
     """
     n = len(uids)
@@ -229,13 +237,18 @@ def last_days(redis: Any, uids: list[str], *, key_of: Callable[[int], str] = buc
     starts = np.concatenate(([0], cuts)).tolist()
     ends = np.concatenate((cuts, [n])).tolist()
     rows = order.tolist()
+    span = {key_of(int(ordered[a])): (a, b) for a, b in zip(starts, ends, strict=True)}
     calls = []
-    for a, b in zip(starts, ends, strict=True):
-        key = key_of(int(ordered[a]))
-        args = [keys[i] for i in rows[a:b]]
-        calls.append((key, lambda pipe, key=key, args=args: pipe.eval(_LOOKUP, 1, key, *args)))
-    for a, days in zip(starts, run_scripts(redis, calls), strict=True):
-        out[order[a:a + len(days)]] = np.asarray(days, dtype=np.int32)
+    for group in slot_groups(redis, span):
+        for c in range(0, len(group), LOOKUP_KEYS):
+            args: list[Any] = []
+            for key in group[c:c + LOOKUP_KEYS]:
+                a, b = span[key]
+                args += [b - a, *(keys[i] for i in rows[a:b])]
+            calls.append((group[c:c + LOOKUP_KEYS], args))
+    for (group, _), days in zip(calls, run_evalsha(redis, _LOOKUP, calls), strict=True):
+        at = np.concatenate([order[span[key][0]:span[key][1]] for key in group])
+        out[at] = np.asarray(days, dtype=np.int32)
     if legacy_of is not None and legacy_present(redis, legacy_of, legacy_buckets):
         old = np.zeros(n, dtype=np.int32)
         groups = _by_bucket(uids, legacy_buckets)
@@ -266,7 +279,8 @@ def contacted_since_array(redis: Any, uids: pa.Array, since: datetime, *,
 
     The extract's version: buckets come from the vectorised ``shard_indexes_arrow`` (the same
     formula as ``shard_index``) and uid keys from the int64 values when the uids are integers, so
-    a batch costs one pipelined lookup script per bucket, no per-row hash.
+    a batch costs one ``EVALSHA`` per :data:`LOOKUP_KEYS` buckets (per slot on a cluster),
+    pipelined, and no per-row hash.
     """
     n = len(uids)
     if n == 0:
