@@ -227,3 +227,24 @@ def test_a_flush_writes_both_histories_in_one_script_call(redis_client) -> None:
     record_sends(plan, lambda redis, uids, when: seen.append(uids))(redis_client, ["x9"], NOW)
     assert seen == [["x9"]] and last_days(redis_client, ["x9"], key_of=own, buckets=BUCKETS,
                                           legacy_of=None).tolist() == [epoch_day(NOW)]
+
+
+def test_a_large_batch_is_written_in_calls_of_at_most_write_keys_buckets(redis_client) -> None:
+    """A batch bigger than a flush (a page of control users, or more) is split so that no single
+    script call holds the server for long; every record lands."""
+    from c2b.delivery.contacts import WRITE_KEYS, epoch_day, last_days
+    from c2b.delivery.reentry import record_entries
+    from c2b.hashing import shard_index
+
+    plan = _plan("once", "reent_big")
+    users = [str(3 * 10**9 + i) for i in range(3000)]
+    record_entries(plan, redis_client, users, NOW)  # loads the script
+    redis_client.config_resetstat()
+    record_entries(plan, redis_client, users, NOW + timedelta(days=1))
+    buckets = len({shard_index(u, BUCKETS) for u in users})
+    assert buckets > 2 * WRITE_KEYS
+    assert _evalsha_calls(redis_client) == (-(-buckets // WRITE_KEYS), 0)
+    own = partial(bucket_key, plan.id)
+    assert last_days(redis_client, users, key_of=own, buckets=BUCKETS, legacy_of=None).tolist() == \
+        [epoch_day(NOW + timedelta(days=1))] * len(users)
+    assert sum(stored_users(redis_client, plan.id)) == len(users)

@@ -98,6 +98,7 @@ end
 return out
 """
 LOOKUP_KEYS = 512  # buckets per lookup call: bounds how long one call holds the server
+WRITE_KEYS = 1024  # buckets per write call (a flush of sent messages touches ~2 per message)
 
 # KEYS[1]: a bucket. ARGV: floor day. Drops records older than the floor; returns how many.
 _PRUNE = r"""
@@ -154,8 +155,9 @@ class History(NamedTuple):
 
 def record_histories(redis: Any, uids: list[str], when: datetime, histories: Sequence[History]) -> None:
     """Record ``uids`` at ``when`` in every history of ``histories``, in as few script calls as
-    the deployment allows: one ``EVALSHA`` taking every bucket on a plain Redis, one per hash slot
-    (pipelined per node) on a cluster."""
+    the deployment allows: one ``EVALSHA`` taking every bucket on a plain Redis (up to
+    :data:`WRITE_KEYS` buckets a call, so a large batch does not hold the server long), one per
+    hash slot (pipelined per node) on a cluster."""
     if not uids or not histories:
         return
     day = epoch_day(when)
@@ -173,11 +175,12 @@ def record_histories(redis: Any, uids: list[str], when: datetime, histories: Seq
             members[key][1].append(k8)
     calls = []
     for group in slot_groups(redis, members):
-        args: list[Any] = [day]
-        for key in group:
-            ttl, k8s = members[key]
-            args += [ttl, len(k8s), *k8s]
-        calls.append((group, args))
+        for c in range(0, len(group), WRITE_KEYS):
+            args: list[Any] = [day]
+            for key in group[c:c + WRITE_KEYS]:
+                ttl, k8s = members[key]
+                args += [ttl, len(k8s), *k8s]
+            calls.append((group[c:c + WRITE_KEYS], args))
     run_evalsha(redis, _RECORD_MAX, calls)
 
 
