@@ -4,9 +4,12 @@ For each store (a DuckDB file; the real PostgreSQL at 127.0.0.1:5432, database `
 schema) and ``--rows`` rows of one run (touch rows and holdout rows, as a deliver task writes them):
 
 (a) baseline: the same rows appended to a table of the same shape without a key, in the same
-    batches, by the fastest path the store has (DuckDB: Arrow scan; PostgreSQL: multi-row VALUES);
-(b) ``ResultsStore.write_log``: the upsert keyed on (plan, run, touch, uid), batches of 1,000;
-(c) the same call again (a retried deliver task): every row conflicts and is kept.
+    chunks, by the same bulk path (DuckDB: Arrow scan; PostgreSQL: COPY + INSERT ... SELECT);
+(b) ``ResultsStore.write_log``: the bulk upsert keyed on (plan, run, touch, uid), chunks of
+    ``BULK_ROWS``;
+(c) the same call again (a retried deliver task): every row conflicts and is kept;
+(d) the former path, for comparison in the same run: upserts of 1,000 rows (DuckDB: an Arrow
+    table each; PostgreSQL: multi-row VALUES of 8,000 parameters).
 
 Every step runs ``--repeat`` times on a fresh table; the median is reported with every value, and
 the ratios (b)/(a), (c)/(a). Usage::
@@ -26,7 +29,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from c2b.results.store import BATCH_ROWS, DDL, DbApiResultsStore, DuckDBResultsStore, ResultsStore
+from c2b.results.store import BATCH_ROWS, BULK_ROWS, DDL, DbApiResultsStore, DuckDBResultsStore, ResultsStore
 
 from devtools.postgres import connect, drop_schema, ensure_running
 
@@ -53,11 +56,11 @@ def _baseline(store: ResultsStore, data: list[tuple]) -> float:
 
     upsert = module._UPSERT_LOG
     module._UPSERT_LOG = ("INSERT INTO c2b_bench_plain (plan_id, run_id, variant, touch, uid, outcome, reason, "
-                          "touched_at) VALUES {values}")
+                          "touched_at) {values}")
     try:
         started = time.perf_counter()
-        store._transaction(lambda cur: [store._insert_log_batch(cur, data[i:i + BATCH_ROWS])
-                                        for i in range(0, len(data), BATCH_ROWS)])
+        store._transaction(lambda cur: [store._insert_log_batch(cur, data[i:i + BULK_ROWS])
+                                        for i in range(0, len(data), BULK_ROWS)])
         return time.perf_counter() - started
     finally:
         module._UPSERT_LOG = upsert
@@ -69,14 +72,28 @@ def _timed(store: ResultsStore, data: list[tuple]) -> float:
     return time.perf_counter() - started
 
 
+def _former(store: ResultsStore, data: list[tuple]) -> float:
+    """The write path before the bulk one: an upsert per 1,000 rows (DuckDB: Arrow; else VALUES)."""
+    one = store._insert_log_batch if isinstance(store, DuckDBResultsStore) else \
+        (lambda cur, batch: ResultsStore._insert_log_batch(store, cur, batch))
+    started = time.perf_counter()
+    store._transaction(lambda cur: [one(cur, data[i:i + BATCH_ROWS]) for i in range(0, len(data), BATCH_ROWS)])
+    return time.perf_counter() - started
+
+
 def measure(store: ResultsStore, reset: object, n: int, repeat: int) -> dict[str, object]:
     data = rows(n)
-    out: dict[str, list[float]] = {"baseline_insert": [], "write_log": [], "write_log_again": []}
+    out: dict[str, list[float]] = {"baseline_insert": [], "write_log": [], "write_log_again": [],
+                                   "former_write_log": [], "former_write_log_again": []}
     for _ in range(repeat):
         reset()  # type: ignore[operator]
         out["baseline_insert"].append(_baseline(store, data))
         out["write_log"].append(_timed(store, data))
         out["write_log_again"].append(_timed(store, data))
+        assert store.log_count("bench_plan", "run_1") == n
+        reset()  # type: ignore[operator]
+        out["former_write_log"].append(_former(store, data))
+        out["former_write_log_again"].append(_former(store, data))
         assert store.log_count("bench_plan", "run_1") == n
     med = {k: statistics.median(v) for k, v in out.items()}
     return {"seconds": {k: [round(x, 3) for x in v] for k, v in out.items()},
@@ -91,7 +108,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     machine = f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}"
-    summary: dict[str, object] = {"rows": args.rows, "batch_rows": BATCH_ROWS, "repeat": args.repeat,
+    summary: dict[str, object] = {"rows": args.rows, "bulk_rows": BULK_ROWS, "batch_rows": BATCH_ROWS,
+                                  "repeat": args.repeat,
                                   "machine": machine}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "results.duckdb"

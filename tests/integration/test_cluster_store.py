@@ -134,3 +134,45 @@ def test_a_plan_without_caps_counts_its_sends_on_cluster(cluster_client) -> None
     from store_cases import assert_counting_without_caps
 
     assert_counting_without_caps(cluster_client)
+
+
+def test_contact_and_reentry_writes_take_one_script_call_per_slot(cluster_client, redis_cluster) -> None:
+    """On a cluster a script's keys must share a slot: a flush's buckets go one EVALSHA per slot,
+    pipelined per node; a node that lost its scripts (NOSCRIPT) gets the body and the calls again."""
+    from functools import partial
+
+    from c2b.delivery.contacts import bucket_key as contacts_key
+    from c2b.delivery.contacts import contacted_since, epoch_day, last_days, record_contacts
+    from c2b.delivery.reentry import BUCKETS, bucket_key, record_sends, stored_users
+    from c2b.hashing import shard_index
+    from c2b.plan.load import parse_plan
+
+    plan = parse_plan({"id": "cl_flush", "audience": {"segment": "all_users.sql"}, "reentry": "once",
+                       "touches": [{"name": "t", "channel": "outbox", "template": "hi"}]}, "cl_flush.yaml")
+    own = partial(bucket_key, plan.id)
+
+    def slots(uids: list[str]) -> set[int]:
+        buckets = {shard_index(u, BUCKETS) for u in uids}
+        return {cluster_client.keyslot(key(b)) for b in buckets for key in (own, contacts_key)}
+
+    nodes = [redis.Redis(port=p) for p in redis_cluster.ports]
+    users = [str(7_000_000 + i) for i in range(200)] + ["user-x"]
+    when = datetime(2026, 6, 15, 12, tzinfo=UTC)
+    record = record_sends(plan, record_contacts)
+    for node in nodes:
+        node.script_flush()
+        node.config_resetstat()
+    record(cluster_client, users, when)
+    record(cluster_client, users[:50], when.replace(day=1))  # older: the later day is kept
+    stats = [n.info("commandstats") for n in nodes]
+    assert not any("cmdstat_eval" in s for s in stats)
+    assert sum(s.get("cmdstat_script|load", {}).get("calls", 0) for s in stats) == len(nodes)
+    # One call per slot of each write's buckets; the first write's calls twice (NOSCRIPT, then again).
+    calls = sum(s.get("cmdstat_evalsha", {}).get("calls", 0) for s in stats)
+    assert calls == 2 * len(slots(users)) + len(slots(users[:50]))
+    assert {cluster_client.keyslot(k) for n in nodes for k in n.scan_iter("c2b:*")} == slots(users)
+    assert sum(stored_users(cluster_client, plan.id)) == len(users)
+    assert last_days(cluster_client, users, legacy_of=None).tolist() == [epoch_day(when)] * len(users)
+    assert last_days(cluster_client, users, key_of=own, buckets=BUCKETS,
+                     legacy_of=None).tolist() == [epoch_day(when)] * len(users)
+    assert all(contacted_since(cluster_client, users, when))

@@ -4,6 +4,7 @@ the next extract turns users away and counts them (real DuckDB, real Redis, real
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -179,3 +180,71 @@ def test_the_demo_can_forget_a_plans_history_and_only_that_plans(redis_client) -
     assert not any(redis_client.exists(bucket_key(mine.id, b)) for b in range(1, BUCKETS + 1))
     assert sum(stored_users(redis_client, other.id)) == 10
     assert forget_history(redis_client, mine.id) == 0
+
+
+def _evalsha_calls(redis) -> tuple[int, int]:
+    stats = redis.info("commandstats")
+    return stats.get("cmdstat_evalsha", {}).get("calls", 0), stats.get("cmdstat_eval", {}).get("calls", 0)
+
+
+def test_a_flush_writes_both_histories_in_one_script_call(redis_client) -> None:
+    """The cross-plan contacts and the plan's re-entry history of a flush: one EVALSHA taking every
+    bucket of both, however many buckets (the body sent once, after the server's NOSCRIPT); a
+    lookup of the flush's users, one EVALSHA."""
+    from c2b.delivery.contacts import DEFAULT_TTL_DAYS, contacted_since, epoch_day, last_days, record_contacts
+    from c2b.delivery.contacts import bucket_key as contacts_key
+    from c2b.delivery.reentry import history_days
+
+    plan = _plan({"after_days": 40}, "reent_flush")
+    record = record_sends(plan, record_contacts)
+    users = [str(10**9 + i) for i in range(64)] + ["a\ud800z", "用户"]
+    redis_client.script_flush()
+    redis_client.config_resetstat()
+    record(redis_client, users, NOW - timedelta(days=3))
+    record(redis_client, users[:10], NOW - timedelta(days=40))  # older: keeps the later day
+    record(redis_client, users[:5] + users[:5], NOW)  # a uid twice in one flush: one record
+    assert _evalsha_calls(redis_client) == (4, 0)  # 3 calls + the one NOSCRIPT answer before the load
+    assert redis_client.info("commandstats")["cmdstat_script|load"]["calls"] == 1
+
+    own = partial(bucket_key, plan.id)
+    days = last_days(redis_client, users, key_of=own, buckets=BUCKETS, legacy_of=None)
+    redis_client.config_resetstat()
+    assert last_days(redis_client, users, key_of=own, buckets=BUCKETS, legacy_of=None).tolist() == days.tolist()
+    assert _evalsha_calls(redis_client) == (1, 0)  # lookups too: one call for every bucket (up to 512)
+    expect = [epoch_day(NOW)] * 5 + [epoch_day(NOW - timedelta(days=3))] * (len(users) - 5)
+    assert days.tolist() == expect
+    assert last_days(redis_client, users, legacy_of=None).tolist() == expect
+    assert contacted_since(redis_client, users, NOW - timedelta(days=3)) == [True] * len(users)
+    assert sum(stored_users(redis_client, plan.id)) == len(users)
+    ours = {own(b) for b in range(1, BUCKETS + 1) if redis_client.exists(own(b))}
+    assert all(history_days(plan) * 86_400 - 60 < redis_client.ttl(k) <= history_days(plan) * 86_400 for k in ours)
+    theirs = [k for k in redis_client.scan_iter("c2b:contacts:r:*")]
+    assert theirs and all(redis_client.ttl(k) > (DEFAULT_TTL_DAYS - 1) * 86_400 for k in theirs)
+    assert contacts_key(1).startswith("c2b:contacts:r:")
+
+    # A recorder other than the default contacts: called as given, the plan's history on its own.
+    seen: list[list[str]] = []
+    record_sends(plan, lambda redis, uids, when: seen.append(uids))(redis_client, ["x9"], NOW)
+    assert seen == [["x9"]] and last_days(redis_client, ["x9"], key_of=own, buckets=BUCKETS,
+                                          legacy_of=None).tolist() == [epoch_day(NOW)]
+
+
+def test_a_large_batch_is_written_in_calls_of_at_most_write_keys_buckets(redis_client) -> None:
+    """A batch bigger than a flush (a page of control users, or more) is split so that no single
+    script call holds the server for long; every record lands."""
+    from c2b.delivery.contacts import WRITE_KEYS, epoch_day, last_days
+    from c2b.delivery.reentry import record_entries
+    from c2b.hashing import shard_index
+
+    plan = _plan("once", "reent_big")
+    users = [str(3 * 10**9 + i) for i in range(3000)]
+    record_entries(plan, redis_client, users, NOW)  # loads the script
+    redis_client.config_resetstat()
+    record_entries(plan, redis_client, users, NOW + timedelta(days=1))
+    buckets = len({shard_index(u, BUCKETS) for u in users})
+    assert buckets > 2 * WRITE_KEYS
+    assert _evalsha_calls(redis_client) == (-(-buckets // WRITE_KEYS), 0)
+    own = partial(bucket_key, plan.id)
+    assert last_days(redis_client, users, key_of=own, buckets=BUCKETS, legacy_of=None).tolist() == \
+        [epoch_day(NOW + timedelta(days=1))] * len(users)
+    assert sum(stored_users(redis_client, plan.id)) == len(users)

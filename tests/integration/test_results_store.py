@@ -77,6 +77,49 @@ def test_delivery_log_is_idempotent_and_keeps_the_first_time(store: ResultsStore
     assert store.runs("p") == [("r1", T0)]
 
 
+def test_the_bulk_log_write_replaces_an_earlier_attempt_and_keeps_text_exact(store: ResultsStore) -> None:
+    """One bulk chunk (Arrow on DuckDB, COPY on PostgreSQL) or several: a retried attempt replaces
+    its rows (same outcome: first time kept; new outcome: new time), text round-trips exactly."""
+    odd = ["tab\tuid", "new\nline", "back\\slash", "\\N", "", "ü用户", "cr\r"]
+    rows = _rows(2500) + [("p", "r1", "coupon", "push", u, "sent", None, T0) for u in odd]
+    rows[7] = ("p", "r1", "coupon", "push", "u7", "failed", "", T0)  # an empty reason is not NULL
+    rows[8] = ("p", "r1", "coupon", "push", "u8", "failed", "a\tb\\c\nd \\N", T0)
+    assert store.write_log(rows) == len(rows)
+    later = T0 + timedelta(hours=1)
+    again = [(p, r, v, t, u, "sent" if u != "u9" else "deferred", None if u != "u7" else "x", later)
+             for p, r, v, t, u, _, _, _ in rows]
+    assert store.write_log(again, batch_rows=1000) == len(rows)
+    assert store.log_count("p", "r1") == len(rows)
+    users = {u: t for u, _, t, _ in store.log_users("p", "r1")}
+    assert set(users) == {f"u{i}" for i in range(2500)} | set(odd)
+    assert users["u0"] == T0 and users["tab\tuid"] == T0  # same outcome: the first time kept
+    assert users["u7"] == later and users["u9"] == later  # a new outcome: its own time
+    outcomes = {(t["outcome"], t["reason"]): t["count"] for t in store.touch_outcomes("p", "r1")}
+    assert outcomes == {("sent", None): len(rows) - 2, ("sent", "x"): 1, ("deferred", None): 1}
+    assert store.write_log(rows[:9]) == 9  # back to the first attempt's outcomes
+    outcomes = {(t["outcome"], t["reason"]): t["count"] for t in store.touch_outcomes("p", "r1")}
+    assert outcomes[("failed", "")] == 1 and outcomes[("failed", "a\tb\\c\nd \\N")] == 1
+    # Same outcome, another variant or reason: both are taken, the first time kept.
+    store.write_log([("p", "r1", "control", "push", "u10", "sent", None, later),
+                     ("p", "r1", "coupon", "push", "u11", "sent", "r", later)])
+    assert {u: (v, t) for u, v, t, _ in store.log_users("p", "r1")}["u10"] == ("control", T0)
+    assert {(t["outcome"], t["reason"]): t["count"] for t in store.touch_outcomes("p", "r1")}[("sent", "r")] == 1
+
+
+def test_a_failed_log_write_leaves_nothing_behind(store: ResultsStore) -> None:
+    """Every chunk and the run's registration are one transaction: an error after the first chunk
+    rolls all of it back."""
+    def rows():
+        yield from _rows(1500)
+        raise RuntimeError("Redis went away")
+
+    run = {"plan_id": "p", "run_id": "r1", "weights": {"coupon": 1}, "controls": [], "logged_at": T0, "goal": None}
+    with pytest.raises(RuntimeError, match="went away"):
+        store.write_log(rows(), batch_rows=1000, run=run)
+    assert store.log_count("p", "r1") == 0 and store.runs("p") == []
+    assert store.write_log(_rows(1500), batch_rows=1000, run=run) == 1500 and store.runs("p") == [("r1", T0)]
+
+
 def _audit(run: str, recorded_at: str, user: str = "alice", dirty: bool | None = False) -> dict:
     """An audit record as :func:`c2b.results.audit.audit_record` returns it."""
     return {"plan": "p", "plan_file": "/dags/plans/growth/p.yaml", "plan_sha256": "ab" * 32,

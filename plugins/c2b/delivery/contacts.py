@@ -9,10 +9,13 @@ formula (``shard_index(uid, 16384)``)::
     c2b:contacts:r:{00001} .. c2b:contacts:r:{16384}    STRING  (uid key, epoch day) x users
 
 At 10M users a bucket holds ~610 records (~6 KB); a bucket reaches 1 MB only past 1.6 billion
-users. Every command touches one key, so the layout works unchanged on Redis Cluster (the
-``{...}`` hash tag only pins each bucket to one slot). Each write refreshes the bucket's TTL, so
-the history of an idle system expires; :func:`prune_contacts` drops records older than a horizon.
-The delivery step calls :func:`record_contacts` after each sent message (or page of messages).
+users. The ``{...}`` hash tag pins each bucket to one slot. A flush of sent messages touches as
+many buckets as it has users, so :func:`record_histories` writes all of them (and the plan's
+re-entry history, same layout) with one ``EVALSHA`` taking every bucket as a key on a plain
+Redis; on Redis Cluster, where a script's keys must share a slot, one call per slot, pipelined
+per node. Each write refreshes each bucket's TTL once, so the history of an idle system expires;
+:func:`prune_contacts` drops records older than a horizon. The delivery step records after each
+flush of sent messages (:func:`c2b.delivery.reentry.record_sends`).
 
 Earlier versions kept ``uid -> day`` in 1,024 hashes (``c2b:contacts:{0001}`` ..). Nothing writes
 them any more; while any of them still exists (they expire 180 days after their last write),
@@ -23,16 +26,16 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
 from c2b.delivery.records import FIND, uid_key, uid_keys_arrow
 from c2b.hashing import shard_index, shard_indexes_arrow, uid_bytes
-from c2b.store.script_pipelines import run_scripts
+from c2b.store.script_pipelines import run_evalsha, run_scripts, slot_groups
 
 BUCKETS = 16384
 DEFAULT_TTL_DAYS = 180
@@ -42,45 +45,60 @@ LEGACY_BUCKETS = 1024
 _LEGACY_KEY = "c2b:contacts:{{{:04d}}}"
 LEGACY_CHECK_EVERY_S = 60.0
 
-# KEYS[1]: a bucket. ARGV: day, ttl seconds, then uid keys. Keeps the later day when a record
-# exists (writes may arrive out of order); new records are appended with one exact-size SET.
+# KEYS: buckets (of one or more histories). ARGV: day, then for each key in turn its TTL in
+# seconds, how many uid keys follow, and those uid keys. Keeps the later day when a record exists
+# (writes may arrive out of order); new records are appended with one exact-size SET; one EXPIRE
+# per key. Returns the uid keys it was given.
 _RECORD_MAX = FIND + r"""
 local day = tonumber(ARGV[1])
 local enc = string.char(day % 256, math.floor(day / 256))
-local s = redis.call('GET', KEYS[1]) or ''
-local add, later, seen = {}, {}, {}
-for i = 3, #ARGV do
-  local k8 = ARGV[i]
-  if not seen[k8] then
-    seen[k8] = true
-    local p = find_record(s, k8, 10)
-    if p then
-      if string.byte(s, p + 8) + 256 * string.byte(s, p + 9) < day then later[#later + 1] = p + 7 end
-    else
-      add[#add + 1] = k8 .. enc
+local a = 2
+for k = 1, #KEYS do
+  local key = KEYS[k]
+  local ttl, last = ARGV[a], a + 1 + tonumber(ARGV[a + 1])
+  local s = redis.call('GET', key) or ''
+  local add, later, seen = {}, {}, {}
+  for i = a + 2, last do
+    local k8 = ARGV[i]
+    if not seen[k8] then
+      seen[k8] = true
+      local p = find_record(s, k8, 10)
+      if p then
+        if string.byte(s, p + 8) + 256 * string.byte(s, p + 9) < day then later[#later + 1] = p + 7 end
+      else
+        add[#add + 1] = k8 .. enc
+      end
     end
   end
+  if #add > 0 then redis.call('SET', key, s .. table.concat(add)) end
+  for _, at in ipairs(later) do redis.call('SETRANGE', key, at, enc) end
+  redis.call('EXPIRE', key, ttl)
+  a = last + 1
 end
-if #add > 0 then redis.call('SET', KEYS[1], s .. table.concat(add)) end
-for _, at in ipairs(later) do redis.call('SETRANGE', KEYS[1], at, enc) end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return #ARGV - 2
+return #ARGV - 1 - 2 * #KEYS
 """
 
-# KEYS[1]: a bucket. ARGV: uid keys. Returns the epoch day of each (0: no record).
+# KEYS: buckets. ARGV: for each key in turn how many uid keys follow, and those uid keys.
+# Returns the epoch day of each uid key, in ARGV order (0: no record).
 _LOOKUP = FIND + r"""
-local s = redis.call('GET', KEYS[1])
-local out = {}
-for i = 1, #ARGV do
-  local d = 0
-  if s then
-    local p = find_record(s, ARGV[i], 10)
-    if p then d = string.byte(s, p + 8) + 256 * string.byte(s, p + 9) end
+local out, a = {}, 1
+for k = 1, #KEYS do
+  local s = redis.call('GET', KEYS[k])
+  local last = a + tonumber(ARGV[a])
+  for i = a + 1, last do
+    local d = 0
+    if s then
+      local p = find_record(s, ARGV[i], 10)
+      if p then d = string.byte(s, p + 8) + 256 * string.byte(s, p + 9) end
+    end
+    out[#out + 1] = d
   end
-  out[i] = d
+  a = last + 1
 end
 return out
 """
+LOOKUP_KEYS = 512  # buckets per lookup call: bounds how long one call holds the server
+WRITE_KEYS = 1024  # buckets per write call (a flush of sent messages touches ~2 per message)
 
 # KEYS[1]: a bucket. ARGV: floor day. Drops records older than the floor; returns how many.
 _PRUNE = r"""
@@ -127,26 +145,53 @@ def _by_bucket(uids: Iterable[str], buckets: int = BUCKETS) -> dict[int, list[tu
     return groups
 
 
+class History(NamedTuple):
+    """A history of this layout: its bucket keys, how many buckets, how long a write keeps it."""
+
+    key_of: Callable[[int], str]
+    buckets: int
+    ttl_days: int
+
+
+def record_histories(redis: Any, uids: list[str], when: datetime, histories: Sequence[History]) -> None:
+    """Record ``uids`` at ``when`` in every history of ``histories``, in as few script calls as
+    the deployment allows: one ``EVALSHA`` taking every bucket on a plain Redis (up to
+    :data:`WRITE_KEYS` buckets a call, so a large batch does not hold the server long), one per
+    hash slot (pipelined per node) on a cluster."""
+    if not uids or not histories:
+        return
+    day = epoch_day(when)
+    keys = [uid_key(u) for u in uids]
+    where: dict[int, list[int]] = {}
+    members: dict[str, tuple[int, list[bytes]]] = {}
+    for history in histories:
+        if history.buckets not in where:
+            where[history.buckets] = [shard_index(u, history.buckets) for u in uids]
+        ttl = history.ttl_days * 86_400
+        for bucket, k8 in zip(where[history.buckets], keys, strict=True):
+            key = history.key_of(bucket)
+            if key not in members:
+                members[key] = (ttl, [])
+            members[key][1].append(k8)
+    calls = []
+    for group in slot_groups(redis, members):
+        for c in range(0, len(group), WRITE_KEYS):
+            args: list[Any] = [day]
+            for key in group[c:c + WRITE_KEYS]:
+                ttl, k8s = members[key]
+                args += [ttl, len(k8s), *k8s]
+            calls.append((group[c:c + WRITE_KEYS], args))
+    run_evalsha(redis, _RECORD_MAX, calls)
+
+
 def record_contacts(redis: Any, uids: list[str], when: datetime, ttl_days: int = DEFAULT_TTL_DAYS, *,
                     key_of: Callable[[int], str] = bucket_key, buckets: int = BUCKETS) -> None:
-    """Record that ``uids`` were contacted at ``when`` (one script call per bucket, pipelined).
+    """Record that ``uids`` were contacted at ``when`` (see :func:`record_histories`).
 
     ``key_of`` and ``buckets`` name another history with the same layout (a plan's own,
     :mod:`c2b.delivery.reentry`).
     """
-    if not uids:
-        return
-    day = epoch_day(when)
-    groups: dict[int, list[bytes]] = defaultdict(list)
-    for uid in uids:
-        groups[shard_index(uid, buckets)].append(uid_key(uid))
-    calls = []
-    for bucket, members in groups.items():
-        key = key_of(bucket)
-        args = (day, ttl_days * 86_400, *members)
-        # EVAL, not EVALSHA: no script cache to miss, in a pipeline or on a cluster node.
-        calls.append((key, lambda pipe, key=key, args=args: pipe.eval(_RECORD_MAX, 1, key, *args)))
-    run_scripts(redis, calls)
+    record_histories(redis, uids, when, [History(key_of, buckets, ttl_days)])
 
 
 _legacy_seen: dict[tuple[int, str], tuple[float, bool]] = {}
@@ -177,6 +222,8 @@ def last_days(redis: Any, uids: list[str], *, key_of: Callable[[int], str] = buc
               keys: list[bytes] | None = None, where: np.ndarray | None = None) -> np.ndarray:
     """Return the epoch day of each uid's last record (0: none), as numpy int32.
 
+    One ``EVALSHA`` reads up to :data:`LOOKUP_KEYS` buckets (on a cluster, those of one slot).
+
     ``keys``/``where`` (uid keys, buckets) may be given when the caller has them vectorised.
     """
     n = len(uids)
@@ -193,13 +240,18 @@ def last_days(redis: Any, uids: list[str], *, key_of: Callable[[int], str] = buc
     starts = np.concatenate(([0], cuts)).tolist()
     ends = np.concatenate((cuts, [n])).tolist()
     rows = order.tolist()
+    span = {key_of(int(ordered[a])): (a, b) for a, b in zip(starts, ends, strict=True)}
     calls = []
-    for a, b in zip(starts, ends, strict=True):
-        key = key_of(int(ordered[a]))
-        args = [keys[i] for i in rows[a:b]]
-        calls.append((key, lambda pipe, key=key, args=args: pipe.eval(_LOOKUP, 1, key, *args)))
-    for a, days in zip(starts, run_scripts(redis, calls), strict=True):
-        out[order[a:a + len(days)]] = np.asarray(days, dtype=np.int32)
+    for group in slot_groups(redis, span):
+        for c in range(0, len(group), LOOKUP_KEYS):
+            args: list[Any] = []
+            for key in group[c:c + LOOKUP_KEYS]:
+                a, b = span[key]
+                args += [b - a, *(keys[i] for i in rows[a:b])]
+            calls.append((group[c:c + LOOKUP_KEYS], args))
+    for (group, _), days in zip(calls, run_evalsha(redis, _LOOKUP, calls), strict=True):
+        at = np.concatenate([order[span[key][0]:span[key][1]] for key in group])
+        out[at] = np.asarray(days, dtype=np.int32)
     if legacy_of is not None and legacy_present(redis, legacy_of, legacy_buckets):
         old = np.zeros(n, dtype=np.int32)
         groups = _by_bucket(uids, legacy_buckets)
@@ -230,7 +282,8 @@ def contacted_since_array(redis: Any, uids: pa.Array, since: datetime, *,
 
     The extract's version: buckets come from the vectorised ``shard_indexes_arrow`` (the same
     formula as ``shard_index``) and uid keys from the int64 values when the uids are integers, so
-    a batch costs one pipelined lookup script per bucket, no per-row hash.
+    a batch costs one ``EVALSHA`` per :data:`LOOKUP_KEYS` buckets (per slot on a cluster),
+    pipelined, and no per-row hash.
     """
     n = len(uids)
     if n == 0:

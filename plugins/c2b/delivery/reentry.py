@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from c2b.delivery.contacts import RECORD, history_size, record_contacts
+from c2b.delivery import contacts
+from c2b.delivery.contacts import RECORD, History, history_size, record_histories
 from c2b.delivery.history_snapshot import HistoryLookup
 from c2b.plan.model import Plan
 from c2b.plan.policies import reentry_days
@@ -59,13 +60,19 @@ def history_days(plan: Plan) -> int:
 
 def record_sends(plan: Plan, also: Callable[[Any, list[str], datetime], None]
                  ) -> Callable[[Any, list[str], datetime], None]:
-    """Return a contact recorder that writes the plan's history as well as calling ``also``."""
-    key_of = partial(bucket_key, plan.id)
-    ttl = history_days(plan)
+    """Return a contact recorder that writes the plan's history as well as calling ``also``.
+
+    When ``also`` is the cross-plan :func:`~c2b.delivery.contacts.record_contacts`, both histories
+    are written by the same script call(s) (:func:`~c2b.delivery.contacts.record_histories`).
+    """
+    own = History(partial(bucket_key, plan.id), BUCKETS, history_days(plan))
+    if also is contacts.record_contacts:
+        both = [History(contacts.bucket_key, contacts.BUCKETS, contacts.DEFAULT_TTL_DAYS), own]
+        return lambda redis, uids, when: record_histories(redis, uids, when, both)
 
     def record(redis: Any, uids: list[str], when: datetime) -> None:
         also(redis, uids, when)
-        record_contacts(redis, uids, when, ttl, key_of=key_of, buckets=BUCKETS)
+        record_histories(redis, uids, when, [own])
 
     return record
 
@@ -76,7 +83,7 @@ def record_entries(plan: Plan, redis: Any, uids: list[str], when: datetime) -> N
     Re-entry must treat both arms alike: were only sent users recorded, the next run would turn
     away treated users but not their controls, and its split would no longer match the weights.
     """
-    record_contacts(redis, uids, when, history_days(plan), key_of=partial(bucket_key, plan.id), buckets=BUCKETS)
+    record_histories(redis, uids, when, [History(partial(bucket_key, plan.id), BUCKETS, history_days(plan))])
 
 
 def forget_history(redis: Any, plan_id: str) -> int:

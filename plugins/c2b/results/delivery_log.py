@@ -4,7 +4,7 @@ Read after a deliver attempt from what the run already keeps in Redis: the shard
 rank, like the delivery itself) and the ledger's state of each ``(touch, uid)``. The variant is
 recomputed from the plan's salt (the same pure function the extract used). A shard's rows are
 read from Redis first (at most ``delivery.max_shard_members`` users times the touches, a shard's
-bound) and then upserted in batches (:meth:`c2b.results.store.ResultsStore.write_log`) in one
+bound) and then upserted in bulk (:meth:`c2b.results.store.ResultsStore.write_log`) in one
 transaction, so the store is held only while writing: a DuckDB file takes one writer at a time,
 and 16 parallel deliver tasks that each held it while paging through Redis waited past the
 store's lock timeout (measured by bench/e2e.py at 1M users). A retried attempt replaces its rows.

@@ -20,7 +20,11 @@ Tables (created on first use; the same DDL on both)::
                        :mod:`c2b.results.audit`), the report's status and the report itself
                        (JSON), written by the run's ``report`` task; a re-run report replaces it.
 
-Writes go in batches (:data:`BATCH_ROWS`); nothing passes through XCom.
+Delivery-log writes are bulk: each chunk of :data:`BULK_ROWS` rows reaches the database as one
+table (DuckDB: an Arrow table scanned by one ``INSERT ... SELECT``; PostgreSQL: ``COPY`` into a
+temporary table, then one ``INSERT ... SELECT``), upserted with the same ``ON CONFLICT`` rule, in
+the caller's one transaction. Another DB-API driver gets multi-row ``VALUES`` of
+:data:`BATCH_ROWS`. Nothing passes through XCom.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-BATCH_ROWS = 1000
+BATCH_ROWS = 1000  # rows of one multi-row VALUES (the fallback without a bulk path)
+BULK_ROWS = 100_000  # rows of one bulk upsert (an Arrow table or one COPY)
 LOG_COLUMNS = ("plan_id", "run_id", "variant", "touch", "uid", "outcome", "reason", "touched_at")
 HOLDOUT_TOUCH = "-"
 LogRow = tuple[str, str, str, str, str, str, str | None, datetime]
@@ -70,14 +75,22 @@ _AUDIT_KEY = {"run_trigger": "trigger"}
 
 _UPSERT_LOG = (
     "INSERT INTO c2b_delivery_log (plan_id, run_id, variant, touch, uid, outcome, reason, touched_at) "
-    "VALUES {values} ON CONFLICT (plan_id, run_id, touch, uid) DO UPDATE SET "
+    "{values} ON CONFLICT (plan_id, run_id, touch, uid) DO UPDATE SET "
     "variant = excluded.variant, reason = excluded.reason, outcome = excluded.outcome, "
     "touched_at = CASE WHEN c2b_delivery_log.outcome = excluded.outcome "
-    "THEN c2b_delivery_log.touched_at ELSE excluded.touched_at END"
+    "THEN c2b_delivery_log.touched_at ELSE excluded.touched_at END "
+    # A row a retry finds unchanged is left alone (the update would write the same values): a
+    # retried attempt costs the key checks, not a rewrite of every row.
+    "WHERE c2b_delivery_log.outcome IS DISTINCT FROM excluded.outcome "
+    "OR c2b_delivery_log.variant IS DISTINCT FROM excluded.variant "
+    "OR c2b_delivery_log.reason IS DISTINCT FROM excluded.reason"
 )
 
 
 def _batches(rows: Iterable[LogRow], size: int) -> Iterator[list[LogRow]]:
+    if isinstance(rows, list):
+        yield from (rows[i:i + size] for i in range(0, len(rows), size))
+        return
     batch: list[LogRow] = []
     for row in rows:
         batch.append(row)
@@ -104,9 +117,13 @@ class ResultsStore:
         """Run ``sql`` whose placeholders are ``?`` with positional ``params``."""
         raise NotImplementedError
 
+    bulk_rows = BULK_ROWS  # rows handed to one _insert_log_batch call
+
     def _insert_log_batch(self, cur: Any, batch: list[LogRow]) -> None:
-        placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(batch))
-        self._execute(cur, _UPSERT_LOG.format(values=placeholders), [v for row in batch for v in row])
+        for i in range(0, len(batch), BATCH_ROWS):
+            part = batch[i:i + BATCH_ROWS]
+            placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(part))
+            self._execute(cur, _UPSERT_LOG.format(values="VALUES " + placeholders), [v for row in part for v in row])
 
     # --- shared ----------------------------------------------------------------------------------
     def _transaction(self, work: Callable[[Any], Any]) -> Any:
@@ -167,12 +184,17 @@ class ResultsStore:
                       (plan_id, run_id, logged_at, json.dumps(weights), json.dumps(list(controls)),
                        json.dumps(goal) if goal is not None else None))
 
-    def write_log(self, rows: Iterable[LogRow], batch_rows: int = BATCH_ROWS,
+    def write_log(self, rows: Iterable[LogRow], batch_rows: int | None = None,
                   run: dict[str, Any] | None = None) -> int:
-        """Upsert delivery-log rows in batches, in one transaction; return how many were written.
+        """Upsert delivery-log rows in bulk chunks, in one transaction; return how many were written.
 
-        ``run`` (the arguments of :meth:`register_run`) registers the run in the same transaction.
+        A row whose ``(plan, run, touch, uid)`` is logged already replaces it (a retried attempt),
+        keeping its ``touched_at`` when the outcome is the same. Chunks are ``batch_rows`` rows
+        (default: the backend's bulk size). ``run`` (the arguments of :meth:`register_run`)
+        registers the run in the same transaction.
         """
+        batch_rows = batch_rows or self.bulk_rows
+
         def work(cur: Any) -> int:
             if run is not None:
                 self._register(cur, **run)
@@ -360,13 +382,12 @@ class DuckDBResultsStore(ResultsStore):
     def _insert_log_batch(self, cur: Any, batch: list[LogRow]) -> None:
         import pyarrow as pa
 
-        columns = list(zip(*batch, strict=True))
-        table = pa.table({name: pa.array(values, pa.timestamp("us") if name == "touched_at" else pa.string())
-                          for name, values in zip(LOG_COLUMNS, columns, strict=True)})
+        # A list per column (not zip(*batch): an iterator per row, and the GC runs they trigger).
+        table = pa.table({name: pa.array([row[i] for row in batch], pa.timestamp("us") if name == "touched_at"
+                                         else pa.string()) for i, name in enumerate(LOG_COLUMNS)})
         cur.register("c2b_log_batch", table)
         try:
-            cur.execute(_UPSERT_LOG.format(values="").replace("VALUES ", f"SELECT {', '.join(LOG_COLUMNS)} "
-                                                                           "FROM c2b_log_batch"))
+            cur.execute(_UPSERT_LOG.format(values=f"SELECT {', '.join(LOG_COLUMNS)} FROM c2b_log_batch"))
         finally:
             cur.unregister("c2b_log_batch")
 
@@ -390,6 +411,27 @@ class DbApiResultsStore(ResultsStore):
             self.paramstyle = driver_paramstyle(conn)
         return conn
 
+    def _insert_log_batch(self, cur: Any, batch: list[LogRow]) -> None:
+        """COPY the rows into a temporary table and upsert from it (psycopg 2 or 3); VALUES otherwise."""
+        driver = type(cur).__module__.split(".")[0]
+        if driver not in ("psycopg2", "psycopg"):
+            super()._insert_log_batch(cur, batch)
+            return
+        columns = ", ".join(LOG_COLUMNS)
+        cur.execute("CREATE TEMP TABLE c2b_log_batch ON COMMIT DROP AS SELECT " + columns +
+                    " FROM c2b_delivery_log WITH NO DATA")
+        copy = f"COPY c2b_log_batch ({columns}) FROM STDIN"
+        if driver == "psycopg2":
+            import io
+
+            cur.copy_expert(copy, io.StringIO(_copy_text(batch)))
+        else:
+            with cur.copy(copy) as pipe:
+                for row in batch:
+                    pipe.write_row(row)
+        cur.execute(_UPSERT_LOG.format(values=f"SELECT {columns} FROM c2b_log_batch"))
+        cur.execute("DROP TABLE c2b_log_batch")
+
     def _execute(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> None:
         if not params:
             cur.execute(sql)
@@ -406,6 +448,26 @@ class DbApiResultsStore(ResultsStore):
             named = "".join(p + (f":p{i}" if i < len(parts) - 1 else "") for i, p in enumerate(parts))
             query, args = bind(named, {f"p{i}": v for i, v in enumerate(params)}, style)
             cur.execute(query, args)
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(batch: list[LogRow]) -> str:
+    """Return the rows in PostgreSQL's COPY text format (NULL as ``\\N``, specials escaped).
+
+    Every column but the uid repeats across a shard's rows: each distinct value is escaped once.
+    """
+    seen: dict[Any, str] = {None: "\\N"}
+
+    def text(value: Any) -> str:
+        out = seen.get(value)
+        if out is None:
+            out = seen[value] = str(value).translate(_COPY_ESCAPES)
+        return out
+
+    return "".join(f"{text(p)}\t{text(r)}\t{text(v)}\t{text(t)}\t{u.translate(_COPY_ESCAPES)}\t{text(o)}\t"
+                   f"{text(why)}\t{text(at)}\n" for p, r, v, t, u, o, why, at in batch)
 
 
 class _Unclosed:
