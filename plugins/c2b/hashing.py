@@ -76,6 +76,13 @@ class VariantPicker:
             acc += weights[name]
             if weights[name]:
                 self._bounds.append((acc, name))
+        self._upper: Any = None  # the bounds and names as numpy arrays, for pick_page
+        self._names: Any = None
+        if len(self._bounds) > 1:
+            import numpy as np
+
+            self._upper = np.array([b for b, _ in self._bounds], dtype=np.int64)
+            self._names = np.array([n for _, n in self._bounds], dtype=object)
 
     def pick(self, uid: bytes) -> str:
         """Return the variant of one uid (given as bytes)."""
@@ -97,19 +104,19 @@ class VariantPicker:
         (:mod:`c2b.hashing_arrow`) for a page of more than :data:`VECTOR_MIN` uids."""
         if len(self._bounds) == 1:
             return [self._bounds[0][1]] * len(uids)
-        raw = [u.encode("utf-8", "replace") for u in uids]
-        if len(raw) < VECTOR_MIN:
-            return [self.pick(u) for u in raw]
+        if len(uids) < VECTOR_MIN:
+            return [self.pick(u.encode("utf-8", "replace")) for u in uids]
         import numpy as np
         import pyarrow as pa
 
         from c2b import hashing_arrow
 
-        hashes = hashing_arrow.murmur3_32(pa.array(raw, type=pa.binary()), 0, self._prefix)
-        buckets = hashes.astype(np.int64) % self._total
-        bounds = np.array([b for b, _ in self._bounds], dtype=np.int64)
-        names = [n for _, n in self._bounds]
-        return [names[i] for i in np.searchsorted(bounds, buckets, side="right").tolist()]
+        try:
+            values = pa.array(uids, type=pa.string())  # UTF-8, as encode() gives for valid text
+        except (pa.ArrowException, UnicodeError):  # a lone surrogate: encode() replaces it
+            values = pa.array([u.encode("utf-8", "replace") for u in uids], type=pa.binary())
+        buckets = hashing_arrow.murmur3_32(values, 0, self._prefix).astype(np.int64) % self._total
+        return self._names[np.searchsorted(self._upper, buckets, side="right")].tolist()  # type: ignore[no-any-return]
 
 
 # -- vectorised: the loader's hot path -----------------------------------------------------------

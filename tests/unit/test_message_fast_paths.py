@@ -109,3 +109,11 @@ def test_pick_page_is_pick_of_each_uid(weights: dict[str, int], salt: str, uids:
             if weights[name] and bucket < acc:
                 assert v == name
                 break
+
+
+def test_pick_page_vectorised_with_lone_surrogates_and_one_variant() -> None:
+    uids = ["a\ud800", "é中😀", ""] + [str(10_000_000 + i) for i in range(2 * VECTOR_MIN)]
+    picker = VariantPicker("ab-1", {"a": 1, "b": 2, "c": 0, "d": 3})
+    assert picker.pick_page(uids) == [picker.pick(u.encode("utf-8", "replace")) for u in uids]
+    solo = VariantPicker("ab-1", {"a": 0, "b": 5, "c": 0})
+    assert solo.pick_page(uids) == ["b"] * len(uids) == [solo.pick(u.encode()) for u in uids[3:]] + ["b"] * 3
