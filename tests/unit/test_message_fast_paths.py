@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import pickle
 from typing import Any
 
+import pytest
 from c2b.channels.base import ChannelConfig, Message, new_message
 from c2b.channels.outbox import OutboxChannel
 from c2b.delivery.work import idempotency_key, key_prefix
@@ -42,8 +45,11 @@ FIELDS = ("k", "p", "r", "t", "outbox", "u1", "a", "text")
 def test_new_message_is_the_dataclass() -> None:
     args: tuple[Any, ...] = (*FIELDS, {"image": "x"}, {"type": "coupon"})
     m, ref = new_message(*args), Message(*args)
-    assert m == ref and repr(m) == repr(ref) and hash(m.text) == hash(ref.text) and m.to_json() == ref.to_json()
-    assert type(m) is Message
+    assert m == ref and repr(m) == repr(ref) and m.to_json() == ref.to_json() and type(m) is Message
+    assert vars(m) == vars(ref) and pickle.loads(pickle.dumps(m)) == ref
+    assert dataclasses.replace(m, text="other") == dataclasses.replace(ref, text="other")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m.text = "x"  # type: ignore[misc]
 
 
 json_value = st.recursive(
