@@ -15,12 +15,13 @@ surrogate, so text is encoded with ``errors="replace"`` first.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import mmh3
 
 MAX_SHARDS = 1024  # Airflow's [core] max_map_length: one mapped task per shard.
+VECTOR_MIN = 64  # a page of fewer uids picks variants one by one (numpy's fixed cost is more)
 
 
 def uid_bytes(uid: object) -> bytes:
@@ -75,9 +76,18 @@ class VariantPicker:
             acc += weights[name]
             if weights[name]:
                 self._bounds.append((acc, name))
+        self._upper: Any = None  # the bounds and names as numpy arrays, for pick_page
+        self._names: Any = None
+        if len(self._bounds) > 1:
+            import numpy as np
+
+            self._upper = np.array([b for b, _ in self._bounds], dtype=np.int64)
+            self._names = np.array([n for _, n in self._bounds], dtype=object)
 
     def pick(self, uid: bytes) -> str:
         """Return the variant of one uid (given as bytes)."""
+        if len(self._bounds) == 1:  # one variant with weight: its bound is the total, above every bucket
+            return self._bounds[0][1]
         bucket = mmh3.hash(self._prefix + uid, 0, False) % self._total
         for bound, name in self._bounds:
             if bucket < bound:
@@ -87,6 +97,26 @@ class VariantPicker:
     def pick_many(self, uids: Iterable[bytes]) -> list[str]:
         """Return the variant of every uid."""
         return [self.pick(u) for u in uids]
+
+    def pick_page(self, uids: Sequence[str]) -> list[str]:
+        """Return the variant of every uid of a page (given as text), the same as :meth:`pick` of
+        its UTF-8 bytes: without hashing when one variant has all the weight, in numpy
+        (:mod:`c2b.hashing_arrow`) for a page of more than :data:`VECTOR_MIN` uids."""
+        if len(self._bounds) == 1:
+            return [self._bounds[0][1]] * len(uids)
+        if len(uids) < VECTOR_MIN:
+            return [self.pick(u.encode("utf-8", "replace")) for u in uids]
+        import numpy as np
+        import pyarrow as pa
+
+        from c2b import hashing_arrow
+
+        try:
+            values = pa.array(uids, type=pa.string())  # UTF-8, as encode() gives for valid text
+        except (pa.ArrowException, UnicodeError):  # a lone surrogate: encode() replaces it
+            values = pa.array([u.encode("utf-8", "replace") for u in uids], type=pa.binary())
+        buckets = hashing_arrow.murmur3_32(values, 0, self._prefix).astype(np.int64) % self._total
+        return self._names[np.searchsorted(self._upper, buckets, side="right")].tolist()  # type: ignore[no-any-return]
 
 
 # -- vectorised: the loader's hot path -----------------------------------------------------------

@@ -34,6 +34,23 @@ class Message:
         }
 
 
+_new = object.__new__
+_setattr = object.__setattr__
+
+
+def new_message(idempotency_key: str, plan_id: str, run_id: str, touch: str, channel: str, uid: str,
+                variant: str, text: str, assets: dict[str, str], offer: dict[str, Any] | None) -> Message:
+    """Return ``Message(...)`` of these fields (all given), built the cheap way: a frozen
+    dataclass's ``__init__`` sets its ten fields one ``object.__setattr__`` call each (per message,
+    on the delivery hot path); this sets the instance's ``__dict__`` in one call. Equal to
+    ``Message(...)`` in every respect (tests/unit/test_message_fast_paths.py)."""
+    m = _new(Message)
+    _setattr(m, "__dict__", {
+        "idempotency_key": idempotency_key, "plan_id": plan_id, "run_id": run_id, "touch": touch,
+        "channel": channel, "uid": uid, "variant": variant, "text": text, "assets": assets, "offer": offer})
+    return m
+
+
 @dataclass(frozen=True)
 class Outcome:
     """``sent``; ``failed`` with a reason (permanent); or ``retry`` (transient, try again)."""

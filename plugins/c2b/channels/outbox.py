@@ -23,6 +23,10 @@ from typing import Any
 
 from c2b.channels.base import Channel, ChannelConfig, Message, Outcome
 
+# What json.dumps(..., ensure_ascii=False) uses: the encoder, and its function for strings.
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+_STR = json.encoder.encode_basestring
+
 
 class OutboxChannel(Channel):
     name = "outbox"
@@ -38,6 +42,7 @@ class OutboxChannel(Channel):
         local = storage.local_of(config.run_dir or ".")
         self._lock = threading.Lock()
         self._objects: storage.ObjectWriter | None = None
+        self._json_of: dict[int, tuple[Any, str]] = {}  # id -> (assets or offer, its JSON)
         if local is None:
             folder = storage.as_path(config.run_dir) / f"{name}.d"
             self.path: Any = folder
@@ -47,11 +52,39 @@ class OutboxChannel(Channel):
         self.path = local / name
         self._file = self.path.open("a", encoding="utf-8")
 
+    def _line(self, m: Message) -> str:
+        """Return ``json.dumps(m.to_json(), ensure_ascii=False) + "\\n"``, the same characters,
+        without building the dict: the string fields through the encoder's own string function,
+        ``assets`` and ``offer`` (one shared object per touch, see WorkBuilder) encoded once each."""
+        k, p, r, t, c, u, v, x = (m.idempotency_key, m.plan_id, m.run_id, m.touch, m.channel, m.uid, m.variant,
+                                  m.text)
+        if not (type(k) is type(p) is type(r) is type(t) is type(c) is type(u) is type(v) is type(x) is str):
+            return json.dumps(m.to_json(), ensure_ascii=False) + "\n"
+        e = _STR
+        return (f'{{"idempotency_key": {e(k)}, "plan": {e(p)}, "run": {e(r)}, "touch": {e(t)}, "channel": {e(c)}, '
+                f'"uid": {e(u)}, "variant": {e(v)}, "text": {e(x)}, "assets": {self._encoded(m.assets)}, '
+                f'"offer": {self._encoded(m.offer)}}}\n')
+
+    def _encoded(self, value: Any) -> str:
+        """Return the JSON of ``value``, remembered per object while it is held (ids are not reused
+        while the cache keeps the object alive; messages' dicts are never mutated)."""
+        if value is None:
+            return "null"
+        hit = self._json_of.get(id(value))
+        if hit is not None and hit[0] is value:
+            return hit[1]
+        text = _ENCODER.encode(value)
+        if len(self._json_of) >= 256:
+            self._json_of.clear()
+        self._json_of[id(value)] = (value, text)
+        return text
+
     def send(self, message: Message) -> Outcome:
         return self.send_batch([message])[0]
 
     def send_batch(self, messages: Sequence[Message]) -> list[Outcome]:
-        lines = "".join(json.dumps(m.to_json(), ensure_ascii=False) + "\n" for m in messages)
+        line = self._line
+        lines = "".join([line(m) for m in messages])
         if self._objects is not None:
             self._objects.write(lines.encode("utf-8"))  # raises StorageError (URL + cause): not sent
             return [Outcome("sent")] * len(messages)

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from c2b.channels.base import Message
+from c2b.channels.base import Message, new_message
 from c2b.delivery.controls.quiet_hours import SendWindow
 from c2b.delivery.message_limits import bounded_templates
 from c2b.delivery.targeting import untouched_outcomes
 from c2b.hashing import VariantPicker
 from c2b.plan.model import Plan, Touch
+from c2b.plan.template_limits import BoundedTemplate
 
 Attrs = dict[str, dict[str, Any]]  # uid -> its stored attributes
 
@@ -26,6 +27,16 @@ Attrs = dict[str, dict[str, Any]]  # uid -> its stored attributes
 def idempotency_key(plan_id: str, run_id: str, touch: str, uid: str) -> str:
     """Return the key every send of (plan, run, touch, uid) carries, the same on every retry."""
     return hashlib.sha256(f"{plan_id}\x1f{run_id}\x1f{touch}\x1f{uid}".encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def key_prefix(plan_id: str, run_id: str, touch: str) -> Any:
+    """Return a sha256 that has hashed the (plan, run, touch) part of :func:`idempotency_key`.
+
+    ``prefix.copy()`` fed ``uid.encode("utf-8", "replace")`` gives the same digest: UTF-8 (with
+    ``replace``) encodes code point by code point, so the encoding of the joined string is the
+    encodings of its parts joined.
+    """
+    return hashlib.sha256(f"{plan_id}\x1f{run_id}\x1f{touch}\x1f".encode("utf-8", "replace"))
 
 
 @dataclass(slots=True)
@@ -56,6 +67,19 @@ class PageWork:
     held_out: list[str] = field(default_factory=list)  # uids of control arms (they enter the plan too)
 
 
+@dataclass(frozen=True)
+class _TouchParts:
+    """What every message of one touch shares, made once per builder instead of per message."""
+
+    name: str
+    channel: str
+    template: BoundedTemplate
+    key: Any  # sha256 of the idempotency key's (plan, run, touch) prefix: copied per message
+    builtins: dict[str, Any]  # the template's per-touch built-in names (offer, assets, plan, touch)
+    assets: dict[str, str]  # Message.assets: one dict shared by the touch's messages (never mutated)
+    offer: dict[str, Any] | None
+
+
 class WorkBuilder:
     """Know a plan's touches by variant, their templates, assets and offers; build items and messages."""
 
@@ -75,6 +99,13 @@ class WorkBuilder:
             v: [t for t in plan.touches_of(v) if only_touches is None or t.name in only_touches]
             for v in plan.variant_weights}
         self.untouched = untouched_outcomes(plan)
+        self.parts = {t.name: _TouchParts(
+            t.name, t.channel, self.templates[t.name], key_prefix(plan.id, run_id, t.name),
+            {"offer": self.offers[t.name] or {}, "assets": t.assets, "plan": plan.id, "touch": t.name},
+            self.assets[t.name], self.offers[t.name]) for t in plan.touches}
+        # Per variant: (touch name, ledger field prefix, channel) of each touch it sends.
+        self._item_parts = {v: [(t.name, f"{t.name}|", t.channel) for t in ts]
+                            for v, ts in self.touches_by_variant.items()}
 
     def page(self, uids: Sequence[str], attrs: Attrs, page: int,
              wanted: Mapping[str, set[str]] | None = None) -> PageWork:
@@ -84,12 +115,13 @@ class WorkBuilder:
         held_out: list[str] = []
         now = datetime.fromtimestamp(self.clock(), UTC)
         days: dict[Any, str] = {}  # timezone -> the users' local day at ``now`` (few zones a page)
-        for uid in uids:
-            variant = self.picker.pick(uid.encode("utf-8", "replace"))
-            touches = self.touches_by_variant[variant]
+        item_parts = self._item_parts
+        for uid, variant in zip(uids, self.picker.pick_page(uids), strict=True):
+            parts = item_parts[variant]
             if wanted is not None:
-                touches = [t for t in touches if t.name in wanted.get(uid, ())]
-            elif not touches:
+                want = wanted.get(uid, ())
+                parts = [p for p in parts if p[0] in want]
+            elif not parts:
                 outcome = self.untouched[variant]  # holdout, or not_targeted by only_touches
                 holdout[outcome] += 1
                 if outcome.endswith("|holdout"):
@@ -101,16 +133,19 @@ class WorkBuilder:
                 day = self.window.local_day(now, tz)
                 if tz is None or isinstance(tz, str):
                     days[tz] = day
-            items.extend(Item(f"{t.name}|{uid}", variant, t.name, uid, day, page, channel=t.channel) for t in touches)
+            for name, prefix, channel in parts:
+                items.append(Item(prefix + uid, variant, name, uid, day, page, None, channel))
         return PageWork(items, attrs, dict(holdout), held_out)
 
     def message(self, item: Item, attrs: dict[str, Any]) -> Message:
         """Render the message of ``item``; raises whatever the template raises (missing attribute...)."""
-        touch = self.touches[item.touch]
-        offer = self.offers[item.touch]
-        values = {**attrs, "uid": item.uid, "variant": item.variant, "offer": offer or {},
-                  "assets": touch.assets, "plan": self.plan.id, "touch": touch.name}
-        text = self.templates[touch.name].render(values)
-        return Message(idempotency_key(self.plan.id, self.run_id, touch.name, item.uid), self.plan.id,
-                       self.run_id, touch.name, touch.channel, item.uid, item.variant, text,
-                       dict(self.assets[touch.name]), offer)
+        p = self.parts[item.touch]
+        uid = item.uid
+        builtins = p.builtins.copy()  # the template sees {**attrs, uid, variant, offer, assets, plan, touch}
+        builtins["uid"] = uid
+        builtins["variant"] = item.variant
+        text = p.template.render_with(builtins, attrs)
+        key = p.key.copy()
+        key.update(uid.encode("utf-8", "replace"))
+        return new_message(key.hexdigest()[:32], self.plan.id, self.run_id, p.name, p.channel, uid, item.variant,
+                           text, p.assets, p.offer)

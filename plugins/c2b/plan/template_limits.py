@@ -19,11 +19,13 @@ running for a long time or building a huge string: a nested loop ran ~30 s per m
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+from c2b.plan.template_plain import MISSING, Part, PlainRender
 
 MAX_RANGE = 1000  # items a range() or a literal list may give a loop
 MAX_REPEAT = 1000  # largest literal factor of * (and exponent of **)
@@ -68,9 +70,14 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
 
 class BoundedTemplate:
-    """A compiled template that renders one message within a size and a time limit."""
+    """A compiled template that renders one message within a size and a time limit.
 
-    def __init__(self, template: Any, max_chars: int, channel: str = "", seconds: float = RENDER_SECONDS) -> None:
+    ``plain`` (:mod:`c2b.plan.template_plain`) renders a template that is only text and plain
+    substitutions without Jinja, to the same text, errors and limits, chunk by chunk.
+    """
+
+    def __init__(self, template: Any, max_chars: int, channel: str = "", seconds: float = RENDER_SECONDS,
+                 plain: list[Part] | None = None) -> None:
         # Jinja keeps a template's globals as a ChainMap over the environment's, and copies them
         # into every render's context: iterating the ChainMap was ~3/4 of rendering a short
         # message. Our environment's globals are fixed once built, so a plain dict is the same
@@ -80,19 +87,53 @@ class BoundedTemplate:
         self.max_chars = max_chars
         self.channel = channel
         self.seconds = seconds
+        self.plain = PlainRender(plain, template.environment, template.globals) if plain is not None else None
+
+    def _over_size(self) -> TemplateLimitError:
+        return TemplateLimitError(f"message over the {self.channel or 'channel'} limit of "
+                                  f"{self.max_chars} characters (max_text_chars)")
+
+    def _over_time(self) -> TemplateLimitError:
+        return TemplateLimitError(f"rendering took over {self.seconds}s")
 
     def render(self, values: dict[str, Any]) -> str:
         """Render, streaming: stop as soon as the text is over the limit or time is up."""
+        if self.plain is not None:
+            return self.render_with(values, {})
         deadline = time.monotonic() + self.seconds
         out: list[str] = []
         size = 0
         for chunk in self.template.generate(values):
             size += len(chunk)
             if size > self.max_chars:
-                raise TemplateLimitError(f"message over the {self.channel or 'channel'} limit of "
-                                         f"{self.max_chars} characters (max_text_chars)")
+                raise self._over_size()
             if time.monotonic() > deadline:
-                raise TemplateLimitError(f"rendering took over {self.seconds}s")
+                raise self._over_time()
+            out.append(chunk)
+        return "".join(out)
+
+    def render_with(self, first: Mapping[str, Any], second: Mapping[str, Any]) -> str:
+        """Render the values ``{**second, **first}`` without building that dict when plain."""
+        plain = self.plain
+        if plain is None:
+            return self.render({**second, **first})
+        # The loop of render() over the chunks Jinja would yield (PlainRender.chunks), inlined.
+        clock = time.monotonic
+        deadline = clock() + self.seconds
+        limit = self.max_chars
+        out: list[str] = []
+        size = 0
+        for chunk, name, attrs in plain.steps:
+            if chunk is None:
+                v = first.get(name, MISSING)
+                if v is MISSING:
+                    v = plain.missing_name(name, second)
+                chunk = str(plain.follow(v, attrs) if attrs else v)
+            size += len(chunk)
+            if size > limit:
+                raise self._over_size()
+            if clock() > deadline:
+                raise self._over_time()
             out.append(chunk)
         return "".join(out)
 

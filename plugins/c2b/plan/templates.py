@@ -5,6 +5,7 @@ from __future__ import annotations
 from jinja2 import StrictUndefined, TemplateSyntaxError, meta
 
 from c2b.plan.template_limits import DEFAULT_MAX_CHARS, BoundedSandbox, BoundedTemplate
+from c2b.plan.template_plain import plain_parts
 
 # The immutable sandbox, with render limits (c2b.plan.template_limits): bounded range and '*'.
 _ENV = BoundedSandbox(undefined=StrictUndefined, autoescape=False)
@@ -19,8 +20,10 @@ def compile_template(text: str):  # -> jinja2.Template
 
 def compile_bounded(text: str, max_chars: int | None = None, channel: str = "") -> BoundedTemplate:
     """Compile a touch template for delivery: each message renders within ``max_chars`` (the
-    channel's ``max_text_chars``) and a time limit, or fails with the reason."""
-    return BoundedTemplate(compile_template(text), max_chars or DEFAULT_MAX_CHARS, channel)
+    channel's ``max_text_chars``) and a time limit, or fails with the reason. A template of only text
+    and plain substitutions renders without Jinja (c2b.plan.template_plain), to the same text."""
+    plain = plain_parts(_ENV.parse(text), _ENV)
+    return BoundedTemplate(compile_template(text), max_chars or DEFAULT_MAX_CHARS, channel, plain=plain)
 
 
 def template_names(text: str) -> set[str]:
