@@ -12,7 +12,7 @@ running for a long time or building a huge string: a nested loop ran ~30 s per m
 - *At render* (:class:`BoundedSandbox`, :class:`BoundedTemplate`) what depends on user data is
   bounded: ``range`` yields at most :data:`MAX_RANGE` items, ``*`` may not build a string or list
   longer than the output limit, ``lipsum`` is gone, and each message stops rendering once it is
-  longer than its channel's ``max_text_chars`` or has taken :data:`RENDER_SECONDS`. The message is
+  longer than its channel's ``max_text_chars`` or has taken :data:`RENDER_SECONDS` of its thread's CPU. The message is
   then recorded failed with the reason (``template: ...``), never sent.
 """
 
