@@ -590,10 +590,10 @@ class AttrReader:
 
     Raises :class:`StoreError` when the run's meta is missing, not complete, of another format, or
     a chunk it names is missing or malformed: missing state is an error, never "no attributes".
-    The last chunks decoded are kept, so pages that share a chunk decode it once.
+    A chunk is read and decoded once for the pages that share it; a page builds the dicts of its own rows.
     """
 
-    KEEP = 4  # decoded chunks kept: a page spans at most a few, and the next page starts in the last
+    KEEP = 4  # chunks kept for pages: a page spans one or two, and the next page starts in the last
 
     def __init__(self, redis: Any, keys: ShardKeys, layout: dict[str, Any] | None) -> None:
         where = f"run {keys.plan_id} / {keys.run_id}"
@@ -614,7 +614,8 @@ class AttrReader:
         self.size = int(sizes[keys.shard - 1]) if 0 < keys.shard <= len(sizes) else 0
         self.encoding = layout.get("encoding")
         self._row = _row_builder(self.columns)
-        self._decoded: dict[int, list[dict[str, Any]]] = {}
+        self._recent: dict[int, list[list[Any]]] = {}  # chunk -> columns, the last pages' (main pass)
+        self._kept: dict[int, list[list[Any]]] = {}  # chunk -> columns, every chunk read by uid
         self._ranks: dict[str, int] | None = None
 
     def page(self, start: int, count: int) -> list[dict[str, Any]]:
@@ -624,38 +625,38 @@ class AttrReader:
             return []
         if not self.columns:
             return [{} for _ in range(stop - start)]
-        rows = self._chunks(range(start // self.chunk, (stop - 1) // self.chunk + 1))
-        first = (start // self.chunk) * self.chunk
-        return rows[start - first:stop - first]
+        chunks = list(range(start // self.chunk, (stop - 1) // self.chunk + 1))
+        self._fetch(chunks, self._recent)
+        rows: list[dict[str, Any]] = []
+        for c in chunks:
+            a, b = max(start - c * self.chunk, 0), min(stop - c * self.chunk, self.chunk)
+            rows += map(self._row, *(col[a:b] for col in self._recent[c]))
+        while len(self._recent) > max(self.KEEP, len(chunks)):  # oldest first (insertion order)
+            del self._recent[next(iter(self._recent))]
+        return rows
 
     def by_uid(self, uids: Sequence[str]) -> list[dict[str, Any]]:
         """Return the attributes of ``uids`` in any order (an empty dict for a uid not in the shard:
-        e.g. a deferred entry of an earlier load of the run, whose users changed)."""
+        e.g. a deferred entry of an earlier load of the run, whose users changed).
+
+        The chunks read here are kept (O(shard) once: deferred users are spread over the whole shard)."""
         if not self.columns:
             return [{} for _ in uids]
         ranks = self._rank_of(uids)
-        wanted = sorted({r // self.chunk for r in ranks if r is not None})
-        decoded = {c: self._decoded[c] for c in wanted if c in self._decoded}
-        todo = [c for c in wanted if c not in decoded]
-        for i in range(0, len(todo), 64):  # one MGET a 64 chunks (~700 KB of nicknames)
+        self._fetch(sorted({r // self.chunk for r in ranks if r is not None}), self._kept)
+        kept, size, row = self._kept, self.chunk, self._row
+        return [{} if r is None else row(*(col[r % size] for col in kept[r // size])) for r in ranks]
+
+    def _fetch(self, chunks: list[int], into: dict[int, list[list[Any]]]) -> None:
+        """Read and decode the ``chunks`` not in ``into`` yet: one MGET a 64 (~700 KB of nicknames)."""
+        todo = [c for c in chunks if c not in into]
+        for i in range(0, len(todo), 64):
             part = todo[i:i + 64]
             raw = self.redis.mget([self.keys.attrs(c) for c in part])
-            decoded.update((c, self._decode(c, r)) for c, r in zip(part, raw, strict=True))
-        return [{} if r is None else decoded[r // self.chunk][r % self.chunk] for r in ranks]
+            into.update({c: self._decode(c, r) for c, r in zip(part, raw, strict=True)})
 
-    def _chunks(self, chunks: Iterable[int]) -> list[dict[str, Any]]:
-        """Return the rows of consecutive chunks, reading the ones not decoded yet in one MGET."""
-        chunks = list(chunks)
-        missing = [c for c in chunks if c not in self._decoded]
-        if missing:
-            raw = self.redis.mget([self.keys.attrs(c) for c in missing])
-            self._decoded.update({c: self._decode(c, r) for c, r in zip(missing, raw, strict=True)})
-        rows = self._decoded[chunks[0]] if len(chunks) == 1 else [r for c in chunks for r in self._decoded[c]]
-        while len(self._decoded) > self.KEEP:  # oldest first (insertion order)
-            del self._decoded[next(iter(self._decoded))]
-        return rows
-
-    def _decode(self, c: int, raw: bytes | None) -> list[dict[str, Any]]:
+    def _decode(self, c: int, raw: bytes | None) -> list[list[Any]]:
+        """Return chunk ``c``'s columns (one list of values per attribute)."""
         key = self.keys.attrs(c)
         if raw is None:
             raise StoreError(f"{key} is missing: the run's attributes are gone (expired or dropped); load it again")
@@ -667,7 +668,7 @@ class AttrReader:
         if (not isinstance(columns, list) or len(columns) != len(self.columns)
                 or any(not isinstance(col, list) or len(col) != want for col in columns)):
             raise StoreError(f"{key} does not hold {want} rows of {self.columns}")
-        return list(map(self._row, *columns))
+        return columns
 
     def _rank_of(self, uids: Sequence[str]) -> list[int | None]:
         if self.encoding == "zset":  # the score is the position
