@@ -97,7 +97,8 @@ def worker(users: int, redis_url: str, workdir: Path) -> dict[str, Any]:
               "wall_us": (time.perf_counter() - w0) / len(members) * 1e6}
     return {"users": users, "format": shards.FORMAT, "shards": len(loaded.non_empty), "largest": loaded.largest,
             "encoding": loaded.encoding, "load_s": load_s, "used_memory": used,
-            "bytes_per_member": used / users, "load_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "bytes_per_member": used / users,
+            "load_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "read_shard_members": len(members), "pages": pages, "by_uid": by_uid}
 
 

@@ -346,8 +346,8 @@ def _write(stream: CommandStream, path: Any, plan_id: str, run_id: str, n: int, 
     for batch in _batches(path, batch_rows, ["uid", *attrs]):
         uids = batch.column(0)
         # Every row's shard and position in it, for the attribute chunks.
-        row_shard = np.zeros(len(uids), dtype=np.int64) if chunks else None
-        row_pos = np.zeros(len(uids), dtype=np.int64) if chunks else None
+        row_shard = np.zeros(len(uids), dtype=np.int64)
+        row_pos = np.zeros(len(uids), dtype=np.int64)
         if enc == "packed":
             values = packed.canonical_ints(uids)
             if values is None:
