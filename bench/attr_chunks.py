@@ -40,7 +40,7 @@ def _redis_cpu(r: Any) -> float:
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
-def worker(users: int, redis_url: str, workdir: Path) -> dict[str, Any]:
+def worker(users: int, redis_url: str, workdir: Path, text_uids: bool = False) -> dict[str, Any]:
     """Load, then read, with whatever ``c2b`` is importable; return the measurements."""
     import numpy as np
     import pyarrow as pa
@@ -52,7 +52,10 @@ def worker(users: int, redis_url: str, workdir: Path) -> dict[str, Any]:
     staging = workdir / "staging.parquet"
     rng = np.random.default_rng(13)
     ids = rng.choice(np.arange(10_000_000, 10_000_000 + users * 4, dtype=np.int64), users, replace=False)
-    pq.write_table(pa.table({"uid": pa.array(ids.astype(str)), "variant": pa.array(["a"] * users),
+    uids = pa.array(ids.astype(str))
+    if text_uids:  # not integers: the zset encoding
+        uids = pa.array(np.char.add("u", ids.astype(str)))
+    pq.write_table(pa.table({"uid": uids, "variant": pa.array(["a"] * users),
                              "nickname": pa.array([f"nick{i}" for i in range(users)])}), staging)
     before = int(r.info("memory")["used_memory"])
     t0 = time.monotonic()
@@ -102,7 +105,7 @@ def worker(users: int, redis_url: str, workdir: Path) -> dict[str, Any]:
             "read_shard_members": len(members), "pages": pages, "by_uid": by_uid}
 
 
-def run_version(name: str, code: Path, users: int, tmp: Path) -> dict[str, Any]:
+def run_version(name: str, code: Path, users: int, tmp: Path, text_uids: bool = False) -> dict[str, Any]:
     """Run :func:`worker` in a fresh process against ``code``'s plugins, on a fresh redis-server."""
     sys.path.insert(0, str(ROOT))
     from devtools.servers import RedisServer
@@ -113,7 +116,8 @@ def run_version(name: str, code: Path, users: int, tmp: Path) -> dict[str, Any]:
         out = tmp / f"{name}.json"
         (tmp / name).mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--users", str(users),
-               "--redis-url", server.url, "--workdir", str(tmp / name), "--out", str(out)]
+               "--redis-url", server.url, "--workdir", str(tmp / name), "--out", str(out),
+               *(["--text-uids"] if text_uids else [])]
         subprocess.run(cmd, check=True, env=env, cwd=str(code))
         return json.loads(out.read_text())
     finally:
@@ -124,6 +128,7 @@ def report(results: dict[str, dict[str, Any]], users: int) -> str:
     load = os.getloadavg()
     names = list(results)
     lines = [f"# Template attributes: load and reads ({users:,} users with a nickname)", "",
+             "Command: `.venv/bin/python bench/attr_chunks.py --users N [--text-uids]`.", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, load average at the end {load[0]:.2f} / "
              f"{load[1]:.2f} / {load[2]:.2f} (shared with other sessions: times are indicative, ratios less so).",
              "Each version in its own process on its own fresh redis-server; `shards: auto`; reads of the "
@@ -152,13 +157,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=1_000_000)
     ap.add_argument("--baseline-ref", default="main", help="git ref of the 'before' code, or 'none'")
+    ap.add_argument("--text-uids", action="store_true", help="uids 'u<n>' (zset encoding) instead of integers")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--redis-url", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        Path(args.out).write_text(json.dumps(worker(args.users, args.redis_url, Path(args.workdir))))
+        Path(args.out).write_text(json.dumps(worker(args.users, args.redis_url, Path(args.workdir), args.text_uids)))
         return 0
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="c2b-attrs-") as tmp_s:
@@ -170,13 +176,15 @@ def main() -> int:
                                      check=True, capture_output=True).stdout
             subprocess.run(["tar", "-x", "-C", str(base)], input=archive, check=True)
             print(f"baseline: {args.baseline_ref}", flush=True)
-            results[f"baseline ({args.baseline_ref})"] = run_version("baseline", base, args.users, tmp)
+            results[f"baseline ({args.baseline_ref})"] = run_version("baseline", base, args.users, tmp,
+                                                                     args.text_uids)
         print("current: this worktree", flush=True)
-        results["current"] = run_version("current", ROOT, args.users, tmp)
+        results["current"] = run_version("current", ROOT, args.users, tmp, args.text_uids)
     text = report(results, args.users)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "attr_chunks.md").write_text(text)
-    (RESULTS / "attr_chunks.json").write_text(json.dumps({"users": args.users, "loadavg": os.getloadavg(),
+    name = "attr_chunks_text_uids" if args.text_uids else "attr_chunks"
+    (RESULTS / f"{name}.md").write_text(text)
+    (RESULTS / f"{name}.json").write_text(json.dumps({"users": args.users, "loadavg": os.getloadavg(),
                                                           "results": results}, indent=1))
     print(text)
     return 0
