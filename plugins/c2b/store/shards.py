@@ -51,6 +51,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from c2b.hashing import MAX_SHARDS, murmur3_32_arrow, murmur3_32_matrix, shard_of_hashes, string_groups
@@ -92,8 +93,8 @@ class ShardKeys:
     run_id: str
     shard: int
 
-    @property
-    def tag(self) -> str:
+    @cached_property
+    def tag(self) -> str:  # cached: the ledger names a key of the shard for every message
         return "{" + f"{_tag_part(self.plan_id)}:{_tag_part(self.run_id)}:{self.shard}" + "}"
 
     @property
