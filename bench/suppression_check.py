@@ -30,7 +30,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 from c2b.store import suppression
-from c2b.store.shards import ShardKeys, load_shards, read_attrs, read_page
+from c2b.store.shards import ShardKeys, load_shards, read_attrs, read_layout, read_page
 
 from devtools.servers import RedisServer
 
@@ -66,9 +66,11 @@ def main() -> int:
             keys = ShardKeys("bench", "r1", 1)
             starts = [i * args.page for i in range(min(args.pages, args.audience // args.page))]
 
+            layout = read_layout(r, "bench", "r1")
+
             def baseline(start: int, n: int) -> None:
-                page = read_page(r, keys, start, n)
-                read_attrs(r, keys, page, 1)
+                read_page(r, keys, start, n)
+                read_attrs(r, keys, start, n, layout)
 
             def check(names: list[str]):
                 def run(start: int, n: int) -> None:

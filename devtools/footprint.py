@@ -30,7 +30,7 @@ _FAMILIES = [
     (re.compile(r":meta$"), "meta"),
     (re.compile(r":pk$"), "audience_packed"),
     (re.compile(r":aud$"), "audience_zset"),
-    (re.compile(r":attrs(:\d+)?$"), "attrs"),
+    (re.compile(r":attrs(:c?\d+)?$"), "attrs"),  # c<n>: a position chunk; <n>: a format-2 hash
 ]
 _SIZE = {"string": "strlen", "hash": "hlen", "zset": "zcard", "set": "scard", "list": "llen"}
 

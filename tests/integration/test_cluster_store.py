@@ -16,7 +16,16 @@ from pathlib import Path
 import pytest
 import redis
 import redis.cluster
-from c2b.store.shards import ShardKeys, drop_run, inspect_run, load_shards, read_attrs, read_layout, read_page
+from c2b.store.shards import (
+    AttrReader,
+    ShardKeys,
+    drop_run,
+    inspect_run,
+    load_shards,
+    read_attrs,
+    read_layout,
+    read_page,
+)
 from store_cases import assert_resume, assert_round_trip, staging
 
 from devtools.servers import RedisClusterServers
@@ -59,7 +68,7 @@ def test_round_trip_on_cluster(cluster_client, redis_cluster, tmp_path: Path, ui
     slots = set()
     for s in range(1, 17):  # a shard's companion keys share one slot (one hash tag)
         keys = ShardKeys("plan_rt", "run-1", s)
-        shard_slots = {cluster_client.keyslot(k) for k in [*keys.run_scoped(attr_parts=64), keys.ledger]}
+        shard_slots = {cluster_client.keyslot(k) for k in [*keys.run_scoped(attr_chunks=64), keys.ledger]}
         assert len(shard_slots) == 1
         slots |= shard_slots
     assert len(slots) == 16, "every shard on its own slot"
@@ -73,14 +82,15 @@ def test_resume_on_cluster(cluster_client, tmp_path: Path, encoding: str) -> Non
 def test_ttls_check_and_cleanup_on_cluster(cluster_client, redis_cluster, tmp_path: Path) -> None:
     path = staging(tmp_path / "c.parquet", INTS, nickname=["n"] * len(INTS))
     result = load_shards(cluster_client, path, "plan_c", "run-1", "auto", attr_columns=["nickname"],
-                         max_shard_members=1000, ttl_seconds=600, attr_part_fields=200)
+                         max_shard_members=1000, ttl_seconds=600, attr_chunk=200)
     assert result.shard_count == 16
-    parts = read_layout(cluster_client, "plan_c", "run-1")["attr_parts"]
-    assert parts > 1 and parts * 100 < result.largest <= parts * 200  # ~750 a shard, <= 200 a sub-key on average
-    for s in (1, 16):  # the sub-keys share the shard's slot: one pipelined HMGET per touched sub-key
+    layout = read_layout(cluster_client, "plan_c", "run-1")
+    assert layout["attr_chunk"] == 200  # ~750 a shard: 4 chunks each
+    for s in (1, 16):  # the chunks share the shard's slot: one MGET of the chunks a page spans
         k = ShardKeys("plan_c", "run-1", s)
-        page = read_page(cluster_client, k, 0, 300)
-        assert read_attrs(cluster_client, k, page, parts) == [{"nickname": "n"}] * len(page)
+        page = read_page(cluster_client, k, 150, 300)
+        assert len(page) == 300 and read_attrs(cluster_client, k, 150, 300, layout) == [{"nickname": "n"}] * 300
+        assert AttrReader(cluster_client, k, layout).by_uid(page[::-1]) == [{"nickname": "n"}] * 300
     keys = [k for node in _keys_per_node(redis_cluster) for k in node]
     assert all(0 < cluster_client.ttl(k) <= 600 for k in keys)
     check = inspect_run(cluster_client, "plan_c", "run-1")

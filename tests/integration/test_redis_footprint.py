@@ -19,7 +19,7 @@ from devtools.footprint import CROSS_RUN, measure
 
 USERS = 20_000
 MAX_SHARD = 4000
-ATTR_PART = 500  # average fields per attrs sub-key (production: 3,000): a shard's ~2,500 in 8 sub-keys
+ATTR_CHUNK = 500  # members per attrs chunk (production: 1,024): a shard's ~2,500 in 5 chunks
 
 
 def _plan(tmp: Path):  # -> Plan
@@ -42,7 +42,7 @@ def _load(redis_client, plan, run_id: str, uids: list[str], folder: Path) -> dic
     pq.write_table(pa.table({"uid": uids, "nickname": [f"nick-{u}" for u in uids]}), folder / "staging.parquet")
     return load_shards(redis_client, folder / "staging.parquet", plan.id, run_id, plan.delivery.shards,
                        ["nickname"], max_shard_members=plan.delivery.max_shard_members,
-                       attr_part_fields=ATTR_PART).shards
+                       attr_chunk=ATTR_CHUNK).shards
 
 
 def _deliver_all(redis_client, plan, run_id: str, shards: list[int], outbox: Path) -> int:
@@ -75,14 +75,15 @@ def test_a_run_leaves_no_big_key_and_under_16_bytes_per_member(redis_client, tmp
     msgs = [json.loads(line) for p in (tmp_path / "outbox").glob("*") for line in p.read_text().splitlines()]
     firsts = [m for m in msgs if m["touch"] == "a"]
     assert len(firsts) > USERS // 2 and all(m["text"] == f"Hi nick-{m['uid']}" for m in firsts), \
-        "every user's attributes read back from its sub-key"
+        "every user's attributes read back from its chunk"
 
     delivered = measure(redis_client)
     fams = delivered["families"]
-    # The template attributes are split in sub-keys of ~ATTR_PART fields (one hash per shard before:
-    # every member of the shard, 5 MB / 63k fields at 1M users in 16 shards).
+    # The template attributes are stored in chunks of ATTR_CHUNK members (one hash per shard before:
+    # every member of the shard, 5 MB / 63k fields at 1M users in 16 shards), ~17 bytes a member here.
     assert fams["attrs"]["keys"] >= 4 * len(shards), fams["attrs"]
-    assert fams["attrs"]["largest_elements"]["elements"] <= 2 * ATTR_PART, fams["attrs"]
+    assert fams["attrs"]["largest_bytes"]["bytes"] <= 64 * ATTR_CHUNK, fams["attrs"]
+    assert fams["attrs"]["bytes"] <= 32 * USERS, fams["attrs"]
     # The audience keys are bounded by max_shard_members (the loader's rule); everything else the run
     # wrote stays far below a shard's size: the old ledger hash held every (touch, uid) of its shard.
     audience = ("audience_packed", "audience_zset", "meta")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 from c2b.store.shards import (
+    FORMAT,
+    AttrReader,
     ShardKeys,
     StoreError,
     drop_run,
@@ -47,8 +49,9 @@ def test_every_key_has_a_ttl_and_attributes_round_trip(redis_client, tmp_path: P
     assert all(0 < redis_client.ttl(k) <= 3600 for k in keys)
     s = result.non_empty[0]
     page = read_page(redis_client, ShardKeys("plan_ttl", "run-1", s), 0, 5)
-    assert read_layout(redis_client, "plan_ttl", "run-1")["attr_parts"] == 1  # 375 a shard: one sub-key
-    assert read_attrs(redis_client, ShardKeys("plan_ttl", "run-1", s), page, 1) == [
+    layout = read_layout(redis_client, "plan_ttl", "run-1")
+    assert layout["attr_chunk"] == 1024  # ~375 a shard: one chunk each
+    assert read_attrs(redis_client, ShardKeys("plan_ttl", "run-1", s), 0, 5, layout) == [
         {"nickname": f"n{u}", "score": int(u) - 1_000_000} for u in page]
     check = inspect_run(redis_client, "plan_ttl", "run-1")
     assert check.problems == []
@@ -100,43 +103,133 @@ def test_drop_run_drops_every_run_key_but_the_ledger(redis_client, tmp_path: Pat
     assert [k.decode() for k in redis_client.scan_iter("c2b:*")] == [keys.ledger]
 
 
-@pytest.mark.parametrize("encoding", ["packed", "zset"])
+@pytest.mark.parametrize(("uids", "encoding"), [(INTS[:8000], "packed"), (INTS[:8000], "zset"),
+                                              (TEXTS[:7990] + TEXTS[-3:], "zset")])
 @pytest.mark.parametrize("column_wise", [True, False])
-def test_attrs_split_into_sub_keys_of_the_shard_slot(redis_client, tmp_path: Path, encoding: str,
-                                                     column_wise: bool) -> None:
-    """A shard's attributes go to S sub-keys (S from the largest shard), both write paths agree with
-    read_attrs, a reused load keeps them, drop_run deletes them all."""
-    uids = INTS[:8000]
+def test_attrs_in_position_chunks_line_up_with_the_pages(redis_client, tmp_path: Path, uids: list[str],
+                                                         encoding: str, column_wise: bool) -> None:
+    """Chunk c of a shard holds the attributes of ranks [c*C, (c+1)*C) in read_page's order, for
+    both encodings (zset: text uids of mixed lengths too), shards whose size is no multiple of C,
+    chunks filled across batches; by position and by uid; a reused load keeps them, drop_run
+    deletes them all."""
     cols: dict = {"nickname": [f"n{u}" for u in uids]}
     if not column_wise:
-        cols["w"] = [0.5] * len(uids)  # a float: the row-by-row path
+        cols["w"] = [len(u) + 0.5 for u in uids]  # a float: encoded value by value
     path = staging(tmp_path / "p.parquet", uids, **cols)
     load = lambda: load_shards(redis_client, path, "plan_p", "run-1", 2, attr_columns=list(cols),  # noqa: E731
-                               encoding=encoding, attr_part_fields=500, batch_rows=3000)
+                               encoding=encoding, attr_chunk=500, batch_rows=3000)
     result = load()
+    assert result.encoding == encoding
     layout = read_layout(redis_client, "plan_p", "run-1")
-    parts = layout["attr_parts"]
-    assert parts >= 8 and result.largest <= parts * 500 < 2 * result.largest  # ~4,000 a shard -> 8 x ~500
-    sub_keys = sorted(k.decode() for k in redis_client.scan_iter("c2b:*:attrs*"))
-    assert sub_keys == sorted(k for s in (1, 2) for k in ShardKeys("plan_p", "run-1", s).attr_keys(parts))
-    sizes = [redis_client.hlen(k) for k in sub_keys]
-    assert sum(sizes) == len(uids) and max(sizes) <= 650 and min(sizes) >= 150, sizes
-    assert all(0 < redis_client.ttl(k) for k in sub_keys)
+    assert layout["format"] == FORMAT and layout["attr_chunk"] == 500
+    assert all(n % 500 for n in result.shards.values()), "a partial last chunk in every shard"
+    chunk_keys = sorted(k.decode() for k in redis_client.scan_iter("c2b:*:attrs*"))
+    assert chunk_keys == sorted(k for s in (1, 2) for k in ShardKeys("plan_p", "run-1", s).attr_keys(
+        -(-result.shards[s] // 500)))
+    assert all(0 < redis_client.ttl(k) for k in chunk_keys)
+    assert max(redis_client.strlen(k) for k in chunk_keys) < 64 * 1024
+
+    def want(u: str) -> dict:
+        return {"nickname": f"n{u}", **({} if column_wise else {"w": len(u) + 0.5})}
 
     def check() -> None:
         for s in (1, 2):
             keys = ShardKeys("plan_p", "run-1", s)
-            page = read_page(redis_client, keys, 0, result.shards[s])
-            got = read_attrs(redis_client, keys, [*page, "404"], parts)
-            want = [{"nickname": f"n{u}", **({} if column_wise else {"w": 0.5})} for u in page]
-            assert got == [*want, {}]
+            members = read_page(redis_client, keys, 0, result.shards[s])
+            reader = AttrReader(redis_client, keys, layout)
+            for start, n in [(0, 1000), (1000, 1000), (499, 2), (1, 498), (0, result.shards[s] + 10),
+                             (result.shards[s] - 3, 100)]:  # pages across chunk edges, past the end
+                page = read_page(redis_client, keys, start, n)
+                assert page == members[start:start + n]
+                assert reader.page(start, n) == [want(u) for u in page]
+                assert read_attrs(redis_client, keys, start, n, layout) == [want(u) for u in page]
+            mixed = members[::-7] + ["404"]  # the deferred pass: any order, and a uid not in the shard
+            assert reader.by_uid(mixed) == [*(want(u) for u in mixed[:-1]), {}]
 
     check()
     assert load().reused
     check()
     dropped = drop_run(redis_client, "plan_p", "run-1")
-    assert dropped == 1 + 2 + len(sub_keys)  # meta, the shards' uids, every attrs sub-key
+    assert dropped == 1 + 2 + len(chunk_keys)  # meta, the shards' uids, every attrs chunk
     assert list(redis_client.scan_iter("c2b:*")) == []
+
+
+def test_attrs_round_trip_every_staging_type_as_json_did(redis_client, tmp_path: Path) -> None:
+    """Text (with control characters too), ints, floats, bools, None, timestamps, dates, decimals:
+    what comes back is what a JSON round trip with ``default=str`` gives (format 2 stored that)."""
+    import datetime as dt
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 2500
+    table = pa.table({
+        "uid": [str(5_000_000 + i) for i in range(n)],
+        "nickname": [None if i % 11 == 0 else f"n\"{i}\n\t\u00e9\U0001F600" for i in range(n)],
+        "age": pa.array([None if i % 13 == 0 else i - 1000 for i in range(n)], pa.int32()),
+        "ratio": [None if i % 7 == 0 else i / 3 for i in range(n)],
+        "vip": [None if i % 5 == 0 else i % 2 == 0 for i in range(n)],
+        "seen": pa.array([dt.datetime(2026, 1, 1) + dt.timedelta(seconds=37 * i) for i in range(n)],
+                         pa.timestamp("us", "UTC")),
+        "day": [dt.date(2026, 1, 1) + dt.timedelta(days=i % 300) for i in range(n)],
+        "price": pa.array([decimal.Decimal(i) / 4 for i in range(n)], pa.decimal128(10, 2)),
+    })
+    path = tmp_path / "types.parquet"
+    pq.write_table(table, path)
+    columns = [c for c in table.column_names if c != "uid"]
+    result = load_shards(redis_client, path, "plan_ty", "run-1", 4, attr_columns=columns, attr_chunk=300,
+                         batch_rows=700)
+    rows = {r["uid"]: {c: r[c] for c in columns} for r in table.to_pylist()}
+    layout = read_layout(redis_client, "plan_ty", "run-1")
+    for s in result.non_empty:
+        keys = ShardKeys("plan_ty", "run-1", s)
+        page = read_page(redis_client, keys, 0, result.shards[s])
+        got = read_attrs(redis_client, keys, 0, len(page), layout)
+        assert got == [json.loads(json.dumps(rows[u], default=str)) for u in page]
+
+
+def test_a_reader_refuses_missing_or_foreign_state(redis_client, tmp_path: Path) -> None:
+    """No meta, a meta of another format, a load not complete, a chunk gone: errors, never {}."""
+    path = staging(tmp_path / "m.parquet", INTS[:3000], nickname=["n"] * 3000)
+    load_shards(redis_client, path, "plan_m", "run-1", 1, attr_columns=["nickname"], attr_chunk=1000)
+    keys = ShardKeys("plan_m", "run-1", 1)
+    layout = read_layout(redis_client, "plan_m", "run-1")
+    assert read_attrs(redis_client, keys, 2990, 20, layout) == [{"nickname": "n"}] * 10
+    with pytest.raises(StoreError, match="no meta key"):
+        AttrReader(redis_client, keys, None)
+    with pytest.raises(StoreError, match="store format '2'.* load the run again"):
+        AttrReader(redis_client, keys, {**layout, "format": "2", "attr_parts": 4})
+    with pytest.raises(StoreError, match="load state is 'loading'"):
+        AttrReader(redis_client, keys, {**layout, "state": "loading"})
+    redis_client.delete(keys.attrs(1))
+    reader = AttrReader(redis_client, keys, layout)
+    assert reader.page(0, 1000) == [{"nickname": "n"}] * 1000
+    with pytest.raises(StoreError, match=r"attrs:c1 is missing"):
+        reader.page(999, 2)
+    with pytest.raises(StoreError, match=r"attrs:c1 is missing"):
+        reader.by_uid(read_page(redis_client, keys, 1500, 1))
+    assert "1 attribute chunk(s) missing" in inspect_run(redis_client, "plan_m", "run-1").problems[0]
+    redis_client.set(keys.attrs(1), b'[["n"]]')
+    with pytest.raises(StoreError, match="does not hold 1000 rows"):
+        AttrReader(redis_client, keys, layout).page(1000, 5)
+
+
+def test_drop_run_finds_attribute_chunks_without_a_meta_and_old_format_hashes(redis_client, tmp_path: Path) -> None:
+    path = staging(tmp_path / "g.parquet", INTS[:3000], nickname=["n"] * 3000)
+    result = load_shards(redis_client, path, "plan_g*", "run-[1]", 2, attr_columns=["nickname"], attr_chunk=100)
+    load_shards(redis_client, path, "plan_g", "run-1", 2, attr_columns=["nickname"], attr_chunk=100)
+    redis_client.delete(meta_key("plan_g*", "run-[1]"))  # the meta expired first
+    chunks = sum(-(-n // 100) for n in result.shards.values())
+    assert chunks >= 30 and drop_run(redis_client, "plan_g*", "run-[1]", 2) == 2 + chunks  # the shards, every chunk
+    others = sorted(redis_client.scan_iter("c2b:*"))
+    assert others and all(b"{plan_g:run-1" in k for k in others), "another run's keys are kept"
+    # A run loaded by format 2: attribute hashes attrs:<j>, attr_parts in the meta.
+    old = ShardKeys("plan_o", "run-1", 1)
+    redis_client.hset(meta_key("plan_o", "run-1"), mapping={"format": "2", "shards": 1, "attr_parts": 2,
+                                                            "sizes": "[2]", "attrs": '["nickname"]'})
+    redis_client.hset(old.legacy_attr_keys(2)[1], "1", '{"nickname": "n"}')
+    assert drop_run(redis_client, "plan_o", "run-1") == 2
 
 
 def test_empty_audience_loads_nothing(redis_client, tmp_path: Path) -> None:
@@ -182,5 +275,7 @@ def test_runtime_load_and_cleanup_with_auto_shards(redis_client, tmp_path: Path)
     assert all(0 < redis_client.ttl(k) <= 3600 for k in redis_client.scan_iter("c2b:*"))
     with pytest.raises(RuntimeError, match="extract kept 5 users"):
         steps.step_load(plan, "run-1", redis_client, {"path": str(path), "counts": {"kept": 5}})
-    assert steps.step_cleanup(plan, "run-1", redis_client) == 1 + 8 * 2
+    sizes = read_layout(redis_client, "plan_auto", "run-1")["sizes"]
+    chunks = sum(-(-n // 1024) for n in sizes)  # ~1,250 members a shard: two attribute chunks each
+    assert chunks == 16 and steps.step_cleanup(plan, "run-1", redis_client) == 1 + 8 + chunks
     assert redis_client.dbsize() == 0

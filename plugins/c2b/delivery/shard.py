@@ -57,7 +57,7 @@ from c2b.delivery.stats import ShardStats
 from c2b.delivery.work import Item, PageWork, WorkBuilder, idempotency_key
 from c2b.plan.model import Plan
 from c2b.store.redis_retry import with_redis_retry
-from c2b.store.shards import ShardKeys, read_attrs, read_layout, read_page
+from c2b.store.shards import AttrReader, ShardKeys, StoreError, read_layout, read_page
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ class ShardDelivery:
                                  self.builder, window, rules_of(plan), clock,
                                  self.stats, record_contacts)
         self._started = self._last_log = time.monotonic()
-        self._attr_parts: int | None = None
+        self._attrs: AttrReader | None = None  # the shard's template attributes, from the run's meta
         self._batch = max((int(getattr(c, "batch_size", 1) or 1) for c in channels.values()), default=1)
 
     # -- the shard ----------------------------------------------------------------------------
@@ -194,11 +194,19 @@ class ShardDelivery:
 
     # -- turning uids into work ---------------------------------------------------------------
     def _work(self, uids: Sequence[str], page: int, wanted: Mapping[str, set[str]] | None = None) -> PageWork:
-        if self._attr_parts is None:  # the load's split of the attrs hash (c2b.store.shards), read once
-            layout = with_redis_retry(lambda: read_layout(self.redis, self.keys.plan_id, self.keys.run_id)) or {}
-            self._attr_parts = int(layout.get("attr_parts", 1))
-        parts = self._attr_parts
-        stored = with_redis_retry(lambda: read_attrs(self.redis, self.keys, list(uids), parts))
+        """Items of ``uids``: a page read at rank ``page`` (its attributes by position), or with
+        ``page == -1`` uids from the ledger in any order (their attributes by uid)."""
+        if self._attrs is None:  # the load's layout (c2b.store.shards), read once; none is an error
+            layout = with_redis_retry(lambda: read_layout(self.redis, self.keys.plan_id, self.keys.run_id))
+            self._attrs = AttrReader(self.redis, self.keys, layout)
+        reader = self._attrs
+        if page >= 0:
+            stored = with_redis_retry(lambda: reader.page(page, len(uids)))
+        else:
+            stored = with_redis_retry(lambda: reader.by_uid(uids))
+        if len(stored) != len(uids):
+            raise StoreError(f"shard {self.keys.shard}: {len(stored)} attribute rows for {len(uids)} members "
+                             f"at rank {page}: the shard changed under the delivery")
         return self.builder.page(uids, dict(zip(uids, stored, strict=True)), page, wanted)
 
     def _deferred_items(self, fields: list[str]) -> list[Item]:

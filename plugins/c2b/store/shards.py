@@ -5,9 +5,9 @@ while different shards hash to different slots and so spread over the cluster's 
 
     c2b:{<plan>:<run>}:meta             HASH    the run's layout: encoding, shard count, sizes, state
     c2b:{<plan>:<run>:<shard>}:pk       STRING  packed encoding: uids as little-endian int64, 8 bytes each
-    c2b:{<plan>:<run>:<shard>}:aud      ZSET    zset encoding: uids with score 0, paged by rank
-    c2b:{<plan>:<run>:<shard>}:attrs:<j> HASH   uid -> JSON of template attributes (only if used),
-                                                split in ``attr_parts`` sub-keys j = 0 .. S-1
+    c2b:{<plan>:<run>:<shard>}:aud      ZSET    zset encoding: uids scored by their position, paged by rank
+    c2b:{<plan>:<run>:<shard>}:attrs:c<c> STRING template attributes (only if used) of the members at
+                                                ranks [c*C, (c+1)*C), C = ``attr_chunk`` in the meta
     c2b:{<plan>:<run>:<shard>}:ckpt     HASH    delivery checkpoint (next page start)
     c2b:{<plan>:<run>:<shard>}:rcpt     HASH    answer of the ledger's last decision (replay guard)
     c2b:{<plan>:<run>:<shard>}:ledger   HASH    "<touch>|<uid>" -> p (pending) | d (deferred): not final yet
@@ -17,12 +17,16 @@ A shard holds its uids in exactly one of ``pk`` / ``aud``: ``packed`` when every
 canonical integer (~8.5 bytes per member, see :mod:`c2b.store.packed`), ``zset`` otherwise (~105 bytes).
 The meta key records which, so readers and ``c2b store-check`` know the layout.
 
-The attributes of a shard are split over ``S`` sub-keys (``attr_parts`` in the meta, a power of two
-chosen at load time from the largest shard so a sub-key averages at most ``ATTR_PART_FIELDS``
-fields): a uid's sub-key is ``(abs(h) >> 10) & (S - 1)`` with ``h`` the murmur3 hash that picks its
-shard (``abs(h) & (N - 1)``, N <= 1024), so the bits are independent of the shard and the sub-keys
-of a shard are even. They share the shard's hash tag (one slot), so a page's attributes are one
-pipelined HMGET per sub-key it touches, on one node.
+The attributes of a shard are stored by position, in chunks of ``C`` members (``attr_chunk`` in the
+meta, ``ATTR_CHUNK`` = 1,024): chunk ``c`` holds the attributes of the members at ranks
+``[c*C, (c+1)*C)``, in the order :func:`read_page` returns them, as one JSON array per attribute
+column (``[[v0, v1, ...], [w0, w1, ...]]``, columns in the meta's ``attrs`` order; each value is
+what ``json.dumps(value, default=str)`` writes, so ints, floats, bools, None and text come back as
+such and timestamps, dates and decimals as their ``str``). A nickname costs ~11 bytes a member and
+a chunk ~11 KB. The chunks share the shard's hash tag (one slot), so a page's attributes are one
+MGET of the one or two chunks it spans, and one ``json.loads`` per chunk (:class:`AttrReader`,
+which also finds a uid's rank for the reads by uid of the deferred pass). A reader refuses a run
+loaded with another ``format``: missing or foreign state is an error, never "no attributes".
 
 Every key carries a TTL (the plan's ``delivery.key_ttl_hours``), set when the key is created, so an
 abandoned run cleans itself up. ``cleanup`` drops the meta, audience, attribute, checkpoint and receipt keys;
@@ -33,8 +37,9 @@ No big keys: before writing, the loader hashes every uid once to get the exact s
 for every allowed shard count (:mod:`c2b.store.sizing`) and refuses a count that would put more than
 ``delivery.max_shard_members`` users into one key, naming the count to use (``shards: auto`` picks it).
 
-Paging: a shard's members have a fixed order (insertion order for ``packed``, byte order for
-``zset``), so a cursor is a plain position; a retried delivery resumes from its checkpoint. A load
+Paging: a shard's members have a fixed order, the order the load wrote them in (``packed``: byte
+offset; ``zset``: the score is the member's position), so a cursor is a plain position and the
+attribute chunks line up with it; a retried delivery resumes from its checkpoint. A load
 of the same staging file again is a no-op; a load of a *different* staging file for the same run
 drops the run's keys (checkpoints included: positions changed) and writes afresh.
 """
@@ -44,8 +49,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from c2b.hashing import MAX_SHARDS, murmur3_32_arrow, murmur3_32_matrix, shard_of_hashes, string_groups
@@ -55,12 +61,10 @@ from c2b.store.sizing import choose_shard_count, shard_sizes
 
 log = logging.getLogger(__name__)
 
-FORMAT = "2"  # bump when the layout changes in a way old readers cannot follow
+FORMAT = "3"  # bump when the layout changes in a way old readers cannot follow (3: attrs in position chunks)
 ZADD_CHUNK = 1000  # members per ZADD: big enough to amortise round trips, small enough not to block
-ATTR_CHUNK = 500  # fields per HSET
-ATTR_PART_FIELDS = 3000  # average fields per attrs sub-key: the largest stays far below 4,000 (~ +4 sigma = 3,220)
-ATTR_PART_SHIFT = 10  # the shard takes the low bits of abs(h) (MAX_SHARDS = 1024); the sub-key the next ones
-MAX_ATTR_PARTS = 1 << 21  # abs(h) < 2**31 leaves 21 bits above the shard's 10
+ATTR_CHUNK = 1024  # members per attrs chunk: ~11 KB for a nickname; 1 MB only past ~1 KB of attributes a member
+ATTR_CHUNK_WARN_BYTES = 1 << 20  # a bigger chunk is logged: lower attr_chunk (or fewer attribute columns)
 DEFAULT_BATCH_ROWS = 1 << 18
 DEFAULT_MAX_SHARD_MEMBERS = 100_000
 ENCODINGS = ("auto", "zset", "packed")
@@ -89,8 +93,8 @@ class ShardKeys:
     run_id: str
     shard: int
 
-    @property
-    def tag(self) -> str:
+    @cached_property
+    def tag(self) -> str:  # cached: the ledger names a key of the shard for every message
         return "{" + f"{_tag_part(self.plan_id)}:{_tag_part(self.run_id)}:{self.shard}" + "}"
 
     @property
@@ -103,13 +107,13 @@ class ShardKeys:
         """The STRING of the shard's uids as int64 (``packed`` encoding)."""
         return f"c2b:{self.tag}:pk"
 
-    def attrs(self, part: int) -> str:
-        """Sub-key ``part`` of the shard's attribute hash (see :func:`attr_part_of_hashes`)."""
-        return f"c2b:{self.tag}:attrs:{part}"
+    def attrs(self, chunk: int) -> str:
+        """Chunk ``chunk`` of the shard's attributes: the members at ranks ``[chunk*C, (chunk+1)*C)``."""
+        return f"c2b:{self.tag}:attrs:c{chunk}"
 
-    def attr_keys(self, parts: int) -> list[str]:
-        """Every sub-key of the shard's attribute hash, for a run whose meta says ``attr_parts: parts``."""
-        return [self.attrs(j) for j in range(parts)]
+    def attr_keys(self, chunks: int) -> list[str]:
+        """The shard's first ``chunks`` attribute chunks (:func:`attr_chunk_count` says how many it has)."""
+        return [self.attrs(c) for c in range(chunks)]
 
     @property
     def checkpoint(self) -> str:
@@ -123,27 +127,23 @@ class ShardKeys:
     def receipts(self) -> str:
         return f"c2b:{self.tag}:rcpt"
 
-    def run_scoped(self, attr_parts: int = 1) -> list[str]:
-        """Keys that only live for the run (dropped by cleanup); ``attr_parts`` from the run's meta."""
-        return [self.audience, self.packed, *self.attr_keys(attr_parts), self.checkpoint, self.receipts]
+    def run_scoped(self, attr_chunks: int = 0) -> list[str]:
+        """Keys that only live for the run (dropped by cleanup); ``attr_chunks`` from
+        :func:`attr_chunk_count` of the run's meta."""
+        return [self.audience, self.packed, *self.attr_keys(attr_chunks), self.checkpoint, self.receipts]
+
+    def legacy_attr_keys(self, parts: int) -> list[str]:
+        """The attribute hashes of a run loaded by format 2 (``attrs:<j>``, j < ``attr_parts``), for cleanup."""
+        return [f"c2b:{self.tag}:attrs:{j}" for j in range(parts)]
 
 
-def attr_parts_for(largest_shard: int, part_fields: int = ATTR_PART_FIELDS) -> int:
-    """Return S, the number of attrs sub-keys per shard: the smallest power of two with
-    ``largest_shard / S <= part_fields``."""
-    if part_fields < 1:
-        raise StoreError(f"attr_part_fields must be at least 1, got {part_fields}")
-    parts = 1
-    while parts < MAX_ATTR_PARTS and largest_shard > parts * part_fields:
-        parts <<= 1
-    return parts
-
-
-def attr_part_of_hashes(hashes: Any, parts: int) -> Any:
-    """Return the attrs sub-key (0 .. parts-1) of numpy int32 murmur3 hashes: ``(abs(h) >> 10) & (parts - 1)``."""
-    import numpy as np
-
-    return ((np.abs(hashes.astype(np.int64)) >> ATTR_PART_SHIFT) & (parts - 1)).astype(np.int32)
+def attr_chunk_count(layout: dict[str, Any] | None, shard: int) -> int:
+    """Return how many attribute chunks shard ``shard`` of a run with this meta has (0 without attributes)."""
+    if not layout or not layout.get("attrs") or not layout.get("attr_chunk"):
+        return 0
+    sizes = layout.get("sizes") or []
+    size = sizes[shard - 1] if 0 < shard <= len(sizes) else 0
+    return -(-int(size) // int(layout["attr_chunk"]))
 
 
 @dataclass
@@ -227,7 +227,7 @@ def read_layout(redis: Any, plan_id: str, run_id: str) -> dict[str, Any] | None:
         return None
     meta = {_text(k): _text(v) for k, v in raw.items()}
     out: dict[str, Any] = dict(meta)
-    for name in ("shards", "members", "max_shard_members", "ttl_seconds", "attr_parts"):
+    for name in ("shards", "members", "max_shard_members", "ttl_seconds", "attr_parts", "attr_chunk"):
         if name in meta:
             out[name] = int(meta[name])
     for name in ("sizes", "attrs"):
@@ -251,14 +251,14 @@ def _stored_sizes(redis: Any, plan_id: str, run_id: str, shards: int, encoding: 
 def load_shards(redis: Any, staging_path: Any, plan_id: str, run_id: str, shards: int | str,
                 attr_columns: Iterable[str] = (), ttl_seconds: int = 48 * 3600,
                 batch_rows: int = DEFAULT_BATCH_ROWS, max_shard_members: int = DEFAULT_MAX_SHARD_MEMBERS,
-                encoding: str = "auto", attr_part_fields: int = ATTR_PART_FIELDS) -> LoadResult:
+                encoding: str = "auto", attr_chunk: int = ATTR_CHUNK) -> LoadResult:
     """Stream the staging Parquet into the run's shard keys; return members per shard.
 
     ``shards`` is a power of two or ``"auto"``; ``encoding`` is ``auto`` (packed when every uid is a
     canonical integer), ``packed`` or ``zset``. Raises :class:`~c2b.store.sizing.ShardCountError`
     (nothing written) when a shard would exceed ``max_shard_members``, and :class:`StoreError` when
     ``packed`` is forced on non-integer uids. Loading the same file again is a no-op.
-    ``attr_part_fields``: average fields per attrs sub-key (:func:`attr_parts_for`; tests lower it).
+    ``attr_chunk``: members per attribute chunk (tests lower it).
 
     ``staging_path`` is a local path or a URL of the run artifacts' storage (:mod:`c2b.storage`); a
     missing file raises :class:`~c2b.storage.StorageMissing`, a store that fails
@@ -276,13 +276,14 @@ def load_shards(redis: Any, staging_path: Any, plan_id: str, run_id: str, shards
                          f"{scan.non_integer_example!r}; use encoding: auto or zset")
     enc = "packed" if encoding != "zset" and scan.integers and scan.rows else "zset"
     sizes = shard_sizes(scan.histogram, n)
-    parts = attr_parts_for(max(sizes, default=0), attr_part_fields)
+    if attr_chunk < 1:
+        raise StoreError(f"attr_chunk must be at least 1, got {attr_chunk}")
     scanned = time.monotonic()
     source = _fingerprint(path, attrs)
 
     old = read_layout(redis, plan_id, run_id)
     if (old and old.get("state") == "complete" and old.get("format") == FORMAT and old.get("source") == source
-            and old.get("shards") == n and old.get("attr_parts") == parts and old.get("encoding") == enc
+            and old.get("shards") == n and old.get("attr_chunk") == attr_chunk and old.get("encoding") == enc
             and old.get("sizes") == sizes
             and _stored_sizes(redis, plan_id, run_id, n, enc) == sizes):
         log.info("run %s / %s already holds this staging file (%s users, %s shards, %s): not rewritten",
@@ -295,14 +296,14 @@ def load_shards(redis: Any, staging_path: Any, plan_id: str, run_id: str, shards
     mkey = meta_key(plan_id, run_id)
     meta = {"format": FORMAT, "state": "loading", "encoding": enc, "shards": n, "source": source,
             "members": scan.rows, "max_shard_members": max_shard_members, "ttl_seconds": ttl_seconds,
-            "sizes": json.dumps(sizes), "attrs": json.dumps(attrs), "attr_parts": parts}
+            "sizes": json.dumps(sizes), "attrs": json.dumps(attrs), "attr_chunk": attr_chunk}
     pipe = redis.pipeline(transaction=False)
     pipe.hset(mkey, mapping=meta)
     pipe.expire(mkey, ttl_seconds)
     pipe.execute()
 
     with CommandStream(redis) as stream:
-        written = _write(stream, path, plan_id, run_id, n, enc, sizes, attrs, parts, ttl_seconds, batch_rows)
+        written = _write(stream, path, plan_id, run_id, n, enc, sizes, attrs, attr_chunk, ttl_seconds, batch_rows)
         stream.finish()
     stored = _stored_sizes(redis, plan_id, run_id, n, enc)
     if stored != sizes or written != sizes:  # the staging file changed under us, or another writer interfered
@@ -315,8 +316,12 @@ def load_shards(redis: Any, staging_path: Any, plan_id: str, run_id: str, shards
 
 
 def _write(stream: CommandStream, path: Any, plan_id: str, run_id: str, n: int, enc: str, sizes: list[int],
-           attrs: list[str], parts: int, ttl: int, batch_rows: int) -> list[int]:
-    """Write every batch of the staging file; return the members written per shard."""
+           attrs: list[str], chunk: int, ttl: int, batch_rows: int) -> list[int]:
+    """Write every batch of the staging file; return the members written per shard.
+
+    A member's position in its shard is the count of the shard's members written before it (batch
+    after batch); the attribute chunks are cut by that same position.
+    """
     import numpy as np
 
     keys = [ShardKeys(plan_id, run_id, s) for s in range(n + 1)]  # index 0 unused
@@ -328,8 +333,8 @@ def _write(stream: CommandStream, path: Any, plan_id: str, run_id: str, n: int, 
             expiring.add(key)
             stream.command(key, "EXPIRE", key, ttl)
 
-    # attrs sub-key of index shard * parts + j (index < parts: shard 0, unused)
-    attr_keys = [keys[t // parts].attrs(t % parts) if t >= parts else "" for t in range((n + 1) * parts)]
+    chunks = _AttrChunks(stream, keys, attrs, sizes, chunk, ttl, path) if attrs else None
+    score_width = len(str(max(max(sizes, default=1) - 1, 0)))
     written = [0] * (n + 1)
     if enc == "packed":
         for s in range(1, n + 1):
@@ -341,15 +346,18 @@ def _write(stream: CommandStream, path: Any, plan_id: str, run_id: str, n: int, 
 
     for batch in _batches(path, batch_rows, ["uid", *attrs]):
         uids = batch.column(0)
-        hashes = murmur3_32_arrow(uids) if enc == "packed" or attrs else None  # once per batch, for both
+        # Every row's shard and position in it, for the attribute chunks.
+        row_shard = np.zeros(len(uids), dtype=np.int64)
+        row_pos = np.zeros(len(uids), dtype=np.int64)
         if enc == "packed":
             values = packed.canonical_ints(uids)
             if values is None:
                 raise StoreError(f"{path} changed while loading: it now holds non-integer uids")
-            shard = shard_of_hashes(hashes, n)
+            shard = shard_of_hashes(murmur3_32_arrow(uids), n)
             order = np.argsort(shard.astype(np.int16), kind="stable")  # radix sort
             counts = np.bincount(shard, minlength=n + 1)
             ordered = values[order]
+            positions = _positions(shard[order], counts, written)
             pos = 0
             for s in np.flatnonzero(counts).tolist():
                 c = int(counts[s])
@@ -359,17 +367,23 @@ def _write(stream: CommandStream, path: Any, plan_id: str, run_id: str, n: int, 
                 stream.command(key, "SETRANGE", key, written[s] * packed.WIDTH, packed.pack(ordered[pos:pos + c]))
                 written[s] += c
                 pos += c
+            if chunks:
+                row_shard[:] = shard
+                row_pos[order] = positions
         else:
-            for _rows, length, mat in string_groups(uids):
+            for rows, length, mat in string_groups(uids):
                 shard = shard_of_hashes(murmur3_32_matrix(mat), n)
                 order = np.argsort(shard.astype(np.int16), kind="stable")  # radix sort
                 counts = np.bincount(shard, minlength=n + 1)
-                body = _zadd_members_resp(mat[order], length)
+                positions = _positions(shard[order], counts, written)  # the ZSET score: rank == position
+                body = _zadd_members_resp(mat[order], length, positions, score_width)
                 pos = 0
                 for s in np.flatnonzero(counts).tolist():
                     c = int(counts[s])
                     key = keys[s].audience
                     kb = key.encode()
+                    if written[s] + c > sizes[s - 1]:
+                        raise StoreError(f"{path} changed while loading: shard {s} outgrew its scanned size")
                     for i in range(pos, pos + c, ZADD_CHUNK):
                         j = min(i + ZADD_CHUNK, pos + c)
                         head = b"*%d\r\n$4\r\nZADD\r\n$%d\r\n%s\r\n" % (2 + 2 * (j - i), len(kb), kb)
@@ -377,11 +391,154 @@ def _write(stream: CommandStream, path: Any, plan_id: str, run_id: str, n: int, 
                     ensure_ttl(key)
                     written[s] += c
                     pos += c
-        if attrs:
-            # One index per (shard, sub-key): shard * parts + sub-key, so a sort groups both at once.
-            target = shard_of_hashes(hashes, n) * parts + attr_part_of_hashes(hashes, parts)
-            _write_attrs(stream, batch, target, attr_keys, attrs, ensure_ttl)
+                if chunks:
+                    row_shard[rows] = shard
+                    row_pos[rows[order]] = positions
+        if chunks:
+            chunks.add(batch, row_shard, row_pos)
+    if chunks:
+        chunks.check_complete()
     return written[1:]
+
+
+def _positions(sorted_shards: Any, counts: Any, written: list[int]) -> Any:
+    """Return the position in its shard of each row of a batch sorted by shard (stable): the
+    shard's members written so far, plus the row's rank among the batch's rows of that shard."""
+    import numpy as np
+
+    starts = np.cumsum(counts) - counts  # first sorted row of each shard
+    base = np.asarray(written, dtype=np.int64) - starts
+    return np.arange(len(sorted_shards), dtype=np.int64) + base[sorted_shards]
+
+
+def _zadd_members_resp(mat: Any, length: int, scores: Any, score_width: int) -> Any:
+    """Return a ``(rows, width)`` uint8 matrix: row i is the RESP of ``<score i> <member i>`` for ZADD,
+    the score as ``score_width`` zero-padded decimal digits (Redis parses "000042" as 42)."""
+    import numpy as np
+
+    head = b"$%d\r\n" % score_width
+    middle = b"\r\n$%d\r\n" % length
+    width = len(head) + score_width + len(middle) + length + 2
+    out = np.empty((mat.shape[0], width), dtype=np.uint8)
+    out[:, :len(head)] = np.frombuffer(head, dtype=np.uint8)
+    at = len(head)
+    powers = 10 ** np.arange(score_width - 1, -1, -1, dtype=np.int64)
+    out[:, at:at + score_width] = (scores[:, None] // powers) % 10 + 48
+    at += score_width
+    out[:, at:at + len(middle)] = np.frombuffer(middle, dtype=np.uint8)
+    at += len(middle)
+    out[:, at:at + length] = mat
+    out[:, -2:] = np.frombuffer(b"\r\n", dtype=np.uint8)
+    return out
+
+
+class _AttrChunks:
+    """Gather each shard's attribute values by position and SET a chunk once all its members are in.
+
+    Chunk ``c`` of a shard holds positions ``[c*C, min((c+1)*C, size))``; a batch brings each shard
+    the next run of positions, so a chunk fills across batches and is written whole (a string sized
+    once, with its TTL). At most one unfinished chunk per shard is held in memory.
+    """
+
+    def __init__(self, stream: CommandStream, keys: list[ShardKeys], attrs: list[str], sizes: list[int],
+                 chunk: int, ttl: int, path: Any) -> None:
+        self.stream = stream
+        self.keys = keys
+        self.attrs = attrs
+        self.sizes = sizes
+        self.chunk = chunk
+        self.ttl = ttl
+        self.path = path
+        self.filled = [0] * len(keys)  # per shard: positions whose values are held or written
+        self.pending: dict[int, list[list[Any]]] = {}  # shard -> per column, pieces of "<json>," texts
+        self.largest = 0
+
+    def add(self, batch: Any, row_shard: Any, row_pos: Any) -> None:
+        import numpy as np
+
+        order = np.lexsort((row_pos, row_shard))
+        shards = row_shard[order]
+        columns = [_string_buffers(_json_values(batch.column(c)).take(order)) for c in self.attrs]
+        bounds = np.flatnonzero(np.diff(shards)) + 1
+        starts = [0, *bounds.tolist()]
+        ends = [*bounds.tolist(), len(shards)]
+        firsts = row_pos[order][starts].tolist() if len(shards) else []
+        for i, j, first in zip(starts, ends, firsts, strict=True):
+            s = int(shards[i])
+            if first != self.filled[s]:  # cannot happen: positions are handed out in this order
+                raise StoreError(f"{self.path}: shard {s} attribute rows out of order at position {first}")
+            self._take(s, columns, i, j)
+
+    def _take(self, s: int, columns: list[tuple[Any, Any]], i: int, j: int) -> None:
+        size = self.sizes[s - 1]
+        while i < j:
+            at = self.filled[s]
+            end = min((at // self.chunk + 1) * self.chunk, size)
+            if at >= size:
+                raise StoreError(f"{self.path} changed while loading: shard {s} outgrew its scanned size")
+            take = min(j - i, end - at)
+            held = self.pending.setdefault(s, [[] for _ in self.attrs])
+            for pieces, (offsets, data) in zip(held, columns, strict=True):
+                pieces.append(memoryview(data)[offsets[i]:offsets[i + take]])
+            self.filled[s] += take
+            i += take
+            if self.filled[s] == end:
+                self._flush(s, at // self.chunk)
+
+    def _flush(self, s: int, c: int) -> None:
+        held = self.pending.pop(s)
+        # Every value text ends with ",": drop the last one of each column.
+        blob = b"[" + b",".join(b"[" + b"".join(pieces)[:-1] + b"]" for pieces in held) + b"]"
+        if len(blob) > self.largest:
+            if len(blob) > ATTR_CHUNK_WARN_BYTES >= self.largest:
+                log.warning("attribute chunk %s is %s bytes (over 1 MB): lower attr_chunk or drop attribute "
+                            "columns the templates do not use", self.keys[s].attrs(c), len(blob))
+            self.largest = len(blob)
+        key = self.keys[s].attrs(c)
+        self.stream.command(key, "SET", key, blob, "EX", self.ttl)
+
+    def check_complete(self) -> None:
+        short = [s for s in range(1, len(self.keys)) if self.filled[s] != self.sizes[s - 1]]
+        if short or self.pending:
+            raise StoreError(f"{self.path} changed while loading: the attributes of shard(s) {short} are incomplete")
+
+
+def _json_values(col: Any) -> Any:
+    """Return, per value of an Arrow column, its JSON text followed by ``,`` (an Arrow string array).
+
+    The text is exactly ``json.dumps(value, default=str, ensure_ascii=False)``: built column-wise
+    with Arrow compute for text, integer and boolean columns without control characters (the common
+    case: nicknames, items, cities); otherwise value by value in Python (floats, times, decimals...).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    value = None
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        col = col.cast(pa.string())
+        if not pc.any(pc.match_substring_regex(col, "[\\x00-\\x1f]")).as_py():  # json.dumps escapes those
+            text = pc.replace_substring(pc.replace_substring(col, "\\", "\\\\"), '"', '\\"')
+            value = pc.binary_join_element_wise('"', text, '"', "")
+    elif pa.types.is_integer(col.type) or pa.types.is_boolean(col.type):
+        value = pc.cast(col, pa.string())  # 42, true/false: what json.dumps writes
+    if value is None:
+        value = pa.array([json.dumps(v, default=_json_default, ensure_ascii=False) for v in col.to_pylist()],
+                         pa.string())
+    return pc.binary_join_element_wise(pc.fill_null(value, "null"), ",", "")
+
+
+def _string_buffers(arr: Any) -> tuple[Any, Any]:
+    """Return the offsets (numpy, one per row and one more, from 0) and the data buffer of a string array."""
+    import numpy as np
+
+    arr = arr.combine_chunks() if hasattr(arr, "combine_chunks") else arr
+    _validity, offsets_buf, data = arr.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
+    return offsets, data if data is not None else b""
 
 
 def _batches(path: Any, batch_rows: int, columns: list[str]) -> Iterator[Any]:
@@ -399,112 +556,6 @@ def _batches(path: Any, batch_rows: int, columns: list[str]) -> Iterator[Any]:
             if batch is None:
                 return
             yield batch
-
-
-def _zadd_members_resp(mat: Any, length: int) -> Any:
-    """Return a ``(rows, width)`` uint8 matrix: row i is the RESP of ``0 <member i>`` for ZADD."""
-    import numpy as np
-
-    prefix = b"$1\r\n0\r\n$%d\r\n" % length
-    width = len(prefix) + length + 2
-    out = np.empty((mat.shape[0], width), dtype=np.uint8)
-    out[:, :len(prefix)] = np.frombuffer(prefix, dtype=np.uint8)
-    out[:, len(prefix):len(prefix) + length] = mat
-    out[:, -2:] = np.frombuffer(b"\r\n", dtype=np.uint8)
-    return out
-
-
-def _write_attrs(stream: CommandStream, batch: Any, target: Any, keys: list[str], attrs: list[str],
-                 ensure_ttl: Any) -> None:
-    """HSET each row's attributes as JSON into its attrs sub-key ``keys[target[row]]``, ``ATTR_CHUNK``
-    fields a command.
-
-    The JSON of a row is exactly ``json.dumps({col: value}, ensure_ascii=False)``. Built column-wise
-    with Arrow compute when every attribute column is text, integer or boolean and no text holds a
-    control character (the common case: nicknames, items, cities); otherwise row by row in Python.
-    """
-    import numpy as np
-
-    resp = _attr_resp_arrow(batch, attrs)
-    if resp is None:
-        _write_attrs_rows(stream, batch, target, keys, attrs, ensure_ttl)
-        return
-    order = np.argsort(target.astype(np.int16) if len(keys) <= 1 << 15 else target, kind="stable")  # radix sort
-    counts = np.bincount(target, minlength=len(keys))
-    resp = resp.take(order)
-    offsets, data = _string_buffers(resp)
-    view = memoryview(data)
-    pos = 0
-    for s in np.flatnonzero(counts).tolist():
-        c = int(counts[s])
-        key = keys[s]
-        kb = key.encode()
-        for i in range(pos, pos + c, ATTR_CHUNK):
-            j = min(i + ATTR_CHUNK, pos + c)
-            head = b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * (j - i), len(kb), kb)
-            stream.send(key, [head, view[offsets[i]:offsets[j]]])
-        ensure_ttl(key)
-        pos += c
-
-
-def _attr_resp_arrow(batch: Any, attrs: list[str]) -> Any:
-    """Return, per row, the RESP of ``<uid> <json of its attributes>`` (an Arrow string array),
-    or None when a column's type or content needs the row-by-row path."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    def bulk(arr: Any) -> list[Any]:  # RESP bulk string: $<bytes>\r\n<arr>\r\n
-        return ["$", pc.cast(pc.binary_length(arr), pa.string()), "\r\n", arr, "\r\n"]
-
-    parts: list[Any] = ["{"]
-    for i, c in enumerate(attrs):
-        col = batch.column(c)
-        if pa.types.is_dictionary(col.type):
-            col = col.dictionary_decode()
-        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            col = col.cast(pa.string())
-            if pc.any(pc.match_substring_regex(col, "[\\x00-\\x1f]")).as_py():
-                return None  # control characters: json.dumps escapes them as \uXXXX
-            text = pc.replace_substring(pc.replace_substring(col, "\\", "\\\\"), '"', '\\"')
-            value = pc.binary_join_element_wise('"', text, '"', "")
-        elif pa.types.is_integer(col.type) or pa.types.is_boolean(col.type):
-            value = pc.cast(col, pa.string())  # 42, true/false: what json.dumps writes
-        else:
-            return None  # floats, times, decimals...: json.dumps with str() as the fallback decides
-        value = pc.fill_null(value, "null")
-        parts += [(", " if i else "") + json.dumps(c, ensure_ascii=False) + ": ", value]
-    parts.append("}")
-    doc = pc.binary_join_element_wise(*parts, "")
-    uid = pc.cast(batch.column(0), pa.string())
-    return pc.binary_join_element_wise(*bulk(uid), *bulk(doc), "")
-
-
-def _string_buffers(arr: Any) -> tuple[Any, Any]:
-    """Return the offsets (numpy, one per row and one more, from 0) and the data buffer of a string array."""
-    import numpy as np
-
-    arr = arr.combine_chunks() if hasattr(arr, "combine_chunks") else arr
-    _validity, offsets_buf, data = arr.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[arr.offset:arr.offset + len(arr) + 1]
-    return offsets, data if data is not None else b""
-
-
-def _write_attrs_rows(stream: CommandStream, batch: Any, target: Any, keys: list[str], attrs: list[str],
-                      ensure_ttl: Any) -> None:
-    uids = batch.column(0).to_pylist()
-    columns = {c: batch.column(c).to_pylist() for c in attrs}
-    by_key: dict[int, list[int]] = {}
-    for row, t in enumerate(target.tolist()):
-        by_key.setdefault(t, []).append(row)
-    for t, rows in by_key.items():
-        key = keys[t]
-        for i in range(0, len(rows), ATTR_CHUNK):
-            args: list[Any] = ["HSET", key]
-            for r in rows[i:i + ATTR_CHUNK]:
-                args.append(uids[r])
-                args.append(json.dumps({c: columns[c][r] for c in attrs}, default=_json_default, ensure_ascii=False))
-            stream.command(key, *args)
-        ensure_ttl(key)
 
 
 def read_page(redis: Any, keys: ShardKeys, start: int, page_size: int) -> list[str]:
@@ -525,32 +576,128 @@ def read_page(redis: Any, keys: ShardKeys, start: int, page_size: int) -> list[s
     return [_text(m) for m in members]
 
 
-def read_attrs(redis: Any, keys: ShardKeys, uids: list[str], parts: int) -> list[dict[str, Any]]:
-    """Return the template attributes of ``uids`` (empty dicts when none were stored).
+def read_attrs(redis: Any, keys: ShardKeys, start: int, count: int,
+               layout: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Return the template attributes of the shard's members at ranks ``start .. start+count-1``
+    (the uids ``read_page(redis, keys, start, count)`` returns), one dict each.
 
-    ``parts`` is the run's ``attr_parts`` (:func:`read_layout`): one round trip, a pipelined HMGET
-    per sub-key the uids fall in (all on the shard's slot).
+    ``layout`` is the run's meta (:func:`read_layout`); one MGET of the chunks the range spans.
     """
-    if not uids:
-        return []
-    if parts == 1:
-        raw = redis.hmget(keys.attrs(0), uids)
-        return [json.loads(r) if r else {} for r in raw]
-    import pyarrow as pa
+    return AttrReader(redis, keys, layout).page(start, count)
 
-    sub = attr_part_of_hashes(murmur3_32_arrow(pa.array(uids, pa.string())), parts).tolist()
-    groups: dict[int, list[int]] = {}
-    for i, j in enumerate(sub):
-        groups.setdefault(j, []).append(i)
-    pipe = redis.pipeline(transaction=False)
-    for j, rows in groups.items():
-        pipe.hmget(keys.attrs(j), [uids[i] for i in rows])
-    out: list[dict[str, Any]] = [{}] * len(uids)
-    for rows, raw in zip(groups.values(), pipe.execute(), strict=True):
-        for i, r in zip(rows, raw, strict=True):
-            if r:
-                out[i] = json.loads(r)
-    return out
+
+class AttrReader:
+    """Read one shard's template attributes by position (a page) or by uid (the deferred pass).
+
+    Raises :class:`StoreError` when the run's meta is missing, not complete, of another format, or
+    a chunk it names is missing or malformed: missing state is an error, never "no attributes".
+    A chunk is read and decoded once for the pages that share it; a page builds the dicts of its own rows.
+    """
+
+    KEEP = 4  # chunks kept for pages: a page spans one or two, and the next page starts in the last
+
+    def __init__(self, redis: Any, keys: ShardKeys, layout: dict[str, Any] | None) -> None:
+        where = f"run {keys.plan_id} / {keys.run_id}"
+        if not layout:
+            raise StoreError(f"{where} has no meta key (never loaded, cleaned up or expired): load it again")
+        if layout.get("format") != FORMAT:
+            raise StoreError(f"{where} was loaded with store format {layout.get('format')!r}, this code reads "
+                             f"format {FORMAT!r} (attributes in position chunks): load the run again")
+        if layout.get("state") != "complete":
+            raise StoreError(f"{where}: load state is {layout.get('state')!r}, not 'complete'")
+        self.redis = redis
+        self.keys = keys
+        self.columns: list[str] = list(layout.get("attrs") or [])
+        self.chunk = int(layout.get("attr_chunk") or 0)
+        if self.columns and self.chunk < 1:
+            raise StoreError(f"{where}: the meta names attributes {self.columns} but no attr_chunk")
+        sizes = layout.get("sizes") or []
+        self.size = int(sizes[keys.shard - 1]) if 0 < keys.shard <= len(sizes) else 0
+        self.encoding = layout.get("encoding")
+        self._row = _row_builder(self.columns)
+        self._recent: dict[int, list[list[Any]]] = {}  # chunk -> columns, the last pages' (main pass)
+        self._kept: dict[int, list[list[Any]]] = {}  # chunk -> columns, every chunk read by uid
+        self._ranks: dict[str, int] | None = None
+
+    def page(self, start: int, count: int) -> list[dict[str, Any]]:
+        """Return the attributes of the members at ranks ``start .. start+count-1`` (fewer past the end)."""
+        stop = min(start + count, self.size)
+        if stop <= start:
+            return []
+        if not self.columns:
+            return [{} for _ in range(stop - start)]
+        chunks = list(range(start // self.chunk, (stop - 1) // self.chunk + 1))
+        self._fetch(chunks, self._recent)
+        rows: list[dict[str, Any]] = []
+        for c in chunks:
+            a, b = max(start - c * self.chunk, 0), min(stop - c * self.chunk, self.chunk)
+            rows += map(self._row, *(col[a:b] for col in self._recent[c]))
+        while len(self._recent) > max(self.KEEP, len(chunks)):  # oldest first (insertion order)
+            del self._recent[next(iter(self._recent))]
+        return rows
+
+    def by_uid(self, uids: Sequence[str]) -> list[dict[str, Any]]:
+        """Return the attributes of ``uids`` in any order (an empty dict for a uid not in the shard:
+        e.g. a deferred entry of an earlier load of the run, whose users changed).
+
+        The chunks read here are kept (O(shard) once: deferred users are spread over the whole shard)."""
+        if not self.columns:
+            return [{} for _ in uids]
+        ranks = self._rank_of(uids)
+        self._fetch(sorted({r // self.chunk for r in ranks if r is not None}), self._kept)
+        kept, size, row = self._kept, self.chunk, self._row
+        return [{} if r is None else row(*(col[r % size] for col in kept[r // size])) for r in ranks]
+
+    def _fetch(self, chunks: list[int], into: dict[int, list[list[Any]]]) -> None:
+        """Read and decode the ``chunks`` not in ``into`` yet: one MGET a 64 (~700 KB of nicknames)."""
+        todo = [c for c in chunks if c not in into]
+        for i in range(0, len(todo), 64):
+            part = todo[i:i + 64]
+            raw = self.redis.mget([self.keys.attrs(c) for c in part])
+            into.update({c: self._decode(c, r) for c, r in zip(part, raw, strict=True)})
+
+    def _decode(self, c: int, raw: bytes | None) -> list[list[Any]]:
+        """Return chunk ``c``'s columns (one list of values per attribute)."""
+        key = self.keys.attrs(c)
+        if raw is None:
+            raise StoreError(f"{key} is missing: the run's attributes are gone (expired or dropped); load it again")
+        want = min(self.chunk, self.size - c * self.chunk)
+        try:
+            columns = json.loads(raw)
+        except ValueError as exc:
+            raise StoreError(f"{key} is not an attribute chunk: {exc}") from exc
+        if (not isinstance(columns, list) or len(columns) != len(self.columns)
+                or any(not isinstance(col, list) or len(col) != want for col in columns)):
+            raise StoreError(f"{key} does not hold {want} rows of {self.columns}")
+        return columns
+
+    def _rank_of(self, uids: Sequence[str]) -> list[int | None]:
+        if self.encoding == "zset":  # the score is the position
+            scores = self.redis.zmscore(self.keys.audience, list(uids)) if uids else []
+            return [None if s is None else int(s) for s in scores]
+        if self._ranks is None:  # packed: read the shard once (8 bytes a member) and index it
+            raw = self.redis.get(self.keys.packed) or b""
+            members = packed.unpack(raw)
+            if len(members) != self.size:
+                raise StoreError(f"{self.keys.packed} holds {len(members)} members, the meta says {self.size}")
+            self._ranks = {uid: i for i, uid in enumerate(members)}
+        ranks = self._ranks
+        return [ranks.get(uid) for uid in uids]
+
+
+def _row_builder(columns: list[str]) -> Callable[..., dict[str, Any]]:
+    """Return ``f(v0, v1, ...) -> {columns[0]: v0, columns[1]: v1, ...}``.
+
+    A dict display compiled for the columns: about twice as fast as ``dict(zip(columns, row))``,
+    and the per-member cost of a page. The names are bound as values, never written into the source.
+    """
+    args = [f"v{i}" for i in range(len(columns))]
+    names = [f"k{i}" for i in range(len(columns))]
+    body = ", ".join(f"{k}: {v}" for k, v in zip(names, args, strict=True))
+    source = f"def make({', '.join(names)}):\n    return lambda {', '.join(args)}: {{{body}}}\n"
+    scope: dict[str, Any] = {}
+    exec(source, scope)  # noqa: S102 (only generated identifiers; the column names are arguments)
+    return scope["make"](*columns)  # type: ignore[no-any-return]
 
 
 def drop_run(redis: Any, plan_id: str, run_id: str, shards: int | None = None) -> int:
@@ -561,13 +708,29 @@ def drop_run(redis: Any, plan_id: str, run_id: str, shards: int | None = None) -
     """
     layout = read_layout(redis, plan_id, run_id)
     count = max(shards or 0, int(layout["shards"]) if layout else 0)
-    parts = int(layout.get("attr_parts", 1)) if layout else 1
-    pipe = redis.pipeline(transaction=False)
-    pipe.unlink(meta_key(plan_id, run_id))
+    names = [meta_key(plan_id, run_id)]
     for s in range(1, count + 1):
-        for key in ShardKeys(plan_id, run_id, s).run_scoped(parts):
-            pipe.unlink(key)
+        names += _run_keys(ShardKeys(plan_id, run_id, s), layout)
+    if layout is None:  # no meta to say how many attribute chunks: find them (rare: meta expired first)
+        names += sorted({_text(k) for k in redis.scan_iter(match=_attrs_pattern(plan_id, run_id), count=1000)})
+    pipe = redis.pipeline(transaction=False)
+    for key in names:
+        pipe.unlink(key)
     return sum(int(n) for n in pipe.execute())
+
+
+def _run_keys(keys: ShardKeys, layout: dict[str, Any] | None) -> list[str]:
+    """The run-scoped keys of one shard by the run's meta (format 2 attribute hashes too, for cleanup)."""
+    legacy = keys.legacy_attr_keys(int(layout["attr_parts"])) if layout and "attr_parts" in layout else []
+    return [*keys.run_scoped(attr_chunk_count(layout, keys.shard)), *legacy]
+
+
+def _attrs_pattern(plan_id: str, run_id: str) -> str:
+    """A SCAN pattern for every attribute key of every shard of a run."""
+    def glob(text: str) -> str:
+        return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in _tag_part(text))
+
+    return "c2b:{" + f"{glob(plan_id)}:{glob(run_id)}:" + "*}:attrs:*"
 
 
 # -- inspection (c2b store-check) --------------------------------------------------------
@@ -619,9 +782,13 @@ def inspect_run(redis: Any, plan_id: str, run_id: str, shards: int | None = None
     elif layout.get("state") != "complete":
         check.problems.append(f"load state is {layout.get('state')!r}, not 'complete'")
     names = [meta_key(plan_id, run_id)]
+    chunk_rows: dict[str, int] = {}  # attribute chunk -> members it holds
     for s in range(1, count + 1):
         k = ShardKeys(plan_id, run_id, s)
-        names += [*k.run_scoped(int(layout.get("attr_parts", 1)) if layout else 1), k.ledger]
+        names += [*_run_keys(k, layout), k.ledger]
+        size = int(layout["sizes"][s - 1]) if layout and s <= len(layout.get("sizes") or []) else 0
+        for c in range(attr_chunk_count(layout, s)):
+            chunk_rows[k.attrs(c)] = min(int(layout["attr_chunk"]), size - c * int(layout["attr_chunk"]))  # type: ignore[index]
     pipe = redis.pipeline(transaction=False)
     for key in names:
         pipe.type(key)
@@ -629,6 +796,10 @@ def inspect_run(redis: Any, plan_id: str, run_id: str, shards: int | None = None
     answers = pipe.execute()
     present = [(key, _text(answers[2 * i]), int(answers[2 * i + 1])) for i, key in enumerate(names)
                if _text(answers[2 * i]) != "none"]
+    found = {key for key, _, _ in present}
+    lost = [key for key in chunk_rows if key not in found]
+    if lost:
+        check.problems.append(f"{len(lost)} attribute chunk(s) missing, e.g. {lost[0]}")
     pipe = redis.pipeline(transaction=False)
     for key, kind, _ in present:
         getattr(pipe, _MEMBERS.get(kind, "exists"))(key)
@@ -639,6 +810,8 @@ def inspect_run(redis: Any, plan_id: str, run_id: str, shards: int | None = None
         members = int(sized[2 * i])
         if key.endswith(":pk"):
             members //= packed.WIDTH
+        elif key in chunk_rows:  # a string of JSON: its members are the rows it holds
+            members = chunk_rows[key]
         info = KeyInfo(key, kind, members, int(sized[2 * i + 1] or 0), ttl)
         check.keys.append(info)
         if ttl < 0:
