@@ -25,7 +25,7 @@ from c2b.results.store import ResultsStore
 from c2b.settings import reports_dir, retention_days, safe_name, staging_dir
 from c2b.store.redis_retry import with_redis_retry
 from c2b.store.run_meta import loaded_size
-from c2b.store.shards import drop_run, load_shards
+from c2b.store.shards import drop_run, load_shards, read_layout
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -161,7 +161,7 @@ def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict
         if results_store is not None and not params.get("dry_run"):
             from c2b.results.delivery_log import log_shard
 
-            stats["logged"] = log_shard(results_store, redis, plan, run_id, shard)
+            stats["logged"] = log_shard(results_store, redis, plan, run_id, shard, rows=delivery.log_rows)
         return {**stats, "loaded": loaded}
     finally:
         for ch in channels.values():
@@ -202,6 +202,23 @@ def step_cleanup(plan: Plan, run_id: str, redis: Any) -> int:
     delete its staging file (personal data kept no longer than the run), and purge the plan's
     outboxes and reports older than the retention setting (``C2B_RETENTION_DAYS``)."""
     shards = plan.delivery.shards if isinstance(plan.delivery.shards, int) else None
+    layout = with_redis_retry(lambda: read_layout(redis, plan.id, run_id)) or {}
+    if layout.get("state") == "complete":  # sends of a shard whose last attempt never ended
+        from datetime import UTC, datetime
+
+        from c2b.delivery.contacts import record_contacts
+        from c2b.delivery.histories import write_missing_histories
+        from c2b.delivery.reentry import record_sends
+
+        record = record_sends(plan, record_contacts)
+        written = write_missing_histories(redis, plan, run_id, int(layout["shards"]), record, datetime.now(UTC),
+                                          int(plan.delivery.key_ttl_hours * 3600))
+        if written:
+            log.warning("shards %s of %s / %s ended without writing their sends to the contact and re-entry "
+                        "histories: written now from their ledgers", written, plan.id, run_id)
+        from c2b.delivery.histories import forget_marks
+
+        forget_marks(redis, plan, run_id, int(layout["shards"]))  # a cleared re-run must write its own
     dropped = drop_run(redis, plan.id, run_id, shards)
     staging = staging_path(plan, run_id)
     had_staging = storage.delete(staging)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from c2b.channels.base import Channel
@@ -55,15 +54,13 @@ class LiveMode:
 
     def __init__(self, redis: Any, ledger: ShardLedger, channels: Mapping[str, Channel],
                  limits: Mapping[str, Limits], retry: RetryPolicy, builder: WorkBuilder, window: SendWindow,
-                 caps: CapRules, clock: Callable[[], float], stats: ShardStats,
-                 record_contacts: Callable[[Any, list[str], datetime], None]) -> None:
+                 caps: CapRules, clock: Callable[[], float], stats: ShardStats) -> None:
         self.redis = redis
         self.ledger = ledger
         self.channels = channels
         self.limits = limits
         self.retry = retry
         self.caps = caps
-        self.record_contacts = record_contacts
         self.done: Counter[str] = Counter()  # sent / failed recorded by this attempt
         fcap = FrequencyCap(redis, caps)
         budget = BudgetCheck(OfferBudgets(redis, builder.plan, builder.run_id), fcap, caps.capped)
@@ -75,7 +72,8 @@ class LiveMode:
 
     def open(self) -> tuple[Sender, PageBook]:
         recorder = Recorder(self.ledger, FrequencyCap(self.redis, self.caps), self.caps.capped,
-                            lambda uids: self.record_contacts(self.redis, uids, datetime.now(UTC)), done=self.done)
+                            lambda uids: None,  # histories: at the attempt's end (c2b.delivery.histories)
+                            done=self.done)
         return ChannelSender(self.channels, self.limits, self.retry, recorder), recorder
 
     def recorded(self, stats: ShardStats) -> tuple[int, int]:

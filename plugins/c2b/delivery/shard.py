@@ -47,6 +47,7 @@ from c2b.channels.base import Channel
 from c2b.delivery.controls.frequency_cap import rules_of
 from c2b.delivery.controls.quiet_hours import SendWindow
 from c2b.delivery.controls.rate_limit import Limits, RateLimiter
+from c2b.delivery.histories import write_shard_histories
 from c2b.delivery.inflight import InFlight
 from c2b.delivery.ledger import ShardLedger
 from c2b.delivery.loop import SendLoop
@@ -93,10 +94,12 @@ class ShardDelivery:
                 from c2b.delivery.contacts import record_contacts as default_contacts
 
                 record_contacts = default_contacts
-            record_contacts = record_sends(plan, record_contacts)  # + the plan's own history, for re-entry
+            # + the plan's own history, for re-entry; both written at the end of the attempt
+            # (c2b.delivery.histories), not as each message is recorded
+            self._record_histories = record_sends(plan, record_contacts)
             self.mode = LiveMode(redis, self.ledger, channels, _limits(redis, plan, channels), retry or RetryPolicy(),
-                                 self.builder, window, rules_of(plan), clock,
-                                 self.stats, record_contacts)
+                                 self.builder, window, rules_of(plan), clock, self.stats)
+        self.log_rows: list[tuple[Any, ...]] | None = None  # the delivery log's rows, read at the end
         self._started = self._last_log = time.monotonic()
         self._attrs: AttrReader | None = None  # the shard's template attributes, from the run's meta
         self._batch = max((int(getattr(c, "batch_size", 1) or 1) for c in channels.values()), default=1)
@@ -119,6 +122,10 @@ class ShardDelivery:
                             "their idempotency keys", st.shard, orphans)
                 st.attempt["orphans"] += orphans
                 self._drive(page_size, concurrency, lambda loop: self._orphan_pass(loop, page_size))
+        if self.mode.resumable:  # a real delivery: its sends (all attempts') go to the histories
+            self.log_rows = write_shard_histories(self.redis, self.plan, self.keys.run_id, st.shard,
+                                                  self._record_histories, datetime.now(UTC),
+                                                  int(self.plan.delivery.key_ttl_hours * 3600))
         st.seconds = time.monotonic() - started
         self.mode.finish(st)
         self._progress(force=True)

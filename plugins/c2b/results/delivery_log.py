@@ -74,15 +74,20 @@ def shard_log_rows(redis: Any, plan: Plan, run_id: str, shard: int, touched_at: 
 
 
 def log_shard(store: ResultsStore, redis: Any, plan: Plan, run_id: str, shard: int,
-              now: datetime | None = None) -> int:
-    """Register the run and upsert the shard's rows into the results store; return the rows."""
+              now: datetime | None = None, rows: list[Any] | None = None) -> int:
+    """Register the run and upsert the shard's rows into the results store; return the rows.
+
+    ``rows``: the shard's rows already read (:func:`c2b.delivery.histories.write_shard_histories`
+    reads them at the end of the attempt); read from Redis when not given.
+    """
     now = now or datetime.now(UTC)
     controls = [n for n, v in plan.experiment.variants.items() if v.control] if plan.experiment else []
     from c2b.results.attribution import goal_info
 
     run = {"plan_id": plan.id, "run_id": run_id, "weights": plan.variant_weights, "controls": controls,
            "logged_at": now.astimezone(UTC).replace(tzinfo=None), "goal": goal_info(plan.goal)}
-    rows = list(shard_log_rows(redis, plan, run_id, shard, now))  # before taking the store's write lock
+    if rows is None:
+        rows = list(shard_log_rows(redis, plan, run_id, shard, now))  # before taking the store's write lock
     n = store.write_log(rows, run=run)
     log.info("delivery log: %s rows of shard %s written to %s", n, shard, store.name)
     return n
