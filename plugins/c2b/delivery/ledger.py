@@ -280,7 +280,7 @@ return out
 # string) are set by each script before this part. A page string holds at most one record per uid:
 # a later state of another touch of the uid goes into the same record.
 _PAGE_LIB = r"""
-local T = tonumber(redis.call('HGET', DICT, '#t') or '0')
+local T = T_HINT or tonumber(redis.call('HGET', DICT, '#t') or '0')
 local W = 8 + T
 local slots = {}
 local function slot_of(touch, assign)
@@ -355,18 +355,39 @@ local function flush_counts(key)
     if n ~= 0 then redis.call('HINCRBY', key, k, n) end
   end
 end
-local s = redis.call('GET', PAGE) or ''
-local edits = {}  -- position in s -> new code
+local s = nil  -- the page string, read when needed (a GET of ~9 KB costs more than the rest of a small call)
+local function page()
+  if s == nil then s = redis.call('GET', PAGE) or '' end
+  return s
+end
+local edits = {}  -- position in the page (1-based) -> new code
 local added = {}  -- uid key -> codes of a record new in this call
 local order = {}
--- The code of (uid, slot) in the page and where it is: in a record of s (its byte position) or new.
-local function locate(k8, slot)
+-- The code of (uid, slot) in the page and where it is: in a record of the page (its byte position)
+-- or new. ``off``: where the caller saw the uid's record (0-based, -1: unknown); checked, then only
+-- that record is read unless the whole page already is.
+local function locate(k8, slot, off)
   local rec = added[k8]
   if rec then return rec[slot + 1], nil end
-  local p = find(s, k8)
+  if off and off >= 0 and s == nil then
+    local r = redis.call('GETRANGE', PAGE, off, off + W - 1)
+    if string.sub(r, 1, 8) == k8 and #r == W then
+      local at = off + 9 + slot
+      return edits[at] or string.byte(r, 9 + slot), at
+    end
+  end
+  local p = find(page(), k8)
   if not p then return 0, nil end
   local at = p + 8 + slot
   return edits[at] or string.byte(s, at), at
+end
+-- Where the record of ``k8`` is or will be (0-based), after locate.
+local function offset_of(k8)
+  for i, k in ipairs(order) do
+    if k == k8 then return #page() + (i - 1) * W end
+  end
+  local p = find(page(), k8)
+  return p and p - 1 or -1
 end
 local function set_code(k8, slot, at, code)
   if at then
@@ -382,7 +403,7 @@ local function set_code(k8, slot, at, code)
   end
   rec[slot + 1] = code
 end
-local function write_page(ttl)
+local function write_page(ttl, expire)
   local tail = {}
   for _, k8 in ipairs(order) do tail[#tail + 1] = k8 .. string.char(unpack(added[k8])) end
   local n = 0
@@ -391,6 +412,7 @@ local function write_page(ttl)
     for p, c in pairs(edits) do redis.call('SETRANGE', PAGE, p - 1, string.char(c)) end
     if #tail > 0 then redis.call('APPEND', PAGE, table.concat(tail)) end
   elseif n > 0 then  -- many: the page once, rewritten
+    page()
     local at = {}
     for p in pairs(edits) do at[#at + 1] = p end
     table.sort(at)
@@ -408,7 +430,7 @@ local function write_page(ttl)
   else
     return false
   end
-  redis.call('EXPIRE', PAGE, ttl)
+  if expire then redis.call('EXPIRE', PAGE, ttl) end  -- else SETRANGE / SET KEEPTTL kept it
   redis.call('HINCRBY', DICT, '#pw', 1)  -- readers' caches of the pages
   return true
 end
@@ -421,15 +443,16 @@ end
 # become deferred or failed, and "pending" again is a re-send (another attempt made it pending).
 # An entry in the hash belongs to the field path (deferred, or a state without a code) and is left
 # alone. Replays answer from the receipt, as in _PREPARE.
-_PAGE_PREPARE = "local DICT, PAGE = KEYS[5], KEYS[7]\n" + _PAGE_LIB + r"""
+_PAGE_PREPARE = "local DICT, PAGE, T_HINT = KEYS[5], KEYS[7], nil\n" + _PAGE_LIB + r"""
 local done = redis.call('HGET', KEYS[4], ARGV[3])
 if done then
   local out = {}
-  for i = 1, #done do out[i] = tonumber(string.sub(done, i, i)) end
+  for x in string.gmatch(done, '[^,]+') do out[#out + 1] = tonumber(x) end
   return out
 end
 local ttl = tonumber(ARGV[1])
 local P, D = code_of('p', true), code_of('d', true)
+page()
 local fields = {}
 for i = 6, #ARGV, 7 do fields[#fields + 1] = ARGV[i] end
 local hs = hash_states(fields)
@@ -474,6 +497,7 @@ for i = 6, #ARGV, 7 do
         end
         if st == 'p' then
           if code == 0 then set_code(k8, slot, at, P) end
+          ok = 2  -- answered with where its record is
         elseif st == 'd' then
           set_code(k8, slot, at, D)  -- marks the entry as the deferred pass's (hash + queue)
           defer(f, vt, due)
@@ -490,9 +514,10 @@ for i = 6, #ARGV, 7 do
       end
     end
   end
+  if ok == 2 then ok = 2 + offset_of(k8) end
   out[#out + 1] = ok
 end
-write_page(ttl)
+write_page(ttl, true)
 flush_counts(KEYS[2])
 redis.call('EXPIRE', KEYS[2], ttl)
 if in_hash then redis.call('EXPIRE', KEYS[1], ttl) end
@@ -501,28 +526,39 @@ redis.call('HSET', KEYS[6], ARGV[5], 1)
 redis.call('EXPIRE', KEYS[6], ttl)
 redis.call('EXPIRE', DICT, ttl)
 if ARGV[4] ~= '' then redis.call('HDEL', KEYS[4], ARGV[4]) end
-redis.call('HSET', KEYS[4], ARGV[3], table.concat(out))
+redis.call('HSET', KEYS[4], ARGV[3], table.concat(out, ','))
 redis.call('EXPIRE', KEYS[4], tonumber(ARGV[2]))
 return out
 """
 
-# KEYS: ledger, stats, codes, page. ARGV: ttl, then (field, touch, state, "variant|touch", outcome,
-# uid key) x n. Pending -> final (sent or failed) for the messages of one request (or flush) of one
-# page: one GET, one HMGET, one SET of the page, the counters by aggregate. Only from pending, so a
-# replay or a racing attempt's outcome of the same message counts nothing.
-_PAGE_FINALIZE = "local DICT, PAGE = KEYS[3], KEYS[4]\n" + _PAGE_LIB + r"""
+# KEYS: ledger, stats, codes, page. ARGV: ttl, touch slots (-1: read them), code of "p" (0: read it),
+# then (field, touch, its slot or -1, state, its code or 0, "variant|touch", outcome, uid key, where
+# its record was seen or -1) x n.
+# Pending -> final (sent or failed) for the messages of one request (or flush) of one page: one GET,
+# one HMGET, the codes changed in place, the counters by aggregate. The caller passes the layout it
+# read (immutable once written) so a call of one message makes few Redis calls. Only from pending,
+# so a replay or a racing attempt's outcome of the same message counts nothing.
+_PAGE_FINALIZE = """local DICT, PAGE, T_HINT = KEYS[3], KEYS[4], tonumber(ARGV[2])
+if T_HINT < 0 then T_HINT = nil end
+""" + _PAGE_LIB + r"""
 local ttl = tonumber(ARGV[1])
+if tonumber(ARGV[3]) > 0 then codes['p'] = tonumber(ARGV[3]) end
 local P = code_of('p', false)
 local fields = {}
-for i = 2, #ARGV, 6 do fields[#fields + 1] = ARGV[i] end
+for i = 4, #ARGV, 9 do fields[#fields + 1] = ARGV[i] end
 local hs = hash_states(fields)
+local few = #fields <= 4  -- read only their records, not the page
 local seen = {}
 local in_hash = false
 local out = {}
 local j = 0
-for i = 2, #ARGV, 6 do
+for i = 4, #ARGV, 9 do
   j = j + 1
-  local f, touch, st, vt, outcome, k8 = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
+  local f, touch, slot_hint = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local st, code_hint = ARGV[i + 3], tonumber(ARGV[i + 4])
+  local vt, outcome, k8, off = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
+  if slot_hint >= 0 then slots[touch] = slot_hint end
+  if code_hint > 0 then codes[st] = code_hint end
   local ok = 0
   if not seen[f] then
     seen[f] = true
@@ -534,7 +570,7 @@ for i = 2, #ARGV, 6 do
         in_hash = true
       end
     elseif slot and P ~= 0 then
-      local code, at = locate(k8, slot)
+      local code, at = locate(k8, slot, few and off or -1)
       if code == P and at then
         ok = 1
         local c = code_of(st, true)
@@ -553,7 +589,7 @@ for i = 2, #ARGV, 6 do
   end
   out[#out + 1] = ok
 end
-write_page(ttl)
+write_page(ttl, false)
 flush_counts(KEYS[2])
 redis.call('EXPIRE', KEYS[2], ttl)
 if in_hash then redis.call('EXPIRE', KEYS[1], ttl) end
@@ -627,6 +663,10 @@ class _Codes:
     bucket_writes: int
     page_writes: int
 
+    @property
+    def by_state(self) -> dict[str, int]:
+        return {st: c for c, st in self.names.items()}
+
     @classmethod
     def of(cls, raw: dict[Any, Any]) -> _Codes:
         slots: dict[str, int] = {}
@@ -688,6 +728,10 @@ class ShardLedger:
         self._page_finalize = redis.register_script(_PAGE_FINALIZE)
         self._answered = ""  # receipt of the last prepare call whose answer arrived
         self._answered_page = ""  # the same for the page path
+        # (touch slots, slot by touch, code by state) as last read: passed to the finalize script
+        self._layout_hint: tuple[int, dict[str, int], dict[str, int]] | None = None
+        # where the record of a pending main-pass entry is in its page (a hint: checked, may be absent)
+        self._at: dict[str, int] = {}
         self._gen: str | None = None  # the load's generation (its loaded_at): names its page keys
         self._by_field: set[str] = set()  # main-pass entries found in the hash: they stay on the field path
         self._home: dict[str, str] = {}  # main-pass entries pending in another load's page: that page key
@@ -784,7 +828,9 @@ class ShardLedger:
         raw, codes_raw, *parts = pipe.execute()
         hashed = [v for part in parts for v in part]
         codes = _Codes.of(codes_raw)
+        self._layout_hint = (codes.width, codes.slots, codes.by_state) if codes.width else None
         mine = _records(raw or b"", codes.width)
+        offsets = {k8: i for i, k8 in enumerate(mine)} if mine else {}  # records in page order
         others = self._other_records(codes)
         out: list[str | None] = []
         for f, h in zip(fields, hashed, strict=True):
@@ -803,6 +849,8 @@ class ShardLedger:
             rec = mine.get(k8)
             st = codes.names.get(rec[slot]) if rec and rec[slot] else None
             if st is not None and st != DEFERRED:
+                if st == PENDING:
+                    self._at[f] = offsets[k8] * (8 + codes.width)
                 out.append(st)
             else:
                 out.append(self._elsewhere(f, k8, slot, codes, others) if others else None)
@@ -977,6 +1025,8 @@ class ShardLedger:
             keys = [self.ledger, self.stats, self.deferred, self.keys.receipts, self.codes, self.pages_key, key]
             for i, x in zip(idx, self._page_prepare(keys=keys, args=args), strict=True):
                 applied[i] = bool(x)
+                if x >= 2:  # pending: where its record is, for the outcome's call
+                    self._at[changes[i].field] = int(x) - 2
             self._answered_page = sub_receipt
         return applied
 
@@ -997,12 +1047,15 @@ class ShardLedger:
             for c, (b, k8) in zip(sub, where, strict=True):
                 args += [c.field, c.state, c.variant_touch, c.outcome, b, k8]
             self._finalize(keys=keys, args=args, client=client)
+        hint = self._layout_hint
+        width, slots, by_state = hint if hint else (-1, {}, {})
         for key, idx in by_page.items():
-            args = [self.ttl]
+            args = [self.ttl, width, by_state.get(PENDING, 0)]
             for i in idx:
                 c = changes[i]
                 touch, _, uid = c.field.partition("|")
-                args += [c.field, touch, c.state, c.variant_touch, c.outcome, uid_key(uid)]
+                args += [c.field, touch, slots.get(touch, -1), c.state, by_state.get(c.state, 0), c.variant_touch,
+                         c.outcome, uid_key(uid), self._at.pop(c.field, -1)]
             self._page_finalize(keys=[self.ledger, self.stats, self.codes, key], args=args, client=client)
 
     def advance(self, pipe: Any, start: int, end: int, users: int, counters: dict[str, int]) -> None:
