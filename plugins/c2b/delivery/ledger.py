@@ -381,13 +381,12 @@ local function locate(k8, slot, off)
   local at = p + 8 + slot
   return edits[at] or string.byte(s, at), at
 end
--- Where the record of ``k8`` is or will be (0-based), after locate.
-local function offset_of(k8)
-  for i, k in ipairs(order) do
-    if k == k8 then return #page() + (i - 1) * W end
-  end
-  local p = find(page(), k8)
-  return p and p - 1 or -1
+local slot_in = {}  -- uid key -> its index in ``order``
+-- Where the record of ``k8`` is or will be (0-based), given where locate found its code.
+local function offset_of(k8, slot, at)
+  if at then return at - 9 - slot end
+  local i = slot_in[k8]
+  return i and #page() + (i - 1) * W or -1
 end
 local function set_code(k8, slot, at, code)
   if at then
@@ -400,6 +399,7 @@ local function set_code(k8, slot, at, code)
     for i = 1, T do rec[i] = 0 end
     added[k8] = rec
     order[#order + 1] = k8
+    slot_in[k8] = #order
   end
   rec[slot + 1] = code
 end
@@ -471,10 +471,10 @@ for i = 6, #ARGV, 7 do
   j = j + 1
   local f, touch, st, vt = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local outcome, due, k8 = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
-  local ok = 0
+  local ok, slot, at = 0, nil, nil
   if not seen[f] and not hs[j] then
     seen[f] = true
-    local slot = slot_of(touch, true)
+    slot = slot_of(touch, true)
     if slot == nil or P == 0 or D == 0 then
       -- No record can hold it: a new entry lives in the hash, as in the field path.
       ok = 1
@@ -486,7 +486,8 @@ for i = 6, #ARGV, 7 do
         if st == 'p' then bump('#pending', 1) else counted(vt, outcome, st) end
       end
     else
-      local code, at = locate(k8, slot)
+      local code
+      code, at = locate(k8, slot)
       local final = string.sub(st, 1, 2) == 'f:'
       if code == 0 or (code == P and (st == 'p' or st == 'd' or final)) then
         ok = 1
@@ -514,7 +515,7 @@ for i = 6, #ARGV, 7 do
       end
     end
   end
-  if ok == 2 then ok = 2 + offset_of(k8) end
+  if ok == 2 then ok = 2 + offset_of(k8, slot, at) end
   out[#out + 1] = ok
 end
 write_page(ttl, true)
