@@ -364,13 +364,18 @@ local edits = {}  -- position in the page (1-based) -> new code
 local added = {}  -- uid key -> codes of a record new in this call
 local order = {}
 -- The code of (uid, slot) in the page and where it is: in a record of the page (its byte position)
--- or new. ``off``: where the caller saw the uid's record (0-based, -1: unknown); checked, then only
--- that record is read unless the whole page already is.
+-- or new. ``off``: where the caller saw the uid's record (0-based, -1: unknown), checked against
+-- the uid key: only that record is read (a GETRANGE, unless the whole page already is), no search.
 local function locate(k8, slot, off)
   local rec = added[k8]
   if rec then return rec[slot + 1], nil end
-  if off and off >= 0 and s == nil then
-    local r = redis.call('GETRANGE', PAGE, off, off + W - 1)
+  if off and off >= 0 then
+    local r
+    if s == nil then
+      r = redis.call('GETRANGE', PAGE, off, off + W - 1)
+    else
+      r = string.sub(s, off + 1, off + W)
+    end
     if string.sub(r, 1, 8) == k8 and #r == W then
       local at = off + 9 + slot
       return edits[at] or string.byte(r, 9 + slot), at
@@ -548,7 +553,7 @@ local P = code_of('p', false)
 local fields = {}
 for i = 4, #ARGV, 9 do fields[#fields + 1] = ARGV[i] end
 local hs = hash_states(fields)
-local few = #fields <= 4  -- read only their records, not the page
+if #fields > 4 then page() end  -- else read only their records (a GET of ~9 KB costs more)
 local seen = {}
 local in_hash = false
 local out = {}
@@ -571,7 +576,7 @@ for i = 4, #ARGV, 9 do
         in_hash = true
       end
     elseif slot and P ~= 0 then
-      local code, at = locate(k8, slot, few and off or -1)
+      local code, at = locate(k8, slot, off)
       if code == P and at then
         ok = 1
         local c = code_of(st, true)
