@@ -21,6 +21,8 @@ _FAMILIES = [
     (re.compile(r"^c2b:(rl|rate)"), "rate_limits"),
     (re.compile(r"^c2b:inbox"), "inboxes"),
     (re.compile(r":out:\d+$"), "ledger_records"),
+    (re.compile(r":pg:\d+:\d+$"), "ledger_pages"),
+    (re.compile(r":pages$"), "ledger_pages"),
     (re.compile(r":ledger$"), "ledger"),
     (re.compile(r":codes$"), "ledger_codes"),
     (re.compile(r":stats$"), "stats"),

@@ -136,7 +136,7 @@ def test_whole_plan_run_on_cluster(redis_cluster, monkeypatch: pytest.MonkeyPatc
                                                          "c2b:budget:"))]
     budget_keys = [k for k in leftover if k.startswith("c2b:budget:")]
     assert budget_keys and len({cluster.keyslot(k) for k in budget_keys}) == 1
-    ledger_keys = re.compile(r":(ledger|stats|codes|out:\d+)$")
+    ledger_keys = re.compile(r":(ledger|stats|codes|pages|out:\d+|pg:\d+:\d+)$")
     assert run_keys and all(ledger_keys.search(k) for k in run_keys), "cleanup dropped the run's keys"
 
 

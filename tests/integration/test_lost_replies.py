@@ -92,7 +92,8 @@ def _script_of(redis, plan, which: str):
     from c2b.store.shards import ShardKeys
 
     ledger = ShardLedger(redis, ShardKeys(plan.id, "r1", 1))
-    script = {"page decision": ledger._prepare, "outcomes": ledger._finalize,
+    # The main pass's scripts: its pages are decided and recorded by position (page records).
+    script = {"page decision": ledger._page_prepare, "outcomes": ledger._page_finalize,
               "frequency counts": FrequencyCap(redis, None)._script}[which]
     return script
 

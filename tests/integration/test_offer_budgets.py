@@ -103,7 +103,8 @@ def test_a_retried_shard_does_not_reserve_twice(redis_server, redis_client, tmp_
         # Wipe the ledgers, as if each shard crashed after reserving but before its ledger write:
         # the retry must find the reservations and take nothing more.
         for key in redis_client.scan_iter(f"c2b:{{{plan.id}:run1:*}}:*"):
-            if key.endswith((b":ledger", b":stats", b":ckpt", b":receipts", b":codes")) or b":out:" in key:
+            if key.endswith((b":ledger", b":stats", b":ckpt", b":receipts", b":codes", b":pages")) \
+                    or b":out:" in key or b":pg:" in key:
                 redis_client.delete(key)
         stats = _run_parallel(redis_server.url, data, "run1", sorted(loaded), gw.url)
         # Same users re-reserved: the gateway sees the same 50 keys again (it honours them), no new one.

@@ -1,7 +1,7 @@
 """Write a shard's send outcomes to its ledger in batches, and move its checkpoint page by page.
 
 Sends only hand outcomes over; one recorder thread turns many of them into one pipelined round
-trip (the finalize script per batch, the checkpoint advance per finished page, contact records
+trip (the finalize script per batch and page, the checkpoint advance per finished page, contact records
 and frequency-cap counts). A page's checkpoint moves only after every message of it is recorded.
 
 A send waits for its outcome to be in the ledger before it frees its slot of the in-flight window
@@ -162,10 +162,10 @@ class Recorder:
         changes = []
         for item, outcome in batch:
             if outcome.status == "sent":
-                changes.append(Change(item.field, SENT, item.vt, "sent"))
+                changes.append(Change(item.field, SENT, item.vt, "sent", page=item.page))
             else:
                 reason = (outcome.reason or "unknown").replace("\n", " ")[:160]
-                changes.append(Change(item.field, f"f:{reason}", item.vt, "failed"))
+                changes.append(Change(item.field, f"f:{reason}", item.vt, "failed", page=item.page))
 
         def write() -> None:
             pipe = self.ledger.redis.pipeline(transaction=False)

@@ -13,10 +13,12 @@ The parts, each in its own module:
 
 Why it looks like this:
 
-- *Exactly once.* Every (touch, uid) has a ledger entry (:mod:`c2b.delivery.ledger`): ``p`` is written for a
-  whole page in one call before its sends, ``s`` or ``f:<reason>`` after, in batched atomic calls
-  from one recorder thread (not one round trip per message). A retried task skips final entries
-  and re-sends ``p`` ones with the same idempotency key, so a receiver that honours the key sees
+- *Exactly once.* Every (touch, uid) has a ledger entry (:mod:`c2b.delivery.ledger`; in the main pass a
+  record in its page's record string, by position): ``p`` is written for a whole page in one call
+  before its sends, ``s`` or ``f:<reason>`` after, in batched atomic calls from one recorder thread
+  (one script call per page per flush, not one round trip or Lua loop of Redis calls per message). A
+  retried task skips final entries and re-sends ``p`` ones with the same idempotency key, so a
+  receiver that honours the key sees
   each message once, even after kill -9. A request keeps its slot of the window until its outcomes
   are in the ledger, so what a crash leaves sent but unrecorded (sent again by the retry) is at
   most the window: ``concurrency`` requests (``docs/delivery-guarantees.md``).

@@ -1,9 +1,11 @@
 """Decide each item of a page before anything is sent: send it, skip it, or hold it back (and why).
 
-The policy reads the page's ledger states first: final entries are skipped, parked ones belong to
-the deferred pass, pending ones (a previous attempt's) are *re-sends* that keep their key, the rest
-are *fresh*. Then the page goes through a list of :class:`PageCheck` controls in order; each looks
-at the whole page at once (one Redis call per page, not per user) and holds back what it must,
+The policy reads the page's ledger states first (a main-pass page by position: its record string,
+:meth:`c2b.delivery.ledger.ShardLedger.page_states`; the deferred pass by field): final entries
+are skipped, parked ones belong to the deferred pass, pending ones (a previous attempt's) are
+*re-sends* that keep their key, the rest are *fresh*. Then the page goes through a list of
+:class:`PageCheck` controls in order; each looks at the whole page at once (one Redis call per
+page, not per user) and holds back what it must,
 with the ledger state and outcome that say why. What is left gets the ledger's ``p`` (pending), and
 every decision reaches the ledger in one call before anything is sent.
 
@@ -154,7 +156,12 @@ class LedgerTriage:
     def __call__(self, work: PageWork, deferred_pass: bool = False) -> list[Item]:
         """Return the items to send now (ledger ``p``); every other decision is in the ledger."""
         items = work.items
-        states = with_redis_retry(lambda: self.ledger.states([it.field for it in items]))
+        fields = [it.field for it in items]
+        start = items[0].page if items else -1  # a main-pass page: its records are read by position
+        if start >= 0:
+            states = with_redis_retry(lambda: self.ledger.page_states(start, fields))
+        else:
+            states = with_redis_retry(lambda: self.ledger.states(fields))
         page = PageDecisions(work, self.clock(), [], [])
         stale: list[str] = []
         for it, state in zip(items, states, strict=True):
@@ -174,7 +181,7 @@ class LedgerTriage:
             page.changes.append(Change(it.field, PENDING, it.vt, "pending"))
         changes = page.changes
         receipt = self.ledger.new_receipt()  # one per decision: a replay gets the first answer back
-        applied = with_redis_retry(lambda: self.ledger.prepare(changes, receipt)) if changes else []
+        applied = with_redis_retry(lambda: self.ledger.prepare(changes, receipt, start)) if changes else []
         mine = {c.field for c, ok in zip(changes, applied, strict=True) if ok and c.state == PENDING}
         self.attempt["resent"] += len(page.resend)
         self.attempt["deferred_now"] += sum(1 for c, ok in zip(changes, applied, strict=True)

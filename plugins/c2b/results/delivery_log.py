@@ -1,7 +1,9 @@
 """Turn one delivered shard into delivery-log rows: every user, every touch, holdout users too.
 
 Read after a deliver attempt from what the run already keeps in Redis: the shard's users (paged by
-rank, like the delivery itself) and the ledger's state of each ``(touch, uid)``. The variant is
+rank, like the delivery itself) and the ledger's state of each ``(touch, uid)``: the few entries
+still in the ledger hash, then every outcome record of the shard read once into a dict
+(:meth:`c2b.delivery.ledger.ShardLedger.bulk_states`), not a script call per field. The variant is
 recomputed from the plan's salt (the same pure function the extract used). A shard's rows are
 read from Redis first (at most ``delivery.max_shard_members`` users times the touches, a shard's
 bound) and then upserted in bulk (:meth:`c2b.results.store.ResultsStore.write_log`) in one
@@ -67,7 +69,9 @@ def shard_log_rows(redis: Any, plan: Plan, run_id: str, shard: int, touched_at: 
                 yield (plan.id, run_id, variant, HOLDOUT_TOUCH, uid, "holdout", None, at)
                 continue
             wanted.extend((variant, t, uid) for t in touches[variant])
-        states: list[str | None] = with_redis_retry(partial(ledger.states, [f"{t}|{u}" for _, t, u in wanted]))
+        # Every record of the shard is read once (not a script per field): see bulk_states.
+        states: list[str | None] = with_redis_retry(
+            partial(ledger.bulk_states, [f"{t}|{u}" for _, t, u in wanted]))
         for (variant, touch, uid), state in zip(wanted, states, strict=True):
             outcome, reason = outcome_of(state)
             yield (plan.id, run_id, variant, touch, uid, outcome, reason, at)
