@@ -63,8 +63,7 @@ def shard_log_rows(redis: Any, plan: Plan, run_id: str, shard: int, touched_at: 
             return
         cursor += len(uids)
         wanted: list[tuple[str, str, str]] = []
-        for uid in uids:
-            variant = picker.pick(uid.encode("utf-8", "replace"))
+        for uid, variant in zip(uids, picker.pick_page(uids), strict=True):
             if not touches[variant]:
                 yield (plan.id, run_id, variant, HOLDOUT_TOUCH, uid, "holdout", None, at)
                 continue
