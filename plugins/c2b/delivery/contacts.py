@@ -46,20 +46,20 @@ _LEGACY_KEY = "c2b:contacts:{{{:04d}}}"
 LEGACY_CHECK_EVERY_S = 60.0
 
 # KEYS: buckets (of one or more histories). ARGV: day, then for each key in turn its TTL in
-# seconds, how many uid keys follow, and those uid keys. Keeps the later day when a record exists
-# (writes may arrive out of order); new records are appended with one exact-size SET; one EXPIRE
-# per key. Returns the uid keys it was given.
+# seconds and its uid keys as one string (8 bytes each: one argument a bucket, not one a user).
+# Keeps the later day when a record exists (writes may arrive out of order); new records are
+# appended with one exact-size SET; one EXPIRE per key. Returns the uid keys it was given.
 _RECORD_MAX = FIND + r"""
 local day = tonumber(ARGV[1])
 local enc = string.char(day % 256, math.floor(day / 256))
-local a = 2
+local n = 0
 for k = 1, #KEYS do
-  local key = KEYS[k]
-  local ttl, last = ARGV[a], a + 1 + tonumber(ARGV[a + 1])
+  local key, ttl, blob = KEYS[k], ARGV[2 * k], ARGV[2 * k + 1]
   local s = redis.call('GET', key) or ''
   local add, later, seen = {}, {}, {}
-  for i = a + 2, last do
-    local k8 = ARGV[i]
+  for i = 1, #blob - 7, 8 do
+    local k8 = string.sub(blob, i, i + 7)
+    n = n + 1
     if not seen[k8] then
       seen[k8] = true
       local p = find_record(s, k8, 10)
@@ -73,9 +73,8 @@ for k = 1, #KEYS do
   if #add > 0 then redis.call('SET', key, s .. table.concat(add)) end
   for _, at in ipairs(later) do redis.call('SETRANGE', key, at, enc) end
   redis.call('EXPIRE', key, ttl)
-  a = last + 1
 end
-return #ARGV - 1 - 2 * #KEYS
+return n
 """
 
 # KEYS: buckets. ARGV: for each key in turn how many uid keys follow, and those uid keys.
@@ -161,27 +160,42 @@ def record_histories(redis: Any, uids: list[str], when: datetime, histories: Seq
     if not uids or not histories:
         return
     day = epoch_day(when)
-    keys = [uid_key(u) for u in uids]
-    where: dict[int, list[int]] = {}
-    members: dict[str, tuple[int, list[bytes]]] = {}
+    keys, arrow = _record_keys(uids)
+    where: dict[int, np.ndarray] = {}
+    members: dict[str, tuple[int, bytes]] = {}  # bucket key -> (ttl, its uid keys, 8 bytes each)
     for history in histories:
         if history.buckets not in where:
-            where[history.buckets] = [shard_index(u, history.buckets) for u in uids]
+            where[history.buckets] = (shard_indexes_arrow(arrow, history.buckets).astype(np.int64) if arrow is not None
+                                      else np.array([shard_index(u, history.buckets) for u in uids], dtype=np.int64))
+        buckets = where[history.buckets]
+        order = np.argsort(buckets, kind="stable")
+        ordered = buckets[order]
+        cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
+        starts, ends = np.r_[0, cuts].tolist(), np.r_[cuts, len(order)].tolist()
+        grouped = keys[order]
         ttl = history.ttl_days * 86_400
-        for bucket, k8 in zip(where[history.buckets], keys, strict=True):
-            key = history.key_of(bucket)
-            if key not in members:
-                members[key] = (ttl, [])
-            members[key][1].append(k8)
+        for a, b in zip(starts, ends, strict=True):
+            members[history.key_of(int(ordered[a]))] = (ttl, grouped[a:b].tobytes())
     calls = []
     for group in slot_groups(redis, members):
         for c in range(0, len(group), WRITE_KEYS):
             args: list[Any] = [day]
             for key in group[c:c + WRITE_KEYS]:
-                ttl, k8s = members[key]
-                args += [ttl, len(k8s), *k8s]
+                args += members[key]
             calls.append((group[c:c + WRITE_KEYS], args))
     run_evalsha(redis, _RECORD_MAX, calls)
+
+
+def _record_keys(uids: list[str]) -> tuple[np.ndarray, Any]:
+    """Return the record keys of ``uids`` as uint64 (their bytes are :func:`uid_key`'s) and the
+    uids as an Arrow array (``None`` when Arrow cannot hold them: a lone surrogate)."""
+    from c2b.delivery.history_snapshot import uid_keys_u8
+
+    try:
+        arrow = pa.array(uids, pa.string())
+    except (pa.ArrowInvalid, pa.ArrowTypeError, UnicodeEncodeError):
+        return np.frombuffer(b"".join(uid_key(u) for u in uids), dtype="<u8"), None
+    return uid_keys_u8(arrow), arrow
 
 
 def record_contacts(redis: Any, uids: list[str], when: datetime, ttl_days: int = DEFAULT_TTL_DAYS, *,
