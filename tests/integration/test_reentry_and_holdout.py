@@ -248,3 +248,35 @@ def test_a_large_batch_is_written_in_calls_of_at_most_write_keys_buckets(redis_c
     assert last_days(redis_client, users, key_of=own, buckets=BUCKETS, legacy_of=None).tolist() == \
         [epoch_day(NOW + timedelta(days=1))] * len(users)
     assert sum(stored_users(redis_client, plan.id)) == len(users)
+
+
+def test_cleanup_writes_the_histories_of_a_shard_whose_attempt_never_ended(redis_client, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    """Histories are written at the end of a shard's attempt; a shard that sent but never got there
+    (here: its writes and mark wiped, as after a worker lost for good) is written by cleanup."""
+    from c2b import steps
+    from c2b.channels import ChannelConfig, make_channel
+    from c2b.delivery.contacts import contacted_since
+    from c2b.delivery.histories import histories_key
+    from c2b.delivery.shard import ShardDelivery
+    from c2b.store.shards import ShardKeys
+
+    from devtools.deliverkit import load_audience
+
+    monkeypatch.setenv("C2B_DATA_DIR", str(tmp_path / "c2b"))
+    plan = _plan("once", "reent_cleanup")
+    users = [f"c{i:03d}" for i in range(40)]
+    sizes = load_audience(redis_client, plan, "r1", users, tmp_path / "staging")
+    channels = {"t": make_channel("outbox", ChannelConfig(run_dir=str(tmp_path / "out")))}
+    for shard in sizes:
+        ShardDelivery(redis_client, plan, "r1", shard, channels, lambda: False).run(10, 4)
+    assert all(contacted_since(redis_client, users, datetime.now(UTC)))
+    marks = [histories_key(ShardKeys(plan.id, "r1", s)) for s in sizes]
+    assert all(redis_client.exists(m) for m in marks)
+    for key in [*redis_client.scan_iter("c2b:contacts:r:*"), *redis_client.scan_iter("c2b:reentry:r:*"), *marks]:
+        redis_client.delete(key)
+    assert not any(contacted_since(redis_client, users, datetime.now(UTC)))
+    steps.step_cleanup(plan, "r1", redis_client)
+    assert all(contacted_since(redis_client, users, datetime.now(UTC)))
+    assert sum(stored_users(redis_client, plan.id)) == len(users)
+    assert not any(redis_client.exists(m) for m in marks)  # a cleared re-run marks its own attempts
