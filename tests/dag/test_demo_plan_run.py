@@ -115,7 +115,7 @@ def test_demo_plan_end_to_end(c2b_env: Path, demo_warehouse: Path, redis_client,
     leftover = [k.decode() for k in redis_client.scan_iter("c2b:*")]
     run_keys = [k for k in leftover if not k.startswith(("c2b:contacts:", "c2b:fcap:", "c2b:reentry:",
                                                          "c2b:budget:"))]
-    assert run_keys and all(re.search(r":(ledger|stats|codes|out:\d+)$", k) for k in run_keys)
+    assert run_keys and all(re.search(r":(ledger|stats|codes|out:\d+|pages|pg:\d+:\d+)$", k) for k in run_keys)
     assert all(0 < redis_client.ttl(k) <= 7 * 24 * 3600 for k in run_keys)
     assert all(redis_client.ttl(k) > 0 for k in leftover)
 
