@@ -37,7 +37,10 @@ hash + queue entry of the deferred pass (the ``d`` code says: this entry now liv
 request's outcomes are one more call per page (:meth:`ShardLedger.finalize`): one GET and one HMGET
 (the hash entries of its fields, which keep them off the page path), ``p`` codes turned final in
 place, the counters incremented by aggregate. No per-message Redis call on this path but the
-deferred ones' HSET + ZADD, and a page of 1,000 users is a ~9 KB string. A retry reads the page
+deferred ones' HSET + ZADD, and a page of 1,000 users is a ~9 KB string. Both calls take a page's
+messages as a few packed arguments (fields and uid keys concatenated, the fields' lengths, each
+message's index into a short list of the page's (touch, state, counter) kinds), which the script
+splits: the client encodes a dozen arguments a call, not several a message. A retry reads the page
 back by position in one round trip (:meth:`ShardLedger.page_states`): final codes are skipped,
 ``p`` codes are re-sent with their key; when another attempt made an entry pending first, a
 "pending" decision for it applies as a re-send (an attempt re-sends what is not final; the
@@ -344,6 +347,37 @@ local function hash_states(fields)
   end
   return out
 end
+-- A page call's per-message arguments come packed (see _pack_ints): ``n`` numbers of ``w`` bytes
+-- each, big-endian; strings concatenated, split by their lengths.
+local function ints(s, w, n)
+  local out = {}
+  if w == 1 then
+    for i = 1, n do out[i] = string.byte(s, i) end
+  else
+    local p = 1
+    for i = 1, n do
+      local v = 0
+      for b = p, p + w - 1 do v = v * 256 + string.byte(s, b) end
+      out[i] = v
+      p = p + w
+    end
+  end
+  return out
+end
+local function split(s, lens)
+  local out, p = {}, 1
+  for i = 1, #lens do
+    local q = p + lens[i]
+    out[i] = string.sub(s, p, q - 1)
+    p = q
+  end
+  return out
+end
+local function keys8(s, n)
+  local out = {}
+  for i = 1, n do out[i] = string.sub(s, i * 8 - 7, i * 8) end
+  return out
+end
 local inc = {}
 local function bump(k, n) inc[k] = (inc[k] or 0) + n end
 local function counted(vt, outcome, st)
@@ -442,7 +476,10 @@ end
 """
 
 # KEYS: ledger, stats, deferred, receipts, codes, pages, page. ARGV: ttl, receipt ttl, receipt,
-# previous receipt, page id, then (field, touch, state, "variant|touch", outcome, due, uid key) x n.
+# previous receipt, page id, n, then the n messages packed (_pack_ints, _pack_fields): their
+# fields concatenated, the width and string of the fields' byte lengths, their uid keys concatenated,
+# the width and string of their kinds (1-based), then the kinds: (touch, state, "variant|touch",
+# outcome, due) x m. A page's messages share a few kinds, so the per-message part is three strings.
 # The main pass's decisions on one page, in O(1) Redis calls (but one HSET + ZADD per deferred
 # message): new entries become pending, deferred or final in the page's records; a pending one may
 # become deferred or failed, and "pending" again is a re-send (another attempt made it pending).
@@ -458,8 +495,10 @@ end
 local ttl = tonumber(ARGV[1])
 local P, D = code_of('p', true), code_of('d', true)
 page()
-local fields = {}
-for i = 6, #ARGV, 7 do fields[#fields + 1] = ARGV[i] end
+local n = tonumber(ARGV[6])
+local fields = split(ARGV[7], ints(ARGV[9], tonumber(ARGV[8]), n))
+local k8s = keys8(ARGV[10], n)
+local kind = ints(ARGV[12], tonumber(ARGV[11]), n)
 local hs = hash_states(fields)
 local seen = {}
 local in_hash, parked = false, false
@@ -471,11 +510,9 @@ local function defer(f, vt, due)
   in_hash, parked = true, true
 end
 local out = {}
-local j = 0
-for i = 6, #ARGV, 7 do
-  j = j + 1
-  local f, touch, st, vt = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local outcome, due, k8 = ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+for j = 1, n do
+  local f, k8, i = fields[j], k8s[j], 13 + (kind[j] - 1) * 5
+  local touch, st, vt, outcome, due = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local ok, slot, at = 0, nil, nil
   if not seen[f] and not hs[j] then
     seen[f] = true
@@ -538,8 +575,9 @@ return out
 """
 
 # KEYS: ledger, stats, codes, page. ARGV: ttl, touch slots (-1: read them), code of "p" (0: read it),
-# then (field, touch, its slot or -1, state, its code or 0, "variant|touch", outcome, uid key, where
-# its record was seen or -1) x n.
+# n, then the n messages packed as in _PAGE_PREPARE (fields, width + lengths, uid keys, width +
+# kinds), the width and string of where each one's record was seen (+1; 0: unknown), then the
+# kinds: (touch, its slot or -1, state, its code or 0, "variant|touch", outcome) x m.
 # Pending -> final (sent or failed) for the messages of one request (or flush) of one page: one GET,
 # one HMGET, the codes changed in place, the counters by aggregate. The caller passes the layout it
 # read (immutable once written) so a call of one message makes few Redis calls. Only from pending,
@@ -549,22 +587,25 @@ if T_HINT < 0 then T_HINT = nil end
 """ + _PAGE_LIB + r"""
 local ttl = tonumber(ARGV[1])
 if tonumber(ARGV[3]) > 0 then codes['p'] = tonumber(ARGV[3]) end
+for i = 13, #ARGV, 6 do  -- the caller's layout hints (immutable once written)
+  local slot_hint, code_hint = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 3])
+  if slot_hint >= 0 then slots[ARGV[i]] = slot_hint end
+  if code_hint > 0 then codes[ARGV[i + 2]] = code_hint end
+end
 local P = code_of('p', false)
-local fields = {}
-for i = 4, #ARGV, 9 do fields[#fields + 1] = ARGV[i] end
+local n = tonumber(ARGV[4])
+local fields = split(ARGV[5], ints(ARGV[7], tonumber(ARGV[6]), n))
+local k8s = keys8(ARGV[8], n)
+local kind = ints(ARGV[10], tonumber(ARGV[9]), n)
+local offs = ints(ARGV[12], tonumber(ARGV[11]), n)
 local hs = hash_states(fields)
 if #fields > 4 then page() end  -- else read only their records (a GET of ~9 KB costs more)
 local seen = {}
 local in_hash = false
 local out = {}
-local j = 0
-for i = 4, #ARGV, 9 do
-  j = j + 1
-  local f, touch, slot_hint = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local st, code_hint = ARGV[i + 3], tonumber(ARGV[i + 4])
-  local vt, outcome, k8, off = ARGV[i + 5], ARGV[i + 6], ARGV[i + 7], tonumber(ARGV[i + 8])
-  if slot_hint >= 0 then slots[touch] = slot_hint end
-  if code_hint > 0 then codes[st] = code_hint end
+for j = 1, n do
+  local f, k8, off, i = fields[j], k8s[j], offs[j] - 1, 13 + (kind[j] - 1) * 6
+  local touch, st, vt, outcome = ARGV[i], ARGV[i + 2], ARGV[i + 4], ARGV[i + 5]
   local ok = 0
   if not seen[f] then
     seen[f] = true
@@ -697,6 +738,30 @@ def _records(raw: bytes, width: int) -> dict[bytes, bytes]:
     return {raw[i:i + 8]: raw[i + 8:i + w] for i in range(0, len(raw) - w + 1, w)}
 
 
+def _pack_ints(values: Sequence[int]) -> tuple[int, bytes]:
+    """Return non-negative ints as one string of ``width``-byte big-endian numbers: (width, string).
+
+    How a page call passes its per-message numbers: one argument for the page, not one a message
+    (redis-py encodes each argument in Python)."""
+    top = max(values, default=0)
+    if top < 256:
+        return 1, bytes(values)
+    width = (top.bit_length() + 7) // 8
+    return width, b"".join([v.to_bytes(width, "big") for v in values])
+
+
+def _pack_fields(fields: Sequence[str]) -> tuple[bytes, int, bytes]:
+    """Return fields as (their UTF-8 concatenated, width and string of their byte lengths)."""
+    joined = "".join(fields)
+    raw = joined.encode("utf-8")
+    if len(raw) == len(joined):  # ASCII: a field's length in bytes is its length
+        lens = list(map(len, fields))
+    else:
+        lens = [len(f.encode("utf-8")) for f in fields]
+    width, packed = _pack_ints(lens)
+    return raw, width, packed
+
+
 def _add_records(into: _Records, where: str | None, raw: bytes | None, width: int) -> None:
     for k8, codes in _records(raw or b"", width).items():
         into.setdefault(k8, []).append((where, codes))
@@ -736,8 +801,9 @@ class ShardLedger:
         self._answered_page = ""  # the same for the page path
         # (touch slots, slot by touch, code by state) as last read: passed to the finalize script
         self._layout_hint: tuple[int, dict[str, int], dict[str, int]] | None = None
-        # where the record of a pending main-pass entry is in its page (a hint: checked, may be absent)
-        self._at: dict[str, int] = {}
+        # where the record of a pending main-pass entry is in its page (a hint: checked, may be
+        # absent), with its uid key (saves the outcome's call computing it again)
+        self._at: dict[str, tuple[int, bytes]] = {}
         self._gen: str | None = None  # the load's generation (its loaded_at): names its page keys
         self._by_field: set[str] = set()  # main-pass entries found in the hash: they stay on the field path
         self._home: dict[str, str] = {}  # main-pass entries pending in another load's page: that page key
@@ -856,7 +922,7 @@ class ShardLedger:
             st = codes.names.get(rec[slot]) if rec and rec[slot] else None
             if st is not None and st != DEFERRED:
                 if st == PENDING:
-                    self._at[f] = offsets[k8] * (8 + codes.width)
+                    self._at[f] = (offsets[k8] * (8 + codes.width), k8)
                 out.append(st)
             else:
                 out.append(self._elsewhere(f, k8, slot, codes, others) if others else None)
@@ -1023,16 +1089,31 @@ class ShardLedger:
         for key, idx in by_page.items():
             page_id = key.rpartition(":pg:")[2]
             sub_receipt = f"{receipt}:{page_id}"
-            args = [self.ttl, RECEIPT_TTL, sub_receipt, self._answered_page, page_id]
+            fields: list[str] = []
+            k8s: list[bytes] = []
+            kind_of: list[int] = []
+            kinds: dict[tuple[str, str, str, str, float], int] = {}
             for i in idx:
                 c = changes[i]
                 touch, _, uid = c.field.partition("|")
-                args += [c.field, touch, c.state, c.variant_touch, c.outcome, f"{c.due:.0f}", uid_key(uid)]
+                fields.append(c.field)
+                k8s.append(uid_key(uid))
+                kind = (touch, c.state, c.variant_touch, c.outcome, c.due)
+                k = kinds.get(kind)
+                if k is None:
+                    k = kinds[kind] = len(kinds) + 1
+                kind_of.append(k)
+            raw, flen_w, flens = _pack_fields(fields)
+            kind_w, packed_kinds = _pack_ints(kind_of)
+            args = [self.ttl, RECEIPT_TTL, sub_receipt, self._answered_page, page_id, len(idx),
+                    raw, flen_w, flens, b"".join(k8s), kind_w, packed_kinds]
+            for touch, state, vt, outcome, due in kinds:
+                args += [touch, state, vt, outcome, f"{due:.0f}"]
             keys = [self.ledger, self.stats, self.deferred, self.keys.receipts, self.codes, self.pages_key, key]
-            for i, x in zip(idx, self._page_prepare(keys=keys, args=args), strict=True):
+            for i, k8, x in zip(idx, k8s, self._page_prepare(keys=keys, args=args), strict=True):
                 applied[i] = bool(x)
                 if x >= 2:  # pending: where its record is, for the outcome's call
-                    self._at[changes[i].field] = int(x) - 2
+                    self._at[changes[i].field] = (int(x) - 2, k8)
             self._answered_page = sub_receipt
         return applied
 
@@ -1055,13 +1136,36 @@ class ShardLedger:
             self._finalize(keys=keys, args=args, client=client)
         hint = self._layout_hint
         width, slots, by_state = hint if hint else (-1, {}, {})
+        at = self._at
         for key, idx in by_page.items():
-            args = [self.ttl, width, by_state.get(PENDING, 0)]
+            fields: list[str] = []
+            k8s: list[bytes] = []
+            offs: list[int] = []
+            kind_of: list[int] = []
+            kinds: dict[tuple[str, str, str, str], int] = {}
             for i in idx:
                 c = changes[i]
                 touch, _, uid = c.field.partition("|")
-                args += [c.field, touch, slots.get(touch, -1), c.state, by_state.get(c.state, 0), c.variant_touch,
-                         c.outcome, uid_key(uid), self._at.pop(c.field, -1)]
+                fields.append(c.field)
+                seen = at.pop(c.field, None)
+                if seen is None:
+                    offs.append(0)
+                    k8s.append(uid_key(uid))
+                else:
+                    offs.append(seen[0] + 1)
+                    k8s.append(seen[1])
+                kind = (touch, c.state, c.variant_touch, c.outcome)
+                k = kinds.get(kind)
+                if k is None:
+                    k = kinds[kind] = len(kinds) + 1
+                kind_of.append(k)
+            raw, flen_w, flens = _pack_fields(fields)
+            kind_w, packed_kinds = _pack_ints(kind_of)
+            off_w, packed_offs = _pack_ints(offs)
+            args = [self.ttl, width, by_state.get(PENDING, 0), len(idx), raw, flen_w, flens, b"".join(k8s),
+                    kind_w, packed_kinds, off_w, packed_offs]
+            for touch, state, vt, outcome in kinds:
+                args += [touch, slots.get(touch, -1), state, by_state.get(state, 0), vt, outcome]
             self._page_finalize(keys=[self.ledger, self.stats, self.codes, key], args=args, client=client)
 
     def advance(self, pipe: Any, start: int, end: int, users: int, counters: dict[str, int]) -> None:
