@@ -94,7 +94,7 @@ def _script_of(redis, plan, which: str):
     ledger = ShardLedger(redis, ShardKeys(plan.id, "r1", 1))
     # The main pass's scripts: its pages are decided and recorded by position (page records).
     script = {"page decision": ledger._page_prepare, "outcomes": ledger._page_finalize,
-              "frequency counts": FrequencyCap(redis, None)._script}[which]
+              "frequency counts": FrequencyCap(redis, None)._counter}[which]  # a plan without caps counts
     return script
 
 

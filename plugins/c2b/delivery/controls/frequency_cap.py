@@ -30,8 +30,8 @@ of the touch together, so of two shards racing for a user's last slot exactly on
 scripts of one call are pipelined (one round trip; on Redis Cluster one per node, see
 :mod:`c2b.store.script_pipelines`). A worker killed between taking the slot and recording the
 message leaves the slot taken: the user may get one touch fewer, never one more. Plans of a scope
-without any cap only count their sends, after sending, with a plain ``HINCRBY`` per send
-(:meth:`FrequencyCap._count`: no script, no receipt).
+without any cap only count their sends, after sending: one ``HINCRBY`` per send, in one script call
+per flush on a plain Redis (:meth:`FrequencyCap._count`, receipt-guarded like the others).
 
 **Replays** are safe: when Redis stops right after running a call, the client cannot tell and sends
 it again. Each call carries a receipt, and the bucket's receipts hash (``...:rcpt``, same slot)
@@ -174,18 +174,26 @@ return out
 """
 
 
-# Counting only (a plan without caps, standalone Redis): KEYS day keys; ARGV: n keys, their ttls, then
-# (key index, uid, touches) x asks. Returns per ask 0, or 1 when its field is not an integer (the
-# script above wrote per-channel counts there): the caller counts those through _TAKE.
+# Counting only (a plan without caps, standalone Redis): KEYS[1] the scope's count receipts, then
+# the day keys; ARGV: receipt, previous receipt, receipt ttl, n keys, their ttls, then (key index,
+# uid, touches) x asks. Returns one character per ask: '0', or '1' when its field is not an
+# integer (the script above wrote per-channel counts there): the caller counts those through
+# _TAKE. A replay (same receipt) gets the first answer back and counts nothing again.
 _COUNT = """
-local nk = tonumber(ARGV[1])
+local done = redis.call('HGET', KEYS[1], ARGV[1])
+if done then return done end
+local nk = tonumber(ARGV[4])
 local out = {}
-for i = nk + 2, #ARGV, 3 do
-  local ok = pcall(redis.call, 'HINCRBY', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
-  out[#out + 1] = ok and 0 or 1
+for i = nk + 5, #ARGV, 3 do
+  local r = redis.pcall('HINCRBY', KEYS[tonumber(ARGV[i]) + 1], ARGV[i + 1], ARGV[i + 2])
+  out[#out + 1] = (type(r) == 'table' and r.err) and '1' or '0'
 end
-for k = 1, nk do redis.call('EXPIRE', KEYS[k], tonumber(ARGV[k + 1])) end
-return out
+for k = 1, nk do redis.call('EXPIRE', KEYS[k + 1], tonumber(ARGV[k + 4])) end
+local answer = table.concat(out)
+if ARGV[2] ~= '' then redis.call('HDEL', KEYS[1], ARGV[2]) end
+redis.call('HSET', KEYS[1], ARGV[1], answer)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
+return answer
 """
 
 
@@ -263,28 +271,32 @@ class FrequencyCap:
         asks = [a for a in asks if a[3] > 0]
         granted: dict[tuple[str, str], int] = defaultdict(int)
         if not self.rules.capped:
-            for day, uid, _, n in self._count(asks):
+            for day, uid, _, n in self._count(asks, receipt):
                 granted[(day, uid)] += n
             return dict(granted)
         for (day, uid, _, _), (g, _) in zip(asks, self._move(asks, receipt), strict=True):
             granted[(day, uid)] += g
         return dict(granted)
 
-    def _count(self, asks: list[tuple[str, str, str, int]]) -> list[tuple[str, str, str, int]]:
-        """Count the sends of a plan without caps: ``HINCRBY`` of each user's day total, pipelined.
+    def _count(self, asks: list[tuple[str, str, str, int]], receipt: str | None) -> list[tuple[str, str, str, int]]:
+        """Count the sends of a plan without caps: ``HINCRBY`` of each user's day total.
 
         A plan without caps needs no answer and no check, only the count (for capped plans of its
-        scope), and a scope without caps counts only day totals, so a plain integer field and one
-        command per send do what the script did with one call per bucket (about 60 us of CPU a
-        message, Redis and client together, measured by /work/wt/one_shard.py at 50k users).
-        Unlike the script this keeps no receipt: a flush replayed after a lost reply counts its
-        sends twice, which can only cap a user early, never late. A field the script wrote with
-        per-channel counts (a line whose caps were removed today) is not an integer: those asks
-        go through the script instead.
+        scope), and a scope without caps counts only day totals, so on a plain Redis one script
+        call for the whole flush does what :data:`_TAKE` did with one call per bucket (about 60 us
+        of CPU a message, Redis and client together, at 50k users). Like it, the call leaves a
+        receipt (in the scope's ``c2b:fcap:{<scope>:counts}:rcpt`` hash), so a replay after a lost reply counts
+        nothing twice. A field the script wrote with per-channel counts (a line whose caps were
+        removed today) is not an integer: those asks go through :data:`_TAKE`. On Redis Cluster
+        (a script's keys must share a slot) the counts take :data:`_TAKE`'s path, per bucket.
         """
+        receipt = receipt or self.new_receipt()
+        if hasattr(self.redis, "get_node_from_key"):
+            self._move(asks, receipt)
+            return asks
         scope = self.rules.scope
         now = int(time.time())
-        keys: dict[str, int] = {}  # day key -> its index (1-based, for the script)
+        keys: dict[str, int] = {}  # day key -> its index (1-based among the day keys)
         ttls: list[int] = []
         where: list[Any] = []
         for day, uid, _, n in asks:
@@ -294,21 +306,14 @@ class FrequencyCap:
                 k = keys[key] = len(keys) + 1
                 ttls.append(max(MIN_TTL, _expire_at(day)[0] - now))
             where += [k, uid, n]
-        if hasattr(self.redis, "get_node_from_key"):  # Redis Cluster: keys of many slots, one command each
-            pipe = self.redis.pipeline(transaction=False)
-            names = list(keys)
-            for i in range(0, len(where), 3):
-                pipe.hincrby(names[where[i] - 1], where[i + 1], where[i + 2])
-            for key, ttl in zip(names, ttls, strict=True):
-                pipe.expire(key, ttl)
-            answers = pipe.execute(raise_on_error=False)
-            failed = [isinstance(r, Exception) for r in answers[:len(asks)]]
-        else:  # one script call for the whole flush
-            answers = self._counter(keys=list(keys), args=[len(keys), *ttls, *where])
-            failed = [bool(x) for x in answers]
-        redo = [a for a, bad in zip(asks, failed, strict=True) if bad]
+        receipts = "c2b:fcap:{" + scope + ":counts}:rcpt"
+        answer = self._counter(keys=[receipts, *keys], args=[receipt, self._answered.get(receipts, ""), RECEIPT_TTL,
+                                                              len(keys), *ttls, *where])
+        self._answered[receipts] = receipt
+        text = answer.decode() if isinstance(answer, bytes) else str(answer)
+        redo = [a for a, bad in zip(asks, text, strict=True) if bad == "1"]
         if redo:
-            self._move(redo, None)
+            self._move(redo, receipt + ":redo")
         return asks
 
     def give_back(self, items: Iterable[tuple[str, ...]], receipt: str | None = None) -> None:
