@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from c2b.plan.lines import multi_team_env
+from c2b.plan.load import load_plan
 
 from devtools.airflow_stack import (
     FAST_PARSING,
@@ -100,14 +101,19 @@ def test_lines_run_as_airflow_teams(teams) -> None:
     stack, dags, data = teams
     get = stack.get
 
-    def bundles():
-        found = {d["dag_id"]: d["bundle_name"] for d in get("dags?limit=100")["dags"]}
-        return found if len(found) == 8 else None
-
-    assert wait_for("the plans of both lines", bundles, timeout=240) == {
+    expected = {
         "cancelled_price_ab": "growth", "cancelled_price_coupon": "growth", "new_users_private_domain": "growth",
         "privacy_worry_tutorial": "growth", "high_value_callback": "care", "nps_detractor_care": "care",
         "connection_probe_growth": "growth", "connection_probe_care": "care"}
+    # A plan with a goal brings its daily results DAG along, in its own line's bundle.
+    expected |= {f"{p.stem}__results": line for line in LINES for p in (dags / "plans" / line).glob("*.yaml")
+                 if p.name != "line.yaml" and load_plan(p, check_files=False).goal is not None}
+
+    def bundles():
+        found = {d["dag_id"]: d["bundle_name"] for d in get("dags?limit=100")["dags"]}
+        return found if len(found) == len(expected) else None
+
+    assert wait_for("the plans of both lines", bundles, timeout=240) == expected
     assert get("importErrors")["import_errors"] == []
     # The Code tab: the DAG's source is the plan's YAML, versioned.
     source = get(f"dagSources/{PLAN}")
