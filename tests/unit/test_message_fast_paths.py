@@ -13,7 +13,7 @@ from c2b.channels.base import ChannelConfig, Message, new_message
 from c2b.channels.outbox import OutboxChannel
 from c2b.delivery.work import idempotency_key, key_prefix
 from c2b.hashing import VECTOR_MIN, VariantPicker
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from markupsafe import Markup
 
@@ -25,7 +25,7 @@ def _reference_key(plan: str, run: str, touch: str, uid: str) -> str:
     return hashlib.sha256(f"{plan}\x1f{run}\x1f{touch}\x1f{uid}".encode("utf-8", "replace")).hexdigest()[:32]
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(plan=ids, run=ids, touch=ids, uid=ids)
 def test_prefix_hasher_gives_the_contract_key(plan: str, run: str, touch: str, uid: str) -> None:
     h = key_prefix(plan, run, touch).copy()
@@ -58,7 +58,7 @@ json_value = st.recursive(
     max_leaves=6)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(texts=st.lists(st.tuples(st.text(max_size=30), ids), min_size=1, max_size=4),
        assets=st.dictionaries(st.text(max_size=5), st.text(max_size=8), max_size=3),
        offer=st.one_of(st.none(), st.dictionaries(st.text(max_size=5), json_value, max_size=3)),
@@ -95,7 +95,7 @@ def test_outbox_cache_follows_the_object() -> None:
         ch.close()
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(weights=st.dictionaries(st.sampled_from(["a", "b", "c", "control"]), st.integers(0, 7), min_size=1)
        .filter(lambda w: sum(w.values()) > 0),
        salt=st.text(max_size=9), uids=st.lists(ids, max_size=3 * VECTOR_MIN))

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from c2b.plan.template_limits import BoundedTemplate
 from c2b.plan.templates import _ENV, compile_bounded, compile_template
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from markupsafe import Markup
 
@@ -54,7 +54,7 @@ def _same(a: tuple[str, Any], b: tuple[str, Any]) -> bool:
     return a == b or (a[0] == b[0] == "ok" and isinstance(a[1], float) and math.isnan(a[1]) and math.isnan(b[1]))
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(source=plain_template, values=values, max_chars=st.sampled_from([1, 5, 20, 60, 10_000]),
        seconds=st.sampled_from([0.5, -1.0]))
 def test_plain_templates_render_like_jinja(source: str, values: dict[str, Any], max_chars: int,
@@ -72,7 +72,7 @@ def test_plain_templates_render_like_jinja(source: str, values: dict[str, Any], 
     assert _same(_outcome(lambda: fast.render_with(builtins, attrs)), expected), (source, values)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(source=any_template, values=values, max_chars=st.sampled_from([5, 10_000]))
 def test_any_template_renders_like_jinja(source: str, values: dict[str, Any], max_chars: int) -> None:
     fast = compile_bounded(source, max_chars, "sms")
