@@ -1,25 +1,40 @@
-"""Benchmark: Redis memory per capped user of the frequency-cap counts, at 10M-user density.
+"""Benchmark: Redis memory per capped user of the frequency-cap counts, and their cost per message,
+the layout with sub-keys against the one before it, in the same run.
 
 The counts of a scope (a business line) are spread over 2,048 buckets per day and per ISO week
 (``c2b.delivery.controls.frequency_cap``). What a key costs per field depends on how full it is
 (a small hash is a compact listpack, a big one a hash table), so the figure must be measured at
-the density a real audience gives: at 10M users touched, each key holds 10M / 2,048 ~ 4,900 users.
-This fills ``--buckets`` sample buckets with exactly the users that 10M sequential uids put in them
-(``--users`` candidates hashed), takes one slot per touch through :class:`FrequencyCap`, and
-sums ``MEMORY USAGE <key> SAMPLES 0`` over every counts key (receipts are 1-hour transients,
-reported apart). Measured in one run on one private redis-server:
+the density a real audience gives. Two layouts, both run here:
 
-(a) baseline: the layout before business lines (one HINCRBY per touch into
-    ``c2b:fcap:{<day>:<bucket>}``, 1,024 buckets, one day key), same users;
-(b) a line with ``per_day`` only: one touch per user (a day key);
-(c) ``per_day`` + ``per_week``: one touch (a day key and a week key);
-(d) ``per_day`` + ``per_week`` + ``per_channel`` sms (day, week) and push (day): one SMS and one
-    push per user (the channels ride in the field's value: still one field per key).
+- **old** (``bench/fcap_v1.py``, the code before sub-keys): one HASH per bucket-day,
+  ``c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>``; at 10M users ~4,900 fields, a hash table;
+- **new**: each bucket-day split into ``SUBKEYS`` (64) sub-keys ``...:<YYYYMMDD>:<sub>``; at 10M
+  users ~76 fields each, a listpack (Redis's default ``hash-max-listpack-entries`` is 128).
 
-Reported: bytes per capped user, the ratio to (a), the largest key's fields and bytes, and the
-projection to 10M users. Usage::
+**Memory**, per audience of ``--users`` (default 10M and 100k): the sample buckets are filled with
+exactly the users that many sequential uids put in them (8 of 2,048 at 10M, more at smaller
+audiences so that ~40k users are sampled), i.e. keys as full as that audience makes them; one slot
+per touch is taken through each layout's ``FrequencyCap`` on an emptied server. Reported:
+``MEMORY USAGE <key> SAMPLES 0`` summed over the counts keys (receipts, 1-hour transients, are
+deleted first), and the server's ``used_memory`` growth (also counts the expiry entries and the
+keyspace's hash tables), per capped user; ratios new / old.
 
-    .venv/bin/python bench/fcap_memory.py [--users 10000000] [--buckets 8]
+(b) a line with ``per_day`` only: one touch per user (day keys);
+(c) ``per_day`` + ``per_week``: one touch (day and week keys);
+(d) + ``per_channel`` sms (day, week) and push (day): one SMS and one push per user.
+
+**Cost per message**, ``--messages`` (50k) in flushes of 1,000, old and new alternated
+``--repeats`` times, each on counts of its own: ``take_each`` under (c), ``take`` under (b), and
+the count of a plan without caps (``take`` without caps: one script per flush). Two spreads:
+*spread*, every message a new user over all 2,048 buckets (a flush is ~800 script calls of 1-2
+asks, as in a real run); *dense*, a second touch for the users of the 10M sample (their keys as
+full as at 10M users: a hash-table lookup against a listpack scan). Reported: the client's wall
+time per message (includes Redis, one private redis-server) and the server's CPU per message
+(``INFO cpu``), medians, ratios new / old.
+
+Usage::
+
+    .venv/bin/python bench/fcap_memory.py [--users 10000000,100000] [--messages 50000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -28,100 +43,204 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from c2b.delivery.controls.frequency_cap import BUCKETS, CapRules, ChannelCap, FrequencyCap
+from c2b.delivery.controls.frequency_cap import BUCKETS, SUBKEYS, CapRules, ChannelCap, FrequencyCap
 from c2b.hashing import shard_index
 
+from bench import fcap_v1
 from devtools.servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DAY = "20261125"
+LAYOUTS: dict[str, Callable[[Any, CapRules], Any]] = {"old": fcap_v1.FrequencyCap, "new": FrequencyCap}
+SCENARIOS = {
+    "(b) per_day": (CapRules("b", per_day=3), ["push"]),
+    "(c) per_day + per_week": (CapRules("c", per_day=3, per_week=10), ["push"]),
+    "(d) + per_channel sms (day, week), push (day)": (
+        CapRules("d", per_day=3, per_week=10,
+                 per_channel=(("push", ChannelCap(2, None)), ("sms", ChannelCap(1, 2)))), ["sms", "push"]),
+}
 
 
-def _sample(users: int, buckets: int, of: int) -> list[str]:
-    """Return the uids among ``users`` sequential 10-digit uids that fall in buckets 1..``buckets`` of ``of``."""
-    return [uid for uid in (str(1_000_000_000 + i) for i in range(users)) if shard_index(uid, of) <= buckets]
+def _sample(users: int, buckets: int) -> list[str]:
+    """Return the uids among ``users`` sequential 10-digit uids that fall in buckets 1..``buckets``."""
+    return [uid for uid in (str(1_000_000_000 + i) for i in range(users)) if shard_index(uid, BUCKETS) <= buckets]
 
 
-def _measure(client: Any, match: str) -> dict[str, Any]:
-    keys = [k for k in client.scan_iter(match=match, count=1000)]
+def _used(client: Any) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def _measure(client: Any, before: int) -> dict[str, Any]:
+    keys = list(client.scan_iter(match="c2b:fcap:*", count=1000))
+    rcpt = [k for k in keys if k.endswith(b":rcpt")]
     counts = [k for k in keys if not k.endswith(b":rcpt")]
-    sizes = {k: client.memory_usage(k, samples=0) for k in counts}
-    fields = {k: client.hlen(k) for k in counts}
-    rcpt = sum(client.memory_usage(k, samples=0) for k in keys if k.endswith(b":rcpt"))
-    return {"keys": len(counts), "bytes": sum(sizes.values()), "max_key_bytes": max(sizes.values()),
-            "max_key_fields": max(fields.values()), "receipt_bytes": rcpt,
-            "encodings": sorted({client.object("encoding", k).decode() for k in counts})}
+    if rcpt:
+        client.delete(*rcpt)
+    sizes = [client.memory_usage(k, samples=0) for k in counts]
+    fields = [client.hlen(k) for k in counts]
+    encodings: dict[str, int] = {}
+    for k in counts:
+        enc = client.object("encoding", k).decode()
+        encodings[enc] = encodings.get(enc, 0) + 1
+    return {"keys": len(counts), "bytes": sum(sizes), "used_memory": _used(client) - before,
+            "max_key_bytes": max(sizes), "max_key_fields": max(fields),
+            "mean_key_fields": round(statistics.mean(fields), 1), "encodings": encodings}
+
+
+def _fill(client: Any, layout: str, rules: CapRules, channels: list[str], users: list[str]) -> dict[str, Any]:
+    client.flushall()
+    fcap = LAYOUTS[layout](client, rules)
+    fcap.take_each([(DAY, "warm-up", channels[0])])  # loads the script (its cache is not the counts')
+    client.flushall()
+    time.sleep(0.2)
+    before = _used(client)
+    touches = [(DAY, uid, ch) for uid in users for ch in channels]
+    for i in range(0, len(touches), 2000):
+        assert set(fcap.take_each(touches[i:i + 2000])) == {None}  # every touch counted
+    return _measure(client, before)
+
+
+def memory(client: Any, audiences: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    for users in audiences:
+        buckets = min(BUCKETS, max(8, -(-BUCKETS * 40_000 // users)))
+        sample = _sample(users, buckets)
+        for name, (rules, channels) in SCENARIOS.items():
+            got = {layout: _fill(client, layout, rules, channels, sample) for layout in LAYOUTS}
+            for layout, m in got.items():
+                row = {"audience": users, "buckets": buckets, "scenario": name, "layout": layout,
+                       "users": len(sample), **m,
+                       "bytes_per_user": round(m["bytes"] / len(sample), 1),
+                       "used_per_user": round(m["used_memory"] / len(sample), 1)}
+                row["at_audience_MB"] = round(row["used_per_user"] * users / 1e6, 1)
+                row["vs_old"] = round(m["bytes"] / got["old"]["bytes"], 3)
+                row["used_vs_old"] = round(m["used_memory"] / got["old"]["used_memory"], 3)
+                rows.append(row)
+                print(f"{users:>11,} {name[:3]} {layout}: {row['bytes_per_user']} B/user (MEMORY USAGE), "
+                      f"{row['used_per_user']} B/user (used_memory), {m['keys']:,} keys, max {m['max_key_fields']} "
+                      f"fields, {m['encodings']}", flush=True)
+    client.flushall()
+    return rows
+
+
+def _cpu(client: Any) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _time(client: Any, layout: str, rules: CapRules, run: Callable[[Any, list[str]], Any], uids: list[str],
+          flush: int) -> tuple[float, float]:
+    """Return (wall seconds, server CPU seconds) to put ``uids`` through ``run`` in flushes."""
+    fcap = LAYOUTS[layout](client, rules)
+    run(fcap, uids[:1])  # script loaded, connection warm
+    cpu0, t0 = _cpu(client), time.perf_counter()
+    for i in range(1, len(uids), flush):
+        run(fcap, uids[i:i + flush])
+    return time.perf_counter() - t0, _cpu(client) - cpu0
+
+
+def cost(client: Any, messages: int, repeats: int, flush: int, dense: list[str]) -> list[dict[str, Any]]:
+    kinds: dict[str, tuple[CapRules, Callable[[Any, list[str]], Any]]] = {
+        "take_each, per_day + per_week": (
+            CapRules("c", per_day=3, per_week=10), lambda f, us: f.take_each([(DAY, u, "push") for u in us])),
+        "take, per_day": (CapRules("b", per_day=3), lambda f, us: f.take([(DAY, u, 1) for u in us])),
+        "count without caps (one script per flush)": (
+            CapRules("-"), lambda f, us: f.take([(DAY, u, "push", 1) for u in us])),
+    }
+    rows = []
+    for spread in ("spread", "dense"):
+        for kind, (rules, run) in kinds.items():
+            got: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
+            for rep in range(repeats):
+                for layout in (("old", "new") if rep % 2 == 0 else ("new", "old")):
+                    client.flushall()
+                    if spread == "spread":
+                        uids = [str(3_000_000_000 + rep * messages + i) for i in range(messages + 1)]
+                    else:  # the 10M sample, already touched once: keys as full as at 10M users
+                        pre = LAYOUTS[layout](client, rules)
+                        for i in range(0, len(dense), 2000):
+                            run(pre, dense[i:i + 2000])
+                        uids = (dense * (1 + messages // len(dense)))[:messages + 1]
+                    got[layout].append(_time(client, layout, rules, run, uids, flush))
+            n = len(uids) - 1
+            per = {layout: (statistics.median(w for w, _ in v) / n * 1e6, statistics.median(c for _, c in v) / n * 1e6)
+                   for layout, v in got.items()}
+            row = {"spread": spread, "kind": kind, "messages": n,
+                   "old_wall_us": round(per["old"][0], 1), "new_wall_us": round(per["new"][0], 1),
+                   "old_redis_cpu_us": round(per["old"][1], 1), "new_redis_cpu_us": round(per["new"][1], 1),
+                   "wall_ratio": round(per["new"][0] / per["old"][0], 2),
+                   "cpu_ratio": round(per["new"][1] / per["old"][1], 2) if per["old"][1] else None}
+            rows.append(row)
+            print(f"{spread} {kind}: {row}", flush=True)
+    client.flushall()
+    return rows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--users", type=int, default=10_000_000, help="the audience whose density is measured")
-    ap.add_argument("--buckets", type=int, default=8, help="sample buckets filled (of 2,048)")
+    ap.add_argument("--users", default="10000000,100000", help="audiences whose density is measured")
+    ap.add_argument("--messages", type=int, default=50_000)
+    ap.add_argument("--flush", type=int, default=1_000)
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    audiences = [int(u) for u in args.users.split(",")]
     load_before = os.getloadavg()[0]
-    new_users = _sample(args.users, args.buckets, BUCKETS)
-    old_users = _sample(args.users, args.buckets // 2 or 1, 1024)  # the same share of the audience
-    scenarios = {
-        "(b) per_day": (CapRules("b_day", per_day=3), ["push"]),
-        "(c) per_day + per_week": (CapRules("c_week", per_day=3, per_week=10), ["push"]),
-        "(d) + per_channel sms (day, week), push (day)": (
-            CapRules("d_chan", per_day=3, per_week=10,
-                     per_channel=(("push", ChannelCap(2, None)), ("sms", ChannelCap(1, 2)))), ["sms", "push"]),
-    }
-    rows: list[dict[str, Any]] = []
     version = "?"
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis").start()
         try:
             client = server.client()
             version = client.info("server")["redis_version"]
-            pipe = client.pipeline(transaction=False)
-            for uid in old_users:
-                pipe.hincrby("c2b:fcap:{" + f"{DAY}:{shard_index(uid, 1024)}" + "}", uid, 1)
-            pipe.execute()
-            base = _measure(client, "c2b:fcap:{" + DAY + ":*")
-            rows.append({"layout": "(a) before lines: day key, 1,024 buckets", "users": len(old_users), **base})
-            for name, (rules, channels) in scenarios.items():
-                fcap = FrequencyCap(client, rules)
-                touches = [(DAY, uid, ch) for uid in new_users for ch in channels]
-                for i in range(0, len(touches), 2000):
-                    assert set(fcap.take_each(touches[i:i + 2000])) == {None}  # every touch counted
-                rows.append({"layout": name, "users": len(new_users),
-                             **_measure(client, "c2b:fcap:{" + rules.scope + ":*")})
+            mem = memory(client, audiences)
+            dense = _sample(10_000_000, 8)
+            costs = cost(client, args.messages, args.repeats, args.flush, dense)
         finally:
             server.stop()
-    base_per_user = rows[0]["bytes"] / rows[0]["users"]
-    for r in rows:
-        r["bytes_per_user"] = round(r["bytes"] / r["users"], 1)
-        r["vs_a"] = round(r["bytes_per_user"] / base_per_user, 2)
-        r["at_10M_users_MB"] = round(r["bytes_per_user"] * 10_000_000 / 1e6)
     load_after = os.getloadavg()[0]
-    head = (f"{args.users:,} sequential 10-digit uids hashed; {len(new_users):,} of them fill {args.buckets} of "
-            f"{BUCKETS:,} buckets ({len(old_users):,} fill {args.buckets // 2 or 1} of 1,024 for (a)), i.e. keys as "
-            f"full as at {args.users:,} users touched; one private redis-server {version}; Python "
+    head = (f"One private redis-server {version} (default config: hash-max-listpack-entries 128); Python "
             f"{platform.python_version()}, {os.cpu_count()} CPUs shared (load {load_before:.2f} before, "
-            f"{load_after:.2f} after).")
-    lines = ["# Frequency-cap counts: memory per capped user (`bench/fcap_memory.py`)", "", head, "",
-             "| layout | users | bytes per user | vs (a) | largest key: fields | largest key: bytes | encoding "
-             "| at 10M users |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
-    for r in rows:
-        lines.append(f"| {r['layout']} | {r['users']:,} | {r['bytes_per_user']:,} | {r['vs_a']:.2f} | "
-                     f"{r['max_key_fields']:,} | {r['max_key_bytes']:,} | {', '.join(r['encodings'])} | "
-                     f"{r['at_10M_users_MB']:,} MB |")
-    lines += ["", "Receipts (`...:rcpt`, 1-hour TTL, about one per running caller and bucket-day) are not in the "
-                  "figures: " + ", ".join(f"{r['layout'][:3]} {r['receipt_bytes']:,} bytes" for r in rows[1:]) + "."]
+            f"{load_after:.2f} after). New layout: {SUBKEYS} sub-keys per bucket-day and bucket-week.")
+    lines = ["# Frequency-cap counts: memory per capped user and cost per message (`bench/fcap_memory.py`)", "",
+             head, "", "## Memory", "",
+             "Sample buckets filled with exactly the users that many sequential 10-digit uids put there (keys as "
+             "full as at that audience). B/user: `MEMORY USAGE` summed over the counts keys / users; used_memory: "
+             "the server's growth / users (adds expiry entries and the keyspace tables); at audience: used_memory "
+             "per user x audience.", "",
+             "| audience | scenario | layout | users sampled | keys | fields per key (mean / max) | encoding | "
+             "B/user | vs old | used_memory B/user | vs old | at audience |",
+             "| ---: | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in mem:
+        enc = ", ".join(f"{k} {v:,}" for k, v in sorted(r["encodings"].items()))
+        lines.append(f"| {r['audience']:,} | {r['scenario']} | {r['layout']} | {r['users']:,} | {r['keys']:,} | "
+                     f"{r['mean_key_fields']} / {r['max_key_fields']:,} | {enc} | {r['bytes_per_user']} | "
+                     f"{r['vs_old']:.2f} | {r['used_per_user']} | {r['used_vs_old']:.2f} | "
+                     f"{r['at_audience_MB']:,} MB |")
+    lines += ["", "## Cost per message", "",
+              f"{args.messages:,} messages in flushes of {args.flush:,}, old and new alternated {args.repeats} times "
+              "(medians). spread: a new user per message over all buckets; dense: the users of the 10M sample "
+              "again (keys as full as at 10M users). Wall: the client's time per message, Redis included; "
+              "Redis CPU: the server's user+sys CPU per message.", "",
+              "| spread | call | old wall us | new wall us | wall new/old | old Redis CPU us | new Redis CPU us "
+              "| CPU new/old |",
+              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in costs:
+        lines.append(f"| {r['spread']} | {r['kind']} | {r['old_wall_us']} | {r['new_wall_us']} | {r['wall_ratio']} | "
+                     f"{r['old_redis_cpu_us']} | {r['new_redis_cpu_us']} | {r['cpu_ratio']} |")
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fcap_memory.md").write_text(text)
-    (RESULTS / "fcap_memory.json").write_text(json.dumps({"head": head, "rows": rows}, indent=2) + "\n")
+    (RESULTS / "fcap_memory.json").write_text(json.dumps({"head": head, "memory": mem, "cost": costs}, indent=2)
+                                              + "\n")
     return 0
 
 

@@ -20,8 +20,12 @@ from c2b.delivery.controls.frequency_cap import (
     NO_LINE,
     CapRules,
     ChannelCap,
+    SUBKEYS,
     FrequencyCap,
     fcap_keys,
+    fcap_place,
+    forget_counts,
+    old_fcap_keys,
     rules_of,
     week_of,
 )
@@ -98,9 +102,10 @@ def test_week_cap_counts_every_plan_of_the_line_across_days(redis_client, tmp_pa
     # The ledger says which cap refused the touch; the delivery log reports it as the reason.
     state = _ledger_state(redis_client, "plan_b", "r1", "t1|w7")
     assert state == "c:per_week" and outcome_of(state) == ("capped", "per_week")
-    # Keys: one day key and one week key per bucket, expiring just past their window.
+    # Keys: one day key and one week key per bucket and sub-key, expiring just past their window.
     day_key, week_key, _ = fcap_keys("growth", "20261125", "w7")
-    assert week_key.endswith(":2026W48") and week_of("20261129") == "2026W48" and week_of("20261130") == "2026W49"
+    assert week_key.rsplit(":", 1)[0].endswith(":2026W48") and week_of("20261129") == "2026W48" \
+        and week_of("20261130") == "2026W49"
     assert 0 < redis_client.ttl(week_key) <= 8 * 86400 and 0 < redis_client.ttl(day_key) <= 2 * 86400
     # A call's keys share one hash tag: one Redis Cluster slot, one atomic script.
     assert len({key_slot(k.encode()) for k in fcap_keys("growth", "20261125", "w7")}) == 1
@@ -275,16 +280,59 @@ def test_two_plans_of_a_line_running_at_once_send_each_user_once(redis_server, r
 
 
 def test_no_key_grows_past_its_bound(redis_client) -> None:
-    """Users spread over 2,048 buckets per scope and day: at 10M users a key holds ~4,900 fields."""
+    """Users spread over 2,048 buckets x 64 sub-keys per scope and day: at 10M users a key holds
+    ~76 fields, a listpack."""
     fcap = FrequencyCap(redis_client, CapRules("growth", 3, 5, (("sms", ChannelCap(1, 2)),)))
-    fcap.take_each([("20261125", f"b{i}", ch) for i in range(20_000) for ch in ("sms", "push")])
-    sizes = [redis_client.hlen(k) for k in redis_client.scan_iter("c2b:fcap:*", count=1000)
-             if not k.endswith(b":rcpt")]
-    assert len(sizes) == 2 * BUCKETS  # a day key and a week key per bucket
-    assert max(sizes) < 3 * 20_000 / BUCKETS  # even spread: ~10 per key here, ~4,900 at 10M users
+    users = [f"b{i}" for i in range(20_000)]
+    fcap.take_each([("20261125", u, ch) for u in users for ch in ("sms", "push")])
+    keys = [k for k in redis_client.scan_iter("c2b:fcap:*", count=1000) if not k.endswith(b":rcpt")]
+    assert len(keys) == 2 * len({fcap_place(u) for u in users})  # a day key and a week key per sub-key
+    assert max(redis_client.hlen(k) for k in keys) < 8  # even spread: ~0.15 per key here, ~76 at 10M users
+    assert {redis_client.object("encoding", k) for k in keys} == {b"listpack"}
+    assert {fcap_place(u)[0] for u in users} == set(range(1, BUCKETS + 1))
+    assert len({fcap_place(u)[1] for u in users}) == SUBKEYS
 
 
 def test_a_plan_without_caps_counts_its_sends_for_the_capped_plans_of_its_scope(redis_client) -> None:
     from store_cases import assert_counting_without_caps
 
     assert_counting_without_caps(redis_client)
+
+
+def test_counts_of_the_layout_before_sub_keys_still_count(redis_client) -> None:
+    """On the day of the upgrade, a user's counts in the old bucket hash (``...}:<day>``, week
+    ``...}:<YYYY>W<ww>``) count against the caps; the first write of the user moves them into the
+    sub-key; a count of a plan without caps adds to them."""
+    rules = CapRules("growth", per_day=3, per_week=4, per_channel=(("sms", ChannelCap(1, None)),))
+    old_day, old_week = old_fcap_keys("growth", "20261125", "v1")
+    old_day2, old_week2 = old_fcap_keys("growth", "20261125", "v2")
+    redis_client.hset(old_day, "v1", "2;sms=1")
+    redis_client.hset(old_week, "v1", "3")
+    redis_client.hset(old_day2, "v2", "1")
+    redis_client.hset(old_week2, "v2", "1")
+    fcap = FrequencyCap(redis_client, rules)
+    assert (fcap.count("20261125", "v1"), fcap.count("20261125", "v1", "sms"),
+            fcap.count("20261125", "v1", week=True)) == (2, 1, 3)
+    assert fcap.take_each([("20261125", "v1", "sms"), ("20261125", "v1", "push"), ("20261125", "v1", "push")]) \
+        == ["sms.per_day", None, "per_day"]
+    assert (fcap.count("20261125", "v1"), fcap.count("20261125", "v1", "sms"),
+            fcap.count("20261125", "v1", week=True)) == (3, 1, 4)
+    assert redis_client.hget(fcap_keys("growth", "20261125", "v1")[0], "v1") == b"3;sms=1"  # moved, merged
+    assert not redis_client.exists(old_day) and not redis_client.exists(old_week)  # emptied: gone
+    # A plan without caps counts into the sub-key; the old count adds up, and a give-back too.
+    FrequencyCap(redis_client, CapRules("growth")).take([("20261125", "v2", "push", 1)])
+    assert fcap.count("20261125", "v2") == 2 and redis_client.hget(old_day2, "v2") == b"1"
+    fcap.give_back([("20261125", "v2", "push")])
+    assert (fcap.count("20261125", "v2"), fcap.count("20261125", "v2", week=True)) == (1, 0)
+    assert fcap.take([("20261125", "v2", 5)]) == {("20261125", "v2"): 2}
+    assert not redis_client.exists(old_day2) and not redis_client.exists(old_week2)
+
+
+def test_forget_counts_deletes_a_scopes_counts_and_says_how_many_user_days(redis_client) -> None:
+    FrequencyCap(redis_client, CapRules("growth", per_day=2, per_week=3)).take_each(
+        [("20261125", f"z{i}", "push") for i in range(50)] + [("20261124", "z1", "push")])
+    redis_client.hset(old_fcap_keys("growth", "20261125", "y1")[0], "y1", "1")
+    FrequencyCap(redis_client, CapRules("care", per_day=1)).take_each([("20261125", "z1", "push")])
+    assert forget_counts(redis_client, "growth") == 52
+    assert not list(redis_client.scan_iter("c2b:fcap:{growth:*"))
+    assert FrequencyCap(redis_client, CapRules("care")).count("20261125", "z1") == 1

@@ -7,14 +7,18 @@ from pathlib import Path
 
 import pytest
 from c2b.delivery.controls.frequency_cap import (
+    BUCKETS,
     NO_LINE,
     CapRules,
     ChannelCap,
     _expire_at,
     fcap_keys,
+    fcap_place,
+    old_fcap_keys,
     rules_of,
     week_of,
 )
+from c2b.hashing import shard_index
 from c2b.plan.lines import cap_rules, line_of
 
 from devtools.deliverkit import make_plan, plan_dict
@@ -39,8 +43,11 @@ def test_keys_expire_just_past_their_window_in_the_last_timezone() -> None:
 
 def test_keys_of_one_user_share_one_slot_and_scope_apart() -> None:
     day, week, rcpt = fcap_keys("growth", "20261125", "u1")
-    prefix = day.rsplit(":", 1)[0]
-    assert day == f"{prefix}:20261125" and week == f"{prefix}:2026W48" and rcpt == f"{prefix}:20261125:rcpt"
+    prefix = rcpt.split("}")[0] + "}"
+    bucket, sub = fcap_place("u1")
+    assert prefix == "c2b:fcap:{growth:" + f"{bucket}" + "}" and bucket == shard_index("u1", BUCKETS)
+    assert day == f"{prefix}:20261125:{sub}" and week == f"{prefix}:2026W48:{sub}" and rcpt == f"{prefix}:20261125:rcpt"
+    assert old_fcap_keys("growth", "20261125", "u1") == (f"{prefix}:20261125", f"{prefix}:2026W48")
     assert prefix.startswith("c2b:fcap:{growth:") and prefix.endswith("}")
     assert fcap_keys("care", "20261125", "u1")[0] != day and fcap_keys(NO_LINE, "20261125", "u1")[0].startswith(
         "c2b:fcap:{-:")

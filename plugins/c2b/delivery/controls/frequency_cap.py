@@ -11,18 +11,32 @@ as a stricter daily cap (see :func:`c2b.plan.lines.cap_rules`).
 **Windows.** The day is the user's local day (``YYYYMMDD``, see
 :mod:`c2b.delivery.controls.quiet_hours`); the week is the ISO week (Monday to Sunday) of that day.
 
-**Keys** (no big keys, cluster-safe), per scope and ``bucket = shard_index(uid, 2048)``::
+**Keys** (no big keys, cluster-safe), per scope, ``bucket = shard_index(uid, 2048)`` and ``sub`` =
+the next 6 bits of the same murmur3 hash (0..63, independent of the bucket)::
 
-    c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>   HASH uid -> "<touches>[;<channel>=<touches>...]" that day
-    c2b:fcap:{<scope>:<bucket>}:<YYYY>W<ww>  HASH uid -> the same, that ISO week (only for week caps)
-    c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>:rcpt  HASH receipt -> answer (replays, see below)
+    c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>:<sub>  HASH uid -> "<touches>[;<channel>=<touches>...]" that day
+    c2b:fcap:{<scope>:<bucket>}:<YYYY>W<ww>:<sub> HASH uid -> the same, that ISO week (only for week caps)
+    c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>:rcpt   HASH receipt -> answer (replays, see below)
 
 A user has one field per key however many channels are capped: the per-channel counts ride in the
 field's value, and only the channels the line caps are counted (a line with no week cap keeps no
-week keys). At 10M users a key holds about 4,900 fields (10M / 2,048) and 340 KB, about 67 bytes
-per user per key (measured by ``bench/fcap_memory.py``): far below 10k elements and 1 MB. A day
+week keys). A bucket-day is split into 64 sub-keys so that each stays a *listpack* (Redis's
+compact encoding, up to ``hash-max-listpack-entries``, 128 by default): at 10M users a sub-key
+holds about 76 fields (at most ~110), ~10 bytes per user-day all told, against ~67 bytes when a
+bucket-day was one ~4,900-field hash table (``bench/fcap_memory.py``). Above ~12M users of a scope
+in a day (or a week) the fullest sub-keys pass 128 fields and turn into hash tables one by one:
+still correct, back towards the old cost per user. The price at small audiences is the key
+itself: 2,048 x 64 keys per scope-day can each hold a single user (~10 MB at 100k users, ~100
+bytes a user-day). Every key of a bucket shares the hash tag ``{<scope>:<bucket>}``: one slot,
+so one script still takes a bucket-day's sub-keys and its receipts at once on Redis Cluster. A day
 key expires 15 hours after the day ends in UTC (the last local day on Earth, UTC-12, ends 12 hours
 later), a week key 15 hours after its Sunday: just past the window.
+
+**Upgrade** from one hash per bucket-day (``...}:<YYYYMMDD>``, ``...}:<YYYY>W<ww>``, no sub): the
+script also reads those keys while they exist (one ``EXISTS`` each per call), adds a user's old
+count to the sub-key's and moves it there on the user's next write; a plan without caps counts
+into the sub-key, the old count adding up (:meth:`FrequencyCap.count` sums both). Nothing is
+counted twice or lost; the old keys expire by themselves.
 
 **Exactness.** A capped plan takes a slot *before* the send and gives it back when the send fails
 for good. Both are one script per (scope, bucket, day) that checks every cap and moves every count
@@ -52,10 +66,11 @@ from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from c2b.hashing import shard_index
+from c2b.hashing import murmur3_32, uid_bytes
 from c2b.store.script_pipelines import run_scripts
 
 BUCKETS = 2048
+SUBKEYS = 64  # sub-keys per bucket-day (and bucket-week): ~76 users each at 10M users, a listpack
 NO_LINE = "-"  # the scope of plans outside any business line (line names are [a-z][a-z0-9_]+)
 RECEIPT_TTL = 3600
 PAST_WINDOW = timedelta(hours=15)  # UTC-12 ends a day 12 hours after UTC does; 3 hours to spare
@@ -99,14 +114,17 @@ class CapRules:
         return "; ".join(p for p in parts if p) or "none"
 
 
-# KEYS: day counts, week counts, receipts (of that day and bucket: one call per key set, so a
-# receipt answers one call). ARGV: receipt, previous receipt, day ttl, week ttl, receipt ttl, day
-# cap (-1: none; the day total is always counted), week cap (-1: none, not counted), channel caps
-# "<ch>:<day cap>:<week cap>;..." (-1: not counted), then (uid, channel, touches) x n; touches < 0
-# gives back. Returns per ask "<granted>" or "<granted> <cap that stopped it>". A field's value is
+# KEYS: receipts (of that bucket-day: one call per bucket-day, so a receipt answers one call),
+# the bucket's old day and week hashes (the layout before sub-keys: read, merged and emptied while
+# they exist), then the call's day sub-keys, then (when the week is counted) its week sub-keys in
+# the same order. ARGV: receipt, previous receipt, day ttl, week ttl, receipt ttl, day cap (-1:
+# none; the day total is always counted), week cap (-1: none, not counted), channel caps
+# "<ch>:<day cap>:<week cap>;..." (-1: not counted), n sub-keys, then (uid, channel, touches, j) x
+# asks, j the 1-based index of the ask's sub-key among the n; touches < 0 gives back. Returns per
+# ask "<granted>" or "<granted> <cap that stopped it>". A field's value is
 # "<total>[;<channel>=<n>...]".
 _TAKE = """
-local done = redis.call('HGET', KEYS[3], ARGV[1])
+local done = redis.call('HGET', KEYS[1], ARGV[1])
 if done then
   local out = {}
   for s in string.gmatch(done, '[^,]+') do out[#out + 1] = s end
@@ -119,31 +137,43 @@ for ch, d, w in string.gmatch(ARGV[8], '([^:;]+):(%-?%d+):(%-?%d+)') do
   rules[ch] = {tonumber(d), tonumber(w)}
   if tonumber(w) >= 0 then useweek = true end
 end
+local nsub = tonumber(ARGV[9])
+local oldday = redis.call('EXISTS', KEYS[2]) == 1 and KEYS[2] or nil
+local oldweek = useweek and redis.call('EXISTS', KEYS[3]) == 1 and KEYS[3] or nil
 local nocap = {-1, -1}
 local NAMES = {'per_day', 'per_week'}
-local function load(key, uid)
-  local v = redis.call('HGET', key, uid)
-  local c = {}
-  if not v then return 0, c end
+local function parse(v, c)
   local i = string.find(v, ';', 1, true)
-  if not i then return tonumber(v), c end
-  for ch, n in string.gmatch(string.sub(v, i), ';([^=;]+)=(%d+)') do c[ch] = tonumber(n) end
-  return tonumber(string.sub(v, 1, i - 1)), c
+  if not i then return tonumber(v) end
+  for ch, n in string.gmatch(string.sub(v, i), ';([^=;]+)=(%d+)') do c[ch] = (c[ch] or 0) + tonumber(n) end
+  return tonumber(string.sub(v, 1, i - 1))
 end
-local function save(key, uid, total, c)
+local function load(key, old, uid)
+  local v = redis.call('HGET', key, uid)
+  local c, t = {}, 0
+  if v then t = parse(v, c) end
+  if old then
+    local o = redis.call('HGET', old, uid)
+    if o then return t + parse(o, c), c, true end
+  end
+  return t, c, false
+end
+local function save(key, old, moved, uid, total, c)
   local parts, any = {tostring(total)}, total > 0
   for ch, n in pairs(c) do
     if n > 0 then parts[#parts + 1] = ch .. '=' .. n; any = true end
   end
   if any then redis.call('HSET', key, uid, table.concat(parts, ';')) else redis.call('HDEL', key, uid) end
+  if moved then redis.call('HDEL', old, uid) end
 end
 local out = {}
-for i = 9, #ARGV, 3 do
-  local uid, ch, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+for i = 10, #ARGV, 4 do
+  local uid, ch, n, j = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local dkey, wkey = KEYS[3 + j], KEYS[3 + nsub + j]
   local rule = rules[ch] or nocap
-  local dt, dc = load(KEYS[1], uid)
-  local wt, wc = 0, {}
-  if useweek then wt, wc = load(KEYS[2], uid) end
+  local dt, dc, dmoved = load(dkey, oldday, uid)
+  local wt, wc, wmoved = 0, {}, false
+  if useweek then wt, wc, wmoved = load(wkey, oldweek, uid) end
   local g, why = n, 0
   if n > 0 then
     local caps = {daycap, weekcap, rule[1], rule[2]}
@@ -154,31 +184,35 @@ for i = 9, #ARGV, 3 do
   end
   if g ~= 0 then
     if rule[1] >= 0 then dc[ch] = math.max(0, (dc[ch] or 0) + g) end
-    save(KEYS[1], uid, math.max(0, dt + g), dc)
+    save(dkey, oldday, dmoved, uid, math.max(0, dt + g), dc)
     if useweek then
       if weekcap >= 0 then wt = math.max(0, wt + g) end
       if rule[2] >= 0 then wc[ch] = math.max(0, (wc[ch] or 0) + g) end
-      save(KEYS[2], uid, wt, wc)
+      save(wkey, oldweek, wmoved, uid, wt, wc)
     end
   end
   if why == 0 then out[#out + 1] = tostring(g)
   elseif why <= 2 then out[#out + 1] = g .. ' ' .. NAMES[why]
   else out[#out + 1] = g .. ' ' .. ch .. '.' .. NAMES[why - 2] end
 end
-redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-if useweek then redis.call('EXPIRE', KEYS[2], tonumber(ARGV[4])) end
-if ARGV[2] ~= '' then redis.call('HDEL', KEYS[3], ARGV[2]) end
-redis.call('HSET', KEYS[3], ARGV[1], table.concat(out, ','))
-redis.call('EXPIRE', KEYS[3], tonumber(ARGV[5]))
+local dayttl, weekttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+for k = 1, nsub do
+  redis.call('EXPIRE', KEYS[3 + k], dayttl)
+  if useweek then redis.call('EXPIRE', KEYS[3 + nsub + k], weekttl) end
+end
+if ARGV[2] ~= '' then redis.call('HDEL', KEYS[1], ARGV[2]) end
+redis.call('HSET', KEYS[1], ARGV[1], table.concat(out, ','))
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
 return out
 """
 
 
 # Counting only (a plan without caps, standalone Redis): KEYS[1] the scope's count receipts, then
-# the day keys; ARGV: receipt, previous receipt, receipt ttl, n keys, their ttls, then (key index,
-# uid, touches) x asks. Returns one character per ask: '0', or '1' when its field is not an
+# the day sub-keys; ARGV: receipt, previous receipt, receipt ttl, n keys, their ttls, then (key
+# index, uid, touches) x asks. Returns one character per ask: '0', or '1' when its field is not an
 # integer (the script above wrote per-channel counts there): the caller counts those through
-# _TAKE. A replay (same receipt) gets the first answer back and counts nothing again.
+# _TAKE. A replay (same receipt) gets the first answer back and counts nothing again. A count the
+# old layout holds for the user stays where it is: the two add up (see _TAKE's load, and count()).
 _COUNT = """
 local done = redis.call('HGET', KEYS[1], ARGV[1])
 if done then return done end
@@ -217,15 +251,33 @@ def _expire_at(day: str) -> tuple[int, int]:
             int((monday + timedelta(days=7) + PAST_WINDOW).timestamp()))
 
 
+def fcap_place(uid: str) -> tuple[int, int]:
+    """Return ``uid``'s bucket (``shard_index(uid, BUCKETS)``, 1-based) and sub-key (0-based).
+
+    One murmur3 hash: the bucket is its low bits (as :func:`c2b.hashing.shard_index`), the sub-key
+    the next 6 bits, independent of the bucket.
+    """
+    h = abs(murmur3_32(uid_bytes(uid)))
+    return (h & (BUCKETS - 1)) + 1, (h >> 11) & (SUBKEYS - 1)
+
+
 def fcap_prefix(scope: str, uid: str) -> str:
     """Return the key prefix (hash tag included) of ``uid``'s counts in ``scope``."""
-    return "c2b:fcap:{" + f"{scope}:{shard_index(uid, BUCKETS)}" + "}"
+    return "c2b:fcap:{" + f"{scope}:{fcap_place(uid)[0]}" + "}"
 
 
 def fcap_keys(scope: str, day: str, uid: str) -> tuple[str, str, str]:
     """Return the day, week and receipts keys that hold ``uid``'s counts of ``day`` in ``scope``."""
+    bucket, sub = fcap_place(uid)
+    prefix = "c2b:fcap:{" + f"{scope}:{bucket}" + "}"
+    return f"{prefix}:{day}:{sub}", f"{prefix}:{week_of(day)}:{sub}", f"{prefix}:{day}:rcpt"
+
+
+def old_fcap_keys(scope: str, day: str, uid: str) -> tuple[str, str]:
+    """Return the day and week keys of the layout before sub-keys (one hash per bucket-day), which
+    are still read until they expire."""
     prefix = fcap_prefix(scope, uid)
-    return f"{prefix}:{day}", f"{prefix}:{week_of(day)}", f"{prefix}:{day}:rcpt"
+    return f"{prefix}:{day}", f"{prefix}:{week_of(day)}"
 
 
 def _arg(cap: int | None) -> int:
@@ -245,6 +297,8 @@ class FrequencyCap:
         r = self.rules
         self._caps = [_arg(r.per_day), _arg(r.per_week),
                       ";".join(f"{ch}:{_arg(c.per_day)}:{_arg(c.per_week)}" for ch, c in r.per_channel)]
+        # Whether the week is counted (else the script is given no week sub-keys).
+        self._week = r.per_week is not None or any(c.per_week is not None for _, c in r.per_channel)
         self._script = redis.register_script(_TAKE)
         self._counter = redis.register_script(_COUNT)
         self._answered: dict[str, str] = {}  # receipts key of a (scope, bucket, day) -> our last answered receipt
@@ -300,7 +354,8 @@ class FrequencyCap:
         ttls: list[int] = []
         where: list[Any] = []
         for day, uid, _, n in asks:
-            key = fcap_keys(scope, day, uid)[0]
+            bucket, sub = fcap_place(uid)
+            key = "c2b:fcap:{" + f"{scope}:{bucket}}}:{day}:{sub}"
             k = keys.get(key)
             if k is None:
                 k = keys[key] = len(keys) + 1
@@ -326,21 +381,38 @@ class FrequencyCap:
             return []
         receipt = receipt or self.new_receipt()
         scope = self.rules.scope
-        by_key: dict[tuple[str, str, str], list[int]] = defaultdict(list)  # (day, week, receipts) keys -> asks
+        # One script call per (bucket, day): its receipts key -> (prefix, day, sub-keys -> their
+        # 1-based index, the asks with their sub-key's index).
+        by_call: dict[str, tuple[str, str, dict[int, int], list[tuple[int, int]]]] = {}
         for i, (day, uid, _, _) in enumerate(asks):
-            by_key[fcap_keys(scope, day, uid)].append(i)
+            bucket, sub = fcap_place(uid)
+            prefix = "c2b:fcap:{" + f"{scope}:{bucket}" + "}"
+            rcpt = f"{prefix}:{day}:rcpt"
+            call = by_call.get(rcpt)
+            if call is None:
+                call = by_call[rcpt] = (prefix, day, {}, [])
+            subs = call[2]
+            j = subs.get(sub)
+            if j is None:
+                j = subs[sub] = len(subs) + 1
+            call[3].append((i, j))
         calls = []
         sha = self._script.sha
-        for keys, idx in by_key.items():
-            now = int(time.time())
-            day_ttl, week_ttl = (max(MIN_TTL, at - now) for at in _expire_at(asks[idx[0]][0]))
-            args: list[Any] = [receipt, self._answered.get(keys[2], ""), day_ttl, week_ttl, RECEIPT_TTL, *self._caps]
-            for i in idx:
+        now = int(time.time())
+        for rcpt, (prefix, day, subs, idx) in by_call.items():
+            week = week_of(day)
+            keys = [rcpt, f"{prefix}:{day}", f"{prefix}:{week}", *(f"{prefix}:{day}:{sub}" for sub in subs)]
+            if self._week:
+                keys += [f"{prefix}:{week}:{sub}" for sub in subs]
+            day_ttl, week_ttl = (max(MIN_TTL, at - now) for at in _expire_at(day))
+            args: list[Any] = [receipt, self._answered.get(rcpt, ""), day_ttl, week_ttl, RECEIPT_TTL, *self._caps,
+                               len(subs)]
+            for i, j in idx:
                 _, uid, ch, n = asks[i]
-                args += [uid, ch, n]
+                args += [uid, ch, n, j]
             # Plain EVALSHA: redis-py's script objects make a pipeline ask SCRIPT EXISTS first, a
             # round trip per call.
-            calls.append((keys[0], lambda pipe, keys=keys, args=args: pipe.evalsha(sha, 3, *keys, *args)))
+            calls.append((rcpt, lambda pipe, keys=keys, args=args: pipe.evalsha(sha, len(keys), *keys, *args)))
         try:
             answers = run_scripts(self.redis, calls)
         except Exception as exc:
@@ -353,9 +425,9 @@ class FrequencyCap:
             self.redis.script_load(_TAKE)
             answers = run_scripts(self.redis, calls)
         out: list[tuple[int, str | None]] = [(0, None)] * len(asks)
-        for (keys, idx), answer in zip(by_key.items(), answers, strict=True):
-            self._answered[keys[2]] = receipt
-            for i, a in zip(idx, answer, strict=True):
+        for (rcpt, (_, _, _, idx)), answer in zip(by_call.items(), answers, strict=True):
+            self._answered[rcpt] = receipt
+            for (i, _), a in zip(idx, answer, strict=True):
                 text = a.decode() if isinstance(a, bytes) else str(a)
                 g, _, why = text.partition(" ")
                 out[i] = (int(g), why or None)
@@ -367,13 +439,18 @@ class FrequencyCap:
         """Return the touches ``uid`` got on ``day`` (or in its week), in total or on ``channel``
         (for tests and support questions; a window or channel that is not capped is not counted)."""
         day_key, week_key, _ = fcap_keys(self.rules.scope, day, uid)
-        raw = self.redis.hget(week_key if week else day_key, uid)
-        if raw is None:
-            return 0
-        total, *per = (raw.decode() if isinstance(raw, bytes) else str(raw)).split(";")
-        if channel is None:
-            return int(total)
-        return next((int(n) for ch, _, n in (p.partition("=") for p in per) if ch == channel), 0)
+        old_day, old_week = old_fcap_keys(self.rules.scope, day, uid)
+        held = 0
+        for key in (week_key, old_week) if week else (day_key, old_day):  # the old layout's count adds up
+            raw = self.redis.hget(key, uid)
+            if raw is None:
+                continue
+            total, *per = (raw.decode() if isinstance(raw, bytes) else str(raw)).split(";")
+            if channel is None:
+                held += int(total)
+            else:
+                held += next((int(n) for ch, _, n in (p.partition("=") for p in per) if ch == channel), 0)
+        return held
 
 
 def rules_of(plan: Any) -> CapRules:
@@ -399,6 +476,11 @@ def forget_counts(redis: Any, scope: str) -> int:
             pipe.hlen(key)
             pipe.delete(key)
         answers = pipe.execute()
-        held += sum(n for key, n in zip(keys[i:i + 512], answers[0::2], strict=True)
-                    if (key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[-1].isdigit())
+        held += sum(n for key, n in zip(keys[i:i + 512], answers[0::2], strict=True) if _is_day_key(key))
     return held
+
+
+def _is_day_key(key: bytes | str) -> bool:
+    """Whether a counts key holds day counts: ``...}:<YYYYMMDD>:<sub>`` (or the old ``...}:<YYYYMMDD>``)."""
+    parts = (key.decode() if isinstance(key, bytes) else key).rpartition("}:")[2].split(":")
+    return len(parts[0]) == 8 and parts[0].isdigit() and (len(parts) == 1 or parts[1].isdigit())
