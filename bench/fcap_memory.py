@@ -51,13 +51,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from c2b.delivery.controls.frequency_cap import BUCKETS, SUBKEYS, CapRules, ChannelCap, FrequencyCap
+import redis
+from c2b.delivery.controls import frequency_cap
+from c2b.delivery.controls.frequency_cap import (
+    BUCKETS,
+    SUBKEYS,
+    CapRules,
+    ChannelCap,
+    FrequencyCap,
+    fcap_place,
+    week_of,
+)
 from c2b.hashing import shard_index
 
-from bench import fcap_v1
-from devtools.servers import RedisServer
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import fcap_v1  # noqa: E402
+from devtools.servers import RedisServer  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 DAY = "20261125"
 LAYOUTS: dict[str, Callable[[Any, CapRules], Any]] = {"old": fcap_v1.FrequencyCap, "new": FrequencyCap}
@@ -85,20 +97,38 @@ def _measure(client: Any, before: int) -> dict[str, Any]:
     counts = [k for k in keys if not k.endswith(b":rcpt")]
     if rcpt:
         client.delete(*rcpt)
-    sizes = [client.memory_usage(k, samples=0) for k in counts]
-    fields = [client.hlen(k) for k in counts]
+    sizes: list[int] = []
+    fields: list[int] = []
     encodings: dict[str, int] = {}
-    for k in counts:
-        enc = client.object("encoding", k).decode()
-        encodings[enc] = encodings.get(enc, 0) + 1
+    for i in range(0, len(counts), 1000):
+        pipe = client.pipeline(transaction=False)
+        for k in counts[i:i + 1000]:
+            pipe.memory_usage(k, samples=0)
+            pipe.hlen(k)
+            pipe.object("encoding", k)
+        got = pipe.execute()
+        sizes += got[0::3]
+        fields += got[1::3]
+        for enc in got[2::3]:
+            encodings[enc.decode()] = encodings.get(enc.decode(), 0) + 1
     return {"keys": len(counts), "bytes": sum(sizes), "used_memory": _used(client) - before,
             "max_key_bytes": max(sizes), "max_key_fields": max(fields),
             "mean_key_fields": round(statistics.mean(fields), 1), "encodings": encodings}
 
 
 def _fill(client: Any, layout: str, rules: CapRules, channels: list[str], users: list[str]) -> dict[str, Any]:
+    """Fill the counts of ``users`` through ``layout`` (``old``, ``new``, or ``new/<n>``: the new
+    layout with ``n`` sub-keys instead of SUBKEYS) on an emptied server; return what they hold."""
     client.flushall()
-    fcap = LAYOUTS[layout](client, rules)
+    name, _, subkeys = layout.partition("/")
+    frequency_cap.SUBKEYS = int(subkeys or SUBKEYS)
+    try:
+        return _filled(client, LAYOUTS[name](client, rules), channels, users)
+    finally:
+        frequency_cap.SUBKEYS = SUBKEYS
+
+
+def _filled(client: Any, fcap: Any, channels: list[str], users: list[str]) -> dict[str, Any]:
     fcap.take_each([(DAY, "warm-up", channels[0])])  # loads the script (its cache is not the counts')
     client.flushall()
     time.sleep(0.2)
@@ -109,13 +139,13 @@ def _fill(client: Any, layout: str, rules: CapRules, channels: list[str], users:
     return _measure(client, before)
 
 
-def memory(client: Any, audiences: list[int]) -> list[dict[str, Any]]:
+def memory(client: Any, audiences: list[int], variants: list[str]) -> list[dict[str, Any]]:
     rows = []
     for users in audiences:
         buckets = min(BUCKETS, max(8, -(-BUCKETS * 40_000 // users)))
         sample = _sample(users, buckets)
         for name, (rules, channels) in SCENARIOS.items():
-            got = {layout: _fill(client, layout, rules, channels, sample) for layout in LAYOUTS}
+            got = {layout: _fill(client, layout, rules, channels, sample) for layout in [*LAYOUTS, *variants]}
             for layout, m in got.items():
                 row = {"audience": users, "buckets": buckets, "scenario": name, "layout": layout,
                        "users": len(sample), **m,
@@ -148,7 +178,32 @@ def _time(client: Any, layout: str, rules: CapRules, run: Callable[[Any, list[st
     return time.perf_counter() - t0, _cpu(client) - cpu0
 
 
-def cost(client: Any, messages: int, repeats: int, flush: int, dense: list[str]) -> list[dict[str, Any]]:
+def _prefill(client: Any, layout: str, users: list[str], scopes: dict[str, bool]) -> None:
+    """Write a count of 1 for every user in each scope's day keys (and week keys where the scope
+    says so) of ``layout``, directly (HSET of many fields per key), with the keys' TTL."""
+    week = week_of(DAY)
+    keys: dict[str, dict[str, str]] = {}
+    for uid in users:
+        bucket, sub = fcap_place(uid)
+        tail = "" if layout == "old" else f":{sub}"
+        for scope, with_week in scopes.items():
+            prefix = "c2b:fcap:{" + f"{scope}:{bucket}" + "}"
+            keys.setdefault(f"{prefix}:{DAY}{tail}", {})[uid] = "1"
+            if with_week:
+                keys.setdefault(f"{prefix}:{week}{tail}", {})[uid] = "1"
+    items = list(keys.items())
+    for i in range(0, len(items), 500):
+        pipe = client.pipeline(transaction=False)
+        for key, fields in items[i:i + 500]:
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, 2 * 86400)
+        pipe.execute()
+
+
+def cost(clients: dict[str, Any], messages: int, repeats: int, flush: int, dense: list[str],
+         warm: int) -> list[dict[str, Any]]:
+    """Time the three calls old vs new (old on database 0, new on database 1 of one server: the new
+    layout must not see the old one's keys, it would read them as counts to upgrade)."""
     kinds: dict[str, tuple[CapRules, Callable[[Any, list[str]], Any]]] = {
         "take_each, per_day + per_week": (
             CapRules("c", per_day=3, per_week=10), lambda f, us: f.take_each([(DAY, u, "push") for u in us])),
@@ -157,13 +212,22 @@ def cost(client: Any, messages: int, repeats: int, flush: int, dense: list[str])
             CapRules("-"), lambda f, us: f.take([(DAY, u, "push", 1) for u in us])),
     }
     rows = []
-    for spread in ("spread", "dense"):
+    for spread in ("empty", "warm", "dense"):
+        if spread == "warm":
+            for layout, client in clients.items():
+                client.flushdb()
+                t0 = time.perf_counter()
+                _prefill(client, layout, [str(1_000_000_000 + i) for i in range(warm)], {"c": True, "b": False,
+                                                                                         "-": False})
+                print(f"prefilled {layout} with {warm:,} users in {time.perf_counter() - t0:.1f} s", flush=True)
         for kind, (rules, run) in kinds.items():
             got: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
             for rep in range(repeats):
                 for layout in (("old", "new") if rep % 2 == 0 else ("new", "old")):
-                    client.flushall()
-                    if spread == "spread":
+                    client = clients[layout]
+                    if spread != "warm":
+                        client.flushdb()
+                    if spread in ("empty", "warm"):
                         uids = [str(3_000_000_000 + rep * messages + i) for i in range(messages + 1)]
                     else:  # the 10M sample, already touched once: keys as full as at 10M users
                         pre = LAYOUTS[layout](client, rules)
@@ -181,7 +245,8 @@ def cost(client: Any, messages: int, repeats: int, flush: int, dense: list[str])
                    "cpu_ratio": round(per["new"][1] / per["old"][1], 2) if per["old"][1] else None}
             rows.append(row)
             print(f"{spread} {kind}: {row}", flush=True)
-    client.flushall()
+    for client in clients.values():
+        client.flushdb()
     return rows
 
 
@@ -191,6 +256,9 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=50_000)
     ap.add_argument("--flush", type=int, default=1_000)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--warm-users", type=int, default=1_000_000, help="users already counted in the warm timing")
+    ap.add_argument("--only", choices=["memory", "cost"], help="run one part (the results file is then not written)")
+    ap.add_argument("--alt-subkeys", default="128", help="other sub-key counts whose memory is measured too")
     args = ap.parse_args()
     audiences = [int(u) for u in args.users.split(",")]
     load_before = os.getloadavg()[0]
@@ -200,15 +268,18 @@ def main() -> int:
         try:
             client = server.client()
             version = client.info("server")["redis_version"]
-            mem = memory(client, audiences)
-            dense = _sample(10_000_000, 8)
-            costs = cost(client, args.messages, args.repeats, args.flush, dense)
+            mem = [] if args.only == "cost" else \
+                memory(client, audiences, [f"new/{n}" for n in args.alt_subkeys.split(",") if n])
+            costs = [] if args.only == "memory" else \
+                cost({"old": client, "new": redis.Redis.from_url(server.url + "/1")}, args.messages,
+                     args.repeats, args.flush, _sample(10_000_000, 8), args.warm_users)
         finally:
             server.stop()
     load_after = os.getloadavg()[0]
     head = (f"One private redis-server {version} (default config: hash-max-listpack-entries 128); Python "
             f"{platform.python_version()}, {os.cpu_count()} CPUs shared (load {load_before:.2f} before, "
-            f"{load_after:.2f} after). New layout: {SUBKEYS} sub-keys per bucket-day and bucket-week.")
+            f"{load_after:.2f} after). New layout: {SUBKEYS} sub-keys per bucket-day and bucket-week "
+            f"(new/<n>: the same with n sub-keys, memory only).")
     lines = ["# Frequency-cap counts: memory per capped user and cost per message (`bench/fcap_memory.py`)", "",
              head, "", "## Memory", "",
              "Sample buckets filled with exactly the users that many sequential 10-digit uids put there (keys as "
@@ -237,6 +308,8 @@ def main() -> int:
                      f"{r['old_redis_cpu_us']} | {r['new_redis_cpu_us']} | {r['cpu_ratio']} |")
     text = "\n".join(lines) + "\n"
     print(text)
+    if args.only:
+        return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "fcap_memory.md").write_text(text)
     (RESULTS / "fcap_memory.json").write_text(json.dumps({"head": head, "memory": mem, "cost": costs}, indent=2)

@@ -1,7 +1,8 @@
 """Baseline for ``bench/fcap_memory.py``: the frequency-cap counts as kept before sub-keys (one
 HASH per (scope, bucket, day), ``c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>``), copied unchanged (its
 scripts and FrequencyCap; the rules are the platform's) from
-``plugins/c2b/delivery/controls/frequency_cap.py`` at commit 5163f12, so the bench measures the old and the new layout in the same run. Not used by the platform.
+``plugins/c2b/delivery/controls/frequency_cap.py`` at commit 5163f12, so the bench measures the
+old and the new layout in the same run. Not used by the platform.
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ from c2b.channels import ChannelConfig, make_channel
 from c2b.delivery.controls.frequency_cap import (
     BUCKETS,
     NO_LINE,
+    SUBKEYS,
     CapRules,
     ChannelCap,
-    SUBKEYS,
     FrequencyCap,
     fcap_keys,
     fcap_place,

@@ -122,7 +122,9 @@ class CapRules:
 # "<ch>:<day cap>:<week cap>;..." (-1: not counted), n sub-keys, then (uid, channel, touches, j) x
 # asks, j the 1-based index of the ask's sub-key among the n; touches < 0 gives back. Returns per
 # ask "<granted>" or "<granted> <cap that stopped it>". A field's value is
-# "<total>[;<channel>=<n>...]".
+# "<total>[;<channel>=<n>...]". A key gets its TTL when a field is added to it (a key is created
+# with its first field; a key's TTL is the end of its window, the same for every caller), not on
+# every call.
 _TAKE = """
 local done = redis.call('HGET', KEYS[1], ARGV[1])
 if done then
@@ -138,8 +140,11 @@ for ch, d, w in string.gmatch(ARGV[8], '([^:;]+):(%-?%d+):(%-?%d+)') do
   if tonumber(w) >= 0 then useweek = true end
 end
 local nsub = tonumber(ARGV[9])
-local oldday = redis.call('EXISTS', KEYS[2]) == 1 and KEYS[2] or nil
-local oldweek = useweek and redis.call('EXISTS', KEYS[3]) == 1 and KEYS[3] or nil
+local oldday, oldweek = nil, nil
+if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then  -- the old layout: rare, gone within days
+  if redis.call('EXISTS', KEYS[2]) == 1 then oldday = KEYS[2] end
+  if useweek and redis.call('EXISTS', KEYS[3]) == 1 then oldweek = KEYS[3] end
+end
 local nocap = {-1, -1}
 local NAMES = {'per_day', 'per_week'}
 local function parse(v, c)
@@ -158,12 +163,17 @@ local function load(key, old, uid)
   end
   return t, c, false
 end
+local fresh = {}  -- keys that got a new field: they may be new, so they get their TTL
 local function save(key, old, moved, uid, total, c)
   local parts, any = {tostring(total)}, total > 0
   for ch, n in pairs(c) do
     if n > 0 then parts[#parts + 1] = ch .. '=' .. n; any = true end
   end
-  if any then redis.call('HSET', key, uid, table.concat(parts, ';')) else redis.call('HDEL', key, uid) end
+  if any then
+    if redis.call('HSET', key, uid, table.concat(parts, ';')) == 1 then fresh[key] = true end
+  else
+    redis.call('HDEL', key, uid)
+  end
   if moved then redis.call('HDEL', old, uid) end
 end
 local out = {}
@@ -197,8 +207,8 @@ for i = 10, #ARGV, 4 do
 end
 local dayttl, weekttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 for k = 1, nsub do
-  redis.call('EXPIRE', KEYS[3 + k], dayttl)
-  if useweek then redis.call('EXPIRE', KEYS[3 + nsub + k], weekttl) end
+  if fresh[KEYS[3 + k]] then redis.call('EXPIRE', KEYS[3 + k], dayttl) end
+  if useweek and fresh[KEYS[3 + nsub + k]] then redis.call('EXPIRE', KEYS[3 + nsub + k], weekttl) end
 end
 if ARGV[2] ~= '' then redis.call('HDEL', KEYS[1], ARGV[2]) end
 redis.call('HSET', KEYS[1], ARGV[1], table.concat(out, ','))
@@ -218,11 +228,16 @@ local done = redis.call('HGET', KEYS[1], ARGV[1])
 if done then return done end
 local nk = tonumber(ARGV[4])
 local out = {}
+local fresh = {}
 for i = nk + 5, #ARGV, 3 do
-  local r = redis.pcall('HINCRBY', KEYS[tonumber(ARGV[i]) + 1], ARGV[i + 1], ARGV[i + 2])
-  out[#out + 1] = (type(r) == 'table' and r.err) and '1' or '0'
+  local k = tonumber(ARGV[i])
+  local r = redis.pcall('HINCRBY', KEYS[k + 1], ARGV[i + 1], ARGV[i + 2])
+  if type(r) == 'table' and r.err then out[#out + 1] = '1' else
+    out[#out + 1] = '0'
+    if r == tonumber(ARGV[i + 2]) then fresh[k] = true end  -- a new field (a count is never 0)
+  end
 end
-for k = 1, nk do redis.call('EXPIRE', KEYS[k + 1], tonumber(ARGV[k + 4])) end
+for k = 1, nk do if fresh[k] then redis.call('EXPIRE', KEYS[k + 1], tonumber(ARGV[k + 4])) end end
 local answer = table.concat(out)
 if ARGV[2] ~= '' then redis.call('HDEL', KEYS[1], ARGV[2]) end
 redis.call('HSET', KEYS[1], ARGV[1], answer)
