@@ -11,7 +11,7 @@ the density a real audience gives. Two layouts, both run here:
 - **new**: each bucket-day split into ``SUBKEYS`` (64) sub-keys ``...:<YYYYMMDD>:<sub>``; at 10M
   users ~76 fields each, a listpack (Redis's default ``hash-max-listpack-entries`` is 128).
 
-**Memory**, per audience of ``--users`` (default 10M and 100k): the sample buckets are filled with
+**Memory**, per audience of ``--users`` (default 10M, 1M and 100k): the sample buckets are filled with
 exactly the users that many sequential uids put in them (8 of 2,048 at 10M, more at smaller
 audiences so that ~40k users are sampled), i.e. keys as full as that audience makes them; one slot
 per touch is taken through each layout's ``FrequencyCap`` on an emptied server. Reported:
@@ -24,17 +24,21 @@ keyspace's hash tables), per capped user; ratios new / old.
 (d) + ``per_channel`` sms (day, week) and push (day): one SMS and one push per user.
 
 **Cost per message**, ``--messages`` (50k) in flushes of 1,000, old and new alternated
-``--repeats`` times, each on counts of its own: ``take_each`` under (c), ``take`` under (b), and
-the count of a plan without caps (``take`` without caps: one script per flush). Two spreads:
-*spread*, every message a new user over all 2,048 buckets (a flush is ~800 script calls of 1-2
-asks, as in a real run); *dense*, a second touch for the users of the 10M sample (their keys as
-full as at 10M users: a hash-table lookup against a listpack scan). Reported: the client's wall
-time per message (includes Redis, one private redis-server) and the server's CPU per message
-(``INFO cpu``), medians, ratios new / old.
+``--repeats`` times (old on database 0, new on database 1 of the same server: the new code reads
+old-layout keys as counts to upgrade): ``take_each`` under (c), ``take`` under (b), and the count
+of a plan without caps (``take`` without caps: one script per flush). Three spreads: *empty*, every
+message a new user over all 2,048 buckets, no counts yet (a flush is ~800 script calls of 1-2
+asks, as in a real run; every new-layout message creates its sub-keys); *warm*, the same with
+``--warm-users`` (1M) users already counted in every bucket (the keys exist, as through most of a
+big run); *dense*, a second touch for the users of the 10M sample (keys as full as at 10M users: a
+hash-table lookup against a listpack scan, but a flush then touches 8 old keys and ~450 sub-keys).
+Reported: the client's wall time per message (Redis included, one private redis-server) and the
+server's CPU per message (``INFO cpu``), medians, ratios new / old.
 
 Usage::
 
-    .venv/bin/python bench/fcap_memory.py [--users 10000000,100000] [--messages 50000] [--repeats 3]
+    .venv/bin/python bench/fcap_memory.py [--users 10000000,1000000,100000] [--messages 50000]
+        [--repeats 3] [--only memory|cost]
 """
 
 from __future__ import annotations
@@ -201,7 +205,7 @@ def _prefill(client: Any, layout: str, users: list[str], scopes: dict[str, bool]
 
 
 def cost(clients: dict[str, Any], messages: int, repeats: int, flush: int, dense: list[str],
-         warm: int) -> list[dict[str, Any]]:
+         warm: int, spreads: list[str]) -> list[dict[str, Any]]:
     """Time the three calls old vs new (old on database 0, new on database 1 of one server: the new
     layout must not see the old one's keys, it would read them as counts to upgrade)."""
     kinds: dict[str, tuple[CapRules, Callable[[Any, list[str]], Any]]] = {
@@ -212,10 +216,10 @@ def cost(clients: dict[str, Any], messages: int, repeats: int, flush: int, dense
             CapRules("-"), lambda f, us: f.take([(DAY, u, "push", 1) for u in us])),
     }
     rows = []
-    for spread in ("empty", "warm", "dense"):
+    for spread in spreads:
         if spread == "warm":
             for layout, client in clients.items():
-                client.flushdb()
+                client.flushdb(asynchronous=True)
                 t0 = time.perf_counter()
                 _prefill(client, layout, [str(1_000_000_000 + i) for i in range(warm)], {"c": True, "b": False,
                                                                                          "-": False})
@@ -226,7 +230,7 @@ def cost(clients: dict[str, Any], messages: int, repeats: int, flush: int, dense
                 for layout in (("old", "new") if rep % 2 == 0 else ("new", "old")):
                     client = clients[layout]
                     if spread != "warm":
-                        client.flushdb()
+                        client.flushdb(asynchronous=True)  # a big database: freed in the background
                     if spread in ("empty", "warm"):
                         uids = [str(3_000_000_000 + rep * messages + i) for i in range(messages + 1)]
                     else:  # the 10M sample, already touched once: keys as full as at 10M users
@@ -246,42 +250,65 @@ def cost(clients: dict[str, Any], messages: int, repeats: int, flush: int, dense
             rows.append(row)
             print(f"{spread} {kind}: {row}", flush=True)
     for client in clients.values():
-        client.flushdb()
+        client.flushdb(asynchronous=True)
     return rows
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--users", default="10000000,100000", help="audiences whose density is measured")
+    ap.add_argument("--users", default="10000000,1000000,100000", help="audiences whose density is measured")
     ap.add_argument("--messages", type=int, default=50_000)
     ap.add_argument("--flush", type=int, default=1_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warm-users", type=int, default=1_000_000, help="users already counted in the warm timing")
-    ap.add_argument("--only", choices=["memory", "cost"], help="run one part (the results file is then not written)")
+    ap.add_argument("--only", choices=["memory", "cost"], help="run one part (the other's results are kept)")
+    ap.add_argument("--spreads", default="empty,warm,dense", help="the cost part's spreads (others' rows are kept)")
     ap.add_argument("--alt-subkeys", default="128", help="other sub-key counts whose memory is measured too")
     args = ap.parse_args()
     audiences = [int(u) for u in args.users.split(",")]
     load_before = os.getloadavg()[0]
-    version = "?"
+    version = listpack = "?"
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis").start()
         try:
             client = server.client()
             version = client.info("server")["redis_version"]
+            listpack = client.config_get("hash-max-listpack-entries")["hash-max-listpack-entries"]
             mem = [] if args.only == "cost" else \
                 memory(client, audiences, [f"new/{n}" for n in args.alt_subkeys.split(",") if n])
             costs = [] if args.only == "memory" else \
                 cost({"old": client, "new": redis.Redis.from_url(server.url + "/1")}, args.messages,
-                     args.repeats, args.flush, _sample(10_000_000, 8), args.warm_users)
+                     args.repeats, args.flush, _sample(10_000_000, 8), args.warm_users, args.spreads.split(","))
         finally:
             server.stop()
     load_after = os.getloadavg()[0]
-    head = (f"One private redis-server {version} (default config: hash-max-listpack-entries 128); Python "
+    head = (f"One private redis-server {version} (default config: hash-max-listpack-entries {listpack}); Python "
             f"{platform.python_version()}, {os.cpu_count()} CPUs shared (load {load_before:.2f} before, "
-            f"{load_after:.2f} after). New layout: {SUBKEYS} sub-keys per bucket-day and bucket-week "
-            f"(new/<n>: the same with n sub-keys, memory only).")
+            f"{load_after:.2f} after).")
+    data: dict[str, Any] = {"subkeys": SUBKEYS}
+    if args.only and (RESULTS / "fcap_memory.json").exists():  # one part again: keep the other one's figures
+        data = {**json.loads((RESULTS / "fcap_memory.json").read_text()), **data}
+    if args.only != "cost":
+        data.update(memory=mem, memory_head=head)
+    if args.only != "memory":
+        rerun = args.spreads.split(",")
+        kept = [r for r in data.get("cost", []) if r["spread"] not in rerun]
+        heads = {k: v for k, v in data.get("cost_heads", {}).items() if k not in rerun}
+        data.update(cost=kept + costs, cost_heads={**heads, **{sp: head for sp in rerun}},
+                    cost_setup=[args.messages, args.flush, args.repeats, args.warm_users])
+    text = render(data)
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "fcap_memory.md").write_text(text)
+    (RESULTS / "fcap_memory.json").write_text(json.dumps(data, indent=2) + "\n")
+    return 0
+
+
+def render(data: dict[str, Any]) -> str:
     lines = ["# Frequency-cap counts: memory per capped user and cost per message (`bench/fcap_memory.py`)", "",
-             head, "", "## Memory", "",
+             f"old: one hash per bucket-day (`bench/fcap_v1.py`, the code before sub-keys); new: {data['subkeys']} "
+             "sub-keys per bucket-day and bucket-week; new/<n>: the same with n sub-keys (memory only).", "",
+             "## Memory", "", data.get("memory_head", "(not measured)"), "",
              "Sample buckets filled with exactly the users that many sequential 10-digit uids put there (keys as "
              "full as at that audience). B/user: `MEMORY USAGE` summed over the counts keys / users; used_memory: "
              "the server's growth / users (adds expiry entries and the keyspace tables); at audience: used_memory "
@@ -289,32 +316,29 @@ def main() -> int:
              "| audience | scenario | layout | users sampled | keys | fields per key (mean / max) | encoding | "
              "B/user | vs old | used_memory B/user | vs old | at audience |",
              "| ---: | --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for r in mem:
+    for r in data.get("memory", []):
         enc = ", ".join(f"{k} {v:,}" for k, v in sorted(r["encodings"].items()))
         lines.append(f"| {r['audience']:,} | {r['scenario']} | {r['layout']} | {r['users']:,} | {r['keys']:,} | "
                      f"{r['mean_key_fields']} / {r['max_key_fields']:,} | {enc} | {r['bytes_per_user']} | "
                      f"{r['vs_old']:.2f} | {r['used_per_user']} | {r['used_vs_old']:.2f} | "
                      f"{r['at_audience_MB']:,} MB |")
+    messages, flush, repeats, warm = data.get("cost_setup", [0, 0, 0, 0])
     lines += ["", "## Cost per message", "",
-              f"{args.messages:,} messages in flushes of {args.flush:,}, old and new alternated {args.repeats} times "
-              "(medians). spread: a new user per message over all buckets; dense: the users of the 10M sample "
-              "again (keys as full as at 10M users). Wall: the client's time per message, Redis included; "
+              *(f"{spread}: {head}" for spread, head in data.get("cost_heads", {}).items()), "",
+              f"{messages:,} messages in flushes of {flush:,}, old and new alternated {repeats} times (medians), "
+              "old on database 0 and new on database 1 of one server. empty: a new user per message over all "
+              f"buckets, no counts yet (every new-layout message creates its sub-keys); warm: the same with {warm:,} "
+              "users already counted in every bucket (keys exist, as in a big run); dense: the users of the 10M "
+              "sample of 8 buckets again (keys as full as at 10M users; a flush then touches 8 old keys but ~450 "
+              "sub-keys, which the other spreads do not). Wall: the client's time per message, Redis included; "
               "Redis CPU: the server's user+sys CPU per message.", "",
               "| spread | call | old wall us | new wall us | wall new/old | old Redis CPU us | new Redis CPU us "
               "| CPU new/old |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in costs:
+    for r in data.get("cost", []):
         lines.append(f"| {r['spread']} | {r['kind']} | {r['old_wall_us']} | {r['new_wall_us']} | {r['wall_ratio']} | "
                      f"{r['old_redis_cpu_us']} | {r['new_redis_cpu_us']} | {r['cpu_ratio']} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.only:
-        return 0
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "fcap_memory.md").write_text(text)
-    (RESULTS / "fcap_memory.json").write_text(json.dumps({"head": head, "memory": mem, "cost": costs}, indent=2)
-                                              + "\n")
-    return 0
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

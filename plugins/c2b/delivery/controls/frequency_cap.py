@@ -21,19 +21,20 @@ the next 6 bits of the same murmur3 hash (0..63, independent of the bucket)::
 A user has one field per key however many channels are capped: the per-channel counts ride in the
 field's value, and only the channels the line caps are counted (a line with no week cap keeps no
 week keys). A bucket-day is split into 64 sub-keys so that each stays a *listpack* (Redis's
-compact encoding, up to ``hash-max-listpack-entries``, 128 by default): at 10M users a sub-key
-holds about 76 fields (at most ~110), ~10 bytes per user-day all told, against ~67 bytes when a
-bucket-day was one ~4,900-field hash table (``bench/fcap_memory.py``). Above ~12M users of a scope
-in a day (or a week) the fullest sub-keys pass 128 fields and turn into hash tables one by one:
-still correct, back towards the old cost per user. The price at small audiences is the key
-itself: 2,048 x 64 keys per scope-day can each hold a single user (~10 MB at 100k users, ~100
-bytes a user-day). Every key of a bucket shares the hash tag ``{<scope>:<bucket>}``: one slot,
-so one script still takes a bucket-day's sub-keys and its receipts at once on Redis Cluster. A day
-key expires 15 hours after the day ends in UTC (the last local day on Earth, UTC-12, ends 12 hours
-later), a week key 15 hours after its Sunday: just past the window.
+compact encoding, up to ``hash-max-listpack-entries``, 512 by default): at 10M users a sub-key
+holds about 76 fields (at most ~117), 12 bytes per user-day all told (``used_memory``), against 82
+when a bucket-day was one ~4,900-field hash table (``bench/fcap_memory.py``); sub-keys pass 512
+fields only past ~50M users of a scope in a day. The price is the keys themselves at small
+audiences: 2,048 x 64 keys per scope-day, each ~170 bytes before its first user. At 1M users a
+day that is 29 bytes per user-day against 18.5 (the old buckets, ~490 fields, were listpacks then
+too); at 100k users see the bench's results. Every key of a bucket shares the hash tag
+``{<scope>:<bucket>}``: one slot, so one script still takes a bucket-day's sub-keys and its
+receipts at once on Redis Cluster. A key gets its TTL with its first field: a day key expires 15
+hours after the day ends in UTC (the last local day on Earth, UTC-12, ends 12 hours later), a week
+key 15 hours after its Sunday: just past the window.
 
 **Upgrade** from one hash per bucket-day (``...}:<YYYYMMDD>``, ``...}:<YYYY>W<ww>``, no sub): the
-script also reads those keys while they exist (one ``EXISTS`` each per call), adds a user's old
+script also reads those keys while they exist (one ``EXISTS`` of both per call), adds a user's old
 count to the sub-key's and moves it there on the user's next write; a plan without caps counts
 into the sub-key, the old count adding up (:meth:`FrequencyCap.count` sums both). Nothing is
 counted twice or lost; the old keys expire by themselves.
