@@ -162,6 +162,9 @@ def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict
             from c2b.results.delivery_log import log_shard
 
             stats["logged"] = log_shard(results_store, redis, plan, run_id, shard, rows=delivery.log_rows)
+            from c2b.process_memory import phase_peak
+
+            phase_peak(f"shard {shard} delivery log")
         return {**stats, "loaded": loaded}
     finally:
         for ch in channels.values():

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -104,6 +107,65 @@ def test_the_bulk_log_write_replaces_an_earlier_attempt_and_keeps_text_exact(sto
                      ("p", "r1", "coupon", "push", "u11", "sent", "r", later)])
     assert {u: (v, t) for u, v, t, _ in store.log_users("p", "r1")}["u10"] == ("control", T0)
     assert {(t["outcome"], t["reason"]): t["count"] for t in store.touch_outcomes("p", "r1")}[("sent", "r")] == 1
+
+
+_HOLD_LOCK = ("import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); con.begin(); "
+              "print('held', flush=True); time.sleep(float(sys.argv[2]))")
+
+
+def _hold_write_lock(path: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process (a parallel deliver task) holding the file's write lock for ``seconds``."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(path), str(seconds)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_duckdb_writer_waits_for_the_lock_another_process_holds(tmp_path: Path) -> None:
+    path = tmp_path / "results.duckdb"
+    DuckDBResultsStore(path).ensure_schema()
+    holder = _hold_write_lock(path, 2.0)
+    started = time.monotonic()
+    try:
+        assert DuckDBResultsStore(path).write_log(_rows(3)) == 3  # waited, then wrote
+    finally:
+        holder.wait(30)
+    assert time.monotonic() - started >= 1.0
+    assert DuckDBResultsStore(path).log_count("p", "r1") == 3
+
+
+def test_a_duckdb_writer_gives_up_after_its_lock_timeout_with_duckdbs_error(tmp_path: Path) -> None:
+    path = tmp_path / "results.duckdb"
+    DuckDBResultsStore(path).ensure_schema()
+    holder = _hold_write_lock(path, 5.0)
+    try:
+        with pytest.raises(duckdb.IOException, match="lock"):
+            DuckDBResultsStore(path, lock_timeout=0.5).write_log(_rows(3))
+    finally:
+        holder.kill()
+        holder.wait(30)
+    assert DuckDBResultsStore(path).log_count("p", "r1") == 0
+
+
+def test_a_duckdb_log_written_with_the_old_primary_key_is_moved_once_and_keeps_its_rows(tmp_path: Path) -> None:
+    from c2b.results.store import DDL
+
+    path = tmp_path / "results.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute(DDL[0])  # the keyed table of earlier versions
+    con.executemany("INSERT INTO c2b_delivery_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)", _rows(3, at=T0))
+    con.close()
+    store = DuckDBResultsStore(path)
+    later = T0 + timedelta(hours=1)
+    store.write_log([*_rows(2, at=later), ("p", "r1", "coupon", "push", "u9", "failed", "http 500", later)])
+    assert store.log_users("p", "r1") == [
+        ("u0", "coupon", T0, 1), ("u1", "coupon", T0, 1), ("u2", "coupon", T0, 1), ("u9", "coupon", later, 0)]
+    con = duckdb.connect(str(path), read_only=True)
+    assert con.execute("SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'c2b_delivery_log' "
+                       "AND constraint_type = 'PRIMARY KEY'").fetchone() == (0,)
+    assert con.execute("SELECT uid, touched_at FROM c2b_delivery_log ORDER BY uid").fetchall() == [
+        ("u0", T0), ("u1", T0), ("u2", T0), ("u9", later)]  # same outcome: the first time is kept
+    con.close()
 
 
 def test_a_failed_log_write_leaves_nothing_behind(store: ResultsStore) -> None:

@@ -30,6 +30,7 @@ always runs.
 
 from __future__ import annotations
 
+import logging
 import os
 import reprlib
 import sys
@@ -292,7 +293,13 @@ def _plan_step_class() -> type:
             self.shard = shard
 
         def execute(self, context: Any) -> Any:
-            return run_step(self.step, plan_of(self.dag), context, self.inputs, self.shard)
+            try:
+                return run_step(self.step, plan_of(self.dag), context, self.inputs, self.shard)
+            finally:
+                from c2b.process_memory import memory_mib
+
+                now, peak = memory_mib()
+                logging.getLogger(__name__).info("%s: task process memory %s MiB, peak %s MiB", self.step, now, peak)
 
     PlanStep.__module__ = __name__
     return PlanStep

@@ -169,6 +169,17 @@ def deliver_shard(plan: Plan, run_id: str, shard: int, params: dict[str, Any]) -
     return deliver_shards(plan, run_id, [shard], params)[0]
 
 
+def _log_shard_memory(shard: int, stats: dict[str, Any]) -> None:
+    """Say in the task log what a shard of a group left behind: a group's memory is one process's."""
+    import logging
+
+    from c2b.process_memory import memory_mib
+
+    now, peak = memory_mib()
+    logging.getLogger(__name__).info("shard %s done: %s users; task process memory %s MiB (peak %s MiB)",
+                                     shard, stats.get("users"), now, peak)
+
+
 def deliver_shards(plan: Plan, run_id: str, shards: list[int], params: dict[str, Any]) -> list[dict[str, Any]]:
     """The ``deliver`` task of a group of shards (``delivery.shards_per_task``): each in turn, as
     :func:`deliver_shard` does one; return their stats in order.
@@ -203,6 +214,7 @@ def deliver_shards(plan: Plan, run_id: str, shards: list[int], params: dict[str,
                 "Turn the switch off and Clear the whole run to resume (cleanup has dropped this run's shard "
                 "keys, so the run extracts and loads again): the ledger sends nothing twice.")
         out.append(stats)
+        _log_shard_memory(shard, stats)
     waiting = [st for st in out if st["deferred"]]
     if waiting:
         dues = [datetime.fromisoformat(st["next_due"]) if st["next_due"] else datetime.now(UTC) for st in waiting]

@@ -114,7 +114,11 @@ class ShardDelivery:
         cursor = self.mode.start_cursor()
         if cursor:
             log.info("shard %s: resuming from checkpoint at rank %s", st.shard, cursor)
+        from c2b.process_memory import phase_peak
+
+        phase_peak(f"shard {st.shard} before")
         self._drive(page_size, concurrency, lambda loop: self._main_passes(loop, cursor, page_size))
+        phase_peak(f"shard {st.shard} main pass")
         if self.mode.resumable and not st.stopped:
             # Every send of this attempt is recorded by now, so a pending entry left is nobody's:
             # an attempt ended without recording it behind a checkpoint that had moved on.
@@ -128,6 +132,7 @@ class ShardDelivery:
             self.log_rows = write_shard_histories(self.redis, self.plan, self.keys.run_id, st.shard,
                                                   self._record_histories, datetime.now(UTC),
                                                   int(self.plan.delivery.key_ttl_hours * 3600))
+            phase_peak(f"shard {st.shard} histories")
         st.seconds = time.monotonic() - started
         self.mode.finish(st)
         self._progress(force=True)

@@ -5,7 +5,7 @@ and not files: the deliver tasks (any worker), the attribution DAG and the api-s
 view all read and write the same rows. PostgreSQL (any DB-API driver whose SQL has ``ON CONFLICT``)
 where a SQL connection is configured; a DuckDB file by default (``make demo``).
 
-Tables (created on first use; the same DDL on both)::
+Tables (created on first use; the same DDL on both, but for the delivery log's key on DuckDB, below)::
 
     c2b_delivery_log   one row per (plan, run, touch, uid): variant, outcome, reason, touched_at.
                        Holdout users have touch '-' and outcome 'holdout'. The key makes a retried
@@ -19,6 +19,15 @@ Tables (created on first use; the same DDL on both)::
                        commit, segment hashes, trigger and user, params, code version, line; see
                        :mod:`c2b.results.audit`), the report's status and the report itself
                        (JSON), written by the run's ``report`` task; a re-run report replaces it.
+
+**The delivery log on DuckDB has no primary key.** Its rows of a shard are hash-spread uids, so
+each shard's upsert walked (and loaded) the key's ART index all over, and its commit wrote the
+index back: in the 10M-user run the deliver tasks' memory rose with the log's size, to ~1 GB in the
+log write, and each write held the file's single write lock for seconds while 16 tasks queued for
+it. On DuckDB a write instead deletes the rows with the batch's keys and appends the batch (the
+earlier ``touched_at`` kept where the outcome is the same), in one transaction: the same rows as the
+upsert, without an index. A file written by an earlier version (with the key) is moved to the new
+table once, by the first write.
 
 Delivery-log writes are bulk: each chunk of :data:`BULK_ROWS` rows reaches the database as one
 table (DuckDB: an Arrow table scanned by one ``INSERT ... SELECT``; PostgreSQL: ``COPY`` into a
@@ -119,6 +128,10 @@ class ResultsStore:
 
     bulk_rows = BULK_ROWS  # rows handed to one _insert_log_batch call
 
+    def _ensure_tables(self, cur: Any) -> None:
+        for ddl in DDL:
+            self._execute(cur, ddl)
+
     def _insert_log_batch(self, cur: Any, batch: list[LogRow]) -> None:
         for i in range(0, len(batch), BATCH_ROWS):
             part = batch[i:i + BATCH_ROWS]
@@ -131,8 +144,7 @@ class ResultsStore:
         try:
             cur = self._cursor(conn)
             try:
-                for ddl in DDL:
-                    self._execute(cur, ddl)
+                self._ensure_tables(cur)
                 out = work(cur)
             finally:
                 cur.close()
@@ -341,9 +353,17 @@ def _missing_table(exc: Exception) -> bool:
 
 class DuckDBResultsStore(ResultsStore):
     """A DuckDB file. One process may write at a time: a writer or reader that finds the file
-    locked by another process (parallel deliver tasks) waits and tries again."""
+    locked by another process (parallel deliver tasks) waits and tries again, for up to
+    ``lock_timeout`` seconds.
 
-    def __init__(self, path: str | Path, lock_timeout: float = 120.0) -> None:
+    The wait is long (10 minutes) because the writers queue: at 10M users, 16 deliver tasks on a
+    busy 2-core machine each held the lock 2-7 s per shard write, so a writer waited up to 138 s,
+    and a 120 s limit failed 20 of the run's deliver tasks with "Could not set lock on file" (each
+    retry redid the group's finished shards' passes and log writes: more load, more waiting).
+    A writer still waiting after a minute says so in its log.
+    """
+
+    def __init__(self, path: str | Path, lock_timeout: float = 600.0) -> None:
         self.path = Path(path)
         self.lock_timeout = lock_timeout
         self.name = f"DuckDB {self.path}"
@@ -358,7 +378,7 @@ class DuckDBResultsStore(ResultsStore):
             return duckdb.connect(":memory:")  # nothing logged yet: every query finds no table
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.lock_timeout
-        delay = 0.05
+        delay, told = 0.05, 0.0
         while True:
             try:
                 con = duckdb.connect(str(self.path), read_only=not write)
@@ -369,6 +389,10 @@ class DuckDBResultsStore(ResultsStore):
             except duckdb.IOException as exc:  # "Could not set lock on file": another process writes
                 if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                     raise
+                waited = time.monotonic() - (deadline - self.lock_timeout)
+                if waited >= told + 60:
+                    told = waited
+                    log.info("%s: waiting %.0f s for the write lock another process holds", self.name, waited)
                 time.sleep(delay)
                 delay = min(delay * 2, 1.0)
 
@@ -379,6 +403,20 @@ class DuckDBResultsStore(ResultsStore):
     def _execute(self, cur: Any, sql: str, params: Sequence[Any] = ()) -> None:
         cur.execute(sql, list(params) if params else None)
 
+    def _ensure_tables(self, cur: Any) -> None:
+        if _has_log_key(cur):
+            self._drop_log_key(cur)
+        for ddl in DUCKDB_DDL:
+            self._execute(cur, ddl)
+
+    def _drop_log_key(self, cur: Any) -> None:
+        """Move a delivery log written with the primary key to a table without it (once)."""
+        log.info("%s: moving c2b_delivery_log to its layout without a primary key (once)", self.name)
+        self._execute(cur, DUCKDB_DDL[0].replace("IF NOT EXISTS c2b_delivery_log", "c2b_delivery_log_moving"))
+        self._execute(cur, "INSERT INTO c2b_delivery_log_moving SELECT * FROM c2b_delivery_log")
+        self._execute(cur, "DROP TABLE c2b_delivery_log")
+        self._execute(cur, "ALTER TABLE c2b_delivery_log_moving RENAME TO c2b_delivery_log")
+
     def _insert_log_batch(self, cur: Any, batch: list[LogRow]) -> None:
         import pyarrow as pa
 
@@ -387,9 +425,36 @@ class DuckDBResultsStore(ResultsStore):
                                          else pa.string()) for i, name in enumerate(LOG_COLUMNS)})
         cur.register("c2b_log_batch", table)
         try:
-            cur.execute(_UPSERT_LOG.format(values=f"SELECT {', '.join(LOG_COLUMNS)} FROM c2b_log_batch"))
+            for sql in _REPLACE_LOG:
+                cur.execute(sql)
         finally:
             cur.unregister("c2b_log_batch")
+
+
+def _has_log_key(cur: Any) -> bool:
+    cur.execute("SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'c2b_delivery_log' "
+                "AND constraint_type = 'PRIMARY KEY'")
+    row = cur.fetchone()
+    return bool(row and row[0])
+
+
+# The delivery log's DDL on DuckDB: no primary key (see the module docstring); the rest as DDL.
+DUCKDB_DDL = (DDL[0].replace(",\n        PRIMARY KEY (plan_id, run_id, touch, uid))", ")"), *DDL[1:])
+assert "PRIMARY KEY" not in DUCKDB_DDL[0]
+
+_KEY = ("plan_id", "run_id", "touch", "uid")
+# A batch replaces the rows with its keys (one row per key: DISTINCT ON), keeping the logged
+# touched_at where the outcome is unchanged, as _UPSERT_LOG does on a keyed table.
+_REPLACE_LOG = (
+    "CREATE OR REPLACE TEMP TABLE c2b_log_new AS SELECT b.plan_id, b.run_id, b.variant, b.touch, b.uid, b.outcome, "
+    "b.reason, CASE WHEN o.outcome = b.outcome THEN o.touched_at ELSE b.touched_at END AS touched_at "
+    "FROM (SELECT DISTINCT ON (plan_id, run_id, touch, uid) * FROM c2b_log_batch) b "
+    "LEFT JOIN c2b_delivery_log o ON " + " AND ".join(f"o.{c} = b.{c}" for c in _KEY),
+    "DELETE FROM c2b_delivery_log USING c2b_log_batch b WHERE "
+    + " AND ".join(f"c2b_delivery_log.{c} = b.{c}" for c in _KEY),
+    f"INSERT INTO c2b_delivery_log ({', '.join(LOG_COLUMNS)}) SELECT {', '.join(LOG_COLUMNS)} FROM c2b_log_new",
+    "DROP TABLE c2b_log_new",
+)
 
 
 class DbApiResultsStore(ResultsStore):
