@@ -299,8 +299,15 @@ class AirflowStack:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + 30
+        ours = {proc.pid: proc for proc in self.procs.values()}
         for pid in pids.values():
-            while _alive(pid) and time.monotonic() < deadline:
+            # Reap our own children as they exit: a zombie leader keeps its process group "alive"
+            # to killpg(0), and the wait ran its whole 30 s at every stop.
+            while time.monotonic() < deadline:
+                if pid in ours:
+                    ours[pid].poll()
+                if not _alive(pid):
+                    break
                 time.sleep(0.2)
             try:
                 os.killpg(pid, signal.SIGKILL)
