@@ -168,6 +168,20 @@ def test_a_duckdb_log_written_with_the_old_primary_key_is_moved_once_and_keeps_i
     con.close()
 
 
+def test_a_shard_logged_again_replaces_its_rows_and_rows_without_parts_are_never_doubled(store: ResultsStore) -> None:
+    part = ("p", "r1", "shard 1")
+    later = T0 + timedelta(hours=1)
+    assert store.write_log(_rows(3, at=T0), part=part) == 3  # first write of the shard (DuckDB: appended)
+    retry = [*_rows(2, at=later), ("p", "r1", "coupon", "push", "u2", "failed", "http 500", later)]
+    assert store.write_log(retry, part=part) == 3  # its retry: replaces
+    assert store.log_users("p", "r1") == [("u0", "coupon", T0, 1), ("u1", "coupon", T0, 1),
+                                          ("u2", "coupon", later, 0)]
+    store.write_log([("p", "r2", "coupon", "push", "u0", "sent", None, T0)])  # a row written without a part
+    assert store.write_log([("p", "r2", "coupon", "push", "u0", "sent", None, later)], part=("p", "r2", "shard 1")) == 1
+    assert store.log_users("p", "r2") == [("u0", "coupon", T0, 1)]  # replaced (first time kept), not doubled
+    assert store.log_count("p", "r1") == 3 and store.log_count("p", "r2") == 1
+
+
 def test_a_failed_log_write_leaves_nothing_behind(store: ResultsStore) -> None:
     """Every chunk and the run's registration are one transaction: an error after the first chunk
     rolls all of it back."""

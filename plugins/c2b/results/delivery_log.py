@@ -91,6 +91,6 @@ def log_shard(store: ResultsStore, redis: Any, plan: Plan, run_id: str, shard: i
            "logged_at": now.astimezone(UTC).replace(tzinfo=None), "goal": goal_info(plan.goal)}
     if rows is None:
         rows = list(shard_log_rows(redis, plan, run_id, shard, now))  # before taking the store's write lock
-    n = store.write_log(rows, run=run)
+    n = store.write_log(rows, run=run, part=(plan.id, run_id, f"shard {shard}"))
     log.info("delivery log: %s rows of shard %s written to %s", n, shard, store.name)
     return n

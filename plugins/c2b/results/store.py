@@ -26,8 +26,10 @@ index back: in the 10M-user run the deliver tasks' memory rose with the log's si
 log write, and each write held the file's single write lock for seconds while 16 tasks queued for
 it. On DuckDB a write instead deletes the rows with the batch's keys and appends the batch (the
 earlier ``touched_at`` kept where the outcome is the same), in one transaction: the same rows as the
-upsert, without an index. A file written by an earlier version (with the key) is moved to the new
-table once, by the first write.
+upsert, without an index. That look for earlier rows scans the run's rows, so a shard's first
+write, which has none (``c2b_log_parts`` records each shard logged, with its row count), only
+appends; a retried shard's write replaces. A file written by an earlier version (with the key) is
+moved to the new table once, by the first write.
 
 Delivery-log writes are bulk: each chunk of :data:`BULK_ROWS` rows reaches the database as one
 table (DuckDB: an Arrow table scanned by one ``INSERT ... SELECT``; PostgreSQL: ``COPY`` into a
@@ -132,7 +134,7 @@ class ResultsStore:
         for ddl in DDL:
             self._execute(cur, ddl)
 
-    def _insert_log_batch(self, cur: Any, batch: list[LogRow]) -> None:
+    def _insert_log_batch(self, cur: Any, batch: list[LogRow], fresh: bool = False) -> None:
         for i in range(0, len(batch), BATCH_ROWS):
             part = batch[i:i + BATCH_ROWS]
             placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(part))
@@ -197,25 +199,36 @@ class ResultsStore:
                        json.dumps(goal) if goal is not None else None))
 
     def write_log(self, rows: Iterable[LogRow], batch_rows: int | None = None,
-                  run: dict[str, Any] | None = None) -> int:
+                  run: dict[str, Any] | None = None, part: tuple[str, str, str] | None = None) -> int:
         """Upsert delivery-log rows in bulk chunks, in one transaction; return how many were written.
 
         A row whose ``(plan, run, touch, uid)`` is logged already replaces it (a retried attempt),
         keeping its ``touched_at`` when the outcome is the same. Chunks are ``batch_rows`` rows
         (default: the backend's bulk size). ``run`` (the arguments of :meth:`register_run`)
-        registers the run in the same transaction.
+        registers the run in the same transaction. ``part`` (plan, run, name: a shard) says the rows
+        are all of that part's, so that a backend which keeps parts (DuckDB) can append a part it
+        has not logged yet instead of looking for every row's earlier version.
         """
         batch_rows = batch_rows or self.bulk_rows
 
         def work(cur: Any) -> int:
             if run is not None:
                 self._register(cur, **run)
+            fresh = part is not None and self._part_is_new(cur, part)
             n = 0
             for batch in _batches(rows, batch_rows):
-                self._insert_log_batch(cur, batch)
+                self._insert_log_batch(cur, batch, fresh)
                 n += len(batch)
+            if part is not None:
+                self._record_part(cur, part, n)
             return n
         return int(self._transaction(work))
+
+    def _part_is_new(self, cur: Any, part: tuple[str, str, str]) -> bool:
+        return False
+
+    def _record_part(self, cur: Any, part: tuple[str, str, str], rows: int) -> None:
+        pass
 
     def runs(self, plan_id: str) -> list[tuple[str, datetime]]:
         """Return the plan's logged runs as ``(run_id, logged_at)``, oldest first."""
@@ -417,7 +430,23 @@ class DuckDBResultsStore(ResultsStore):
         self._execute(cur, "DROP TABLE c2b_delivery_log")
         self._execute(cur, "ALTER TABLE c2b_delivery_log_moving RENAME TO c2b_delivery_log")
 
-    def _insert_log_batch(self, cur: Any, batch: list[LogRow]) -> None:
+    def _part_is_new(self, cur: Any, part: tuple[str, str, str]) -> bool:
+        """Whether no row of ``part`` can be logged yet: the part is not recorded, and every row of
+        its run belongs to a recorded part (rows an earlier version wrote without parts are not)."""
+        plan_id, run_id, _ = part
+        cur.execute("SELECT count(*) FROM c2b_log_parts WHERE plan_id = ? AND run_id = ? AND part = ?", list(part))
+        if cur.fetchall()[0][0]:
+            return False
+        cur.execute("SELECT (SELECT count(*) FROM c2b_delivery_log WHERE plan_id = $1 AND run_id = $2) = "
+                    "(SELECT coalesce(sum(rows), 0) FROM c2b_log_parts WHERE plan_id = $1 AND run_id = $2)",
+                    [plan_id, run_id])
+        return bool(cur.fetchall()[0][0])
+
+    def _record_part(self, cur: Any, part: tuple[str, str, str], rows: int) -> None:
+        cur.execute("INSERT INTO c2b_log_parts VALUES (?, ?, ?, ?) ON CONFLICT (plan_id, run_id, part) "
+                    "DO UPDATE SET rows = excluded.rows", [*part, rows])
+
+    def _insert_log_batch(self, cur: Any, batch: list[LogRow], fresh: bool = False) -> None:
         import pyarrow as pa
 
         # A list per column (not zip(*batch): an iterator per row, and the GC runs they trigger).
@@ -425,7 +454,7 @@ class DuckDBResultsStore(ResultsStore):
                                          else pa.string()) for i, name in enumerate(LOG_COLUMNS)})
         cur.register("c2b_log_batch", table)
         try:
-            for sql in _REPLACE_LOG:
+            for sql in (_APPEND_LOG if fresh else _REPLACE_LOG):
                 cur.execute(sql)
         finally:
             cur.unregister("c2b_log_batch")
@@ -438,13 +467,19 @@ def _has_log_key(cur: Any) -> bool:
     return bool(row and row[0])
 
 
-# The delivery log's DDL on DuckDB: no primary key (see the module docstring); the rest as DDL.
-DUCKDB_DDL = (DDL[0].replace(",\n        PRIMARY KEY (plan_id, run_id, touch, uid))", ")"), *DDL[1:])
+# The delivery log's DDL on DuckDB: no primary key (see the module docstring); the rest as DDL,
+# and the parts logged (shards), so that a shard's first write appends without a look for its rows.
+DUCKDB_DDL = (DDL[0].replace(",\n        PRIMARY KEY (plan_id, run_id, touch, uid))", ")"), *DDL[1:],
+              """CREATE TABLE IF NOT EXISTS c2b_log_parts (
+        plan_id VARCHAR(64) NOT NULL, run_id VARCHAR(250) NOT NULL, part VARCHAR(64) NOT NULL,
+        rows BIGINT NOT NULL, PRIMARY KEY (plan_id, run_id, part))""")
 assert "PRIMARY KEY" not in DUCKDB_DDL[0]
 
 _KEY = ("plan_id", "run_id", "touch", "uid")
 # A batch replaces the rows with its keys (one row per key: DISTINCT ON), keeping the logged
 # touched_at where the outcome is unchanged, as _UPSERT_LOG does on a keyed table.
+_APPEND_LOG = (f"INSERT INTO c2b_delivery_log ({', '.join(LOG_COLUMNS)}) SELECT {', '.join(LOG_COLUMNS)} FROM "
+               "(SELECT DISTINCT ON (plan_id, run_id, touch, uid) * FROM c2b_log_batch)",)
 _REPLACE_LOG = (
     "CREATE OR REPLACE TEMP TABLE c2b_log_new AS SELECT b.plan_id, b.run_id, b.variant, b.touch, b.uid, b.outcome, "
     "b.reason, CASE WHEN o.outcome = b.outcome THEN o.touched_at ELSE b.touched_at END AS touched_at "
@@ -476,7 +511,7 @@ class DbApiResultsStore(ResultsStore):
             self.paramstyle = driver_paramstyle(conn)
         return conn
 
-    def _insert_log_batch(self, cur: Any, batch: list[LogRow]) -> None:
+    def _insert_log_batch(self, cur: Any, batch: list[LogRow], fresh: bool = False) -> None:
         """COPY the rows into a temporary table and upsert from it (psycopg 2 or 3); VALUES otherwise."""
         driver = type(cur).__module__.split(".")[0]
         if driver not in ("psycopg2", "psycopg"):
