@@ -54,3 +54,35 @@ def test_rendering_is_bounded_by_size() -> None:
         small.render({"a": "x", "n": 5_000_000})
     with pytest.raises(TemplateLimitError, match="range of"):
         compile_bounded("{% for i in range(n) %}{% endfor %}").render({"n": 10**9})
+
+
+def test_a_garbage_collection_during_a_render_is_not_the_templates_time() -> None:
+    """A full collection that a render triggers runs in the rendering thread; on a big heap it took
+    over the limit once and failed a plain message for good. Its CPU time is not counted."""
+    import gc
+    import time
+
+    from c2b.plan.template_limits import TemplateLimitError
+    from c2b.plan.templates import compile_bounded
+
+    heap = [[i] for i in range(1_000_000)]  # a heap whose full collection takes CPU
+
+    class CollectsWhenPrinted:
+        def __str__(self) -> str:
+            gc.collect()
+            return "Ann"
+
+    class BurnsWhenPrinted:
+        def __str__(self) -> str:
+            end = time.thread_time() + 0.05
+            while time.thread_time() < end:
+                pass
+            return "Bob"
+
+    for text in ("Hi {{ name }}!", "Hi {{ name }}{% if true %}!{% endif %}"):  # plain, then Jinja
+        template = compile_bounded(text, channel="sms")
+        template.seconds = 0.01  # far below one full collection of the heap
+        assert template.render({"name": CollectsWhenPrinted()}) == "Hi Ann!"
+        with pytest.raises(TemplateLimitError, match="rendering took over"):  # its own CPU still counts
+            template.render({"name": BurnsWhenPrinted()})
+    del heap
