@@ -16,6 +16,19 @@ os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
+# Under pytest-xdist (scripts/dev.sh test runs two test processes), each process gets its own copy
+# of the migrated Airflow metadata DB: the dag.test() runs and `c2b demo` subprocesses of the two
+# would otherwise write one SQLite file at once. Subprocesses inherit the variable.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER and "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in os.environ:
+    import shutil
+
+    _shared_db = Path(os.environ["AIRFLOW_HOME"]) / "airflow.db"
+    if _shared_db.exists():
+        _own_db = _shared_db.with_name(f"airflow-{_WORKER}.db")
+        shutil.copyfile(_shared_db, _own_db)
+        os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_own_db}"
+
 # Import Airflow now, while pytest's session-long capture is sys.stderr: its logging handlers bind
 # to the stream of the moment, and when a test's ``capsys`` was that stream (Airflow first imported
 # inside such a test), every later log line met a closed stream ("--- Logging error ---").
@@ -24,6 +37,25 @@ import airflow  # noqa: E402,F401
 from devtools.servers import MotoS3Server, RedisServer  # noqa: E402 (after the Airflow env above)
 
 DEMO_USERS = 20_000
+
+# Modules that start a whole Airflow stack (devtools/airflow_stack.py). Under pytest-xdist they
+# share one group, so one test process runs them one after another while the other takes the rest
+# of the suite: two stacks at once on 2 cores would starve each other's scheduler past the tests'
+# waits. Every other module is a group of its own (its module fixtures set up once), which makes
+# ``--dist loadgroup`` a per-file split plus this group.
+LIVE_STACK_GROUP = "live_airflow_stacks"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    starts_a_stack: dict[Path, bool] = {}
+    for item in items:
+        if item.path not in starts_a_stack:
+            starts_a_stack[item.path] = "AirflowStack(" in item.path.read_text(encoding="utf-8")
+        group = LIVE_STACK_GROUP if starts_a_stack[item.path] else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+    if _WORKER:  # the longest group first (dev.sh passes --no-loadscope-reorder): it sets the pace
+        items.sort(key=lambda item: not starts_a_stack[item.path])
 
 
 @pytest.fixture(scope="session")
