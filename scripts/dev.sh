@@ -14,10 +14,11 @@ case "$cmd" in
     # Tests start their own redis-server (they restart it on purpose); they need the binary. The
     # PostgreSQL warehouse tests and the Celery stack's metadata DB need PostgreSQL.
     ensure_redis_binary; ensure_postgres; ensure_compose_validator; ensure_chromium; ensure_airflow_db
-    # Two test processes (pytest-xdist; tests/conftest.py groups the live Airflow stacks into one
-    # of them): most of the suite waits on servers and stacks. C2B_TEST_PROCESSES=1: one process.
+    # Two test processes (pytest-xdist; tests/conftest.py sends each module to one of them, and the
+    # live Airflow stacks all to the same one): most of the suite waits on servers and stacks.
+    # C2B_TEST_PROCESSES=1: one process.
     procs="${C2B_TEST_PROCESSES:-2}"
-    if [ "$procs" -gt 1 ]; then set -- -n "$procs" --dist loadgroup --no-loadscope-reorder "$@"; fi
+    if [ "$procs" -gt 1 ]; then set -- -n "$procs" --no-loadscope-reorder "$@"; fi
     exec "$PY" -m pytest "$@" ;;
   warehouse)
     rm -f "$C2B_WAREHOUSE"; ensure_warehouse ;;

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,24 +40,34 @@ from devtools.servers import MotoS3Server, RedisServer  # noqa: E402 (after the 
 
 DEMO_USERS = 20_000
 
-# Modules that start a whole Airflow stack (devtools/airflow_stack.py). Under pytest-xdist they
-# share one group, so one test process runs them one after another while the other takes the rest
-# of the suite: two stacks at once on 2 cores would starve each other's scheduler past the tests'
-# waits. Every other module is a group of its own (its module fixtures set up once), which makes
-# ``--dist loadgroup`` a per-file split plus this group.
-LIVE_STACK_GROUP = "live_airflow_stacks"
+# Modules that start a whole Airflow stack (devtools/airflow_stack.py). Under pytest-xdist one test
+# process runs them all, one after another, while the other takes the rest of the suite file by
+# file: two stacks at once on 2 cores would starve each other's scheduler past the tests' waits.
+# (xdist's own ``--dist loadgroup`` cannot say this on pytest 9: it renames the items' ``_nodeid``,
+# which pytest 9 no longer reads, so its groups are silently ignored.)
+LIVE_STACKS = "live Airflow stacks"
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the marks
+@cache
+def starts_a_stack(module: Path) -> bool:
+    return "AirflowStack(" in module.read_text(encoding="utf-8")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Send each test module to one test process as a whole, and every live-stack module to the same one."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LiveStacksTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return LIVE_STACKS if starts_a_stack(Path(config.rootpath) / module) else module
+
+    return LiveStacksTogether(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    starts_a_stack: dict[Path, bool] = {}
-    for item in items:
-        if item.path not in starts_a_stack:
-            starts_a_stack[item.path] = "AirflowStack(" in item.path.read_text(encoding="utf-8")
-        group = LIVE_STACK_GROUP if starts_a_stack[item.path] else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-    if _WORKER:  # the longest group first (dev.sh passes --no-loadscope-reorder): it sets the pace
-        items.sort(key=lambda item: not starts_a_stack[item.path])
+    if _WORKER:  # the longest unit of work first (dev.sh passes --no-loadscope-reorder): it sets the pace
+        items.sort(key=lambda item: not starts_a_stack(item.path))
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ boundary). The uid key is exact for canonical int64 uids (the integer itself, li
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from typing import Any
 
 from c2b.hashing import uid_bytes
@@ -31,6 +32,7 @@ end
 """
 
 
+@lru_cache(maxsize=1 << 16)  # a page asks for the same uid's key three times (states, records, prepare)
 def uid_key(uid: str) -> bytes:
     """Return the 8-byte record key of ``uid`` (exact for canonical int64 uids, BLAKE2b otherwise)."""
     if uid[:1].isdigit() or uid[:1] == "-":
