@@ -120,9 +120,13 @@ def free_port() -> int:
 
 
 def base_env(*, home: Path, dags: Path, port: int, executor: str) -> dict[str, str]:
-    """Settings every live set-up needs on one machine: its home, folders, API port, free log ports."""
+    """Settings every live set-up needs on one machine: its home, folders, API port, free log ports,
+    and its own metadata DB (SQLite in its home; a CeleryExecutor set-up names its PostgreSQL one on
+    top). Named, not inherited: a test process under pytest-xdist points Airflow at its own copy of
+    the project's DB (tests/conftest.py), which a stack must not share."""
     return {
         "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{Path(home).absolute() / 'airflow.db'}",
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": executor,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
