@@ -70,6 +70,14 @@ def test_plain_templates_render_like_jinja(source: str, values: dict[str, Any], 
     attrs = {k: v for k, v in values.items() if k not in builtins} | {"uid": "shadowed", "offer": 1}
     expected = _outcome(lambda: slow.render({**attrs, **builtins}))
     assert _same(_outcome(lambda: fast.render_with(builtins, attrs)), expected), (source, values)
+    # A batch (the delivery path of a page): each message as render_with gives it, errors in place;
+    # with seconds=-1 the batch is over its time and every message goes through the checks per chunk.
+    batch = fast.render_many([(builtins, attrs), ({}, {"nickname": "Ann"}), (builtins, attrs)])
+    assert len(batch) == 3
+    for got, first, second in zip(batch, (builtins, {}, builtins), (attrs, {"nickname": "Ann"}, attrs), strict=True):
+        want = _outcome(lambda f=first, s=second: slow.render({**s, **f}))
+        outcome = (type(got).__name__, str(got)) if isinstance(got, Exception) else ("ok", got)
+        assert _same(outcome, want), (source, values)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -117,16 +117,18 @@ class Render:
         self.builder = builder
 
     def __call__(self, page: PageDecisions) -> None:
-        def rendered(it: Item) -> bool:
-            try:
-                it.message = self.builder.message(it, page.work.attrs[it.uid])
-            except Exception as exc:  # a missing attribute for one user must not stop the shard
-                page.hold(it, f"f:template: {exc}"[:160], "failed")
-                return False
-            return True
+        def rendered(items: list[Item]) -> list[Item]:
+            keep = []
+            for it, message in zip(items, self.builder.messages(items, page.work.attrs), strict=True):
+                if isinstance(message, Exception):  # a missing attribute for one user must not stop the shard
+                    page.hold(it, f"f:template: {message}"[:160], "failed")
+                else:
+                    it.message = message
+                    keep.append(it)
+            return keep
 
-        page.resend = [it for it in page.resend if rendered(it)]
-        page.fresh = [it for it in page.fresh if rendered(it)]
+        page.resend = rendered(page.resend)
+        page.fresh = rendered(page.fresh)
 
 
 def default_checks(window: SendWindow, fcap: FrequencyCap, builder: WorkBuilder, suppression: PageCheck,
@@ -199,10 +201,10 @@ class DryRunTriage:
 
     def __call__(self, work: PageWork, deferred_pass: bool = False) -> list[Item]:
         out = []
-        for it in work.items:
-            try:
-                it.message = self.builder.message(it, work.attrs[it.uid])
-                out.append(it)
-            except Exception:
+        for it, message in zip(work.items, self.builder.messages(work.items, work.attrs), strict=True):
+            if isinstance(message, Exception):
                 self.counts[f"{it.vt}|dry_run_template_error"] += 1
+            else:
+                it.message = message
+                out.append(it)
         return out

@@ -137,6 +137,35 @@ class WorkBuilder:
                 items.append(Item(prefix + uid, variant, name, uid, day, page, None, channel))
         return PageWork(items, attrs, dict(holdout), held_out)
 
+    def messages(self, items: Sequence[Item], attrs: Attrs) -> list[Message | Exception]:
+        """Return the message of each item (``attrs`` by uid), or in its place the error its template
+        raised for that user; each touch's messages are rendered as one batch
+        (:meth:`BoundedTemplate.render_many`: one clock read a batch instead of several a message)."""
+        out: list[Message | Exception | None] = [None] * len(items)
+        by_touch: dict[str, list[int]] = {}
+        for i, it in enumerate(items):
+            by_touch.setdefault(it.touch, []).append(i)
+        plan_id, run_id = self.plan.id, self.run_id
+        for touch, where in by_touch.items():
+            p = self.parts[touch]
+            values = []
+            for i in where:
+                it = items[i]
+                builtins = p.builtins.copy()  # as message(): {**attrs, uid, variant, offer, assets, plan, touch}
+                builtins["uid"] = it.uid
+                builtins["variant"] = it.variant
+                values.append((builtins, attrs[it.uid]))
+            for i, text in zip(where, p.template.render_many(values), strict=True):
+                if isinstance(text, Exception):
+                    out[i] = text
+                    continue
+                it = items[i]
+                key = p.key.copy()
+                key.update(it.uid.encode("utf-8", "replace"))
+                out[i] = new_message(key.hexdigest()[:32], plan_id, run_id, p.name, p.channel, it.uid, it.variant,
+                                     text, p.assets, p.offer)
+        return out  # type: ignore[return-value]  # every slot is filled above
+
     def message(self, item: Item, attrs: dict[str, Any]) -> Message:
         """Render the message of ``item``; raises whatever the template raises (missing attribute...)."""
         p = self.parts[item.touch]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from jinja2 import nodes
@@ -160,6 +160,55 @@ class BoundedTemplate:
             if clock() > deadline and clock() - (_gc_spent() - gc0) > deadline:
                 raise self._over_time()
             out.append(chunk)
+        return "".join(out)
+
+    def render_many(self, values: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> list[str | Exception]:
+        """Render each ``(first, second)`` as :meth:`render_with` does; an error takes its message's place.
+
+        Why: the time limit's clock (the thread's CPU time: a system call, ~0.7 us here) was read
+        once per chunk and once per message, about as much CPU as rendering a short plain message.
+        A plain template's messages are rendered here without reading it, and the batch is timed
+        as a whole: a message fails for time when the CPU it took (minus garbage collection) passed
+        ``seconds`` at one of its chunks, and if the whole batch took no more than that, none of
+        its messages can have, so every text and every error is the one the checks per chunk give.
+        Otherwise (a slow batch, or a limit already spent) every message is rendered again with
+        the checks per chunk, exactly as :meth:`render_with`.
+        """
+        plain = self.plain
+        if plain is not None and values:
+            clock = time.thread_time
+            start, gc0 = clock(), _gc_spent()
+            out = [self._plain_unclocked(first, second) for first, second in values]
+            if clock() - start - (_gc_spent() - gc0) <= self.seconds:
+                return out
+        return [self._render_or_error(first, second) for first, second in values]
+
+    def _render_or_error(self, first: Mapping[str, Any], second: Mapping[str, Any]) -> str | Exception:
+        try:
+            return self.render_with(first, second)
+        except Exception as exc:  # noqa: BLE001 (the message's own error, handed back in its place)
+            return exc
+
+    def _plain_unclocked(self, first: Mapping[str, Any], second: Mapping[str, Any]) -> str | Exception:
+        """:meth:`render_with`'s plain loop without the clock: the caller times the batch."""
+        plain = self.plain
+        assert plain is not None
+        limit = self.max_chars
+        out: list[str] = []
+        size = 0
+        try:
+            for chunk, name, attrs in plain.steps:
+                if chunk is None:
+                    v = first.get(name, MISSING)
+                    if v is MISSING:
+                        v = plain.missing_name(name, second)
+                    chunk = str(plain.follow(v, attrs) if attrs else v)
+                size += len(chunk)
+                if size > limit:
+                    return self._over_size()
+                out.append(chunk)
+        except Exception as exc:  # noqa: BLE001 (as above)
+            return exc
         return "".join(out)
 
 
