@@ -262,3 +262,12 @@ def test_repository_checks_are_opt_in_for_data_built_in_code() -> None:
     assert parse_plan(data, FILE).audience.segment == "elsewhere.sql"
     with pytest.raises(PlanError, match="no segment file include/sql/segments/elsewhere.sql"):
         parse_plan(data, FILE, check_files=True)
+
+
+@pytest.mark.parametrize("channel", [{"type": "price_up_coupon"}, ["sms"], 7])
+def test_a_channel_that_is_not_a_name_is_a_plan_error(channel: object) -> None:
+    # Found by test_plan_properties: a mapping here raised TypeError (unhashable) from the
+    # connection default instead of the plan error naming the field.
+    data = {"id": "p", "audience": {"all": True}, "touches": [{"name": "a", "channel": channel, "template": "hi"}]}
+    with pytest.raises(PlanError, match=r"p.yaml: touches\[0\].channel: .* is not allowed; use one of: push"):
+        parse_plan(data, "p.yaml")

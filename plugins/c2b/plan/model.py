@@ -397,8 +397,10 @@ class Touch(_Strict):
     @classmethod
     def _default_connection(cls, data: Any) -> Any:
         # A gateway channel without a connection uses its default one, as the delivery does.
-        if isinstance(data, dict) and data.get("connection") is None:
-            cls_ = CHANNEL_REGISTRY.get(data.get("channel"))  # type: ignore[arg-type]
+        # A channel that is not a string (a mapping, a list) is not a key here: the field's own
+        # validation names it as the plan error (it once raised TypeError: unhashable type).
+        if isinstance(data, dict) and data.get("connection") is None and isinstance(data.get("channel"), str):
+            cls_ = CHANNEL_REGISTRY.get(data["channel"])
             if cls_ is not None and cls_.default_connection:
                 return {**data, "connection": cls_.default_connection}
         return data
