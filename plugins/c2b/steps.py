@@ -152,6 +152,14 @@ def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict
     """
     params = params or {}
     only = set(params["only_touches"]) if params.get("only_touches") else None
+    from c2b.delivery.gc_pace import delivery_gc_pace
+
+    with delivery_gc_pace():
+        return _deliver(plan, run_id, shard, redis, channels, kill_switch, params, only, results_store)
+
+
+def _deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict[str, Channel], kill_switch: Any,
+             params: dict[str, Any], only: set[str] | None, results_store: ResultsStore | None) -> dict[str, Any]:
     try:
         loaded = with_redis_retry(lambda: loaded_size(redis, plan.id, run_id, shard))
         delivery = ShardDelivery(redis, plan, run_id, shard, channels, kill_switch, RetryPolicy(),
