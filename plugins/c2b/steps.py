@@ -135,8 +135,11 @@ def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> l
 
 def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict[str, Channel],
                  kill_switch: Any, params: dict[str, Any] | None = None,
-                 results_store: ResultsStore | None = None) -> dict[str, Any]:
+                 results_store: ResultsStore | None = None, history_batch: Any = None) -> dict[str, Any]:
     """Deliver one shard (see :mod:`c2b.delivery.shard`); return its stats for the report.
+
+    ``history_batch``: a :class:`c2b.delivery.histories.HistoryBatch` the task's shards share (the
+    caller flushes it); without one the shard writes its sent users to the histories at its end.
 
     ``kill_switch`` is a callable (true = stop), e.g. :class:`c2b.delivery.controls.kill_switch.KillSwitch`.
     ``params``: the DAG run's ``dry_run`` and ``only_touches``. The stats are cumulative over all
@@ -155,15 +158,17 @@ def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict
     from c2b.delivery.gc_pace import delivery_gc_pace
 
     with delivery_gc_pace():
-        return _deliver(plan, run_id, shard, redis, channels, kill_switch, params, only, results_store)
+        return _deliver(plan, run_id, shard, redis, channels, kill_switch, params, only, results_store,
+                        history_batch)
 
 
 def _deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict[str, Channel], kill_switch: Any,
-             params: dict[str, Any], only: set[str] | None, results_store: ResultsStore | None) -> dict[str, Any]:
+             params: dict[str, Any], only: set[str] | None, results_store: ResultsStore | None,
+             history_batch: Any) -> dict[str, Any]:
     try:
         loaded = with_redis_retry(lambda: loaded_size(redis, plan.id, run_id, shard))
         delivery = ShardDelivery(redis, plan, run_id, shard, channels, kill_switch, RetryPolicy(),
-                                 only_touches=only, dry_run=bool(params.get("dry_run")))
+                                 only_touches=only, dry_run=bool(params.get("dry_run")), history_batch=history_batch)
         stats = delivery.run(plan.delivery.page_size, plan.delivery.concurrency).to_xcom()
         with_redis_retry(lambda: loaded_size(redis, plan.id, run_id, shard))
         if results_store is not None and not params.get("dry_run"):

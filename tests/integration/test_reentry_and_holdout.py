@@ -280,3 +280,60 @@ def test_cleanup_writes_the_histories_of_a_shard_whose_attempt_never_ended(redis
     assert all(contacted_since(redis_client, users, datetime.now(UTC)))
     assert sum(stored_users(redis_client, plan.id)) == len(users)
     assert not any(redis_client.exists(m) for m in marks)  # a cleared re-run marks its own attempts
+
+
+def test_a_tasks_shards_write_the_histories_as_one_batch(redis_client, tmp_path: Path, monkeypatch) -> None:
+    """A deliver task's shards hand their sent users to one HistoryBatch: nothing is written or
+    marked until it is flushed (a task that dies first leaves its shards to the retry or cleanup);
+    then every shard's users are in both histories, written in one script call, and every shard is
+    marked."""
+    from c2b.channels import ChannelConfig, make_channel
+    from c2b.delivery.contacts import _RECORD_MAX, contacted_since, record_contacts
+    from c2b.delivery.histories import HistoryBatch, histories_key
+    from c2b.delivery.shard import ShardDelivery
+    from c2b.store.shards import ShardKeys
+
+    from devtools.deliverkit import load_audience
+
+    monkeypatch.setenv("C2B_DATA_DIR", str(tmp_path / "c2b"))
+    plan = _plan("once", "reent_batch")
+    users = [str(5 * 10**9 + i) for i in range(300)]
+    sizes = load_audience(redis_client, plan, "r1", users, tmp_path / "staging")
+    assert len(sizes) > 1
+    batch = HistoryBatch(redis_client, plan, "r1", record_sends(plan, record_contacts), 3600)
+    for shard in sizes:
+        channels = {"t": make_channel("outbox", ChannelConfig(run_dir=str(tmp_path / "out")))}
+        ShardDelivery(redis_client, plan, "r1", shard, channels, lambda: False, history_batch=batch).run(50, 4)
+    marks = [histories_key(ShardKeys(plan.id, "r1", s)) for s in sizes]
+    now = datetime.now(UTC)
+    assert not any(contacted_since(redis_client, users, now - timedelta(days=1)))
+    assert not any(redis_client.exists(m) for m in marks)
+    redis_client.script_load(_RECORD_MAX)  # no NOSCRIPT answer first
+    redis_client.config_resetstat()
+    batch.flush()
+    assert _evalsha_calls(redis_client) == (1, 0)  # both histories, every shard: one call
+    assert all(contacted_since(redis_client, users, now - timedelta(days=1)))
+    assert sum(stored_users(redis_client, plan.id)) == len(users)
+    assert all(redis_client.exists(m) for m in marks)
+    redis_client.config_resetstat()
+    batch.flush()  # empty: writes nothing
+    assert _evalsha_calls(redis_client) == (0, 0)
+
+
+def test_a_full_history_batch_writes_itself_and_keeps_each_days_users_on_their_day(redis_client) -> None:
+    from c2b.delivery.contacts import BUCKETS as CONTACT_BUCKETS
+    from c2b.delivery.contacts import bucket_key as contact_key
+    from c2b.delivery.contacts import epoch_day, last_days, record_contacts
+    from c2b.delivery.histories import HistoryBatch, histories_key
+    from c2b.store.shards import ShardKeys
+
+    plan = _plan(None, "reent_batch_days")
+    batch = HistoryBatch(redis_client, plan, "r1", record_sends(plan, record_contacts), 3600, max_users=250)
+    late, early = [str(6 * 10**9 + i) for i in range(100)], [str(7 * 10**9 + i) for i in range(200)]
+    batch.add(1, late, NOW)
+    assert not redis_client.exists(histories_key(ShardKeys(plan.id, "r1", 1)))
+    batch.add(2, early, NOW + timedelta(days=1))  # past 250 users: written now
+    assert redis_client.exists(histories_key(ShardKeys(plan.id, "r1", 1)))
+    assert redis_client.exists(histories_key(ShardKeys(plan.id, "r1", 2)))
+    days = last_days(redis_client, late + early, key_of=contact_key, buckets=CONTACT_BUCKETS, legacy_of=None)
+    assert days.tolist() == [epoch_day(NOW)] * 100 + [epoch_day(NOW + timedelta(days=1))] * 200

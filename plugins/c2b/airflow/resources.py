@@ -197,24 +197,43 @@ def deliver_shards(plan: Plan, run_id: str, shards: list[int], params: dict[str,
     from c2b import steps
     from c2b.store.run_meta import RunStateLost
 
+    from c2b.delivery.contacts import record_contacts
+    from c2b.delivery.histories import HistoryBatch
+    from c2b.delivery.reentry import record_sends
+
     redis = get_redis()
     switch = kill_switch(redis, plan.id)
     store = get_results_store()
     out: list[dict[str, Any]] = []
-    for shard in shards:
-        channels = make_channels(plan, run_id, redis)  # a shard's send loop closes its channels at its end
+    # The shards' sent users go to the contact and re-entry histories together (one rewrite of a
+    # history bucket per batch, not per shard); written before the task ends, however it ends.
+    histories = HistoryBatch(redis, plan, run_id, record_sends(plan, record_contacts),
+                             int(plan.delivery.key_ttl_hours * 3600))
+    try:
+        for shard in shards:
+            channels = make_channels(plan, run_id, redis)  # a shard's send loop closes its channels at its end
+            try:
+                stats = steps.step_deliver(plan, run_id, shard, redis, channels, switch, params, results_store=store,
+                                           history_batch=histories)
+            except RunStateLost as exc:  # lost keys stay lost: retrying would only "deliver" an empty shard
+                raise AirflowFailException(str(exc)) from exc
+            if stats["stopped"]:
+                raise AirflowFailException(
+                    f"shard {shard} STOPPED by the kill switch ({stats['stop_reason']}) after {stats['users']} users; "
+                    f"sent so far: {sum(n for k, n in stats['counts'].items() if k.endswith('|sent'))}. "
+                    "Turn the switch off and Clear the whole run to resume (cleanup has dropped this run's shard "
+                    "keys, so the run extracts and loads again): the ledger sends nothing twice.")
+            out.append(stats)
+            _log_shard_memory(shard, stats)
+    except BaseException:
         try:
-            stats = steps.step_deliver(plan, run_id, shard, redis, channels, switch, params, results_store=store)
-        except RunStateLost as exc:  # lost keys stay lost: retrying would only "deliver" an empty shard
-            raise AirflowFailException(str(exc)) from exc
-        if stats["stopped"]:
-            raise AirflowFailException(
-                f"shard {shard} STOPPED by the kill switch ({stats['stop_reason']}) after {stats['users']} users; "
-                f"sent so far: {sum(n for k, n in stats['counts'].items() if k.endswith('|sent'))}. "
-                "Turn the switch off and Clear the whole run to resume (cleanup has dropped this run's shard "
-                "keys, so the run extracts and loads again): the ledger sends nothing twice.")
-        out.append(stats)
-        _log_shard_memory(shard, stats)
+            histories.flush()  # the shards done before the failure: their sends reach the histories now
+        except Exception:  # noqa: BLE001 (unmarked shards are written by the retry or by cleanup)
+            import logging
+
+            logging.getLogger(__name__).exception("could not write the finished shards' sends to the histories")
+        raise
+    histories.flush()
     waiting = [st for st in out if st["deferred"]]
     if waiting:
         dues = [datetime.fromisoformat(st["next_due"]) if st["next_due"] else datetime.now(UTC) for st in waiting]

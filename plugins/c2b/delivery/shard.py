@@ -49,7 +49,7 @@ from c2b.channels.base import Channel
 from c2b.delivery.controls.frequency_cap import rules_of
 from c2b.delivery.controls.quiet_hours import SendWindow
 from c2b.delivery.controls.rate_limit import Limits, RateLimiter
-from c2b.delivery.histories import write_shard_histories
+from c2b.delivery.histories import HistoryBatch, write_shard_histories
 from c2b.delivery.inflight import InFlight
 from c2b.delivery.ledger import ShardLedger
 from c2b.delivery.loop import SendLoop
@@ -76,8 +76,12 @@ class ShardDelivery:
                  kill_switch: Callable[[], bool], retry: RetryPolicy | None = None,
                  only_touches: set[str] | None = None, dry_run: bool = False,
                  record_contacts: Callable[[Any, list[str], datetime], None] | None = None,
-                 clock: Callable[[], float] = time.time, progress_every: float = 5.0) -> None:
+                 clock: Callable[[], float] = time.time, progress_every: float = 5.0,
+                 history_batch: HistoryBatch | None = None) -> None:
+        """``history_batch``: where the shard's sent users go for the histories (a task's shards
+        share one, :class:`c2b.delivery.histories.HistoryBatch`); none: written at the shard's end."""
         self.redis = redis
+        self.history_batch = history_batch
         self.plan = plan
         self.keys = ShardKeys(plan.id, run_id, shard)
         self.kill_switch = kill_switch
@@ -131,7 +135,8 @@ class ShardDelivery:
         if self.mode.resumable:  # a real delivery: its sends (all attempts') go to the histories
             self.log_rows = write_shard_histories(self.redis, self.plan, self.keys.run_id, st.shard,
                                                   self._record_histories, datetime.now(UTC),
-                                                  int(self.plan.delivery.key_ttl_hours * 3600))
+                                                  int(self.plan.delivery.key_ttl_hours * 3600),
+                                                  self.history_batch)
             phase_peak(f"shard {st.shard} histories")
         st.seconds = time.monotonic() - started
         self.mode.finish(st)
