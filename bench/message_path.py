@@ -6,7 +6,8 @@ One process, the same plan, users and attributes, measured in the same run:
     ``mmh3`` per uid, an ``Item`` per (touch, uid) with an f-string field, the values dict per
     message, the Jinja render, ``idempotency_key`` from scratch, a copy of the touch's assets,
     ``Message(...)``, ``json.dumps(message.to_json(), ensure_ascii=False)``;
-(b) ours: ``WorkBuilder.page`` + ``WorkBuilder.message`` + the outbox channel's line.
+(b) ours: ``WorkBuilder.page`` + ``WorkBuilder.messages`` (a page's messages rendered as one batch per
+    touch, as the delivery does) + the outbox channel's line.
 
 Both must write the same lines (checked). Plans: the e2e touch ``Hi {{ nickname }}, ...`` alone,
 and a 2-variant experiment whose second touch has assets, an offer and ``{{ offer.amount }}``.
@@ -80,7 +81,7 @@ def reference_lines(b: WorkBuilder, uids: list[str], attrs: dict[str, dict[str, 
 
 def our_lines(b: WorkBuilder, ch: Any, uids: list[str], attrs: dict[str, dict[str, Any]]) -> list[str]:
     work = b.page(uids, attrs, 0)
-    return [ch._line(b.message(it, attrs[it.uid])) for it in work.items]
+    return [ch._line(m) for m in b.messages(work.items, attrs)]  # a page's messages, as the delivery renders them
 
 
 def cpu_per_message(fn: Any, n: int, repeat: int) -> float:
