@@ -776,7 +776,8 @@ def render(r: dict[str, Any]) -> str:
                 lines += [f"Gateway: {g.get('requests'):,} requests, {g.get('messages'):,} messages.", ""]
     if "anchors" in r:
         a = r["anchors"]
-        lines += ["## Anchors (same run, same machine)", "",
+        # A run with --skip-anchors merged into an earlier result keeps that result's anchors: say whose.
+        lines += [f"## Anchors ({r.get('anchors_from') or 'same run, same machine'})", "",
                   "| anchor | what | seconds | rate |", "|---|---|---|---|",
                   f"| DuckDB COPY | the segment ({a['duckdb_copy']['rows']:,} rows) to Parquet | "
                   f"{a['duckdb_copy']['seconds']:.2f} | {a['duckdb_copy']['rows_per_s']:,} rows/s |",
