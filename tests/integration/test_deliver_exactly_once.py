@@ -93,13 +93,14 @@ def test_injected_5xx_and_timeouts_end_sent_or_failed_with_reason(redis_server, 
     plan = make_plan(data)
     load_audience(redis_client, plan, "r1", users, tmp_path)
     want = expected_keys(plan, "r1", users)
-    # The client gives up after 1 s on the gateway's slow answers (2 s). A quicker client timeout
-    # (0.2 s) also timed out on a 400 answered late on a loaded machine, and the retry of that
-    # request, which the client could not know was refused, drew a second 400 (a CI run).
-    faults = Faults(median_latency_s=0.003, error_rate=0.10, timeout_rate=0.10, timeout_s=2.0,
+    # The client gives up after 4 s on the gateway's slow answers (5 s). Quicker client timeouts
+    # (0.2 s, then 1 s) also timed out on a 400 answered late on a loaded CI machine, and the retry of
+    # that request, which the client could not know was refused, drew a second 400 (two CI runs).
+    faults = Faults(median_latency_s=0.003, error_rate=0.10, timeout_rate=0.05, timeout_s=5.0,
                     timeout_accepts=True, reject_rate=0.03)
     with Gateway(faults) as gw:
-        stats = _finish(start_shard(spec(redis_server.url, data, "r1", 1, gw.url, {"timeout": 1.0}), tmp_path))
+        stats = _finish(start_shard(spec(redis_server.url, data, "r1", 1, gw.url, {"timeout": 4.0}), tmp_path),
+                        timeout=120.0)
     rec = gw.record
     ledger = _ledger(redis_client, plan, "r1", users)
     assert len(ledger) == len(want)

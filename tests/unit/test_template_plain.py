@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
 from c2b.plan.template_limits import BoundedTemplate
 from c2b.plan.templates import _ENV, compile_bounded, compile_template
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from markupsafe import Markup
 
@@ -50,13 +51,21 @@ def _outcome(render: Any) -> tuple[str, Any]:
         return type(exc).__name__, str(exc)
 
 
+_ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+
+
 def _same(a: tuple[str, Any], b: tuple[str, Any]) -> bool:
+    """Equal outcomes; a method's text names its object's address, which differs between renders
+    (the sandbox wraps ``str.format`` anew each time), so addresses are left out of the comparison."""
+    if a[0] == b[0] and isinstance(a[1], str) and isinstance(b[1], str):
+        return _ADDRESS.sub(" at 0x_", a[1]) == _ADDRESS.sub(" at 0x_", b[1])
     return a == b or (a[0] == b[0] == "ok" and isinstance(a[1], float) and math.isnan(a[1]) and math.isnan(b[1]))
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(source=plain_template, values=values, max_chars=st.sampled_from([1, 5, 20, 60, 10_000]),
        seconds=st.sampled_from([0.5, -1.0]))
+@example(source="{{ nickname.format }}", values={}, max_chars=60, seconds=0.5)  # a CI run: addresses in the text
 def test_plain_templates_render_like_jinja(source: str, values: dict[str, Any], max_chars: int,
                                            seconds: float) -> None:
     fast = compile_bounded(source, max_chars, "sms")
