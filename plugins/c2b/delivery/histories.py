@@ -99,14 +99,20 @@ class HistoryBatch:
 
 
 def write_shard_histories(redis: Any, plan: Plan, run_id: str, shard: int, record: Record, now: datetime,
-                          ttl_seconds: int, batch: HistoryBatch | None = None) -> list[tuple[Any, ...]]:
+                          ttl_seconds: int, batch: HistoryBatch | None = None) -> Any:
     """Record the shard's sent users (from its ledger) in the histories, or hand them to ``batch``;
-    return the shard's delivery-log rows read on the way
-    (:func:`c2b.results.delivery_log.shard_log_rows`), so the delivery log need not read the ledger again."""
-    from c2b.results.delivery_log import shard_log_rows
+    return the shard's delivery-log rows read on the way, so the delivery log need not read the
+    ledger again: an Arrow table (:func:`c2b.results.delivery_log.shard_log_table`) or, for a
+    shard that one does not read, a list of rows (:func:`c2b.results.delivery_log.shard_log_rows`)."""
+    from c2b.results.delivery_log import shard_log_rows, shard_log_table
 
-    rows = list(shard_log_rows(redis, plan, run_id, shard, now))
-    sent = list(dict.fromkeys(row[4] for row in rows if row[5] == "sent"))
+    bulk = shard_log_table(redis, plan, run_id, shard, now)
+    rows: Any
+    if bulk is not None:
+        rows, sent = bulk
+    else:
+        rows = list(shard_log_rows(redis, plan, run_id, shard, now))
+        sent = list(dict.fromkeys(row[4] for row in rows if row[5] == "sent"))
     if batch is not None:
         batch.add(shard, sent, now)
         return rows

@@ -986,6 +986,33 @@ class ShardLedger:
             self._all, self._all_at = found, (codes.page_writes, codes.bucket_writes)
         return codes, self._all
 
+    def main_pass_records(self) -> tuple[dict[str, int], dict[int, str], int, bytes] | None:
+        """Return this load's main-pass records whole, when they alone hold the shard's states:
+        ``(touch slots, code names, slots per record, the page strings concatenated)``; ``None``
+        when anything else may hold a state (an entry in the hash, a bucket written, another load's
+        pages), for which readers take :meth:`bulk_states`.
+
+        For readers of a whole shard after its delivery (the delivery log), which then look the
+        records up by uid key in bulk instead of by field."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hlen(self.ledger)
+        pipe.hgetall(self.codes)
+        pipe.hkeys(self.pages_key)
+        in_hash, codes_raw, ids_raw = pipe.execute()
+        codes = _Codes.of(codes_raw)
+        mine = f"{self.gen()}:"
+        ids = sorted(_text(i) or "" for i in ids_raw)
+        if in_hash or codes.bucket_writes or not codes.width or any(not i.startswith(mine) for i in ids):
+            return None
+        pipe = self.redis.pipeline(transaction=False)
+        for i in ids:
+            pipe.get(f"c2b:{self.keys.tag}:pg:{i}")
+        pages = [raw or b"" for raw in pipe.execute()] if ids else []
+        w = 8 + codes.width
+        if any(len(raw) % w for raw in pages):
+            return None
+        return codes.slots, codes.names, codes.width, b"".join(pages)
+
     def states(self, fields: Sequence[str]) -> list[str | None]:
         """Return the current state of each ledger field (``None``: never seen), by uid.
 

@@ -105,7 +105,7 @@ class ShardDelivery:
             self._record_histories = record_sends(plan, record_contacts)
             self.mode = LiveMode(redis, self.ledger, channels, _limits(redis, plan, channels), retry or RetryPolicy(),
                                  self.builder, window, rules_of(plan), clock, self.stats)
-        self.log_rows: list[tuple[Any, ...]] | None = None  # the delivery log's rows, read at the end
+        self.log_rows: Any = None  # the delivery log's rows (a list or an Arrow table), read at the end
         self._started = self._last_log = time.monotonic()
         self._attrs: AttrReader | None = None  # the shard's template attributes, from the run's meta
         self._batch = max((int(getattr(c, "batch_size", 1) or 1) for c in channels.values()), default=1)

@@ -28,6 +28,7 @@ from c2b.delivery.ledger import CAPPED, DEFERRED, EXPIRED, PENDING, SENT, ShardL
 from c2b.hashing import VariantPicker
 from c2b.plan.model import Plan
 from c2b.results.store import HOLDOUT_TOUCH, LogRow, ResultsStore
+from c2b.store import packed
 from c2b.store.redis_retry import with_redis_retry
 from c2b.store.shards import ShardKeys, read_page
 
@@ -76,12 +77,96 @@ def shard_log_rows(redis: Any, plan: Plan, run_id: str, shard: int, touched_at: 
             yield (plan.id, run_id, variant, touch, uid, outcome, reason, at)
 
 
+def shard_log_table(redis: Any, plan: Plan, run_id: str, shard: int,
+                    touched_at: datetime) -> tuple[Any, list[str]] | None:
+    """Return the rows :func:`shard_log_rows` yields as an Arrow table of the log's columns (in
+    another order), and the uids of its ``sent`` rows (each once); read in bulk. ``None`` when the
+    shard is not in the shape this reads: then :func:`shard_log_rows` reads it.
+
+    The shape of a shard whose delivery ended in its main pass, the usual one: packed integer
+    uids, and every state in this load's page records
+    (:meth:`c2b.delivery.ledger.ShardLedger.main_pass_records`: no entry in the hash, no bucket,
+    no other load's pages, no deferred code). A packed uid is its own record key, so the shard's
+    members (one GET) are matched with its records (one GET a page) by sorting, with no Python
+    object a row: at 10M users the row-by-row read took about a fifth of the deliver tasks' time.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    keys = ShardKeys(plan.id, run_id, shard)
+    found = with_redis_retry(ShardLedger(redis, keys).main_pass_records)
+    if found is None:
+        return None
+    slots, names, width, records = found
+    raw = with_redis_retry(lambda: redis.get(keys.packed))
+    if not raw:
+        return None  # a ZSET shard (or none at all: shard_log_rows reads what there is)
+    uids = np.frombuffer(raw, dtype=packed.DTYPE, count=len(raw) // packed.WIDTH)
+    rec = np.frombuffer(records, dtype=np.uint8).reshape(-1, 8 + width)
+    rkeys = rec[:, :8].copy().view(packed.DTYPE).ravel()
+    order = np.argsort(rkeys, kind="stable")
+    ordered = rkeys[order]
+    if len(ordered) and (ordered[1:] == ordered[:-1]).any():
+        return None  # a uid with two records: the row-by-row reader decides between them
+    if len(ordered):
+        at = np.minimum(np.searchsorted(ordered, uids), len(ordered) - 1)
+        hit = ordered[at] == uids
+        row = order[at]
+    else:
+        hit = np.zeros(len(uids), dtype=bool)
+        row = np.zeros(len(uids), dtype=np.int64)
+    deferred = [c for c, st in names.items() if st == DEFERRED]
+    if deferred and np.isin(rec[:, 8:], deferred).any():
+        return None  # a deferred entry lives by field: the row-by-row reader follows it
+    # Per code (0: no record, or no code for the touch): the outcome and reason of its state.
+    outcome_of_code = np.empty(256, dtype=object)
+    reason_of_code = np.empty(256, dtype=object)
+    for code in range(256):
+        outcome_of_code[code], reason_of_code[code] = outcome_of(names.get(code) if code else None)
+    text = pa.array(uids).cast(pa.string())
+    picker = VariantPicker(plan.salt, plan.variant_weights)
+    variants = plan.variant_weights
+    picked = None if len(variants) == 1 else np.array(picker.pick_page(text.to_pylist()), dtype=object)
+    at_ = touched_at.astimezone(UTC).replace(tzinfo=None)
+    parts = []
+    sent_rows = []
+
+    def part(who: Any, variant: str, touch: str, outcome: Any, reason: Any) -> Any:
+        n = len(who)
+        return pa.table({"plan_id": pa.array([plan.id] * n, pa.string()),
+                         "run_id": pa.array([run_id] * n, pa.string()),
+                         "variant": pa.array([variant] * n, pa.string()),
+                         "touch": pa.array([touch] * n, pa.string()), "uid": who,
+                         "outcome": pa.array(outcome, pa.string()), "reason": pa.array(reason, pa.string()),
+                         "touched_at": pa.array(np.full(n, np.datetime64(at_, "us")), pa.timestamp("us"))})
+
+    for variant in variants:
+        mask = np.ones(len(uids), dtype=bool) if picked is None else picked == variant
+        who = text if picked is None else text.filter(pa.array(mask))
+        touches = [t.name for t in plan.touches_of(variant)]
+        if not touches:
+            parts.append(part(who, variant, HOLDOUT_TOUCH, ["holdout"] * len(who), [None] * len(who)))
+            continue
+        mine_hit, mine_row = hit[mask], row[mask]
+        for touch in touches:
+            slot = slots.get(touch)
+            code = (np.where(mine_hit, rec[mine_row, 8 + slot], 0) if slot is not None and slot < width
+                    else np.zeros(len(mine_row), dtype=np.uint8))
+            outcome = outcome_of_code[code]
+            parts.append(part(who, variant, touch, outcome, reason_of_code[code]))
+            sent_rows.append(uids[mask][outcome == "sent"])
+    table = pa.concat_tables(parts)
+    sent = np.unique(np.concatenate(sent_rows)) if sent_rows else np.array([], dtype=np.int64)
+    return table, pa.array(sent).cast(pa.string()).to_pylist()
+
+
 def log_shard(store: ResultsStore, redis: Any, plan: Plan, run_id: str, shard: int,
-              now: datetime | None = None, rows: list[Any] | None = None) -> int:
+              now: datetime | None = None, rows: Any = None) -> int:
     """Register the run and upsert the shard's rows into the results store; return the rows.
 
-    ``rows``: the shard's rows already read (:func:`c2b.delivery.histories.write_shard_histories`
-    reads them at the end of the attempt); read from Redis when not given.
+    ``rows``: the shard's rows already read, a list or an Arrow table
+    (:func:`c2b.delivery.histories.write_shard_histories` reads them at the end of the attempt);
+    read from Redis when not given.
     """
     now = now or datetime.now(UTC)
     controls = [n for n, v in plan.experiment.variants.items() if v.control] if plan.experiment else []
@@ -89,8 +174,9 @@ def log_shard(store: ResultsStore, redis: Any, plan: Plan, run_id: str, shard: i
 
     run = {"plan_id": plan.id, "run_id": run_id, "weights": plan.variant_weights, "controls": controls,
            "logged_at": now.astimezone(UTC).replace(tzinfo=None), "goal": goal_info(plan.goal)}
-    if rows is None:
-        rows = list(shard_log_rows(redis, plan, run_id, shard, now))  # before taking the store's write lock
+    if rows is None:  # read before taking the store's write lock
+        bulk = shard_log_table(redis, plan, run_id, shard, now)
+        rows = bulk[0] if bulk is not None else list(shard_log_rows(redis, plan, run_id, shard, now))
     n = store.write_log(rows, run=run, part=(plan.id, run_id, f"shard {shard}"))
     log.info("delivery log: %s rows of shard %s written to %s", n, shard, store.name)
     return n

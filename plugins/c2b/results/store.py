@@ -98,7 +98,11 @@ _UPSERT_LOG = (
 )
 
 
-def _batches(rows: Iterable[LogRow], size: int) -> Iterator[list[LogRow]]:
+def _batches(rows: Iterable[LogRow] | Any, size: int) -> Iterator[list[LogRow] | Any]:
+    """Chunks of ``size`` rows: lists of rows, or slices of an Arrow table of :data:`LOG_COLUMNS`."""
+    if hasattr(rows, "num_rows"):  # an Arrow table (c2b.results.delivery_log.shard_log_table)
+        yield from (rows.slice(i, size) for i in range(0, rows.num_rows, size))
+        return
     if isinstance(rows, list):
         yield from (rows[i:i + size] for i in range(0, len(rows), size))
         return
@@ -135,6 +139,7 @@ class ResultsStore:
             self._execute(cur, ddl)
 
     def _insert_log_batch(self, cur: Any, batch: list[LogRow], fresh: bool = False) -> None:
+        batch = _as_rows(batch)
         for i in range(0, len(batch), BATCH_ROWS):
             part = batch[i:i + BATCH_ROWS]
             placeholders = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(part))
@@ -201,6 +206,8 @@ class ResultsStore:
     def write_log(self, rows: Iterable[LogRow], batch_rows: int | None = None,
                   run: dict[str, Any] | None = None, part: tuple[str, str, str] | None = None) -> int:
         """Upsert delivery-log rows in bulk chunks, in one transaction; return how many were written.
+
+        ``rows``: tuples of :data:`LOG_COLUMNS`, or an Arrow table with those columns.
 
         A row whose ``(plan, run, touch, uid)`` is logged already replaces it (a retried attempt),
         keeping its ``touched_at`` when the outcome is the same. Chunks are ``batch_rows`` rows
@@ -449,9 +456,11 @@ class DuckDBResultsStore(ResultsStore):
     def _insert_log_batch(self, cur: Any, batch: list[LogRow], fresh: bool = False) -> None:
         import pyarrow as pa
 
-        # A list per column (not zip(*batch): an iterator per row, and the GC runs they trigger).
-        table = pa.table({name: pa.array([row[i] for row in batch], pa.timestamp("us") if name == "touched_at"
-                                         else pa.string()) for i, name in enumerate(LOG_COLUMNS)})
+        if hasattr(batch, "num_rows"):  # already columns (c2b.results.delivery_log.shard_log_table)
+            table = batch.select(list(LOG_COLUMNS))
+        else:  # a list per column (not zip(*batch): an iterator per row, and the GC runs they trigger)
+            table = pa.table({name: pa.array([row[i] for row in batch], pa.timestamp("us") if name == "touched_at"
+                                             else pa.string()) for i, name in enumerate(LOG_COLUMNS)})
         cur.register("c2b_log_batch", table)
         try:
             for sql in (_APPEND_LOG if fresh else _REPLACE_LOG):
@@ -517,6 +526,7 @@ class DbApiResultsStore(ResultsStore):
         if driver not in ("psycopg2", "psycopg"):
             super()._insert_log_batch(cur, batch)
             return
+        batch = _as_rows(batch)
         columns = ", ".join(LOG_COLUMNS)
         cur.execute("CREATE TEMP TABLE c2b_log_batch ON COMMIT DROP AS SELECT " + columns +
                     " FROM c2b_delivery_log WITH NO DATA")
@@ -551,6 +561,13 @@ class DbApiResultsStore(ResultsStore):
 
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _as_rows(batch: list[LogRow] | Any) -> list[LogRow]:
+    """Return a batch as rows (an Arrow table's, for the backends that take rows)."""
+    if not hasattr(batch, "num_rows"):
+        return batch  # type: ignore[no-any-return]
+    return list(zip(*(batch.column(c).to_pylist() for c in LOG_COLUMNS), strict=True))
 
 
 def _copy_text(batch: list[LogRow]) -> str:
