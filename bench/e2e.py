@@ -639,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not args.skip_anchors:
                     print("anchors ...", flush=True)
                     parquet = base / "segment.parquet"
+                    result.pop("anchors_from", None)  # measured by this run (a merged result may name another)
                     result["anchors"] = {"duckdb_copy": anchor_duckdb_copy(big_wh, parquet)}
                     shards = _auto_shards(parquet)
                     result["anchors"]["redis_pipe"] = anchor_redis_pipe(parquet, base, shards)

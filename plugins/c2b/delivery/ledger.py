@@ -885,7 +885,8 @@ class ShardLedger:
     def page_states(self, start: int, fields: Sequence[str]) -> list[str | None]:
         """Return the state of each field of this load's main-pass page at rank ``start``.
 
-        One round trip (the page's record string, the codes, the fields' hash entries); other loads'
+        One round trip (the page's record string, the codes, the hash's size; a second one for the
+        fields' hash entries when the hash holds any); other loads'
         pages and the buckets are read by uid only when they exist, once, and cached until the
         buckets change. A main-pass entry found pending in the hash stays on the field path, one
         pending in another load's page is recorded there (its home): both are remembered here.
@@ -895,10 +896,14 @@ class ShardLedger:
         pipe = self.redis.pipeline(transaction=False)
         pipe.get(self.page_key(start))
         pipe.hgetall(self.codes)
-        for i in range(0, len(fields), 1000):
-            pipe.hmget(self.ledger, list(fields[i:i + 1000]))
-        raw, codes_raw, *parts = pipe.execute()
-        hashed = [v for part in parts for v in part]
+        pipe.hlen(self.ledger)
+        raw, codes_raw, in_hash = pipe.execute()
+        hashed: list[Any] = [None] * len(fields)
+        if in_hash:  # only then the fields' hash entries (usually it holds none: no deferred users)
+            pipe = self.redis.pipeline(transaction=False)
+            for i in range(0, len(fields), 1000):
+                pipe.hmget(self.ledger, list(fields[i:i + 1000]))
+            hashed = [v for part in pipe.execute() for v in part]
         codes = _Codes.of(codes_raw)
         self._layout_hint = (codes.width, codes.slots, codes.by_state) if codes.width else None
         mine = _records(raw or b"", codes.width)
