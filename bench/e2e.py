@@ -560,8 +560,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("C2B_BENCH_CACHE",
                                                                            Path.home() / ".cache" / "c2b-bench")))
     parser.add_argument("--timeout", type=float, default=3600)
-    parser.add_argument("--shards-per-task", type=int, default=8,
-                        help="the big plans' delivery.shards_per_task (default 8: 128 shards -> 16 tasks)")
+    parser.add_argument("--shards-per-task", type=int, default=32,
+                        help="the big plans' delivery.shards_per_task (default 32: 128 shards -> 4 tasks; at "
+                             "10M on 2 cores 4 tasks took 247 s, 8 tasks 264 s, 16 tasks 315 s, 2 tasks 263 s: "
+                             "bench/results/e2e.md)")
     parser.add_argument("--page-size", type=int, default=1000, help="the big plans' delivery.page_size")
     parser.add_argument("--warm-baseline", action="store_true",
                         help="also run the demo on LocalExecutor with C2B_WARM_IMPORTS=off (the same-run baseline)")
