@@ -68,6 +68,11 @@ def assert_counting_without_caps(client: Any) -> None:
     granted = uncapped.take([("20261125", u, "push", 1) for u in users] + [("20261125", users[0], "sms", 1)])
     assert granted == {("20261125", u): 2 if u == users[0] else 1 for u in users}
     assert [uncapped.count("20261125", u) for u in users[:3]] == [2, 1, 1]
+    # What the recorder calls after recording sends: the same counts, no answer; a replay of the
+    # same receipt (a reply lost, the call retried) counts nothing twice.
+    uncapped.count_sends([("20261125", u, "push") for u in users[2:4]], "r-sends")
+    uncapped.count_sends([("20261125", u, "push") for u in users[2:4]], "r-sends")
+    assert [uncapped.count("20261125", u) for u in users[:5]] == [2, 1, 2, 2, 1]
     day_key = fcap_keys(NO_LINE, "20261125", users[0])[0]
     assert 0 < client.ttl(day_key) <= 3600  # a day long past: MIN_TTL
     capped = FrequencyCap(client, CapRules(NO_LINE, per_day=2))

@@ -73,7 +73,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from c2b.delivery.records import uid_key
 from c2b.store.shards import ShardKeys, meta_key, read_layout
@@ -678,9 +678,12 @@ def bucket_count(members: int) -> int:
     return min(MAX_BUCKETS, 1 << (want - 1).bit_length())
 
 
-@dataclass(frozen=True)
-class Change:
-    """A ledger state change of one message, with the counter it moves."""
+class Change(NamedTuple):
+    """A ledger state change of one message, with the counter it moves.
+
+    A named tuple, not a frozen dataclass: two are made per message (pending, then final), and a
+    frozen dataclass's ``__init__`` sets each field with ``object.__setattr__`` (~1.1 us against
+    ~0.35 us here)."""
 
     field: str
     state: str

@@ -193,7 +193,7 @@ class Recorder:
             with_redis_retry(lambda: self.on_contacts([uid for _, uid, _ in sent]))
             if not self.capped_plan:
                 receipt = self.fcap.new_receipt()  # the same on a replay: counted once
-                with_redis_retry(lambda: self.fcap.take([(d, u, ch, 1) for d, u, ch in sent], receipt))
+                with_redis_retry(lambda: self.fcap.count_sends(sent, receipt))
         if failed and self.capped_plan:
             receipt = self.fcap.new_receipt()
             with_redis_retry(lambda: self.fcap.give_back(failed, receipt))

@@ -348,6 +348,15 @@ class FrequencyCap:
             granted[(day, uid)] += g
         return dict(granted)
 
+    def count_sends(self, touches: Sequence[tuple[str, str, str]], receipt: str | None = None) -> None:
+        """Take one slot per ``(day, uid, channel)`` as :meth:`take` does, without its answer: how a
+        plan without caps counts its sends (for the capped plans of its scope) after recording them."""
+        asks = [(day, uid, channel, 1) for day, uid, channel in touches]
+        if self.rules.capped:
+            self._move(asks, receipt)
+        elif asks:
+            self._count(asks, receipt)
+
     def _count(self, asks: list[tuple[str, str, str, int]], receipt: str | None) -> list[tuple[str, str, str, int]]:
         """Count the sends of a plan without caps: ``HINCRBY`` of each user's day total.
 
