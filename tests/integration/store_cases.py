@@ -73,6 +73,14 @@ def assert_counting_without_caps(client: Any) -> None:
     uncapped.count_sends([("20261125", u, "push") for u in users[2:4]], "r-sends")
     uncapped.count_sends([("20261125", u, "push") for u in users[2:4]], "r-sends")
     assert [uncapped.count("20261125", u) for u in users[:5]] == [2, 1, 2, 2, 1]
+    # Asks of two days interleaved in one call (the script answers day by day), and uids the
+    # one-string form cannot carry (whitespace; the extract refuses them, a caller may not).
+    odd = ["a b", "tab\tuid", ""]
+    uncapped.count_sends([("20261126", users[5], "push"), ("20261125", users[5], "push"),
+                          ("20261126", users[6], "push"), *(("20261126", u, "push") for u in odd)])
+    assert [uncapped.count(d, u) for d, u in [("20261125", users[5]), ("20261126", users[5]),
+                                              ("20261126", users[6]), ("20261127", users[6])]] == [2, 1, 1, 0]
+    assert [uncapped.count("20261126", u) for u in odd] == [1, 1, 1]
     day_key = fcap_keys(NO_LINE, "20261125", users[0])[0]
     assert 0 < client.ttl(day_key) <= 3600  # a day long past: MIN_TTL
     capped = FrequencyCap(client, CapRules(NO_LINE, per_day=2))
@@ -82,4 +90,10 @@ def assert_counting_without_caps(client: Any) -> None:
     FrequencyCap(client, CapRules("growth")).take([("20261125", "u-x", "sms", 2)])  # caps removed: counts go on
     assert FrequencyCap(client, line).count("20261125", "u-x") == 3
     assert FrequencyCap(client, line).count("20261125", "u-x", "sms") == 1  # as the script: channels uncounted
+    # The per-channel field again, second in a call whose first day is another: the script answers
+    # day by day, and the field it could not count is the one counted again.
+    FrequencyCap(client, CapRules("growth")).count_sends([("20261126", "v", "push"), ("20261125", "u-x", "sms"),
+                                                          ("20261126", "w", "push")])
+    assert [FrequencyCap(client, line).count(d, u) for d, u in [("20261125", "u-x"), ("20261126", "v"),
+                                                                ("20261126", "w")]] == [4, 1, 1]
 

@@ -218,27 +218,34 @@ return out
 """
 
 
-# Counting only (a plan without caps, standalone Redis): KEYS[1] the scope's count receipts, then
-# the day sub-keys; ARGV: receipt, previous receipt, receipt ttl, n keys, their ttls, then (key
-# index, uid, touches) x asks. Returns one character per ask: '0', or '1' when its field is not an
+# Counting only (a plan without caps, standalone Redis): KEYS[1] the scope's count receipts; ARGV:
+# receipt, previous receipt, receipt ttl, the scope's key prefix (``c2b:fcap:{<scope>:``), then per
+# day its keys' ttl and its asks as one string of lines ``<bucket>}:<day>:<sub> <uid> <touches>``
+# (uids hold no whitespace: the extract refuses such uids, and the caller checks). One string per
+# day instead of three arguments per ask: the client packs (and Redis parses) a few arguments a
+# call, not hundreds. Returns one character per ask, in order: '0', or '1' when its field is not an
 # integer (the script above wrote per-channel counts there): the caller counts those through
 # _TAKE. A replay (same receipt) gets the first answer back and counts nothing again. A count the
 # old layout holds for the user stays where it is: the two add up (see _TAKE's load, and count()).
+# The keys are named by the script, not passed as KEYS: this path runs on a plain Redis only.
 _COUNT = """
 local done = redis.call('HGET', KEYS[1], ARGV[1])
 if done then return done end
-local nk = tonumber(ARGV[4])
+local prefix = ARGV[4]
 local out = {}
 local fresh = {}
-for i = nk + 5, #ARGV, 3 do
-  local k = tonumber(ARGV[i])
-  local r = redis.pcall('HINCRBY', KEYS[k + 1], ARGV[i + 1], ARGV[i + 2])
-  if type(r) == 'table' and r.err then out[#out + 1] = '1' else
-    out[#out + 1] = '0'
-    if r == tonumber(ARGV[i + 2]) then fresh[k] = true end  -- a new field (a count is never 0)
+for g = 5, #ARGV, 2 do
+  local ttl = ARGV[g]
+  for suffix, uid, n in string.gmatch(ARGV[g + 1], '(%S+) (%S+) (%d+)\\n') do
+    local key = prefix .. suffix
+    local r = redis.pcall('HINCRBY', key, uid, n)
+    if type(r) == 'table' and r.err then out[#out + 1] = '1' else
+      out[#out + 1] = '0'
+      if r == tonumber(n) then fresh[key] = ttl end  -- a new field (a count is never 0)
+    end
   end
 end
-for k = 1, nk do if fresh[k] then redis.call('EXPIRE', KEYS[k + 1], tonumber(ARGV[k + 4])) end end
+for key, ttl in pairs(fresh) do redis.call('EXPIRE', key, ttl) end
 local answer = table.concat(out)
 if ARGV[2] ~= '' then redis.call('HDEL', KEYS[1], ARGV[2]) end
 redis.call('HSET', KEYS[1], ARGV[1], answer)
@@ -373,25 +380,34 @@ class FrequencyCap:
         if hasattr(self.redis, "get_node_from_key"):
             self._move(asks, receipt)
             return asks
-        scope = self.rules.scope
         now = int(time.time())
-        keys: dict[str, int] = {}  # day key -> its index (1-based among the day keys)
-        ttls: list[int] = []
-        where: list[Any] = []
-        for day, uid, _, n in asks:
+        lines: dict[str, list[str]] = {}  # day -> its asks' lines (see _COUNT)
+        order: list[int] = []  # ask indexes in the order the script answers (day by day)
+        by_day: dict[str, list[int]] = {}
+        for i, (day, uid, _, n) in enumerate(asks):
             bucket, sub = fcap_place(uid)
-            key = "c2b:fcap:{" + f"{scope}:{bucket}}}:{day}:{sub}"
-            k = keys.get(key)
-            if k is None:
-                k = keys[key] = len(keys) + 1
-                ttls.append(max(MIN_TTL, _expire_at(day)[0] - now))
-            where += [k, uid, n]
-        receipts = "c2b:fcap:{" + scope + ":counts}:rcpt"
-        answer = self._counter(keys=[receipts, *keys], args=[receipt, self._answered.get(receipts, ""), RECEIPT_TTL,
-                                                              len(keys), *ttls, *where])
+            text = lines.get(day)
+            if text is None:
+                text = lines[day] = []
+                by_day[day] = []
+            text.append(f"{bucket}}}:{day}:{sub} {uid} {n}\n")
+            by_day[day].append(i)
+        args: list[Any] = []
+        for day, text in lines.items():
+            blob = "".join(text)
+            # Each line has exactly two spaces and one newline unless a uid holds whitespace (or is
+            # empty: two spaces in a row); such uids take the general path.
+            if blob.count(" ") != 2 * len(text) or blob.count("\n") != len(text) or "  " in blob:
+                self._move(asks, receipt)
+                return asks
+            args += [max(MIN_TTL, _expire_at(day)[0] - now), blob]
+            order += by_day[day]
+        receipts = "c2b:fcap:{" + self.rules.scope + ":counts}:rcpt"
+        answer = self._counter(keys=[receipts], args=[receipt, self._answered.get(receipts, ""), RECEIPT_TTL,
+                                                       "c2b:fcap:{" + self.rules.scope + ":", *args])
         self._answered[receipts] = receipt
-        text = answer.decode() if isinstance(answer, bytes) else str(answer)
-        redo = [a for a, bad in zip(asks, text, strict=True) if bad == "1"]
+        answered = answer.decode() if isinstance(answer, bytes) else str(answer)
+        redo = [asks[i] for i, bad in zip(order, answered, strict=True) if bad == "1"]
         if redo:
             self._move(redo, receipt + ":redo")
         return asks
