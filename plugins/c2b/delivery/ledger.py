@@ -341,6 +341,7 @@ local function find(s, k8)
 end
 local function hash_states(fields)
   local out = {}
+  if redis.call('EXISTS', KEYS[1]) == 0 then return out end  -- usually: no entry on the field path
   for i = 1, #fields, 500 do
     local part = redis.call('HMGET', KEYS[1], unpack(fields, i, math.min(i + 499, #fields)))
     for j = 1, #part do out[i + j - 1] = part[j] end
@@ -380,9 +381,10 @@ local function keys8(s, n)
 end
 local inc = {}
 local function bump(k, n) inc[k] = (inc[k] or 0) + n end
-local function counted(vt, outcome, st)
-  bump(vt .. '|' .. outcome, 1)
-  if string.sub(st, 1, 2) == 'f:' then bump('!' .. string.sub(st, 3), 1) end
+local function counted(vt, outcome, st, n)
+  n = n or 1
+  bump(vt .. '|' .. outcome, n)
+  if string.sub(st, 1, 2) == 'f:' then bump('!' .. string.sub(st, 3), n) end
 end
 local function flush_counts(key)
   for k, n in pairs(inc) do
@@ -603,6 +605,7 @@ if #fields > 4 then page() end  -- else read only their records (a GET of ~9 KB 
 local seen = {}
 local in_hash = false
 local out = {}
+local finals, by_kind = 0, {}
 for j = 1, n do
   local f, k8, off, i = fields[j], k8s[j], offs[j] - 1, 13 + (kind[j] - 1) * 6
   local touch, st, vt, outcome = ARGV[i], ARGV[i + 2], ARGV[i + 4], ARGV[i + 5]
@@ -630,11 +633,16 @@ for j = 1, n do
       end
     end
     if ok == 1 then
-      bump('#pending', -1)
-      counted(vt, outcome, st)
+      finals = finals + 1
+      by_kind[kind[j]] = (by_kind[kind[j]] or 0) + 1
     end
   end
   out[#out + 1] = ok
+end
+bump('#pending', -finals)
+for k, m in pairs(by_kind) do  -- the counters by kind: a page's outcomes share a few
+  local i = 13 + (k - 1) * 6
+  counted(ARGV[i + 4], ARGV[i + 5], ARGV[i + 2], m)
 end
 write_page(ttl, false)
 flush_counts(KEYS[2])
