@@ -172,3 +172,39 @@ def test_two_attempts_racing_on_one_page_count_each_message_once(redis_client, t
     counts, _, extra = first.totals()
     assert counts == {"all|t0|sent": 50} and extra["pending"] == 0
     assert set(ledger_entries(redis_client, plan, "r1", users).values()) == {"s"}
+
+
+def test_failure_reasons_past_the_shards_limit_are_kept_as_other_reasons(redis_client, tmp_path: Path) -> None:
+    """A gateway whose errors name the user gives each failed message its own reason. The ledger
+    keeps the shard's first reasons apart and records the later new ones as OTHER_REASON, on the
+    page path and the field path alike: the stats and the ledger hash do not grow per message."""
+    from c2b.delivery.ledger import OTHER_REASON, REASON_CODES, Change
+
+    users = [str(1000 + i) for i in range(400)]
+    plan, keys, ledger = _setup(redis_client, tmp_path, "p_reasons", users, page_size=100)
+    every: list[str] = []
+    for start in (0, 100, 200):  # the main pass: page path
+        fields = [f"t0|{u}" for u in _page(redis_client, keys, start, 100)]
+        assert ledger.prepare([Change(f, "p", "all|t0", "pending") for f in fields], page=start) == [True] * 100
+        pipe = redis_client.pipeline(transaction=False)
+        ledger.finalize(pipe, [Change(f, f"f:http 400: invalid number for {f}", "all|t0", "failed", page=start)
+                               for f in fields])
+        pipe.execute()
+        every += fields
+    fields = [f"t0|{u}" for u in _page(redis_client, keys, 300, 100)]  # by field (as the deferred pass)
+    assert ledger.prepare([Change(f, "p", "all|t0", "pending") for f in fields]) == [True] * 100
+    pipe = redis_client.pipeline(transaction=False)
+    ledger.finalize(pipe, [Change(f, f"f:http 400: invalid number for {f}", "all|t0", "failed") for f in fields])
+    pipe.execute()
+    every += fields
+
+    kept = REASON_CODES - 2  # the codes of pending and deferred come first
+    counts, failures, _ = ledger.totals()
+    assert sum(n for k, n in counts.items() if k.endswith("|failed")) == 400
+    assert sum(failures.values()) == 400 and len(failures) == kept + 1
+    assert failures[OTHER_REASON] == 400 - kept
+    states = ledger.states(every)
+    assert sum(st == f"f:http 400: invalid number for {f}" for f, st in zip(every, states, strict=True)) == kept
+    assert states.count(f"f:{OTHER_REASON}") == 400 - kept
+    assert redis_client.hlen(keys.ledger) == 0  # every outcome in a record, none left in the hash
+    assert ledger.pending_count() == 0

@@ -24,9 +24,12 @@ A *record* is the uid's 8-byte key (a canonical integer uid is its own int64, an
 8-byte BLAKE2b, :mod:`c2b.delivery.records`) followed by one code byte per touch slot. A state
 code names a state in ``codes`` (``p`` and ``d`` first, then ``s``, ``c``, ``f:<reason>``...: 255
 at most per shard) and a touch slot a touch name (as many as the plan has). A state that does not
-fit (a 256th distinct failure reason, a touch the shard's layout has no slot for) simply stays in
-the hash: the layout is an encoding, never a limit. Every read and every state change looks in the
-hash first, so the exactly-once rules below hold whichever place holds the entry.
+fit (a touch the shard's layout has no slot for, a 256th state) simply stays in the hash: the
+layout is an encoding, never a limit. Every read and every state change looks in the hash first,
+so the exactly-once rules below hold whichever place holds the entry. Failure reasons are the one
+open-ended kind of state: a shard keeps its first :data:`REASON_CODES` - 2 apart and records any
+later new one as :data:`OTHER_REASON` (see ``_BOUNDED``), so that neither the stats nor the hash
+grow with the number of failed messages.
 
 The main pass (pages by rank of the loaded audience) keeps its entries *by position*: each page
 has one record string, ``pg:<gen>:<start>``, where ``<gen>`` is the load's ``loaded_at`` (a
@@ -83,6 +86,26 @@ LEDGER_TTL = 7 * 24 * 3600
 RECORDS_PER_BUCKET = 96  # target; the bucket count is a power of two chosen from the shard's size
 MAX_BUCKETS = 8192
 DEFAULT_SLOTS = 4  # touch slots of a ledger whose caller did not name the plan's touches
+REASON_CODES = 250  # failure reasons a shard keeps apart; later new ones are recorded as OTHER_REASON
+OTHER_REASON = f"other reasons (more than {REASON_CODES - 2} in this shard)"
+
+# Shared by the scripts that record outcomes: a failure reason takes a code only while the shard's
+# codes number fewer than REASON_CODES; a new reason after that is recorded as OTHER_REASON. A
+# gateway whose errors name the user ("invalid number 138...") would otherwise add a stats field
+# and, past 255 codes, a ledger hash entry per failed message: keys without bound.
+_BOUNDED = f"""
+local OTHER, REASON_CODES = 'f:{OTHER_REASON}', {REASON_CODES}
+local function bounded(st)
+  if string.sub(st, 1, 2) ~= 'f:' or st == OTHER or codes[st] then return st end
+  local code = tonumber(redis.call('HGET', DICT, 's:' .. st) or '0')
+  if code > 0 then
+    codes[st] = code
+    return st
+  end
+  if tonumber(redis.call('HGET', DICT, '#codes') or '0') < REASON_CODES then return st end
+  return OTHER
+end
+"""
 
 # Shared by every script. KEYS[1] ledger hash, KEYS[5] codes hash, KEYS[6..] outcome buckets.
 _RECORDS = r"""
@@ -150,7 +173,7 @@ local function state_of(f, bkey, k8)
 end
 local touched = {}
 local codes = {}
-local function seal(bkey, k8, f, st)
+""" + _BOUNDED + r"""local function seal(bkey, k8, f, st)
   local slot = slot_of(f, true)
   if not slot then return false end
   local code = codes[st] or tonumber(redis.call('HGET', DICT, 's:' .. st) or '0')
@@ -206,7 +229,7 @@ if done then
 end
 local out = {}
 for i = 5, #ARGV, 7 do
-  local f, st, vt, outcome, due = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local f, st, vt, outcome, due = ARGV[i], bounded(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local bkey, k8 = KEYS[tonumber(ARGV[i + 5])], ARGV[i + 6]
   local cur = state_of(f, bkey, k8)
   local ok = 0
@@ -250,9 +273,10 @@ RECEIPT_TTL = 3600  # longer than any replay: the client's own retries plus C2B_
 _FINALIZE = _RECORDS + """
 local out = {}
 for i = 2, #ARGV, 6 do
-  local f, st, vt, outcome = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local f, vt, outcome = ARGV[i], ARGV[i + 2], ARGV[i + 3]
   local ok = 0
   if redis.call('HGET', KEYS[1], f) == 'p' then
+    local st = bounded(ARGV[i + 1])
     ok = 1
     make_final(f, st, KEYS[tonumber(ARGV[i + 4])], ARGV[i + 5], 'p')
     redis.call('HINCRBY', KEYS[2], '#pending', -1)
@@ -305,7 +329,7 @@ local function slot_of(touch, assign)
   return s
 end
 local codes = {}
-local function code_of(st, assign)
+""" + _BOUNDED + r"""local function code_of(st, assign)
   local code = codes[st]
   if code then return code end
   code = tonumber(redis.call('HGET', DICT, 's:' .. st) or '0')
@@ -515,6 +539,7 @@ local out = {}
 for j = 1, n do
   local f, k8, i = fields[j], k8s[j], 13 + (kind[j] - 1) * 5
   local touch, st, vt, outcome, due = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  if string.sub(st, 1, 2) == 'f:' then st = bounded(st) end
   local ok, slot, at = 0, nil, nil
   if not seen[f] and not hs[j] then
     seen[f] = true
@@ -605,10 +630,11 @@ if #fields > 4 then page() end  -- else read only their records (a GET of ~9 KB 
 local seen = {}
 local in_hash = false
 local out = {}
-local finals, by_kind = 0, {}
+local finals, by_kind, kind_state = 0, {}, {}
 for j = 1, n do
   local f, k8, off, i = fields[j], k8s[j], offs[j] - 1, 13 + (kind[j] - 1) * 6
   local touch, st, vt, outcome = ARGV[i], ARGV[i + 2], ARGV[i + 4], ARGV[i + 5]
+  if string.sub(st, 1, 2) == 'f:' then st = bounded(st) end
   local ok = 0
   if not seen[f] then
     seen[f] = true
@@ -635,6 +661,7 @@ for j = 1, n do
     if ok == 1 then
       finals = finals + 1
       by_kind[kind[j]] = (by_kind[kind[j]] or 0) + 1
+      kind_state[kind[j]] = st  -- as recorded (bounded): the same for every message of a kind
     end
   end
   out[#out + 1] = ok
@@ -642,7 +669,7 @@ end
 bump('#pending', -finals)
 for k, m in pairs(by_kind) do  -- the counters by kind: a page's outcomes share a few
   local i = 13 + (k - 1) * 6
-  counted(ARGV[i + 4], ARGV[i + 5], ARGV[i + 2], m)
+  counted(ARGV[i + 4], ARGV[i + 5], kind_state[k], m)
 end
 write_page(ttl, false)
 flush_counts(KEYS[2])
