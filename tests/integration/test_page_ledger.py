@@ -208,3 +208,49 @@ def test_failure_reasons_past_the_shards_limit_are_kept_as_other_reasons(redis_c
     assert states.count(f"f:{OTHER_REASON}") == 400 - kept
     assert redis_client.hlen(keys.ledger) == 0  # every outcome in a record, none left in the hash
     assert ledger.pending_count() == 0
+
+
+def test_a_new_pages_pending_records_are_the_same_from_the_fast_path_and_the_general_one(
+        redis_client, tmp_path: Path) -> None:
+    """The page script's fast path (a page not written yet, one touch, every message pending, the
+    uid keys distinct) writes the records and answers the offsets the general path does; a call it
+    does not fit (the page written, or a uid twice) takes the general path."""
+    from c2b.delivery.ledger import Change
+    from c2b.delivery.records import uid_key
+
+    users = [str(5000 + i) for i in range(60)] + [f"name-{i}" for i in range(20)]
+    plan, keys, ledger = _setup(redis_client, tmp_path, "p_fast", users, page_size=40)
+    pages = {start: [f"t0|{u}" for u in _page(redis_client, keys, start, 40)] for start in (0, 40)}
+
+    def records(fields: list[str]) -> bytes:
+        return b"".join(uid_key(f.partition("|")[2]) + b"\x01" for f in fields)  # "p" has code 1
+
+    def pending(fields: list[str], start: int) -> list[bool]:
+        return ledger.prepare([Change(f, "p", "all|t0", "pending") for f in fields], page=start)
+
+    first = pages[0]
+    assert pending(first[:25], 0) == [True] * 25  # fast
+    assert redis_client.get(ledger.page_key(0)) == records(first[:25])
+    # Where each record is, kept for the outcome's call (a wrong place costs a search of the page).
+    assert [ledger._at[f][0] for f in first[:25]] == [9 * i for i in range(25)]
+    # The page exists: the general path (the first uid again is a re-send of a pending entry).
+    assert pending(first[25:] + first[:1], 0) == [True] * 16
+    assert redis_client.get(ledger.page_key(0)) == records(first)
+    second = pages[40]
+    assert pending(second + second[-1:], 40) == [True] * 40 + [False]  # a uid twice: general
+    assert redis_client.get(ledger.page_key(40)) == records(second)
+    assert ledger.pending_count() == 80
+    # The outcomes (the finalize script's fast path too: one touch, a state with its code, the
+    # layout read by page_states as the triage does) find the records where the calls said they
+    # are; a record whose place is unknown or stale is looked up; a replayed outcome counts nothing.
+    ledger.finalize(redis_client, [Change(first[0], "s", "all|t0", "sent", page=0)])  # "s" gets its code
+    assert ledger.page_states(0, first) == ["s"] + ["p"] * 39
+    ledger._at[first[1]] = (9 * 7, ledger._at[first[1]][1])  # a stale place: another record's
+    del ledger._at[first[2]]
+    pipe = redis_client.pipeline(transaction=False)
+    for start, fields in pages.items():
+        ledger.finalize(pipe, [Change(f, "s", "all|t0", "sent", page=start) for f in fields])
+    pipe.execute()
+    assert ledger.page_states(0, first) == ["s"] * 40 and ledger.page_states(40, second) == ["s"] * 40
+    assert ledger.pending_count() == 0
+    assert ledger.totals()[0]["all|t0|sent"] == 80

@@ -504,8 +504,9 @@ end
 # KEYS: ledger, stats, deferred, receipts, codes, pages, page. ARGV: ttl, receipt ttl, receipt,
 # previous receipt, page id, n, then the n messages packed (_pack_ints, _pack_fields): their
 # fields concatenated, the width and string of the fields' byte lengths, their uid keys concatenated,
-# the width and string of their kinds (1-based), then the kinds: (touch, state, "variant|touch",
-# outcome, due) x m. A page's messages share a few kinds, so the per-message part is three strings.
+# the width and string of their kinds (1-based), "1" when the uid keys are distinct (else "0"), then
+# the kinds: (touch, state, "variant|touch", outcome, due) x m. A page's messages share a few kinds,
+# so the per-message part is three strings.
 # The main pass's decisions on one page, in O(1) Redis calls (but one HSET + ZADD per deferred
 # message): new entries become pending, deferred or final in the page's records; a pending one may
 # become deferred or failed, and "pending" again is a re-send (another attempt made it pending).
@@ -522,12 +523,26 @@ local ttl = tonumber(ARGV[1])
 local P, D = code_of('p', true), code_of('d', true)
 page()
 local n = tonumber(ARGV[6])
+local in_hash, parked = false, false
+local out = {}
+-- The main pass's usual call: a page not written yet, of a plan of one touch, every message made
+-- pending, the uid keys distinct (the caller says so in ARGV[13]), no entry on the field path. Its
+-- records are the uid keys each followed by the pending code: built in one gsub, nothing to look up.
+local fast = ARGV[13] == '1' and #ARGV == 18 and ARGV[15] == 'p' and s == '' and T == 1 and P ~= 0
+  and redis.call('EXISTS', KEYS[1]) == 0
+if fast then fast = slot_of(ARGV[14], true) == 0 end
+if fast then
+  redis.call('APPEND', PAGE, (string.gsub(ARGV[10], '(........)', '%1' .. string.char(P))))
+  redis.call('EXPIRE', PAGE, ttl)
+  redis.call('HINCRBY', DICT, '#pw', 1)  -- readers' caches of the pages
+  for j = 1, n do out[j] = 2 + (j - 1) * W end  -- pending, and where each record is
+  bump('#pending', n)
+else
 local fields = split(ARGV[7], ints(ARGV[9], tonumber(ARGV[8]), n))
 local k8s = keys8(ARGV[10], n)
 local kind = ints(ARGV[12], tonumber(ARGV[11]), n)
 local hs = hash_states(fields)
 local seen = {}
-local in_hash, parked = false, false
 local function defer(f, vt, due)
   redis.call('HSET', KEYS[1], f, 'd')
   redis.call('ZADD', KEYS[3], due, f)
@@ -535,9 +550,8 @@ local function defer(f, vt, due)
   bump('#deferred_total', 1)
   in_hash, parked = true, true
 end
-local out = {}
 for j = 1, n do
-  local f, k8, i = fields[j], k8s[j], 13 + (kind[j] - 1) * 5
+  local f, k8, i = fields[j], k8s[j], 14 + (kind[j] - 1) * 5
   local touch, st, vt, outcome, due = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   if string.sub(st, 1, 2) == 'f:' then st = bounded(st) end
   local ok, slot, at = 0, nil, nil
@@ -588,6 +602,7 @@ for j = 1, n do
   out[#out + 1] = ok
 end
 write_page(ttl, true)
+end
 flush_counts(KEYS[2])
 redis.call('EXPIRE', KEYS[2], ttl)
 if in_hash then redis.call('EXPIRE', KEYS[1], ttl) end
@@ -603,8 +618,9 @@ return out
 
 # KEYS: ledger, stats, codes, page. ARGV: ttl, touch slots (-1: read them), code of "p" (0: read it),
 # n, then the n messages packed as in _PAGE_PREPARE (fields, width + lengths, uid keys, width +
-# kinds), the width and string of where each one's record was seen (+1; 0: unknown), then the
-# kinds: (touch, its slot or -1, state, its code or 0, "variant|touch", outcome) x m.
+# kinds), the width and string of where each one's record was seen (+1; 0: unknown), "1" when the
+# uid keys are distinct (else "0"), then the kinds: (touch, its slot or -1, state, its code or 0,
+# "variant|touch", outcome) x m.
 # Pending -> final (sent or failed) for the messages of one request (or flush) of one page: one GET,
 # one HMGET, the codes changed in place, the counters by aggregate. The caller passes the layout it
 # read (immutable once written) so a call of one message makes few Redis calls. Only from pending,
@@ -614,25 +630,51 @@ if T_HINT < 0 then T_HINT = nil end
 """ + _PAGE_LIB + r"""
 local ttl = tonumber(ARGV[1])
 if tonumber(ARGV[3]) > 0 then codes['p'] = tonumber(ARGV[3]) end
-for i = 13, #ARGV, 6 do  -- the caller's layout hints (immutable once written)
+for i = 14, #ARGV, 6 do  -- the caller's layout hints (immutable once written)
   local slot_hint, code_hint = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 3])
   if slot_hint >= 0 then slots[ARGV[i]] = slot_hint end
   if code_hint > 0 then codes[ARGV[i + 2]] = code_hint end
 end
 local P = code_of('p', false)
 local n = tonumber(ARGV[4])
-local fields = split(ARGV[5], ints(ARGV[7], tonumber(ARGV[6]), n))
-local k8s = keys8(ARGV[8], n)
-local kind = ints(ARGV[10], tonumber(ARGV[9]), n)
 local offs = ints(ARGV[12], tonumber(ARGV[11]), n)
-local hs = hash_states(fields)
-if #fields > 4 then page() end  -- else read only their records (a GET of ~9 KB costs more)
-local seen = {}
 local in_hash = false
 local out = {}
 local finals, by_kind, kind_state = 0, {}, {}
+-- The usual call: one outcome for messages of one touch (slot 0 of one-slot records), a state that
+-- has its code, the uid keys distinct (the caller says so in ARGV[13]), no entry on the field path.
+-- Each record is checked where the caller saw it (its uid key, the pending code) and its code
+-- changed; a record not found there takes the general lookup below, message by message.
+local fast = ARGV[13] == '1' and #ARGV == 19 and T == 1 and ARGV[15] == '0' and tonumber(ARGV[17]) > 0
+  and P ~= 0 and n > 4 and redis.call('EXISTS', KEYS[1]) == 0
+if fast then
+  local keys, c = ARGV[8], tonumber(ARGV[17])
+  page()
+  for j = 1, n do
+    local k8, off, ok = string.sub(keys, j * 8 - 7, j * 8), offs[j] - 1, 0
+    local at = off + 9
+    if off < 0 or string.byte(s, at) ~= P or edits[at] or string.sub(s, off + 1, off + 8) ~= k8 then
+      local code
+      code, at = locate(k8, 0, -1)
+      if not (code == P and at) then at = nil end
+    end
+    if at then
+      edits[at] = c
+      ok = 1
+      finals = finals + 1
+    end
+    out[j] = ok
+  end
+  by_kind[1], kind_state[1] = finals, bounded(ARGV[16])
+else
+local fields = split(ARGV[5], ints(ARGV[7], tonumber(ARGV[6]), n))
+local k8s = keys8(ARGV[8], n)
+local kind = ints(ARGV[10], tonumber(ARGV[9]), n)
+local hs = hash_states(fields)
+if #fields > 4 then page() end  -- else read only their records (a GET of ~9 KB costs more)
+local seen = {}
 for j = 1, n do
-  local f, k8, off, i = fields[j], k8s[j], offs[j] - 1, 13 + (kind[j] - 1) * 6
+  local f, k8, off, i = fields[j], k8s[j], offs[j] - 1, 14 + (kind[j] - 1) * 6
   local touch, st, vt, outcome = ARGV[i], ARGV[i + 2], ARGV[i + 4], ARGV[i + 5]
   if string.sub(st, 1, 2) == 'f:' then st = bounded(st) end
   local ok = 0
@@ -666,9 +708,10 @@ for j = 1, n do
   end
   out[#out + 1] = ok
 end
+end
 bump('#pending', -finals)
 for k, m in pairs(by_kind) do  -- the counters by kind: a page's outcomes share a few
-  local i = 13 + (k - 1) * 6
+  local i = 14 + (k - 1) * 6
   counted(ARGV[i + 4], ARGV[i + 5], kind_state[k], m)
 end
 write_page(ttl, false)
@@ -1176,7 +1219,8 @@ class ShardLedger:
             raw, flen_w, flens = _pack_fields(fields)
             kind_w, packed_kinds = _pack_ints(kind_of)
             args = [self.ttl, RECEIPT_TTL, sub_receipt, self._answered_page, page_id, len(idx),
-                    raw, flen_w, flens, b"".join(k8s), kind_w, packed_kinds]
+                    raw, flen_w, flens, b"".join(k8s), kind_w, packed_kinds,
+                    "1" if len(set(k8s)) == len(k8s) else "0"]  # distinct uid keys: the script's fast path
             for touch, state, vt, outcome, due in kinds:
                 args += [touch, state, vt, outcome, f"{due:.0f}"]
             keys = [self.ledger, self.stats, self.deferred, self.keys.receipts, self.codes, self.pages_key, key]
@@ -1233,7 +1277,8 @@ class ShardLedger:
             kind_w, packed_kinds = _pack_ints(kind_of)
             off_w, packed_offs = _pack_ints(offs)
             args = [self.ttl, width, by_state.get(PENDING, 0), len(idx), raw, flen_w, flens, b"".join(k8s),
-                    kind_w, packed_kinds, off_w, packed_offs]
+                    kind_w, packed_kinds, off_w, packed_offs,
+                    "1" if len(set(k8s)) == len(k8s) else "0"]  # distinct uid keys: the script's fast path
             for touch, state, vt, outcome in kinds:
                 args += [touch, slots.get(touch, -1), state, by_state.get(state, 0), vt, outcome]
             self._page_finalize(keys=[self.ledger, self.stats, self.codes, key], args=args, client=client)
