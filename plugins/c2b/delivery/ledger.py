@@ -990,6 +990,8 @@ class ShardLedger:
         mine = _records(raw or b"", codes.width)
         offsets = {k8: i for i, k8 in enumerate(mine)} if mine else {}  # records in page order
         others = self._other_records(codes)
+        if not mine and not in_hash and not others:  # a page not written yet, nothing anywhere else
+            return [None] * len(fields)
         out: list[str | None] = []
         for f, h in zip(fields, hashed, strict=True):
             if h is not None:
