@@ -195,11 +195,10 @@ def deliver_shards(plan: Plan, run_id: str, shards: list[int], params: dict[str,
     from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 
     from c2b import steps
-    from c2b.store.run_meta import RunStateLost
-
     from c2b.delivery.contacts import record_contacts
     from c2b.delivery.histories import HistoryBatch
     from c2b.delivery.reentry import record_sends
+    from c2b.store.run_meta import RunStateLost
 
     redis = get_redis()
     switch = kill_switch(redis, plan.id)
