@@ -401,15 +401,41 @@ def point(link: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
-def flush(audience: RedisServer) -> dict[str, Any]:
-    """What the previous run left in the audience Redis (memory), then an empty store."""
+def flush(audience: RedisServer, data: Path | None = None) -> dict[str, Any]:
+    """What the previous run left in the audience Redis (memory; with ``data``, each key by family
+    and the largest, and the size of the run's ledger archives there), then an empty store."""
     import redis
 
     r = redis.Redis(port=audience.port, socket_timeout=600)
     info = r.info("memory")
-    left = {"used_memory_mib": round(int(info["used_memory"]) / 2**20, 1), "keys": int(r.dbsize())}
+    left: dict[str, Any] = {"used_memory_mib": round(int(info["used_memory"]) / 2**20, 1), "keys": int(r.dbsize())}
+    if data is not None:
+        from devtools.footprint import measure
+
+        fams = measure(r)["families"]
+        left["families"] = {name: {"keys": f["keys"], "bytes": f["bytes"]} for name, f in sorted(fams.items())}
+        left["largest_bytes"] = max((f["largest_bytes"] for f in fams.values()), key=lambda k: k["bytes"], default=None)
+        left["largest_elements"] = max((f["largest_elements"] for f in fams.values()),
+                                       key=lambda k: k["elements"], default=None)
+        left["ledger_archive_bytes"] = sum(p.stat().st_size for p in (data / "ledgers").rglob("*.ledger"))
+        shutil.rmtree(data / "ledgers", ignore_errors=True)
     r.flushall(asynchronous=True)  # GBs after a big run: freed off Redis' main thread
     return left
+
+
+def left_behind(left: dict[str, Any], members: int) -> list[str]:
+    """Lines on what a run left in Redis per audience member, by key family, and its largest key."""
+    if not left.get("families") or not members:
+        return []
+    fams = ", ".join(f"{name} {f['bytes'] / members:.1f} ({f['keys']:,} keys)"
+                     for name, f in sorted(left["families"].items(), key=lambda kv: -kv[1]["bytes"]))
+    big, many = left["largest_bytes"], left["largest_elements"]
+    return [f"Left in the audience Redis after the run, `MEMORY USAGE` by key family, bytes per audience member "
+            f"({members:,}): {fams}; `used_memory` {left['used_memory_mib'] * 2**20 / members:.1f} B per member. "
+            f"Largest key: `{big['key']}` ({big['type']}, {big['bytes']:,} B); most elements: `{many['key']}` "
+            f"({many['elements']:,}). The run's ledger archive (moved out of Redis by cleanup, on the run "
+            f"artifacts' storage): {left['ledger_archive_bytes'] / 2**20:.1f} MiB "
+            f"({left['ledger_archive_bytes'] / members:.1f} B per member).", ""]
 
 
 # --- anchors --------------------------------------------------------------------------------------------
@@ -666,7 +692,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(f"{dag_id} on {CELERY} ({args.users:,} users) ...", flush=True)
                         flush(audience)
                         run = run_plan(stack, dag_id, rss, args.timeout, audience)
-                        run["redis_left"] = flush(audience)
+                        run["redis_left"] = flush(audience, data)
                         if dag_id == "e2e_http" and gateway:
                             run["gateway"] = gateway.stats()
                             gateway.reset()
@@ -768,6 +794,7 @@ def render(r: dict[str, Any]) -> str:
                       f"(every process under 1 GiB: {rss_goal}); audience Redis "
                       f"held {run['redis_left']['used_memory_mib']} MiB in {run['redis_left']['keys']} keys "
                       "after the run.", "",
+                      *left_behind(run["redis_left"], (run.get("audience") or {}).get("kept") or run["sent"]),
                       "| stage | tasks | wall s | task s min / median / max | workers |", "|---|---|---|---|---|",
                       *_run_rows(run), "",
                       f"CPU time used by the stack's processes during the run: {run.get('cpu_s_total', '?')} s "

@@ -51,6 +51,13 @@ def reports_dir() -> ObjectStoragePath:
     return root() / "reports"
 
 
+def ledgers_dir() -> ObjectStoragePath:
+    """Ledgers of cleaned-up runs (:mod:`c2b.delivery.ledger_archive`): ``<data url>/ledgers/<plan>/<run>.ledger``."""
+    from c2b.storage import root
+
+    return root() / "ledgers"
+
+
 def retention_days() -> float:
     """Days a plan's outboxes (rendered messages) and run reports are kept (``C2B_RETENTION_DAYS``,
     default 30); the cleanup task of each run deletes what is older."""

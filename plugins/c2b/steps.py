@@ -16,6 +16,7 @@ from c2b.audience.eligibility import GlobalHoldout
 from c2b.audience.extract import extract_audience
 from c2b.audience.warehouse import Warehouse
 from c2b.channels import Channel
+from c2b.delivery.ledger_archive import archive_ledgers, ledger_shards, purge_archives, restore_ledgers
 from c2b.delivery.senders import RetryPolicy
 from c2b.delivery.shard import ShardDelivery
 from c2b.plan.model import Plan
@@ -120,6 +121,10 @@ def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> l
     The list is at most 1024 long (the largest shard count), Airflow's ``max_map_length``.
     """
     d = plan.delivery
+    # A cleared run after its cleanup: its ledger (who was sent) comes back before any shard can deliver.
+    restored = restore_ledgers(redis, plan.id, run_id)
+    if restored:
+        log.info("this run was cleaned up before: %s ledger keys restored from its archive", restored)
     result = load_shards(redis, extract["path"], plan.id, run_id, d.shards, stored_columns(plan, extract["path"]),
                          ttl_seconds=int(d.key_ttl_hours * 3600), max_shard_members=d.max_shard_members,
                          encoding=d.encoding)
@@ -235,10 +240,15 @@ def step_cleanup(plan: Plan, run_id: str, redis: Any) -> int:
         from c2b.delivery.histories import forget_marks
 
         forget_marks(redis, plan, run_id, int(layout["shards"]))  # a cleared re-run must write its own
+    # The ledger leaves Redis for the run's storage (a cleared run's load brings it back).
+    archived = archive_ledgers(redis, plan.id, run_id, ledger_shards(redis, plan.id, run_id))
+    if archived:
+        log.info("ledger archived to %s: %s keys, %.1f MB; %s deleted from Redis, %s kept (written since)",
+                 archived.path, archived.keys, archived.bytes / 1e6, archived.deleted, archived.kept)
     dropped = drop_run(redis, plan.id, run_id, shards)
     staging = staging_path(plan, run_id)
     had_staging = storage.delete(staging)
-    purged = purge_expired(plan.id, retention_days())
+    purged = purge_expired(plan.id, retention_days()) + purge_archives(plan.id)
     log.info("dropped %s run keys of %s / %s; staging file %s; %s outbox/report files past %s days purged",
              dropped, plan.id, run_id, "deleted" if had_staging else "already gone", purged, retention_days())
     return dropped

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -109,15 +110,19 @@ def test_demo_plan_end_to_end(c2b_env: Path, demo_warehouse: Path, redis_client,
     assert summary["outcomes"]["control|-|holdout"] == len(expected) - len(targeted)
     assert summary["status"] == "complete"
 
-    # Run keys are gone; only the ledger (the record of what was sent) stays, with a TTL.
-    # What outlives the run: each shard's ledger and its totals (the record of what was sent), and
-    # the cross-plan records (contacts, frequency-cap counts); every key with a TTL.
+    # The run's keys are gone from Redis, its ledger (the record of what was sent, with each shard's
+    # totals) moved to the run's archive file; what outlives the run in Redis is the cross-plan
+    # records (contacts, frequency-cap counts, the plan's re-entry history and budget), each with a TTL.
     leftover = [k.decode() for k in redis_client.scan_iter("c2b:*")]
     run_keys = [k for k in leftover if not k.startswith(("c2b:contacts:", "c2b:fcap:", "c2b:reentry:",
                                                          "c2b:budget:"))]
-    assert run_keys and all(re.search(r":(ledger|stats|codes|out:\d+|pages|pg:\d+:\d+)$", k) for k in run_keys)
-    assert all(0 < redis_client.ttl(k) <= 7 * 24 * 3600 for k in run_keys)
+    assert run_keys == []
     assert all(redis_client.ttl(k) > 0 for k in leftover)
+    from c2b.delivery.ledger_archive import archive_path, read_archive
+
+    archived = read_archive(archive_path(PLAN, dr.run_id))
+    assert archived and all(re.search(r":(ledger|stats|codes|out:\d+|pages|pg:\d+:\d+)$", k.name) for k in archived)
+    assert all(0 < k.expire_at_ms - time.time() * 1000 <= 7 * 24 * 3600 * 1000 for k in archived)
 
 
 def test_rerun_of_same_run_sends_nothing_twice(c2b_env: Path, demo_warehouse: Path, redis_client, demo_dag) -> None:

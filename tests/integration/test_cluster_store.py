@@ -129,15 +129,28 @@ def test_whole_plan_run_on_cluster(redis_cluster, monkeypatch: pytest.MonkeyPatc
     cluster = redis.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.ports[0])
     assert all(contacted_since(cluster, list(sent), datetime.now(UTC))), "every sent user is in the contact record"
     leftover = [k for node in _keys_per_node(redis_cluster) for k in node]
-    # What outlives a run: each shard's ledger and its totals; plus the cross-plan records
-    # (contacts for exclusion, frequency-cap counts), which belong to no run, and the plan's
-    # re-entry history and offer budget (reserved on the cluster: one slot per budget).
+    # What outlives a run in Redis: the cross-plan records (contacts for exclusion, frequency-cap
+    # counts), which belong to no run, and the plan's re-entry history and offer budget (reserved on
+    # the cluster: one slot per budget). The run's ledger went to its archive file.
     run_keys = [k for k in leftover if not k.startswith(("c2b:contacts:", "c2b:fcap:", "c2b:reentry:",
                                                          "c2b:budget:"))]
     budget_keys = [k for k in leftover if k.startswith("c2b:budget:")]
     assert budget_keys and len({cluster.keyslot(k) for k in budget_keys}) == 1
+    assert run_keys == [], "cleanup left the run's keys in Redis"
+    # A cleared run's load puts the ledger back, each key on its own slot's node.
+    from c2b.delivery.ledger_archive import read_archive, restore_ledgers
+    from c2b.settings import ledgers_dir
+
+    archives = list(Path(str((ledgers_dir() / "cancelled_price_coupon").path)).glob("*.ledger"))
+    assert len(archives) == 1
+    archived = read_archive(archives[0])
     ledger_keys = re.compile(r":(ledger|stats|codes|pages|out:\d+|pg:\d+:\d+)$")
-    assert run_keys and all(ledger_keys.search(k) for k in run_keys), "cleanup dropped the run's keys"
+    assert archived and all(ledger_keys.search(k.name) for k in archived)
+    run_id = dr.run_id
+    assert restore_ledgers(cluster, "cancelled_price_coupon", run_id) == len(archived)
+    assert sorted(k for node in _keys_per_node(redis_cluster) for k in node if k not in leftover) == \
+        sorted(k.name for k in archived)
+    assert len({cluster.keyslot(k.name) for k in archived}) > 1, "the shards' ledgers live on several slots"
 
 
 def test_a_plan_without_caps_counts_its_sends_on_cluster(cluster_client) -> None:

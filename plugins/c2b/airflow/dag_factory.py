@@ -235,12 +235,15 @@ def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard:
     if step == "load_shards":
         from airflow.sdk.exceptions import AirflowFailException
 
+        from c2b.delivery.ledger_archive import LedgerArchiveError
         from c2b.storage import StorageMissing
         from c2b.store.sizing import ShardCountError
 
         try:
             return steps.step_load(plan, run_id, resources.get_redis(), inputs["extract"])
         except ShardCountError as exc:  # a plan error: every retry would fail the same way
+            raise AirflowFailException(f"plan {plan.id}: {exc}") from exc
+        except LedgerArchiveError as exc:  # a damaged archive stays damaged: the message says what to do
             raise AirflowFailException(f"plan {plan.id}: {exc}") from exc
         except StorageMissing as exc:  # retrying the load cannot bring the staging file back
             raise AirflowFailException(

@@ -31,7 +31,8 @@ loaded with another ``format``: missing or foreign state is an error, never "no 
 Every key carries a TTL (the plan's ``delivery.key_ttl_hours``), set when the key is created, so an
 abandoned run cleans itself up. ``cleanup`` drops the meta, audience, attribute, checkpoint and receipt keys;
 the ledger keeps its own, longer TTL because it is the record of what was sent (a cleared and re-run
-DAG run consults it and sends nothing twice).
+DAG run consults it and sends nothing twice); ``cleanup`` moves it out of Redis to a file, and the
+load of a cleared run puts it back first (:mod:`c2b.delivery.ledger_archive`).
 
 No big keys: before writing, the loader hashes every uid once to get the exact size of every shard
 for every allowed shard count (:mod:`c2b.store.sizing`) and refuses a count that would put more than
@@ -727,10 +728,27 @@ def _run_keys(keys: ShardKeys, layout: dict[str, Any] | None) -> list[str]:
 
 def _attrs_pattern(plan_id: str, run_id: str) -> str:
     """A SCAN pattern for every attribute key of every shard of a run."""
+    return shard_key_pattern(plan_id, run_id, "attrs:*")
+
+
+def shard_key_pattern(plan_id: str, run_id: str, suffix: str) -> str:
+    """A SCAN pattern for the keys ``c2b:{<plan>:<run>:<any shard>}:<suffix>`` (``suffix`` may hold globs).
+
+    It can also match a run whose id starts with ``<run>:``: callers check the shard part
+    (:func:`shard_of_key`)."""
     def glob(text: str) -> str:
         return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in _tag_part(text))
 
-    return "c2b:{" + f"{glob(plan_id)}:{glob(run_id)}:" + "*}:attrs:*"
+    return "c2b:{" + f"{glob(plan_id)}:{glob(run_id)}:" + "*}:" + suffix
+
+
+def shard_of_key(plan_id: str, run_id: str, key: str) -> int | None:
+    """The shard of a key of the run (``c2b:{<plan>:<run>:<shard>}:...``), else ``None``."""
+    prefix = "c2b:{" + f"{_tag_part(plan_id)}:{_tag_part(run_id)}:"
+    if not key.startswith(prefix):
+        return None
+    shard = key[len(prefix):].partition("}")[0]
+    return int(shard) if shard.isdigit() else None
 
 
 # -- inspection (c2b store-check) --------------------------------------------------------
