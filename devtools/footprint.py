@@ -25,6 +25,7 @@ _FAMILIES = [
     (re.compile(r":pages$"), "ledger_pages"),
     (re.compile(r":ledger$"), "ledger"),
     (re.compile(r":codes$"), "ledger_codes"),
+    (re.compile(r":ledgers$"), "ledger_codes"),
     (re.compile(r":stats$"), "stats"),
     (re.compile(r":ckpt$"), "ckpt"),
     (re.compile(r":rcpt$"), "receipts"),

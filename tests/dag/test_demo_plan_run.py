@@ -121,7 +121,7 @@ def test_demo_plan_end_to_end(c2b_env: Path, demo_warehouse: Path, redis_client,
     from c2b.delivery.ledger_archive import archive_path, read_archive
 
     archived = read_archive(archive_path(PLAN, dr.run_id))
-    assert archived and all(re.search(r":(ledger|stats|codes|out:\d+|pages|pg:\d+:\d+)$", k.name) for k in archived)
+    assert archived and all(re.search(r":(ledgers?|stats|codes|out:\d+|pages|pg:\d+:\d+)$", k.name) for k in archived)
     assert all(0 < k.expire_at_ms - time.time() * 1000 <= 7 * 24 * 3600 * 1000 for k in archived)
 
 

@@ -144,7 +144,7 @@ def test_whole_plan_run_on_cluster(redis_cluster, monkeypatch: pytest.MonkeyPatc
     archives = list(Path(str((ledgers_dir() / "cancelled_price_coupon").path)).glob("*.ledger"))
     assert len(archives) == 1
     archived = read_archive(archives[0])
-    ledger_keys = re.compile(r":(ledger|stats|codes|pages|out:\d+|pg:\d+:\d+)$")
+    ledger_keys = re.compile(r":(ledgers?|stats|codes|pages|out:\d+|pg:\d+:\d+)$")
     assert archived and all(ledger_keys.search(k.name) for k in archived)
     run_id = dr.run_id
     assert restore_ledgers(cluster, "cancelled_price_coupon", run_id) == len(archived)

@@ -174,3 +174,30 @@ def test_archives_go_once_their_keys_would_have_expired(c2b_env: Path) -> None:
     os.utime(str(old.path), (past, past))
     assert purge_archives("p_archive") == 1
     assert not storage.exists(old) and storage.exists(new)
+
+
+def test_the_runs_ledger_shards_are_listed_without_scanning_and_found_by_scan_for_older_runs(
+        c2b_env: Path, redis_client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from c2b import steps
+    from c2b.delivery.ledger import ledger_shards_key
+    from c2b.delivery.ledger_archive import ledger_shards
+
+    plan = _plan()
+    shards = steps.all_shards(steps.step_load(plan, "r1", redis_client, _extract(plan, "r1", USERS[:200])))
+    with Gateway() as gw:
+        _deliver(redis_client, plan, "r1", shards, gw)
+    listed = ledger_shards(redis_client, plan.id, "r1")
+    assert listed == shards and redis_client.ttl(ledger_shards_key(plan.id, "r1")) > 0
+    # A run whose ledgers were written before the set existed: one SCAN finds the same shards.
+    redis_client.delete(ledger_shards_key(plan.id, "r1"))
+    assert ledger_shards(redis_client, plan.id, "r1") == listed
+    # With the set, cleanup does not scan the keyspace (its cost grows with every key of the store).
+    redis_client.sadd(ledger_shards_key(plan.id, "r1"), *listed)
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("cleanup scanned the keyspace")
+
+    monkeypatch.setattr(type(redis_client), "scan_iter", no_scan)
+    steps.step_cleanup(plan, "r1", redis_client)
+    monkeypatch.undo()
+    assert _run_keys(redis_client, plan, "r1") == []

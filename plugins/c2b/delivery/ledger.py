@@ -750,6 +750,12 @@ _MASK64 = (1 << 64) - 1
 _FIB = 0x9E3779B97F4A7C15
 
 
+def ledger_shards_key(plan_id: str, run_id: str) -> str:
+    """The SET of the run's shards that have a ledger (each adds itself when it fixes its layout):
+    what cleanup archives, found without scanning the keyspace."""
+    return meta_key(plan_id, run_id).removesuffix(":meta") + ":ledgers"
+
+
 def bucket_count(members: int) -> int:
     """Return the outcome buckets of a shard of ``members`` users (a power of two)."""
     want = max(1, -(-members // RECORDS_PER_BUCKET))
@@ -908,6 +914,12 @@ class ShardLedger:
                 if create:
                     proposal = [self._proposed_buckets(), self.slots, self.ttl]
                     nb, _ = self._layout_script(keys=[self.codes], args=proposal)
+                    # Another slot than the shard's keys (a Redis Cluster script could not write both).
+                    shards = ledger_shards_key(self.keys.plan_id, self.keys.run_id)
+                    pipe = self.redis.pipeline(transaction=False)
+                    pipe.sadd(shards, self.keys.shard)
+                    pipe.expire(shards, self.ttl)
+                    pipe.execute()
                 else:
                     nb = self.redis.hget(self.codes, "#nb")
                     if nb is None:

@@ -6,7 +6,7 @@ run's cleanup by :data:`~c2b.delivery.ledger.LEDGER_TTL` (7 days). Kept in Redis
 a member of every run of the week: ~90 MB after a 10M-user run, ~630 MB for a daily 10M plan, and
 nothing reads it until somebody clears the run. So ``cleanup`` moves it:
 
-1. every ledger key of every shard is read with ``DUMP`` (Redis's own serialization: exact, any
+1. every ledger key of every shard (:func:`ledger_shards`) is read with ``DUMP`` (Redis's own serialization: exact, any
    type) and its expiry, and written as one file, ``<data url>/ledgers/<plan>/<run>.ledger``
    (:func:`c2b.storage.write_bytes`: whole or not at all), merged with what an earlier archive of
    the same run holds that Redis no longer has;
@@ -111,13 +111,15 @@ LEDGER_SUFFIXES = ("ledger", "stats", "deferred", "codes", "pages")  # every sha
 
 
 def ledger_shards(redis: Any, plan_id: str, run_id: str) -> list[int]:
-    """The shards of a run that have a ledger, found with one ``SCAN`` (every node of a cluster).
-
-    Not from the run's meta: a cleared run loaded again may have another shard count
-    (``shards: auto``), and the ledgers of every load must go.
-    """
+    """The shards of a run that have a ledger: the run's :func:`~c2b.delivery.ledger.ledger_shards_key`
+    set (every load of the run, whatever its shard count), else (a run written before that set
+    existed) one ``SCAN`` of the keyspace, every node of a cluster."""
+    from c2b.delivery.ledger import ledger_shards_key
     from c2b.store.shards import shard_key_pattern, shard_of_key
 
+    listed = redis.smembers(ledger_shards_key(plan_id, run_id))
+    if listed:
+        return sorted(int(s) for s in listed)
     found = set()
     for key in redis.scan_iter(match=shard_key_pattern(plan_id, run_id, "*"), count=1000):
         name = _text(key)
@@ -187,7 +189,10 @@ def archive_ledgers(redis: Any, plan_id: str, run_id: str, shards: Iterable[int]
     (nothing delivered, or archived before): an existing archive is then left as it is."""
     path = archive_path(plan_id, run_id)
     now_ms = int(time.time() * 1000)
-    live = dump_keys(redis, shard_ledger_keys(redis, plan_id, run_id, shards), now_ms)
+    from c2b.delivery.ledger import ledger_shards_key
+
+    names = [*shard_ledger_keys(redis, plan_id, run_id, shards), ledger_shards_key(plan_id, run_id)]
+    live = dump_keys(redis, names, now_ms)
     if not live:
         return None
     kept_before: list[ArchivedKey] = []
