@@ -241,7 +241,10 @@ def step_cleanup(plan: Plan, run_id: str, redis: Any) -> int:
 
         forget_marks(redis, plan, run_id, int(layout["shards"]))  # a cleared re-run must write its own
     # The ledger leaves Redis for the run's storage (a cleared run's load brings it back).
-    archived = archive_ledgers(redis, plan.id, run_id, ledger_shards(redis, plan.id, run_id))
+    from c2b.delivery.controls.budget import run_budget_keys
+
+    archived = archive_ledgers(redis, plan.id, run_id, ledger_shards(redis, plan.id, run_id),
+                               also=run_budget_keys(plan, run_id))
     if archived:
         log.info("ledger archived to %s: %s keys, %.1f MB; %s deleted from Redis, %s kept (written since)",
                  archived.path, archived.keys, archived.bytes / 1e6, archived.deleted, archived.kept)

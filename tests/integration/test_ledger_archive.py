@@ -201,3 +201,31 @@ def test_the_runs_ledger_shards_are_listed_without_scanning_and_found_by_scan_fo
     steps.step_cleanup(plan, "r1", redis_client)
     monkeypatch.undo()
     assert _run_keys(redis_client, plan, "r1") == []
+
+
+def test_a_budgets_reservations_go_with_the_ledger_and_come_back(c2b_env: Path, redis_client) -> None:
+    from c2b import steps
+    from c2b.delivery.controls.budget import run_budget_keys
+
+    data = plan_dict("p_archive", touches=1, shards=2, page_size=40, concurrency=8)
+    data["touches"][0]["offer"]["budget"] = {"coupons": 150}  # fewer than the audience: the budget runs out
+    plan = make_plan(data)
+    counter = f"c2b:budget:{{{plan.id}:t0:r1}}:n"
+    assert run_budget_keys(plan, "r1") == [f"c2b:budget:{{{plan.id}:t0:r1}}:r:r1:1"]
+    shards = steps.all_shards(steps.step_load(plan, "r1", redis_client, _extract(plan, "r1", USERS[:300])))
+    with Gateway() as gw:
+        first = _deliver(redis_client, plan, "r1", shards, gw)
+        assert len(gw.record.accepted) == 150
+    spent = redis_client.hgetall(counter)
+    assert int(spent[b"coupons"]) == 150 and first.get("all|t0|budget_exhausted") == 150
+
+    steps.step_cleanup(plan, "r1", redis_client)
+    assert [k.decode() for k in redis_client.scan_iter(match="c2b:budget:*")] == [counter], \
+        "the reservations left Redis, the counter (read by report) stays"
+    steps.step_load(plan, "r1", redis_client, _extract(plan, "r1", USERS[:300][::-1]))
+    assert redis_client.hgetall(counter) == spent, "the cleared run finds its budget spent"
+    assert redis_client.scard(f"c2b:budget:{{{plan.id}:t0:r1}}:r:r1:1") == 150, "and who holds its coupons"
+    with Gateway() as gw:
+        again = _deliver(redis_client, plan, "r1", shards, gw)
+        assert gw.record.requests == 0
+    assert again == first

@@ -184,14 +184,16 @@ def decode(data: bytes, where: str) -> list[ArchivedKey]:
     return keys
 
 
-def archive_ledgers(redis: Any, plan_id: str, run_id: str, shards: Iterable[int]) -> ArchiveResult | None:
-    """Move the ledgers of the run's ``shards`` to :func:`archive_path`; ``None`` when Redis holds none
-    (nothing delivered, or archived before): an existing archive is then left as it is."""
+def archive_ledgers(redis: Any, plan_id: str, run_id: str, shards: Iterable[int],
+                    also: Sequence[str] = ()) -> ArchiveResult | None:
+    """Move the ledgers of the run's ``shards`` (and the keys ``also`` names: the run's offer-budget
+    reservations) to :func:`archive_path`; ``None`` when Redis holds none of them (nothing delivered, or
+    archived before): an existing archive is then left as it is."""
     path = archive_path(plan_id, run_id)
     now_ms = int(time.time() * 1000)
     from c2b.delivery.ledger import ledger_shards_key
 
-    names = [*shard_ledger_keys(redis, plan_id, run_id, shards), ledger_shards_key(plan_id, run_id)]
+    names = [*shard_ledger_keys(redis, plan_id, run_id, shards), ledger_shards_key(plan_id, run_id), *also]
     live = dump_keys(redis, names, now_ms)
     if not live:
         return None

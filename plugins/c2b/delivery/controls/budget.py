@@ -241,3 +241,18 @@ def budget_report(redis: Any, plan: Plan, run_id: str, per_touch: dict[str, dict
         row.update({"budget_exhausted": refused, "exhausted": refused > 0})
         out[t.name] = row
     return out
+
+
+def run_budget_keys(plan: Plan, run_id: str) -> list[str]:
+    """The reservation sets of one run's budgets (which users hold a coupon: a member per user).
+
+    The run's cleanup archives them with its ledger, and a cleared run gets them back with it. The
+    counters stay in Redis (one small hash per budget, a ``per: run`` one for the ledger's 7 days):
+    ``report``, which may run at the same time as ``cleanup``, reads what was spent there.
+    """
+    keys: list[str] = []
+    for touch in plan.touches:
+        b = TouchBudget.of(plan.id, run_id, touch)
+        if b is not None:
+            keys += [b.set_key(i) for i in range(1, b.sets + 1)]  # buckets are 1-based (shard_index)
+    return keys
