@@ -109,15 +109,22 @@ def _limited_shard_processes(redis_server, redis_client, tmp_path: Path, plan_id
     # hold its threads for a good part of a second and release the queued requests as a "burst".
     with GatewayProcess(tmp_path) as gw:
         extra = {"rate_limit": rate, "batch_size": 10}
-        procs = [start_shard(spec(redis_server.url, data, "r1", s, gw.url, extra), tmp_path, f"s{s}")
+        gate = f"test:{plan_id}:go"
+        procs = [start_shard({**spec(redis_server.url, data, "r1", s, gw.url, extra), "gate": gate}, tmp_path, f"s{s}")
                  for s in range(1, shards + 1)]
+        # Every process has imported and connected before any sends: on a loaded 2-core machine
+        # their start-ups spread over seconds, and a limit shared by 3 of 8 is not the property.
+        deadline = time.monotonic() + 120
+        while int(redis_client.get(f"{gate}:ready") or 0) < shards and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert int(redis_client.get(f"{gate}:ready") or 0) == shards, "the shard processes did not start"
+        redis_client.set(gate, 1)
         if meanwhile:
             meanwhile(procs, gw)
-        for p in procs:
-            _stats(p)
+        rebooked = sum(_stats(p)["attempt"].get("rate_slots_rebooked", 0) for p in procs)
         stats, times = gw.stats(), gw.accept_times()
     assert stats["accepted"] == users and stats["duplicates"] == 0
-    return sorted(times)
+    return sorted(times), rebooked
 
 
 def _busiest_second(times: list[float]) -> int:
@@ -136,15 +143,22 @@ def test_eight_shard_processes_share_one_rate_limit(redis_server, redis_client, 
     (single sends against a shared limit: the thread test below and bench/deliver.py).
     """
     shards, rate = 8, 1000.0
-    times = _limited_shard_processes(redis_server, redis_client, tmp_path, "p_rate", shards, 4800, rate)
+    times, rebooked = _limited_shard_processes(redis_server, redis_client, tmp_path, "p_rate", shards, 4800, rate)
     busiest = _busiest_second(times)
     lo, hi = len(times) // 20, len(times) - len(times) // 20
     steady = (hi - lo - 1) / (times[hi - 1] - times[lo])
-    whole = (len(times) - 1) / (times[-1] - times[0])
+    took = times[-1] - times[0]
+    whole = (len(times) - 1) / took
     print(f"\nrate limit: {shards} processes, limit {rate:.0f}/s: busiest 1 s window {busiest}, "
-          f"middle 90% {steady:.1f}/s ({steady / rate:.1%}), whole run {whole:.1f}/s over {times[-1] - times[0]:.2f}s")
-    assert abs(steady - rate) <= 0.05 * rate
+          f"middle 90% {steady:.1f}/s ({steady / rate:.1%}), whole run {whole:.1f}/s over {took:.2f}s, "
+          f"slots reached late and booked again: {rebooked}")
     assert busiest <= 1.10 * rate
+    if not rebooked:
+        assert abs(steady - rate) <= 0.05 * rate
+    else:
+        # A process starved of CPU (a loaded CI machine) reaches some slots late and gives them
+        # up rather than send late; the limit then hands out its slots at the rate, used or lost.
+        assert abs((len(times) - 1 + 10 * rebooked) / took - rate) <= 0.05 * rate
 
 
 def test_a_stalled_shard_process_does_not_burst_past_the_shared_limit_when_it_resumes(
@@ -170,9 +184,11 @@ def test_a_stalled_shard_process_does_not_burst_past_the_shared_limit_when_it_re
                 os.kill(proc.pid, signal.SIGCONT)
             time.sleep(0.5)
 
-    times = _limited_shard_processes(redis_server, redis_client, tmp_path, "p_stall", 4, 6000, rate, freeze_some)
+    times, rebooked = _limited_shard_processes(redis_server, redis_client, tmp_path, "p_stall", 4, 6000, rate,
+                                               freeze_some)
     busiest = _busiest_second(times)
-    print(f"\nrate limit with stalls: busiest 1 s window {busiest} (limit {rate:.0f}/s)")
+    print(f"\nrate limit with stalls: busiest 1 s window {busiest} (limit {rate:.0f}/s), "
+          f"slots reached late and booked again: {rebooked}")
     assert busiest <= 1.10 * rate
 
 

@@ -88,6 +88,11 @@ class LiveMode:
         stats.deferred_total = extra.get("deferred_total", 0)
         stats.deferred, stats.next_due = with_redis_retry(self.ledger.waiting)
         stats.attempt["deferred"] = stats.deferred
+        # Rate-limit slots this attempt reached too late and booked again (its worker was short of
+        # CPU): each one is a slot of the shared limit nobody used, so a limit not reached shows here.
+        rebooked = sum(limit.rebooked for limit in self.limits.values())
+        if rebooked:
+            stats.attempt["rate_slots_rebooked"] = rebooked
 
 
 class _CountingBook:
