@@ -222,11 +222,11 @@ def step_cleanup(plan: Plan, run_id: str, redis: Any) -> int:
     """Drop the run's keys (the shard count comes from the run's meta, so ``shards: auto`` works),
     delete its staging file (personal data kept no longer than the run), and purge the plan's
     outboxes and reports older than the retention setting (``C2B_RETENTION_DAYS``)."""
+    from datetime import UTC, datetime
+
     shards = plan.delivery.shards if isinstance(plan.delivery.shards, int) else None
     layout = with_redis_retry(lambda: read_layout(redis, plan.id, run_id)) or {}
     if layout.get("state") == "complete":  # sends of a shard whose last attempt never ended
-        from datetime import UTC, datetime
-
         from c2b.delivery.contacts import record_contacts
         from c2b.delivery.histories import write_missing_histories
         from c2b.delivery.reentry import record_sends
@@ -248,6 +248,14 @@ def step_cleanup(plan: Plan, run_id: str, redis: Any) -> int:
     if archived:
         log.info("ledger archived to %s: %s keys, %.1f MB; %s deleted from Redis, %s kept (written since)",
                  archived.path, archived.keys, archived.bytes / 1e6, archived.deleted, archived.kept)
+    # The plan's re-entry history leaves Redis too: only the plan's next extract reads it.
+    from c2b.delivery.reentry_archive import move_reentry_history
+
+    moved = move_reentry_history(redis, plan, datetime.now(UTC))
+    if moved:
+        log.info("re-entry history moved to %s: %s records read from Redis, %s in the file (%s past the plan's "
+                 "horizon dropped), %.1f MB; %s buckets deleted from Redis, %s kept (written since)", moved.path,
+                 moved.moved, moved.records, moved.dropped, moved.bytes / 1e6, moved.deleted, moved.kept)
     dropped = drop_run(redis, plan.id, run_id, shards)
     staging = staging_path(plan, run_id)
     had_staging = storage.delete(staging)

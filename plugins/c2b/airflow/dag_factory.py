@@ -230,8 +230,16 @@ def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard:
                              trigger=str(getattr(getattr(dag_run, "run_type", None), "value", "") or "") or None,
                              user=getattr(dag_run, "triggering_user_name", None),
                              params=dict(context["params"]), line=line.name if line else None)
-        return steps.step_extract(plan, run_id, resources.get_warehouse(), context["params"].get("sample"),
-                                  redis=resources.get_redis(), holdout=line.holdout if line else None, audit=audit)
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from c2b.delivery.reentry_archive import ReentryHistoryError
+
+        try:
+            return steps.step_extract(plan, run_id, resources.get_warehouse(), context["params"].get("sample"),
+                                      redis=resources.get_redis(), holdout=line.holdout if line else None,
+                                      audit=audit)
+        except ReentryHistoryError as exc:  # a damaged history stays damaged: the message says what to do
+            raise AirflowFailException(f"plan {plan.id}: {exc}") from exc
     if step == "load_shards":
         from airflow.sdk.exceptions import AirflowFailException
 

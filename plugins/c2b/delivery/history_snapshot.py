@@ -52,17 +52,33 @@ class HistorySnapshot:
             for b in range(start, min(start + _GETS_PER_CALL, buckets + 1)):
                 pipe.get(key_of(b))
             chunks += [s for s in pipe.execute() if s]
-        raw = b"".join(s[:len(s) - len(s) % record] for s in chunks)
+        return cls.from_records(b"".join(s[:len(s) - len(s) % record] for s in chunks), record)
+
+    @classmethod
+    def from_records(cls, raw: bytes, record: int) -> HistorySnapshot:
+        """Parse ``record``-byte records (8-byte key + uint16 day [+ padding]) in any order."""
         rows = np.frombuffer(raw, dtype=np.dtype([("k", "<u8"), ("d", "<u2"), ("pad", f"V{record - 10}")])
                              if record > 10 else np.dtype([("k", "<u8"), ("d", "<u2")]))
-        order = np.argsort(rows["k"], kind="stable")
-        keys = rows["k"][order]
-        days = rows["d"][order].astype(np.int32)
-        if len(keys) > 1:  # a key twice (never written so, but cheap to make sure): keep its later day
+        return cls._sorted(rows["k"], rows["d"].astype(np.int32))
+
+    @classmethod
+    def _sorted(cls, keys: np.ndarray, days: np.ndarray) -> HistorySnapshot:
+        order = np.argsort(keys, kind="stable")
+        keys, days = keys[order], days[order]
+        if len(keys) > 1:  # a key twice (two tiers, or two buckets): keep its later day
             last = np.r_[keys[1:] != keys[:-1], True]
             later = np.maximum.reduceat(days, np.r_[0, np.flatnonzero(last)[:-1] + 1])
             keys, days = keys[last], later
         return cls(keys, days)
+
+    def merged(self, other: HistorySnapshot) -> HistorySnapshot:
+        """Both snapshots' records; a key in both keeps its later day."""
+        return self._sorted(np.concatenate([self.keys, other.keys]), np.concatenate([self.days, other.days]))
+
+    def since(self, day: int) -> HistorySnapshot:
+        """The records of epoch day ``day`` or later."""
+        keep = self.days >= day
+        return HistorySnapshot(self.keys[keep], self.days[keep])
 
     @property
     def size(self) -> int:
@@ -89,7 +105,8 @@ class HistoryLookup:
     """
 
     def __init__(self, redis: Any, *, key_of: Callable[[int], str] | None = None, buckets: int | None = None,
-                 legacy_of: Callable[[int], str] | None = None, legacy_buckets: int | None = None) -> None:
+                 legacy_of: Callable[[int], str] | None = None, legacy_buckets: int | None = None,
+                 archived: Callable[[], HistorySnapshot | None] | None = None) -> None:
         from c2b.delivery import contacts
 
         self.redis = redis
@@ -98,18 +115,29 @@ class HistoryLookup:
         self.legacy_of = legacy_of if key_of else contacts.legacy_bucket_key
         self.legacy_buckets: int = legacy_buckets or contacts.LEGACY_BUCKETS
         self.snapshot: HistorySnapshot | None = None
+        # The history's records moved out of Redis (a plan's re-entry file, read once per lookup).
+        self._read_archived = archived
+        self.archived: HistorySnapshot | None = None
 
     def matches(self, texts: Any, since: Any) -> np.ndarray:
         """Return a mask of the uids (an Arrow string array, no nulls) with a record on or after ``since``."""
         from c2b.delivery import contacts
 
+        if self._read_archived is not None:
+            self.archived, self._read_archived = self._read_archived(), None
         if self.snapshot is None:
             legacy = self.legacy_of is not None and contacts.legacy_present(self.redis, self.legacy_of,
                                                                            self.legacy_buckets)
             if len(texts) < MIN_BATCH or legacy:
-                return contacts.contacted_since_array(self.redis, texts, since, key_of=self.key_of,
+                mask = contacts.contacted_since_array(self.redis, texts, since, key_of=self.key_of,
                                                       buckets=self.buckets, legacy_of=self.legacy_of,
                                                       legacy_buckets=self.legacy_buckets)
+                if self.archived is not None and self.archived.size:
+                    days = self.archived.last_days(uid_keys_u8(texts))
+                    mask |= (days > 0) & (days >= contacts.epoch_day(since))
+                return mask
             self.snapshot = HistorySnapshot.read(self.redis, self.key_of, self.buckets, contacts.RECORD)
+            if self.archived is not None:
+                self.snapshot = self.snapshot.merged(self.archived)
         days = self.snapshot.last_days(uid_keys_u8(texts))
         return (days > 0) & (days >= contacts.epoch_day(since))

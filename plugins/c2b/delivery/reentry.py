@@ -11,7 +11,8 @@ message is recorded sent (with the cross-plan contact record) and, for users of 
 when their page is delivered (they entered the plan too: re-entry must treat both arms alike),
 and read by the extract, which counts the users it turns away as ``not_reentered``. Each write
 refreshes the bucket's TTL: ``once`` plans keep theirs :data:`ONCE_TTL_DAYS` after the last send,
-others ``max(after_days + 1, 31)`` days. Histories of the former hash layout
+others ``max(after_days + 1, 31)`` days. The run's ``cleanup`` moves the plan's records out of Redis into one file
+per plan (:mod:`c2b.delivery.reentry_archive`); the extract reads both. Histories of the former hash layout
 (``c2b:reentry:{<plan>:0001..4096}``) are still read while they exist (and expire unwritten).
 """
 
@@ -87,7 +88,8 @@ def record_entries(plan: Plan, redis: Any, uids: list[str], when: datetime) -> N
 
 
 def forget_history(redis: Any, plan_id: str) -> int:
-    """Delete plan ``plan_id``'s re-entry history (every bucket); return how many users it held.
+    """Delete plan ``plan_id``'s re-entry history (every bucket, and its file); return how many
+    records it held.
 
     For the demo, which runs one plan again and again on the same users (``c2b demo`` says so
     when it does this); a real plan's history is what keeps it from re-sending too soon.
@@ -103,7 +105,9 @@ def forget_history(redis: Any, plan_id: str) -> int:
                 pipe.delete(key)
             counts = pipe.execute()[0::2]
             held += sum(int(n) // RECORD for n in counts) if size == "strlen" else sum(int(n) for n in counts)
-    return held
+    from c2b.delivery.reentry_archive import forget_archived
+
+    return held + forget_archived(plan_id)
 
 
 class ReentryRule:
@@ -119,8 +123,11 @@ class ReentryRule:
         # once: any record; N days: a send on one of the last N UTC days (N = 1: today only).
         self.since: datetime | None = datetime(1970, 1, 1, tzinfo=now.tzinfo) if days is None else \
             (now - timedelta(days=days - 1) if days > 0 else None)
+        from c2b.delivery.reentry_archive import read_archived
+
+        # Redis holds what runs not cleaned up yet wrote; the plan's file what earlier cleanups moved.
         self.lookup = HistoryLookup(redis, key_of=self.key_of, buckets=BUCKETS, legacy_of=self.legacy_of,
-                                    legacy_buckets=LEGACY_BUCKETS)
+                                    legacy_buckets=LEGACY_BUCKETS, archived=partial(read_archived, plan.id))
         if self.since is not None and redis is None:
             raise ValueError(f"plan {plan.id}: its re-entry rule needs the contact history in Redis: "
                              "pass redis= to extract_audience")
