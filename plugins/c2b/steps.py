@@ -248,14 +248,15 @@ def step_cleanup(plan: Plan, run_id: str, redis: Any) -> int:
     if archived:
         log.info("ledger archived to %s: %s keys, %.1f MB; %s deleted from Redis, %s kept (written since)",
                  archived.path, archived.keys, archived.bytes / 1e6, archived.deleted, archived.kept)
-    # The plan's re-entry history leaves Redis too: only the plan's next extract reads it.
-    from c2b.delivery.reentry_archive import move_reentry_history
+    # The plan's re-entry history and the contact history leave Redis too: only extracts read them.
+    from c2b.delivery import contacts, reentry
 
-    moved = move_reentry_history(redis, plan, datetime.now(UTC))
-    if moved:
-        log.info("re-entry history moved to %s: %s records read from Redis, %s in the file (%s past the plan's "
-                 "horizon dropped), %.1f MB; %s buckets deleted from Redis, %s kept (written since)", moved.path,
-                 moved.moved, moved.records, moved.dropped, moved.bytes / 1e6, moved.deleted, moved.kept)
+    for archive in (reentry.history_archive(plan.id, reentry.history_days(plan)), contacts.history_archive()):
+        moved = archive.move(redis, datetime.now(UTC))
+        if moved:
+            log.info("%s moved to %s: %s records read from Redis, %s in the file (%s past its horizon dropped), "
+                     "%.1f MB; %s buckets deleted from Redis, %s kept (written since)", archive.name, moved.path,
+                     moved.moved, moved.records, moved.dropped, moved.bytes / 1e6, moved.deleted, moved.kept)
     dropped = drop_run(redis, plan.id, run_id, shards)
     staging = staging_path(plan, run_id)
     had_staging = storage.delete(staging)

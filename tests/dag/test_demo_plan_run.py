@@ -111,13 +111,17 @@ def test_demo_plan_end_to_end(c2b_env: Path, demo_warehouse: Path, redis_client,
     assert summary["status"] == "complete"
 
     # The run's keys are gone from Redis, its ledger (the record of what was sent, with each shard's
-    # totals) and its offer budget's reservations moved to the run's archive file; what outlives the
-    # run in Redis is the cross-plan records (contacts, frequency-cap counts, the plan's re-entry
-    # history) and the budget's counter (one hash, which report reads), each with a TTL.
+    # totals) and its offer budget's reservations moved to the run's archive file, the contact and
+    # re-entry histories to their files; what outlives the run in Redis is the frequency-cap counts
+    # and the budget's counter (one hash, which report reads), each with a TTL.
     leftover = [k.decode() for k in redis_client.scan_iter("c2b:*")]
-    run_keys = [k for k in leftover if not k.startswith(("c2b:contacts:", "c2b:fcap:", "c2b:reentry:"))]
+    run_keys = [k for k in leftover if not k.startswith("c2b:fcap:")]
     assert run_keys == [f"c2b:budget:{{{PLAN}:coupon_push:{dr.run_id}}}:n"]
     assert all(redis_client.ttl(k) > 0 for k in leftover)
+    from c2b.delivery import contacts, reentry
+
+    assert contacts.history_archive().users() == len(targeted)  # sent users
+    assert reentry.history_archive(PLAN).users() == len(expected)  # sent and control users entered the plan
     from c2b.delivery.ledger_archive import archive_path, read_archive
 
     archived = read_archive(archive_path(PLAN, dr.run_id))

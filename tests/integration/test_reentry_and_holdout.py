@@ -278,10 +278,10 @@ def test_cleanup_writes_the_histories_of_a_shard_whose_attempt_never_ended(redis
     assert not any(contacted_since(redis_client, users, datetime.now(UTC)))
     steps.step_cleanup(plan, "r1", redis_client)
     assert all(contacted_since(redis_client, users, datetime.now(UTC)))
-    from c2b.delivery.reentry_archive import archived_users
+    from c2b.delivery.reentry import history_archive
 
     # cleanup wrote the plan's history, then moved it out of Redis into the plan's file
-    assert sum(stored_users(redis_client, plan.id)) == 0 and archived_users(plan.id) == len(users)
+    assert sum(stored_users(redis_client, plan.id)) == 0 and history_archive(plan.id).users() == len(users)
     assert not any(redis_client.exists(m) for m in marks)  # a cleared re-run marks its own attempts
 
 

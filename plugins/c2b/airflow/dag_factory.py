@@ -232,13 +232,13 @@ def run_step(step: str, plan: Plan, context: Any, inputs: dict[str, Any], shard:
                              params=dict(context["params"]), line=line.name if line else None)
         from airflow.sdk.exceptions import AirflowFailException
 
-        from c2b.delivery.reentry_archive import ReentryHistoryError
+        from c2b.delivery.history_archive import HistoryArchiveError
 
         try:
             return steps.step_extract(plan, run_id, resources.get_warehouse(), context["params"].get("sample"),
                                       redis=resources.get_redis(), holdout=line.holdout if line else None,
                                       audit=audit)
-        except ReentryHistoryError as exc:  # a damaged history stays damaged: the message says what to do
+        except HistoryArchiveError as exc:  # a damaged history stays damaged: the message says what to do
             raise AirflowFailException(f"plan {plan.id}: {exc}") from exc
     if step == "load_shards":
         from airflow.sdk.exceptions import AirflowFailException

@@ -167,7 +167,9 @@ class _Exclusion:
 
         assert self.since is not None
         if self.lookup is None:
-            self.lookup = HistoryLookup(self.redis)
+            from c2b.delivery.contacts import history_archive
+
+            self.lookup = HistoryLookup(self.redis, archive=history_archive())
         return self.lookup.matches(texts, self.since)
 
 

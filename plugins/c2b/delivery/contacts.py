@@ -281,10 +281,14 @@ def last_days(redis: Any, uids: list[str], *, key_of: Callable[[int], str] = buc
 
 
 def contacted_since(redis: Any, uids: list[str], since: datetime) -> list[bool]:
-    """Return, for each uid, whether it was contacted on or after the UTC day of ``since``."""
+    """Return, for each uid, whether it was contacted on or after the UTC day of ``since`` (in Redis,
+    or in the file cleanups moved the history to)."""
     if not uids:
         return []
     days = last_days(redis, list(uids))
+    archived = history_archive().read()  # after Redis: see c2b.delivery.history_archive
+    if archived is not None:
+        days = np.maximum(days, archived.last_days(np.frombuffer(b"".join(map(uid_key, uids)), dtype="<u8")))
     return ((days > 0) & (days >= epoch_day(since))).tolist()  # 0: no record
 
 
@@ -336,3 +340,12 @@ def prune_contacts(redis: Any, before: datetime, scan_count: int = 1000) -> int:
         for i in range(0, len(old), 1000):
             deleted += int(redis.hdel(key, *old[i:i + 1000]))
     return deleted
+
+
+def history_archive():  # -> c2b.delivery.history_archive.HistoryArchive
+    """Where cleanups move the contact history: ``<data url>/contacts/contacts.history``."""
+    from c2b import storage
+    from c2b.delivery.history_archive import HistoryArchive
+
+    return HistoryArchive("contact history", storage.root() / "contacts" / "contacts.history", bucket_key, BUCKETS,
+                          DEFAULT_TTL_DAYS, "c2b:history-move:{contacts}")

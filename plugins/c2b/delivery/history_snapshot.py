@@ -106,7 +106,7 @@ class HistoryLookup:
 
     def __init__(self, redis: Any, *, key_of: Callable[[int], str] | None = None, buckets: int | None = None,
                  legacy_of: Callable[[int], str] | None = None, legacy_buckets: int | None = None,
-                 archived: Callable[[], HistorySnapshot | None] | None = None) -> None:
+                 archive: Any = None) -> None:
         from c2b.delivery import contacts
 
         self.redis = redis
@@ -115,16 +115,28 @@ class HistoryLookup:
         self.legacy_of = legacy_of if key_of else contacts.legacy_bucket_key
         self.legacy_buckets: int = legacy_buckets or contacts.LEGACY_BUCKETS
         self.snapshot: HistorySnapshot | None = None
-        # The history's records moved out of Redis (a plan's re-entry file, read once per lookup).
-        self._read_archived = archived
-        self.archived: HistorySnapshot | None = None
+        # The records moved out of Redis (a c2b.delivery.history_archive.HistoryArchive): its file,
+        # read after Redis on every call and re-read when it changed.
+        self.archive = archive
+        self._archived: HistorySnapshot | None = None
+        self._archived_version: Any = None
+
+    def _archived_days(self, keys: np.ndarray) -> np.ndarray | None:
+        """The file's day of each uid key, read *after* Redis: a move writes its file before it deletes
+        from Redis, so what a Redis read no longer found is in the file read next."""
+        if self.archive is None:
+            return None
+        version = self.archive.fingerprint()
+        if version != self._archived_version:
+            self._archived = self.archive.read() if version is not None else None
+            self._archived_version = version
+        return self._archived.last_days(keys) if self._archived is not None else None
 
     def matches(self, texts: Any, since: Any) -> np.ndarray:
         """Return a mask of the uids (an Arrow string array, no nulls) with a record on or after ``since``."""
         from c2b.delivery import contacts
 
-        if self._read_archived is not None:
-            self.archived, self._read_archived = self._read_archived(), None
+        floor = contacts.epoch_day(since)
         if self.snapshot is None:
             legacy = self.legacy_of is not None and contacts.legacy_present(self.redis, self.legacy_of,
                                                                            self.legacy_buckets)
@@ -132,12 +144,12 @@ class HistoryLookup:
                 mask = contacts.contacted_since_array(self.redis, texts, since, key_of=self.key_of,
                                                       buckets=self.buckets, legacy_of=self.legacy_of,
                                                       legacy_buckets=self.legacy_buckets)
-                if self.archived is not None and self.archived.size:
-                    days = self.archived.last_days(uid_keys_u8(texts))
-                    mask |= (days > 0) & (days >= contacts.epoch_day(since))
-                return mask
+                archived = self._archived_days(uid_keys_u8(texts)) if len(texts) else None
+                return mask if archived is None else mask | ((archived > 0) & (archived >= floor))
             self.snapshot = HistorySnapshot.read(self.redis, self.key_of, self.buckets, contacts.RECORD)
-            if self.archived is not None:
-                self.snapshot = self.snapshot.merged(self.archived)
-        days = self.snapshot.last_days(uid_keys_u8(texts))
-        return (days > 0) & (days >= contacts.epoch_day(since))
+        keys = uid_keys_u8(texts)
+        days = self.snapshot.last_days(keys)
+        archived = self._archived_days(keys)
+        if archived is not None:
+            days = np.maximum(days, archived)
+        return (days > 0) & (days >= floor)

@@ -12,7 +12,7 @@ when their page is delivered (they entered the plan too: re-entry must treat bot
 and read by the extract, which counts the users it turns away as ``not_reentered``. Each write
 refreshes the bucket's TTL: ``once`` plans keep theirs :data:`ONCE_TTL_DAYS` after the last send,
 others ``max(after_days + 1, 31)`` days. The run's ``cleanup`` moves the plan's records out of Redis into one file
-per plan (:mod:`c2b.delivery.reentry_archive`); the extract reads both. Histories of the former hash layout
+per plan (:mod:`c2b.delivery.history_archive`); the extract reads both. Histories of the former hash layout
 (``c2b:reentry:{<plan>:0001..4096}``) are still read while they exist (and expire unwritten).
 """
 
@@ -57,6 +57,18 @@ def history_days(plan: Plan) -> int:
     """Return how long the plan's history is kept after a user's last send."""
     days = reentry_days(plan.reentry)
     return ONCE_TTL_DAYS if days is None else max(days + 1, 31)
+
+
+def history_archive(plan_id: str, horizon_days: int = 0):  # -> c2b.delivery.history_archive.HistoryArchive
+    """Where the plan's cleanups move its history: ``<data url>/reentry/<plan>.history``
+    (``horizon_days``: :func:`history_days` of the plan, for a move)."""
+    from c2b import storage
+    from c2b.delivery.history_archive import HistoryArchive
+    from c2b.settings import safe_name
+
+    return HistoryArchive(f"re-entry history of plan {plan_id}",
+                          storage.root() / "reentry" / f"{safe_name(plan_id)}.history", partial(bucket_key, plan_id),
+                          BUCKETS, horizon_days, "c2b:history-move:{" + _tag_part(plan_id) + "}")
 
 
 def record_sends(plan: Plan, also: Callable[[Any, list[str], datetime], None]
@@ -105,9 +117,7 @@ def forget_history(redis: Any, plan_id: str) -> int:
                 pipe.delete(key)
             counts = pipe.execute()[0::2]
             held += sum(int(n) // RECORD for n in counts) if size == "strlen" else sum(int(n) for n in counts)
-    from c2b.delivery.reentry_archive import forget_archived
-
-    return held + forget_archived(plan_id)
+    return held + history_archive(plan_id).forget()
 
 
 class ReentryRule:
@@ -123,11 +133,9 @@ class ReentryRule:
         # once: any record; N days: a send on one of the last N UTC days (N = 1: today only).
         self.since: datetime | None = datetime(1970, 1, 1, tzinfo=now.tzinfo) if days is None else \
             (now - timedelta(days=days - 1) if days > 0 else None)
-        from c2b.delivery.reentry_archive import read_archived
-
         # Redis holds what runs not cleaned up yet wrote; the plan's file what earlier cleanups moved.
         self.lookup = HistoryLookup(redis, key_of=self.key_of, buckets=BUCKETS, legacy_of=self.legacy_of,
-                                    legacy_buckets=LEGACY_BUCKETS, archived=partial(read_archived, plan.id))
+                                    legacy_buckets=LEGACY_BUCKETS, archive=history_archive(plan.id))
         if self.since is not None and redis is None:
             raise ValueError(f"plan {plan.id}: its re-entry rule needs the contact history in Redis: "
                              "pass redis= to extract_audience")
