@@ -9,8 +9,9 @@ them (:meth:`HistoryArchive.move`):
 1. every bucket is read (pipelined ``GET``s) and merged with the history's file (the later day of
    a user wins; records older than the history's horizon are dropped), and the union is written
    whole or not at all (:func:`c2b.storage.write_bytes`), read back and compared;
-2. each bucket is then deleted only if it still holds what was read (a script compares SHA-1s): a
-   bucket written meanwhile (another plan's delivery, a cleared deliver task) stays for the next move.
+2. each bucket is then deleted only if it still holds what was read (a script compares it with the
+   value read, many buckets a call on a plain Redis): a bucket written meanwhile (another plan's
+   delivery, a cleared deliver task) stays for the next move.
 
 A lock in Redis lets one move of a history run at a time (cleanups of several plans move the
 contact history; another waits for its turn, up to :data:`LOCK_WAIT_S`, then fails and Airflow
@@ -44,12 +45,16 @@ MAGIC = b"C2B-HISTORY 1\n"  # then the records as the buckets hold them (RECORD 
 LOCK_MS = 10 * 60 * 1000
 LOCK_WAIT_S = 120.0
 _GETS_PER_CALL = 1024
+_UNLINK_PER_CALL = 256  # buckets a compare-and-delete call (~2.5 MB of values at 10M users)
 
-# KEYS[1]: a bucket. ARGV[1]: the SHA-1 of the value that was archived. Deletes it only if unchanged.
+# KEYS: buckets. ARGV: the value read of each. Deletes each that still holds it; returns how many.
+# (Several keys a call on a plain Redis; one on a cluster, where a script's keys share a slot.)
 _UNLINK_IF_SAME = """
-local v = redis.call('GET', KEYS[1])
-if v and redis.sha1hex(v) == ARGV[1] then return redis.call('UNLINK', KEYS[1]) end
-return 0
+local n = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then n = n + redis.call('UNLINK', KEYS[i]) end
+end
+return n
 """
 _UNLOCK = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
@@ -144,17 +149,12 @@ class HistoryArchive:
     def delete_unchanged(redis: Any, buckets: list[tuple[str, bytes]]) -> int:
         """Delete each bucket that still holds the value read; return how many went."""
         unlink = redis.register_script(_UNLINK_IF_SAME)
+        if hasattr(redis, "get_node_from_key"):  # a script's keys must share a slot: one bucket a call
+            return sum(int(unlink(keys=[k], args=[v])) for k, v in buckets)
         deleted = 0
-        for i in range(0, len(buckets), _GETS_PER_CALL):
-            part = buckets[i:i + _GETS_PER_CALL]
-            if hasattr(redis, "get_node_from_key"):  # redis-py runs no EVALSHA in a cluster pipeline
-                answers = [unlink(keys=[k], args=[hashlib.sha1(v).hexdigest()]) for k, v in part]
-            else:
-                pipe = redis.pipeline(transaction=False)
-                for k, v in part:
-                    unlink(keys=[k], args=[hashlib.sha1(v).hexdigest()], client=pipe)
-                answers = pipe.execute()
-            deleted += sum(int(a) for a in answers)
+        for i in range(0, len(buckets), _UNLINK_PER_CALL):
+            part = buckets[i:i + _UNLINK_PER_CALL]
+            deleted += int(unlink(keys=[k for k, _ in part], args=[v for _, v in part]))
         return deleted
 
     def move(self, redis: Any, now: datetime, wait_s: float = LOCK_WAIT_S) -> MoveResult | None:

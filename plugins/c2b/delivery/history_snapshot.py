@@ -63,7 +63,7 @@ class HistorySnapshot:
 
     @classmethod
     def _sorted(cls, keys: np.ndarray, days: np.ndarray) -> HistorySnapshot:
-        order = np.argsort(keys, kind="stable")
+        order = np.argsort(keys)  # not stable: of a key's records the latest day is kept, whatever their order
         keys, days = keys[order], days[order]
         if len(keys) > 1:  # a key twice (two tiers, or two buckets): keep its later day
             last = np.r_[keys[1:] != keys[:-1], True]
