@@ -249,14 +249,11 @@ def step_cleanup(plan: Plan, run_id: str, redis: Any) -> int:
         log.info("ledger archived to %s: %s keys, %.1f MB; %s deleted from Redis, %s kept (written since)",
                  archived.path, archived.keys, archived.bytes / 1e6, archived.deleted, archived.kept)
     # The plan's re-entry history and the contact history leave Redis too: only extracts read them.
-    from concurrent.futures import ThreadPoolExecutor
-
     from c2b.delivery import contacts, reentry
 
-    archives = (reentry.history_archive(plan.id, reentry.history_days(plan)), contacts.history_archive())
-    with ThreadPoolExecutor(len(archives), thread_name_prefix="history-move") as pool:  # side by side: I/O, numpy
-        moves = list(pool.map(lambda archive: archive.move(redis, datetime.now(UTC)), archives))
-    for archive, moved in zip(archives, moves, strict=True):
+    # One after the other: side by side they took 15% less time at 1M users, and one process >1 GiB at 10M.
+    for archive in (reentry.history_archive(plan.id, reentry.history_days(plan)), contacts.history_archive()):
+        moved = archive.move(redis, datetime.now(UTC))
         if moved:
             log.info("%s moved to %s: %s records read from Redis, %s in the file (%s past its horizon dropped), "
                      "%.1f MB; %s buckets deleted from Redis, %s kept (written since)", archive.name, moved.path,

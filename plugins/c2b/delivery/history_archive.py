@@ -9,9 +9,9 @@ them (:meth:`HistoryArchive.move`):
 1. every bucket is read (pipelined ``GET``s) and merged with the history's file (the later day of
    a user wins; records older than the history's horizon are dropped), and the union is written
    whole or not at all (:func:`c2b.storage.write_bytes`), read back and compared;
-2. each bucket is then deleted only if it still holds what was read (a script compares it with the
-   value read, many buckets a call on a plain Redis): a bucket written meanwhile (another plan's
-   delivery, a cleared deliver task) stays for the next move.
+2. each bucket is then deleted only if it still holds what was read (a script compares SHA-1s,
+   many buckets a call on a plain Redis): a bucket written meanwhile (another plan's delivery, a
+   cleared deliver task) stays for the next move.
 
 A lock in Redis lets one move of a history run at a time (cleanups of several plans move the
 contact history; another waits for its turn, up to :data:`LOCK_WAIT_S`, then fails and Airflow
@@ -45,14 +45,16 @@ MAGIC = b"C2B-HISTORY 1\n"  # then the records as the buckets hold them (RECORD 
 LOCK_MS = 10 * 60 * 1000
 LOCK_WAIT_S = 120.0
 _GETS_PER_CALL = 1024
-_UNLINK_PER_CALL = 256  # buckets a compare-and-delete call (~2.5 MB of values at 10M users)
+_UNLINK_PER_CALL = 256  # buckets a compare-and-delete call
 
-# KEYS: buckets. ARGV: the value read of each. Deletes each that still holds it; returns how many.
-# (Several keys a call on a plain Redis; one on a cluster, where a script's keys share a slot.)
+# KEYS: buckets. ARGV: the SHA-1 of the value read of each. Deletes each that still holds that value;
+# returns how many. (Several keys a call on a plain Redis; one on a cluster, where a script's keys
+# share a slot.)
 _UNLINK_IF_SAME = """
 local n = 0
 for i = 1, #KEYS do
-  if redis.call('GET', KEYS[i]) == ARGV[i] then n = n + redis.call('UNLINK', KEYS[i]) end
+  local v = redis.call('GET', KEYS[i])
+  if v and redis.sha1hex(v) == ARGV[i] then n = n + redis.call('UNLINK', KEYS[i]) end
 end
 return n
 """
@@ -92,9 +94,13 @@ class HistoryArchive:
     def encode(self, snapshot: HistorySnapshot) -> bytes:
         """Magic, a JSON header line, the sorted uid keys (uint64 LE), their days (uint16 LE), SHA-256."""
         header = json.dumps({"history": self.name, "records": snapshot.size})
-        body = b"".join([MAGIC, header.encode(), b"\n", snapshot.keys.astype("<u8").tobytes(),
-                         snapshot.days.astype("<u2").tobytes()])
-        return body + hashlib.sha256(body).digest()
+        # memoryviews and one join: at 10M users each copy of the file is ~100 MB of the cleanup's memory
+        parts = [MAGIC, header.encode(), b"\n", memoryview(snapshot.keys.astype("<u8", copy=False)),
+                 memoryview(snapshot.days.astype("<u2"))]
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part)
+        return b"".join([*parts, digest.digest()])
 
     def decode(self, data: bytes) -> HistorySnapshot:
         body, digest = data[:-32], data[-32:]
@@ -146,8 +152,9 @@ class HistoryArchive:
         return out
 
     @staticmethod
-    def delete_unchanged(redis: Any, buckets: list[tuple[str, bytes]]) -> int:
-        """Delete each bucket that still holds the value read; return how many went."""
+    def delete_unchanged(redis: Any, buckets: list[tuple[str, str]]) -> int:
+        """Delete each bucket ``(name, SHA-1 of the value read)`` that still holds that value; return
+        how many went."""
         unlink = redis.register_script(_UNLINK_IF_SAME)
         if hasattr(redis, "get_node_from_key"):  # a script's keys must share a slot: one bucket a call
             return sum(int(unlink(keys=[k], args=[v])) for k, v in buckets)
@@ -170,17 +177,26 @@ class HistoryArchive:
             buckets = self.read_buckets(redis)
             if not buckets:
                 return None
-            live = HistorySnapshot.from_records(b"".join(v[:len(v) - len(v) % RECORD] for _, v in buckets), RECORD)
+            # What was read, as SHA-1s for the delete: the values themselves (~100 MB at 10M users)
+            # are freed once parsed.
+            seen = [(name, hashlib.sha1(v).hexdigest()) for name, v in buckets]
+            raw = b"".join([memoryview(v)[:len(v) - len(v) % RECORD] for _, v in buckets])
+            del buckets
+            live = HistorySnapshot.from_records(raw, RECORD)
+            del raw
             before = self.read()
             union = live.merged(before) if before is not None else live
             kept = union.since(epoch_day(now) - self.horizon_days)
+            moved, dropped = live.size, union.size - kept.size
+            del live, before, union
             data = self.encode(kept)
+            records = kept.size
+            del kept
             storage.write_bytes(self.path, data)
             if storage.read_bytes(self.path) != data:
                 raise storage.StorageError(f"writing {self.path} failed: the file read back differs from what "
                                            "was written")
-            deleted = self.delete_unchanged(redis, buckets)
-            return MoveResult(str(self.path), kept.size, live.size, deleted, len(buckets) - deleted,
-                              union.size - kept.size, len(data))
+            deleted = self.delete_unchanged(redis, seen)
+            return MoveResult(str(self.path), records, moved, deleted, len(seen) - deleted, dropped, len(data))
         finally:
             redis.eval(_UNLOCK, 1, self.lock, token)

@@ -65,7 +65,8 @@ class HistorySnapshot:
     def _sorted(cls, keys: np.ndarray, days: np.ndarray) -> HistorySnapshot:
         order = np.argsort(keys)  # not stable: of a key's records the latest day is kept, whatever their order
         keys, days = keys[order], days[order]
-        if len(keys) > 1:  # a key twice (two tiers, or two buckets): keep its later day
+        del order
+        if len(keys) > 1 and (keys[1:] == keys[:-1]).any():  # a key twice (two tiers): keep its later day
             last = np.r_[keys[1:] != keys[:-1], True]
             later = np.maximum.reduceat(days, np.r_[0, np.flatnonzero(last)[:-1] + 1])
             keys, days = keys[last], later
