@@ -326,12 +326,24 @@ def test_failed_upload_is_aborted_not_completed(moto_s3: MotoS3Server, s3_url: s
 # --- a worker killed mid-load ---------------------------------------------------------------------
 
 LOAD = """
-import sys
+import sys, time
 import redis
-from c2b.store.shards import load_shards
+from c2b.store import shards
 
+# The load's batches spaced out (2 ms each, ~2 s for the 1,000 batches), so the test's kill lands
+# mid-load on a fast machine too (unspaced, a load of 1M users once ended before it).
+batches = shards._batches
+
+
+def spaced(*args, **kwargs):
+    for batch in batches(*args, **kwargs):
+        yield batch
+        time.sleep(0.002)
+
+
+shards._batches = spaced
 print("start", flush=True)
-load_shards(redis.Redis.from_url(sys.argv[1]), sys.argv[2], "p_load", "run-1", 16, batch_rows=1000)
+shards.load_shards(redis.Redis.from_url(sys.argv[1]), sys.argv[2], "p_load", "run-1", 16, batch_rows=1000)
 print("done", flush=True)
 """
 
