@@ -114,7 +114,7 @@ class HistoryArchive:
         if len(body) - start != RECORD * n:
             raise HistoryArchiveError(f"{self.path} holds {len(body) - start} bytes of records, its header says {n}")
         keys = np.frombuffer(body, dtype="<u8", count=n, offset=start)
-        days = np.frombuffer(body, dtype="<u2", count=n, offset=start + 8 * n).astype(np.int32)
+        days = np.frombuffer(body, dtype="<u2", count=n, offset=start + 8 * n)  # a view: 2 bytes a user
         return HistorySnapshot(keys, days)
 
     def read(self) -> HistorySnapshot | None:

@@ -37,7 +37,8 @@ def uid_keys_u8(uids: Any) -> np.ndarray:
 
 
 class HistorySnapshot:
-    """Every record of one history, as sorted uid keys (uint64) and epoch days (int32)."""
+    """Every record of one history, as sorted uid keys (uint64) and epoch days (int32; uint16 as a
+    history file holds them)."""
 
     def __init__(self, keys: np.ndarray, days: np.ndarray) -> None:
         self.keys = keys
