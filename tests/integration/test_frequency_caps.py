@@ -26,11 +26,13 @@ from c2b.delivery.controls.frequency_cap import (
     fcap_place,
     forget_counts,
     old_fcap_keys,
+    partner_fcap_keys,
     rules_of,
     week_of,
 )
 from c2b.delivery.ledger import ShardLedger
 from c2b.delivery.shard import ShardDelivery
+from c2b.hashing import murmur3_32, uid_bytes
 from c2b.plan.lines import with_line
 from c2b.plan.load import load_plan
 from c2b.results.delivery_log import outcome_of
@@ -285,14 +287,14 @@ def test_two_plans_of_a_line_running_at_once_send_each_user_once(redis_server, r
 
 
 def test_no_key_grows_past_its_bound(redis_client) -> None:
-    """Users spread over 2,048 buckets x 64 sub-keys per scope and day: at 10M users a key holds
-    ~76 fields, a listpack."""
+    """Users spread over 2,048 buckets x 32 sub-keys per scope and day: at 10M users a key holds
+    ~153 fields, a listpack."""
     fcap = FrequencyCap(redis_client, CapRules("growth", 3, 5, (("sms", ChannelCap(1, 2)),)))
     users = [f"b{i}" for i in range(20_000)]
     fcap.take_each([("20261125", u, ch) for u in users for ch in ("sms", "push")])
     keys = [k for k in redis_client.scan_iter("c2b:fcap:*", count=1000) if not k.endswith(b":rcpt")]
     assert len(keys) == 2 * len({fcap_place(u) for u in users})  # a day key and a week key per sub-key
-    assert max(redis_client.hlen(k) for k in keys) < 8  # even spread: ~0.15 per key here, ~76 at 10M users
+    assert max(redis_client.hlen(k) for k in keys) < 10  # even spread: ~0.3 per key here, ~153 at 10M users
     assert {redis_client.object("encoding", k) for k in keys} == {b"listpack"}
     assert {fcap_place(u)[0] for u in users} == set(range(1, BUCKETS + 1))
     assert len({fcap_place(u)[1] for u in users}) == SUBKEYS
@@ -331,6 +333,43 @@ def test_counts_of_the_layout_before_sub_keys_still_count(redis_client) -> None:
     assert (fcap.count("20261125", "v2"), fcap.count("20261125", "v2", week=True)) == (1, 0)
     assert fcap.take([("20261125", "v2", 5)]) == {("20261125", "v2"): 2}
     assert not redis_client.exists(old_day2) and not redis_client.exists(old_week2)
+
+
+def test_counts_of_the_layout_with_64_sub_keys_still_count(redis_client) -> None:
+    """A bucket-day had 64 sub-keys before it had 32: the users of sub-key ``j`` then are in ``j``
+    still, those of ``j + 32`` (its partner) now count in ``j``. On the day of the upgrade a count in
+    the partner counts against the caps, the first capped write moves it, a count of a plan without
+    caps adds to it, and a give-back takes from it."""
+    def sub64(uid: str) -> int:
+        return (abs(murmur3_32(uid_bytes(uid))) >> 11) & 63
+
+    stay = next(u for u in (f"q{i}" for i in range(1000)) if sub64(u) < SUBKEYS)
+    assert f"c2b:fcap:{{growth:{fcap_place(stay)[0]}}}:20261125:{sub64(stay)}" == fcap_keys("growth", "20261125", stay)[0]
+    v1, v2 = [u for u in (f"p{i}" for i in range(1000)) if sub64(u) >= SUBKEYS][:2]
+    was_day, was_week = partner_fcap_keys("growth", "20261125", v1)
+    was_day2, was_week2 = partner_fcap_keys("growth", "20261125", v2)
+    assert was_day.endswith(f":20261125:{sub64(v1)}") and was_week.endswith(f":2026W48:{sub64(v1)}")
+    assert was_day != fcap_keys("growth", "20261125", v1)[0]
+    redis_client.hset(was_day, v1, "2;sms=1")
+    redis_client.hset(was_week, v1, "3")
+    redis_client.hset(was_day2, v2, "1")
+    redis_client.hset(was_week2, v2, "1")
+    rules = CapRules("growth", per_day=3, per_week=4, per_channel=(("sms", ChannelCap(1, None)),))
+    fcap = FrequencyCap(redis_client, rules)
+    assert (fcap.count("20261125", v1), fcap.count("20261125", v1, "sms"),
+            fcap.count("20261125", v1, week=True)) == (2, 1, 3)
+    assert fcap.take_each([("20261125", v1, "sms"), ("20261125", v1, "push"), ("20261125", v1, "push")]) \
+        == ["sms.per_day", None, "per_day"]
+    assert (fcap.count("20261125", v1), fcap.count("20261125", v1, "sms"),
+            fcap.count("20261125", v1, week=True)) == (3, 1, 4)
+    assert redis_client.hget(fcap_keys("growth", "20261125", v1)[0], v1) == b"3;sms=1"  # moved, merged
+    assert not redis_client.exists(was_day) and not redis_client.exists(was_week)  # emptied: gone
+    FrequencyCap(redis_client, CapRules("growth")).take([("20261125", v2, "push", 1)])
+    assert fcap.count("20261125", v2) == 2 and redis_client.hget(was_day2, v2) == b"1"
+    fcap.give_back([("20261125", v2, "push")])
+    assert (fcap.count("20261125", v2), fcap.count("20261125", v2, week=True)) == (1, 0)
+    assert fcap.take([("20261125", v2, 5)]) == {("20261125", v2): 2}
+    assert not redis_client.exists(was_day2) and not redis_client.exists(was_week2)
 
 
 def test_forget_counts_deletes_a_scopes_counts_and_says_how_many_user_days(redis_client) -> None:

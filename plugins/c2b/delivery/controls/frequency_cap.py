@@ -71,7 +71,8 @@ from c2b.hashing import murmur3_32, uid_bytes
 from c2b.store.script_pipelines import run_scripts
 
 BUCKETS = 2048
-SUBKEYS = 64  # sub-keys per bucket-day (and bucket-week): ~76 users each at 10M users, a listpack
+SUBKEYS = 32  # sub-keys per bucket-day (and bucket-week): ~153 users each at 10M users, a listpack
+SUBKEYS_BEFORE = 64  # the layout before: a user of sub-key j sat in j or j + 32 (its partner), still read
 NO_LINE = "-"  # the scope of plans outside any business line (line names are [a-z][a-z0-9_]+)
 RECEIPT_TTL = 3600
 PAST_WINDOW = timedelta(hours=15)  # UTC-12 ends a day 12 hours after UTC does; 3 hours to spare
@@ -118,7 +119,9 @@ class CapRules:
 # KEYS: receipts (of that bucket-day: one call per bucket-day, so a receipt answers one call),
 # the bucket's old day and week hashes (the layout before sub-keys: read, merged and emptied while
 # they exist), then the call's day sub-keys, then (when the week is counted) its week sub-keys in
-# the same order. ARGV: receipt, previous receipt, day ttl, week ttl, receipt ttl, day cap (-1:
+# the same order, then the partners of those day (and week) sub-keys in the same order (sub-key
+# j + 32 of the layout with 64 sub-keys, whose users now count in j: read, merged and emptied while
+# they exist, as the old hashes are). ARGV: receipt, previous receipt, day ttl, week ttl, receipt ttl, day cap (-1:
 # none; the day total is always counted), week cap (-1: none, not counted), channel caps
 # "<ch>:<day cap>:<week cap>;..." (-1: not counted), n sub-keys, then (uid, channel, touches, j) x
 # asks, j the 1-based index of the ask's sub-key among the n; touches < 0 gives back. Returns per
@@ -141,10 +144,20 @@ for ch, d, w in string.gmatch(ARGV[8], '([^:;]+):(%-?%d+):(%-?%d+)') do
   if tonumber(w) >= 0 then useweek = true end
 end
 local nsub = tonumber(ARGV[9])
+local weeks = (#KEYS - 3) == 4 * nsub  -- the call's week sub-keys (and their partners) were passed
+local pbase = 3 + nsub + (weeks and nsub or 0)  -- KEYS[pbase + j]: sub-key j's 64-sub-key partner
 local oldday, oldweek = nil, nil
-if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then  -- the old layout: rare, gone within days
+if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then  -- the one-hash layout: rare, gone within days
   if redis.call('EXISTS', KEYS[2]) == 1 then oldday = KEYS[2] end
   if useweek and redis.call('EXISTS', KEYS[3]) == 1 then oldweek = KEYS[3] end
+end
+local partners = false  -- any 64-sub-key partner left: rare, gone within days (weeks: 8 days)
+if #KEYS > pbase and redis.call('EXISTS', unpack(KEYS, pbase + 1, #KEYS)) > 0 then partners = true end
+local function olds(old, partner)
+  local t = {}
+  if old then t[#t + 1] = old end
+  if partners and redis.call('EXISTS', partner) == 1 then t[#t + 1] = partner end
+  return t
 end
 local nocap = {-1, -1}
 local NAMES = {'per_day', 'per_week'}
@@ -156,16 +169,16 @@ local function parse(v, c)
 end
 local function load(key, old, uid)
   local v = redis.call('HGET', key, uid)
-  local c, t = {}, 0
+  local c, t, moved = {}, 0, {}
   if v then t = parse(v, c) end
-  if old then
-    local o = redis.call('HGET', old, uid)
-    if o then return t + parse(o, c), c, true end
+  for _, o in ipairs(old) do
+    local ov = redis.call('HGET', o, uid)
+    if ov then t = t + parse(ov, c); moved[#moved + 1] = o end
   end
-  return t, c, false
+  return t, c, moved
 end
 local fresh = {}  -- keys that got a new field: they may be new, so they get their TTL
-local function save(key, old, moved, uid, total, c)
+local function save(key, moved, uid, total, c)
   local parts, any = {tostring(total)}, total > 0
   for ch, n in pairs(c) do
     if n > 0 then parts[#parts + 1] = ch .. '=' .. n; any = true end
@@ -175,16 +188,16 @@ local function save(key, old, moved, uid, total, c)
   else
     redis.call('HDEL', key, uid)
   end
-  if moved then redis.call('HDEL', old, uid) end
+  for _, o in ipairs(moved) do redis.call('HDEL', o, uid) end
 end
 local out = {}
 for i = 10, #ARGV, 4 do
   local uid, ch, n, j = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
   local dkey, wkey = KEYS[3 + j], KEYS[3 + nsub + j]
   local rule = rules[ch] or nocap
-  local dt, dc, dmoved = load(dkey, oldday, uid)
-  local wt, wc, wmoved = 0, {}, false
-  if useweek then wt, wc, wmoved = load(wkey, oldweek, uid) end
+  local dt, dc, dmoved = load(dkey, olds(oldday, KEYS[pbase + j]), uid)
+  local wt, wc, wmoved = 0, {}, {}
+  if useweek then wt, wc, wmoved = load(wkey, olds(oldweek, KEYS[pbase + nsub + j]), uid) end
   local g, why = n, 0
   if n > 0 then
     local caps = {daycap, weekcap, rule[1], rule[2]}
@@ -195,11 +208,11 @@ for i = 10, #ARGV, 4 do
   end
   if g ~= 0 then
     if rule[1] >= 0 then dc[ch] = math.max(0, (dc[ch] or 0) + g) end
-    save(dkey, oldday, dmoved, uid, math.max(0, dt + g), dc)
+    save(dkey, dmoved, uid, math.max(0, dt + g), dc)
     if useweek then
       if weekcap >= 0 then wt = math.max(0, wt + g) end
       if rule[2] >= 0 then wc[ch] = math.max(0, (wc[ch] or 0) + g) end
-      save(wkey, oldweek, wmoved, uid, wt, wc)
+      save(wkey, wmoved, uid, wt, wc)
     end
   end
   if why == 0 then out[#out + 1] = tostring(g)
@@ -294,6 +307,15 @@ def fcap_keys(scope: str, day: str, uid: str) -> tuple[str, str, str]:
     bucket, sub = fcap_place(uid)
     prefix = "c2b:fcap:{" + f"{scope}:{bucket}" + "}"
     return f"{prefix}:{day}:{sub}", f"{prefix}:{week_of(day)}:{sub}", f"{prefix}:{day}:rcpt"
+
+
+def partner_fcap_keys(scope: str, day: str, uid: str) -> tuple[str, str]:
+    """Return the day and week keys that held ``uid``'s counts in the layout with 64 sub-keys, when
+    that was not its sub-key now (sub-key ``j`` then held the users of ``j`` and of ``j + 32``, its
+    partner); still read until they expire."""
+    bucket, sub = fcap_place(uid)
+    prefix = "c2b:fcap:{" + f"{scope}:{bucket}" + "}"
+    return f"{prefix}:{day}:{sub + SUBKEYS}", f"{prefix}:{week_of(day)}:{sub + SUBKEYS}"
 
 
 def old_fcap_keys(scope: str, day: str, uid: str) -> tuple[str, str]:
@@ -445,6 +467,9 @@ class FrequencyCap:
             keys = [rcpt, f"{prefix}:{day}", f"{prefix}:{week}", *(f"{prefix}:{day}:{sub}" for sub in subs)]
             if self._week:
                 keys += [f"{prefix}:{week}:{sub}" for sub in subs]
+            keys += [f"{prefix}:{day}:{sub + SUBKEYS}" for sub in subs]  # the 64-sub-key layout's partners
+            if self._week:
+                keys += [f"{prefix}:{week}:{sub + SUBKEYS}" for sub in subs]
             day_ttl, week_ttl = (max(MIN_TTL, at - now) for at in _expire_at(day))
             args: list[Any] = [receipt, self._answered.get(rcpt, ""), day_ttl, week_ttl, RECEIPT_TTL, *self._caps,
                                len(subs)]
@@ -481,8 +506,10 @@ class FrequencyCap:
         (for tests and support questions; a window or channel that is not capped is not counted)."""
         day_key, week_key, _ = fcap_keys(self.rules.scope, day, uid)
         old_day, old_week = old_fcap_keys(self.rules.scope, day, uid)
+        was_day, was_week = partner_fcap_keys(self.rules.scope, day, uid)
         held = 0
-        for key in (week_key, old_week) if week else (day_key, old_day):  # the old layout's count adds up
+        # The older layouts' counts add up (a user has at most one field per layout).
+        for key in (week_key, old_week, was_week) if week else (day_key, old_day, was_day):
             raw = self.redis.hget(key, uid)
             if raw is None:
                 continue
