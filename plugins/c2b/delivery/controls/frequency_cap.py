@@ -12,7 +12,7 @@ as a stricter daily cap (see :func:`c2b.plan.lines.cap_rules`).
 :mod:`c2b.delivery.controls.quiet_hours`); the week is the ISO week (Monday to Sunday) of that day.
 
 **Keys** (no big keys, cluster-safe), per scope, ``bucket = shard_index(uid, 2048)`` and ``sub`` =
-the next 6 bits of the same murmur3 hash (0..63, independent of the bucket)::
+the next 5 bits of the same murmur3 hash (0..31, independent of the bucket)::
 
     c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>:<sub>  HASH uid -> "<touches>[;<channel>=<touches>...]" that day
     c2b:fcap:{<scope>:<bucket>}:<YYYY>W<ww>:<sub> HASH uid -> the same, that ISO week (only for week caps)
@@ -20,24 +20,30 @@ the next 6 bits of the same murmur3 hash (0..63, independent of the bucket)::
 
 A user has one field per key however many channels are capped: the per-channel counts ride in the
 field's value, and only the channels the line caps are counted (a line with no week cap keeps no
-week keys). A bucket-day is split into 64 sub-keys so that each stays a *listpack* (Redis's
+week keys). A bucket-day is split into 32 sub-keys so that each stays a *listpack* (Redis's
 compact encoding, up to ``hash-max-listpack-entries``, 512 by default): at 10M users a sub-key
-holds about 76 fields (at most ~117), 12 bytes per user-day all told (``used_memory``), against 82
-when a bucket-day was one ~4,900-field hash table (``bench/fcap_memory.py``); sub-keys pass 512
-fields only past ~50M users of a scope in a day. The price is the keys themselves at small
-audiences: 2,048 x 64 keys per scope-day, each ~170 bytes before its first user. At 1M users a
-day that is 29 bytes per user-day against 18.5 (the old buckets, ~490 fields, were listpacks then
-too); at 100k users see the bench's results. Every key of a bucket shares the hash tag
+holds about 153 fields (184 at most in the bench's sample), ~10 bytes per user-day all told
+(``used_memory``), against 79 when a bucket-day was one ~4,900-field hash table
+(``bench/fcap_memory.py``); the fullest sub-key passes 512 fields past ~28M users of a scope in a
+day (it then turns into a hash table, ~80 bytes a field). The price is the keys themselves at small
+audiences: 2,048 x 32 keys per scope-day, each ~150 bytes before its first user: at 100k users a
+day 84 bytes per user-day against 12 for one hash per bucket-day. 64 sub-keys (the layout before)
+cost more at every size measured (10.8 / 27.5 / 106.5 bytes at 10M / 1M / 100k users, against 9.8
+/ 18.1 / 83.9), and in a 10M-user run on two local days (the demo's users span UTC-8 to UTC+8) left
+16.7 bytes per user in Redis against 14.6. Every key of a bucket shares the hash tag
 ``{<scope>:<bucket>}``: one slot, so one script still takes a bucket-day's sub-keys and its
 receipts at once on Redis Cluster. A key gets its TTL with its first field: a day key expires 15
 hours after the day ends in UTC (the last local day on Earth, UTC-12, ends 12 hours later), a week
 key 15 hours after its Sunday: just past the window.
 
-**Upgrade** from one hash per bucket-day (``...}:<YYYYMMDD>``, ``...}:<YYYY>W<ww>``, no sub): the
-script also reads those keys while they exist (one ``EXISTS`` of both per call), adds a user's old
-count to the sub-key's and moves it there on the user's next write; a plan without caps counts
-into the sub-key, the old count adding up (:meth:`FrequencyCap.count` sums both). Nothing is
-counted twice or lost; the old keys expire by themselves.
+**Upgrade** from the layouts before, whose keys are read while they exist: one hash per bucket-day
+(``...}:<YYYYMMDD>``, ``...}:<YYYY>W<ww>``, no sub; one ``EXISTS`` of both per call), and 64
+sub-keys a bucket-day, where a user of sub-key ``j`` now sat in ``j`` (the same key: nothing to
+do) or in ``j + 32``, its *partner* (one ``EXISTS`` of the call's partners). The script adds a
+user's counts there to the sub-key's and moves them into the sub-key on the user's next capped
+write; a plan without caps counts into the sub-key, the old counts adding up
+(:meth:`FrequencyCap.count` sums them all). Nothing is counted twice or lost; the old keys expire
+by themselves (day keys within two days, week keys within nine).
 
 **Exactness.** A capped plan takes a slot *before* the send and gives it back when the send fails
 for good. Both are one script per (scope, bucket, day) that checks every cap and moves every count
