@@ -95,8 +95,8 @@ class HistoryArchive:
         """Magic, a JSON header line, the sorted uid keys (uint64 LE), their days (uint16 LE), SHA-256."""
         header = json.dumps({"history": self.name, "records": snapshot.size})
         # memoryviews and one join: at 10M users each copy of the file is ~100 MB of the cleanup's memory
-        parts = [MAGIC, header.encode(), b"\n", memoryview(snapshot.keys.astype("<u8", copy=False)),
-                 memoryview(snapshot.days.astype("<u2"))]
+        parts: list[bytes | memoryview] = [MAGIC, header.encode(), b"\n", snapshot.keys.astype("<u8", copy=False).data,
+                                           snapshot.days.astype("<u2").data]
         digest = hashlib.sha256()
         for part in parts:
             digest.update(part)

@@ -199,9 +199,9 @@ def archive_ledgers(redis: Any, plan_id: str, run_id: str, shards: Iterable[int]
         return None
     kept_before: list[ArchivedKey] = []
     if storage.exists(path):  # an earlier cleanup of this run (it was cleared since): keep what Redis lost
-        names = {k.name for k in live}
+        live_names = {k.name for k in live}
         kept_before = [k for k in read_archive(path)
-                       if k.name not in names and (k.expire_at_ms == NO_EXPIRY or k.expire_at_ms > now_ms)]
+                       if k.name not in live_names and (k.expire_at_ms == NO_EXPIRY or k.expire_at_ms > now_ms)]
     data = encode(plan_id, run_id, live + kept_before, now_ms)
     storage.write_bytes(path, data)
     if hashlib.sha256(storage.read_bytes(path)).digest() != hashlib.sha256(data).digest():

@@ -121,8 +121,8 @@ def shard_log_table(redis: Any, plan: Plan, run_id: str, shard: int,
     # Per code (0: no record, or no code for the touch): the outcome and reason of its state.
     outcome_of_code = np.empty(256, dtype=object)
     reason_of_code = np.empty(256, dtype=object)
-    for code in range(256):
-        outcome_of_code[code], reason_of_code[code] = outcome_of(names.get(code) if code else None)
+    for c in range(256):
+        outcome_of_code[c], reason_of_code[c] = outcome_of(names.get(c) if c else None)
     text = pa.array(uids).cast(pa.string())
     picker = VariantPicker(plan.salt, plan.variant_weights)
     variants = plan.variant_weights

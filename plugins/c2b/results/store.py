@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,8 @@ _UPSERT_LOG = (
 def _batches(rows: Iterable[LogRow] | Any, size: int) -> Iterator[list[LogRow] | Any]:
     """Chunks of ``size`` rows: lists of rows, or slices of an Arrow table of :data:`LOG_COLUMNS`."""
     if hasattr(rows, "num_rows"):  # an Arrow table (c2b.results.delivery_log.shard_log_table)
-        yield from (rows.slice(i, size) for i in range(0, rows.num_rows, size))
+        table: Any = rows
+        yield from (table.slice(i, size) for i in range(0, table.num_rows, size))
         return
     if isinstance(rows, list):
         yield from (rows[i:i + size] for i in range(0, len(rows), size))
@@ -457,7 +458,7 @@ class DuckDBResultsStore(ResultsStore):
         import pyarrow as pa
 
         if hasattr(batch, "num_rows"):  # already columns (c2b.results.delivery_log.shard_log_table)
-            table = batch.select(list(LOG_COLUMNS))
+            table = cast(Any, batch).select(list(LOG_COLUMNS))
         else:  # a list per column (not zip(*batch): an iterator per row, and the GC runs they trigger)
             table = pa.table({name: pa.array([row[i] for row in batch], pa.timestamp("us") if name == "touched_at"
                                              else pa.string()) for i, name in enumerate(LOG_COLUMNS)})
@@ -567,7 +568,8 @@ def _as_rows(batch: list[LogRow] | Any) -> list[LogRow]:
     """Return a batch as rows (an Arrow table's, for the backends that take rows)."""
     if not hasattr(batch, "num_rows"):
         return batch  # type: ignore[no-any-return]
-    return list(zip(*(batch.column(c).to_pylist() for c in LOG_COLUMNS), strict=True))
+    columns: Any = batch
+    return list(zip(*(columns.column(c).to_pylist() for c in LOG_COLUMNS), strict=True))
 
 
 def _copy_text(batch: list[LogRow]) -> str:
