@@ -401,24 +401,34 @@ def point(link: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
-def flush(audience: RedisServer, data: Path | None = None) -> dict[str, Any]:
-    """What the previous run left in the audience Redis (memory; with ``data``, each key by family
-    and the largest, and the size of the run's ledger archives there), then an empty store."""
+# What cleanup moves out of Redis onto the run artifacts' storage (C2B_DATA_URL): the ledger
+# archives and the contact and re-entry history files. Cross-run state, like the Redis keys: each
+# measured run starts without it (a demo run after another would otherwise find every user in the
+# plan's re-entry file and send nobody).
+MOVED_OUT = {"ledger_archive_bytes": ("ledgers", "*.ledger"), "history_files_bytes": ("", "*.history")}
+
+
+def flush(audience: RedisServer, data: Path, measure: bool = False) -> dict[str, Any]:
+    """Empty the store a run leaves (the audience Redis and what cleanup moved to ``data``); with
+    ``measure``, first say what was there: Redis memory, each key by family and the largest, and
+    the size of the files cleanup wrote."""
     import redis
 
     r = redis.Redis(port=audience.port, socket_timeout=600)
     info = r.info("memory")
     left: dict[str, Any] = {"used_memory_mib": round(int(info["used_memory"]) / 2**20, 1), "keys": int(r.dbsize())}
-    if data is not None:
-        from devtools.footprint import measure
+    if measure:
+        from devtools.footprint import measure as by_family
 
-        fams = measure(r)["families"]
+        fams = by_family(r)["families"]
         left["families"] = {name: {"keys": f["keys"], "bytes": f["bytes"]} for name, f in sorted(fams.items())}
         left["largest_bytes"] = max((f["largest_bytes"] for f in fams.values()), key=lambda k: k["bytes"], default=None)
         left["largest_elements"] = max((f["largest_elements"] for f in fams.values()),
                                        key=lambda k: k["elements"], default=None)
-        left["ledger_archive_bytes"] = sum(p.stat().st_size for p in (data / "ledgers").rglob("*.ledger"))
-        shutil.rmtree(data / "ledgers", ignore_errors=True)
+        for name, (folder, pattern) in MOVED_OUT.items():
+            left[name] = sum(p.stat().st_size for p in (data / folder).rglob(pattern))
+    for folder in ("ledgers", "contacts", "reentry"):
+        shutil.rmtree(data / folder, ignore_errors=True)
     r.flushall(asynchronous=True)  # GBs after a big run: freed off Redis' main thread
     return left
 
@@ -435,7 +445,9 @@ def left_behind(left: dict[str, Any], members: int) -> list[str]:
             f"Largest key: `{big['key']}` ({big['type']}, {big['bytes']:,} B); most elements: `{many['key']}` "
             f"({many['elements']:,}). The run's ledger archive (moved out of Redis by cleanup, on the run "
             f"artifacts' storage): {left['ledger_archive_bytes'] / 2**20:.1f} MiB "
-            f"({left['ledger_archive_bytes'] / members:.1f} B per member).", ""]
+            f"({left['ledger_archive_bytes'] / members:.1f} B per member)"
+            + (f"; the contact and re-entry history files: {left['history_files_bytes'] / 2**20:.1f} MiB"
+               if "history_files_bytes" in left else "") + ".", ""]
 
 
 # --- anchors --------------------------------------------------------------------------------------------
@@ -652,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
                     try:
                         for name, pid in stack.pids.items():
                             rss.watch(name, pid)
-                        flush(audience)
+                        flush(audience, data)
                         run = run_plan(stack, DEMO_PLAN, rss, 600)
                         run["stack_start_s"] = info["start_s"]
                         result["demo"][label] = run
@@ -690,9 +702,9 @@ def main(argv: list[str] | None = None) -> int:
                         rss.watch(name, pid)
                     for dag_id in ("e2e_outbox", *(() if args.skip_http else ("e2e_http",))):
                         print(f"{dag_id} on {CELERY} ({args.users:,} users) ...", flush=True)
-                        flush(audience)
+                        flush(audience, data)
                         run = run_plan(stack, dag_id, rss, args.timeout, audience)
-                        run["redis_left"] = flush(audience, data)
+                        run["redis_left"] = flush(audience, data, measure=True)
                         if dag_id == "e2e_http" and gateway:
                             run["gateway"] = gateway.stats()
                             gateway.reset()
