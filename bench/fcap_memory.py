@@ -8,8 +8,10 @@ the density a real audience gives. Two layouts, both run here:
 
 - **old** (``bench/fcap_v1.py``, the code before sub-keys): one HASH per bucket-day,
   ``c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>``; at 10M users ~4,900 fields, a hash table;
-- **new**: each bucket-day split into ``SUBKEYS`` (64) sub-keys ``...:<YYYYMMDD>:<sub>``; at 10M
-  users ~76 fields each, a listpack (Redis's default ``hash-max-listpack-entries`` is 128).
+- **new**: each bucket-day split into ``SUBKEYS`` (32; 64 until 2026-11-28) sub-keys
+  ``...:<YYYYMMDD>:<sub>``; at 10M users ~153 fields each, a listpack (Redis's default
+  ``hash-max-listpack-entries`` is 512); ``--alt-subkeys 64`` measures the memory of the layout
+  before too.
 
 **Memory**, per audience of ``--users`` (default 10M, 1M and 100k): the sample buckets are filled with
 exactly the users that many sequential uids put in them (8 of 2,048 at 10M, more at smaller

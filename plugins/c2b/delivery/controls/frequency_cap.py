@@ -297,7 +297,7 @@ def fcap_place(uid: str) -> tuple[int, int]:
     """Return ``uid``'s bucket (``shard_index(uid, BUCKETS)``, 1-based) and sub-key (0-based).
 
     One murmur3 hash: the bucket is its low bits (as :func:`c2b.hashing.shard_index`), the sub-key
-    the next 6 bits, independent of the bucket.
+    the next 5 bits (``SUBKEYS`` = 32), independent of the bucket.
     """
     h = abs(murmur3_32(uid_bytes(uid)))
     return (h & (BUCKETS - 1)) + 1, (h >> 11) & (SUBKEYS - 1)
