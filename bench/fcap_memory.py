@@ -1,5 +1,5 @@
 """Benchmark: Redis memory per capped user of the frequency-cap counts, and their cost per message,
-the layout with sub-keys against the one before it, in the same run.
+the layout growing by levels against the ones before it, in the same run.
 
 The counts of a scope (a business line) are spread over 2,048 buckets per day and per ISO week
 (``c2b.delivery.controls.frequency_cap``). What a key costs per field depends on how full it is
@@ -8,10 +8,12 @@ the density a real audience gives. Two layouts, both run here:
 
 - **old** (``bench/fcap_v1.py``, the code before sub-keys): one HASH per bucket-day,
   ``c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>``; at 10M users ~4,900 fields, a hash table;
-- **new**: each bucket-day split into ``SUBKEYS`` (32; 64 until 2026-11-28) sub-keys
-  ``...:<YYYYMMDD>:<sub>``; at 10M users ~153 fields each, a listpack (Redis's default
-  ``hash-max-listpack-entries`` is 512); ``--alt-subkeys 64`` measures the memory of the layout
-  before too.
+- **new**: a bucket-day grows by levels: one key (level 0) until it holds ``NODE_FIELDS`` (256)
+  users, then 4 quarter keys (level 2, 256 each), then ``SUBKEYS`` (32) sub-keys (level 5); all
+  listpacks (Redis's default ``hash-max-listpack-entries`` is 512);
+- **new/fixed32**: the same code with no room at levels 0 and 2 (``NODE_FIELDS`` = 0): every user
+  in its sub-key, the layout of 2026-11-28 (32 sub-keys a bucket-day); ``--alt-subkeys 64`` adds
+  ``new/fixed64``, the layout before it.
 
 **Memory**, per audience of ``--users`` (default 10M, 1M and 100k): the sample buckets are filled with
 exactly the users that many sequential uids put in them (8 of 2,048 at 10M, more at smaller
@@ -61,6 +63,8 @@ import redis
 from c2b.delivery.controls import frequency_cap
 from c2b.delivery.controls.frequency_cap import (
     BUCKETS,
+    NODE_FIELDS,
+    QUARTERS,
     SUBKEYS,
     CapRules,
     ChannelCap,
@@ -123,15 +127,16 @@ def _measure(client: Any, before: int) -> dict[str, Any]:
 
 
 def _fill(client: Any, layout: str, rules: CapRules, channels: list[str], users: list[str]) -> dict[str, Any]:
-    """Fill the counts of ``users`` through ``layout`` (``old``, ``new``, or ``new/<n>``: the new
-    layout with ``n`` sub-keys instead of SUBKEYS) on an emptied server; return what they hold."""
+    """Fill the counts of ``users`` through ``layout`` (``old``, ``new``, or ``new/fixed<n>``: every
+    user in its sub-key, ``n`` of them a bucket-day) on an emptied server; return what they hold."""
     client.flushall()
-    name, _, subkeys = layout.partition("/")
-    frequency_cap.SUBKEYS = int(subkeys or SUBKEYS)
+    name, _, fixed = layout.partition("/")
+    if fixed:
+        frequency_cap.SUBKEYS, frequency_cap.NODE_FIELDS = int(fixed.removeprefix("fixed")), 0
     try:
         return _filled(client, LAYOUTS[name](client, rules), channels, users)
     finally:
-        frequency_cap.SUBKEYS = SUBKEYS
+        frequency_cap.SUBKEYS, frequency_cap.NODE_FIELDS = SUBKEYS, NODE_FIELDS
 
 
 def _filled(client: Any, fcap: Any, channels: list[str], users: list[str]) -> dict[str, Any]:
@@ -186,12 +191,20 @@ def _time(client: Any, layout: str, rules: CapRules, run: Callable[[Any, list[st
 
 def _prefill(client: Any, layout: str, users: list[str], scopes: dict[str, bool]) -> None:
     """Write a count of 1 for every user in each scope's day keys (and week keys where the scope
-    says so) of ``layout``, directly (HSET of many fields per key), with the keys' TTL."""
+    says so) of ``layout``, directly (HSET of many fields per key), with the keys' TTL; in the new
+    layout at the level where its counting would have put them (users in uid order)."""
     week = week_of(DAY)
     keys: dict[str, dict[str, str]] = {}
+    held: dict[str, int] = {}  # new layout: level-0 and level-2 keys -> users so far
     for uid in users:
         bucket, sub = fcap_place(uid)
-        tail = "" if layout == "old" else f":{sub}"
+        tail = ""
+        if layout != "old":
+            for tail in ("", f":q{sub % QUARTERS}", f":{sub}"):
+                at = f"{bucket}{tail}"
+                if held.get(at, 0) < NODE_FIELDS or tail == f":{sub}":
+                    held[at] = held.get(at, 0) + 1
+                    break
         for scope, with_week in scopes.items():
             prefix = "c2b:fcap:{" + f"{scope}:{bucket}" + "}"
             keys.setdefault(f"{prefix}:{DAY}{tail}", {})[uid] = "1"
@@ -265,7 +278,8 @@ def main() -> int:
     ap.add_argument("--warm-users", type=int, default=1_000_000, help="users already counted in the warm timing")
     ap.add_argument("--only", choices=["memory", "cost"], help="run one part (the other's results are kept)")
     ap.add_argument("--spreads", default="empty,warm,dense", help="the cost part's spreads (others' rows are kept)")
-    ap.add_argument("--alt-subkeys", default="128", help="other sub-key counts whose memory is measured too")
+    ap.add_argument("--alt-subkeys", default="", help="other fixed sub-key counts whose memory is measured too "
+                    "(besides 32), e.g. 64")
     args = ap.parse_args()
     audiences = [int(u) for u in args.users.split(",")]
     load_before = os.getloadavg()[0]
@@ -277,7 +291,7 @@ def main() -> int:
             version = client.info("server")["redis_version"]
             listpack = client.config_get("hash-max-listpack-entries")["hash-max-listpack-entries"]
             mem = [] if args.only == "cost" else \
-                memory(client, audiences, [f"new/{n}" for n in args.alt_subkeys.split(",") if n])
+                memory(client, audiences, [f"new/fixed{n}" for n in ["32", *args.alt_subkeys.split(",")] if n])
             costs = [] if args.only == "memory" else \
                 cost({"old": client, "new": redis.Redis.from_url(server.url + "/1")}, args.messages,
                      args.repeats, args.flush, _sample(10_000_000, 8), args.warm_users, args.spreads.split(","))
@@ -287,7 +301,7 @@ def main() -> int:
     head = (f"One private redis-server {version} (default config: hash-max-listpack-entries {listpack}); Python "
             f"{platform.python_version()}, {os.cpu_count()} CPUs shared (load {load_before:.2f} before, "
             f"{load_after:.2f} after).")
-    data: dict[str, Any] = {"subkeys": SUBKEYS}
+    data: dict[str, Any] = {"subkeys": SUBKEYS, "node_fields": NODE_FIELDS}
     if args.only and (RESULTS / "fcap_memory.json").exists():  # one part again: keep the other one's figures
         data = {**json.loads((RESULTS / "fcap_memory.json").read_text()), **data}
     if args.only != "cost":
@@ -308,8 +322,10 @@ def main() -> int:
 
 def render(data: dict[str, Any]) -> str:
     lines = ["# Frequency-cap counts: memory per capped user and cost per message (`bench/fcap_memory.py`)", "",
-             f"old: one hash per bucket-day (`bench/fcap_v1.py`, the code before sub-keys); new: {data['subkeys']} "
-             "sub-keys per bucket-day and bucket-week; new/<n>: the same with n sub-keys (memory only).", "",
+             "old: one hash per bucket-day (`bench/fcap_v1.py`, the code before sub-keys); new: a bucket-day (and "
+             f"bucket-week) grows by levels: 1 key until it holds {data.get('node_fields', '?')} users, then 4, then "
+             f"{data['subkeys']} sub-keys; new/fixed<n>: every user in its sub-key, n a bucket-day (the layouts "
+             "before: 32 on 2026-11-28, 64 before; memory only).", "",
              "## Memory", "", data.get("memory_head", "(not measured)"), "",
              "Sample buckets filled with exactly the users that many sequential 10-digit uids put there (keys as "
              "full as at that audience). B/user: `MEMORY USAGE` summed over the counts keys / users; used_memory: "

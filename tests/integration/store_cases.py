@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from c2b.delivery.controls.frequency_cap import NO_LINE, CapRules, ChannelCap, FrequencyCap, fcap_keys
+from c2b.delivery.controls.frequency_cap import NO_LINE, CapRules, ChannelCap, FrequencyCap, fcap_path
 from c2b.store.shards import ShardKeys, load_shards, read_page
 
 
@@ -81,7 +81,7 @@ def assert_counting_without_caps(client: Any) -> None:
     assert [uncapped.count(d, u) for d, u in [("20261125", users[5]), ("20261126", users[5]),
                                               ("20261126", users[6]), ("20261127", users[6])]] == [2, 1, 1, 0]
     assert [uncapped.count("20261126", u) for u in odd] == [1, 1, 1]
-    day_key = fcap_keys(NO_LINE, "20261125", users[0])[0]
+    day_key = fcap_path(NO_LINE, "20261125", users[0])[0]  # 302 users over 2,048 buckets: level 0
     assert 0 < client.ttl(day_key) <= 3600  # a day long past: MIN_TTL
     capped = FrequencyCap(client, CapRules(NO_LINE, per_day=2))
     assert capped.take_each([("20261125", users[0], "push"), ("20261125", users[1], "push")]) == ["per_day", None]

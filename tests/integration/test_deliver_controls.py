@@ -18,7 +18,7 @@ from pathlib import Path
 from c2b import steps
 from c2b.channels import ChannelConfig, make_channel
 from c2b.delivery.contacts import contacted_since
-from c2b.delivery.controls.frequency_cap import NO_LINE, FrequencyCap, fcap_keys
+from c2b.delivery.controls.frequency_cap import NO_LINE, FrequencyCap, fcap_path
 from c2b.delivery.controls.kill_switch import KillSwitch, set_flag
 from c2b.delivery.controls.rate_limit import RateLimiter
 from c2b.hashing import shard_index
@@ -229,7 +229,7 @@ def test_frequency_cap_is_atomic_across_parallel_takers(redis_client) -> None:
     assert sum(granted) == 3 and cap.count("20260506", "u1") == 3
     cap.give_back([("20260506", "u1")])
     assert cap.count("20260506", "u1") == 2
-    assert redis_client.ttl(fcap_keys(NO_LINE, "20260506", "u1")[0]) > 0
+    assert redis_client.ttl(fcap_path(NO_LINE, "20260506", "u1")[0]) > 0  # its bucket-day
 
 
 def test_frequency_cap_counts_across_plans(redis_client, tmp_path: Path) -> None:

@@ -18,14 +18,16 @@ from c2b.channels import ChannelConfig, make_channel
 from c2b.delivery.controls.frequency_cap import (
     BUCKETS,
     NO_LINE,
+    NODE_FIELDS,
+    QUARTERS,
     SUBKEYS,
     CapRules,
     ChannelCap,
     FrequencyCap,
-    fcap_keys,
+    fcap_path,
     fcap_place,
+    fcap_receipts,
     forget_counts,
-    old_fcap_keys,
     partner_fcap_keys,
     rules_of,
     week_of,
@@ -104,13 +106,17 @@ def test_week_cap_counts_every_plan_of_the_line_across_days(redis_client, tmp_pa
     # The ledger says which cap refused the touch; the delivery log reports it as the reason.
     state = _ledger_state(redis_client, "plan_b", "r1", "t1|w7")
     assert state == "c:per_week" and outcome_of(state) == ("capped", "per_week")
-    # Keys: one day key and one week key per bucket and sub-key, expiring just past their window.
-    day_key, week_key, _ = fcap_keys("growth", "20261125", "w7")
-    assert week_key.rsplit(":", 1)[0].endswith(":2026W48") and week_of("20261129") == "2026W48" \
+    # Keys: 40 users over 2,048 buckets: one day key and one week key per bucket (level 0),
+    # expiring just past their window.
+    day_key, week_key = fcap_path("growth", "20261125", "w7")[0], fcap_path("growth", "2026W48", "w7")[0]
+    assert redis_client.hexists(day_key, "w7") and redis_client.hexists(week_key, "w7")
+    assert week_key.endswith(":2026W48") and week_of("20261129") == "2026W48" \
         and week_of("20261130") == "2026W49"
     assert 0 < redis_client.ttl(week_key) <= 8 * 86400 and 0 < redis_client.ttl(day_key) <= 2 * 86400
     # A call's keys share one hash tag: one Redis Cluster slot, one atomic script.
-    assert len({key_slot(k.encode()) for k in fcap_keys("growth", "20261125", "w7")}) == 1
+    keys = [*fcap_path("growth", "20261125", "w7"), *fcap_path("growth", "2026W48", "w7"),
+            fcap_receipts("growth", "20261125", "w7")]
+    assert len({key_slot(k.encode()) for k in keys}) == 1
 
 
 def test_per_channel_caps_apply_per_channel_by_day_and_week(redis_client, tmp_path: Path) -> None:
@@ -182,7 +188,7 @@ def test_a_failed_send_gives_its_slot_back(redis_client, tmp_path: Path) -> None
     fcap = FrequencyCap(redis_client, rules_of(plan))
     assert [fcap.count("20261125", "f1"), fcap.count("20261125", "f1", week=True),
             fcap.count("20261125", "f1", "push")] == [0, 0, 0]
-    assert not redis_client.hlen(fcap_keys("growth", "20261125", "f1")[0])  # no zero fields left behind
+    assert not any(redis_client.hlen(k) for k in fcap_path("growth", "20261125", "f1"))  # no zero fields left
 
 
 def test_a_replayed_call_gets_its_first_answer_and_counts_once(redis_client) -> None:
@@ -286,53 +292,91 @@ def test_two_plans_of_a_line_running_at_once_send_each_user_once(redis_server, r
     assert all(s.get("all|t0|sent", 0) > 0 for s in stats), "both plans sent some: they really raced"
 
 
+def _users_of_one_bucket(n: int) -> list[str]:
+    users = []
+    for i in range(10_000_000):
+        if murmur3_32(f"k{i}".encode()) & (BUCKETS - 1) == 0:  # bucket 1
+            users.append(f"k{i}")
+            if len(users) == n:
+                return users
+    raise AssertionError("not enough users")
+
+
 def test_no_key_grows_past_its_bound(redis_client) -> None:
-    """Users spread over 2,048 buckets x 32 sub-keys per scope and day: at 10M users a key holds
-    ~153 fields, a listpack."""
+    """20,000 users spread over 2,048 buckets: each bucket-day is one key (level 0) of ~10 fields."""
     fcap = FrequencyCap(redis_client, CapRules("growth", 3, 5, (("sms", ChannelCap(1, 2)),)))
     users = [f"b{i}" for i in range(20_000)]
     fcap.take_each([("20261125", u, ch) for u in users for ch in ("sms", "push")])
     keys = [k for k in redis_client.scan_iter("c2b:fcap:*", count=1000) if not k.endswith(b":rcpt")]
-    assert len(keys) == 2 * len({fcap_place(u) for u in users})  # a day key and a week key per sub-key
-    assert max(redis_client.hlen(k) for k in keys) < 10  # even spread: ~0.3 per key here, ~153 at 10M users
+    assert len(keys) == 2 * BUCKETS  # a day key and a week key per bucket
+    assert max(redis_client.hlen(k) for k in keys) < 30
     assert {redis_client.object("encoding", k) for k in keys} == {b"listpack"}
     assert {fcap_place(u)[0] for u in users} == set(range(1, BUCKETS + 1))
     assert len({fcap_place(u)[1] for u in users}) == SUBKEYS
+
+
+@pytest.mark.parametrize("capped", [False, True])
+def test_a_bucket_day_fills_level_0_then_its_quarters_then_its_sub_keys(redis_client, capped) -> None:
+    """1,400 users of one bucket in a day (~2.9M users of a line): the first NODE_FIELDS (256) go
+    into the bucket's key, the next into its 4 quarters (256 each), the rest into the 32 sub-keys;
+    no key passes NODE_FIELDS, each stays a listpack, every user's count is right. Counted again,
+    a user keeps its count, whichever level holds it."""
+    users = _users_of_one_bucket(1400)
+    rules = CapRules("growth", per_day=3) if capped else CapRules("growth")
+    fcap = FrequencyCap(redis_client, rules)
+    for i in range(0, len(users), 100):  # a flush of 100 at a time, as the recorder's
+        fcap.count_sends([("20261125", u, "push") for u in users[i:i + 100]])
+    level0, quarters, subs = (f"c2b:fcap:{{growth:1}}:20261125{s}" for s in ("", ":q", ":"))
+    assert redis_client.hlen(level0) == NODE_FIELDS
+    assert [redis_client.hlen(f"{quarters}{q}") for q in range(QUARTERS)] == [NODE_FIELDS] * QUARTERS
+    in_subs = [redis_client.hlen(f"{subs}{j}") for j in range(SUBKEYS)]
+    assert sum(in_subs) == len(users) - 5 * NODE_FIELDS and max(in_subs) < 60
+    keys = [k for k in redis_client.scan_iter("c2b:fcap:{growth:1}:20261125*") if not k.endswith(b":rcpt")]
+    assert len(keys) == 1 + QUARTERS + sum(1 for n in in_subs if n)
+    assert {redis_client.object("encoding", k) for k in keys} == {b"listpack"}
+    assert all(0 < redis_client.ttl(k) for k in keys)
+    assert [fcap.count("20261125", u) for u in users] == [1] * len(users)
+    # A second touch of the first 300 users: each still has 2 (level 0 was full for the counting
+    # path, which then adds a field lower down; a capped write adds to the user's own field).
+    fcap.count_sends([("20261125", u, "push") for u in users[:300]])
+    assert [fcap.count("20261125", u) for u in users] == [2] * 300 + [1] * 1100
+    assert max(redis_client.hlen(k) for k in keys) <= NODE_FIELDS
+    if capped:
+        assert fcap.take_each([("20261125", u, "push") for u in users[:300]] * 2) \
+            == [None] * 300 + ["per_day"] * 300
+        assert [fcap.count("20261125", u) for u in users[:300]] == [3] * 300
+
+
+def test_fields_on_two_levels_add_up_and_a_capped_write_merges_them(redis_client) -> None:
+    """A user counted at level 0 before it filled and at a sub-key after (the counting path does
+    not look up), or in the one-hash-per-bucket layout (which is level 0), counts the sum; the next
+    capped write keeps one field, the first on its path."""
+    rules = CapRules("growth", per_day=4, per_week=5, per_channel=(("sms", ChannelCap(1, None)),))
+    level0, _, sub = fcap_path("growth", "20261125", "v1")
+    week0, _, week_sub = fcap_path("growth", "2026W48", "v1")
+    redis_client.hset(level0, "v1", "2;sms=1")
+    redis_client.hset(sub, "v1", "1")
+    redis_client.hset(week_sub, "v1", "3")
+    fcap = FrequencyCap(redis_client, rules)
+    assert (fcap.count("20261125", "v1"), fcap.count("20261125", "v1", "sms"),
+            fcap.count("20261125", "v1", week=True)) == (3, 1, 3)
+    assert fcap.take_each([("20261125", "v1", "sms"), ("20261125", "v1", "push"), ("20261125", "v1", "push")]) \
+        == ["sms.per_day", None, "per_day"]
+    assert (fcap.count("20261125", "v1"), fcap.count("20261125", "v1", "sms"),
+            fcap.count("20261125", "v1", week=True)) == (4, 1, 4)
+    assert redis_client.hget(level0, "v1") == b"4;sms=1" and not redis_client.exists(sub)  # merged into level 0
+    assert redis_client.hget(week_sub, "v1") == b"4" and not redis_client.exists(week0)  # the first holding it
+    # A give-back takes from the merged field; a plan without caps adds where it counts.
+    fcap.give_back([("20261125", "v1", "push")])
+    assert (fcap.count("20261125", "v1"), fcap.count("20261125", "v1", week=True)) == (3, 3)
+    FrequencyCap(redis_client, CapRules("growth")).take([("20261125", "v1", "push", 1)])
+    assert fcap.take([("20261125", "v1", 5)]) == {("20261125", "v1"): 0}
 
 
 def test_a_plan_without_caps_counts_its_sends_for_the_capped_plans_of_its_scope(redis_client) -> None:
     from store_cases import assert_counting_without_caps
 
     assert_counting_without_caps(redis_client)
-
-
-def test_counts_of_the_layout_before_sub_keys_still_count(redis_client) -> None:
-    """On the day of the upgrade, a user's counts in the old bucket hash (``...}:<day>``, week
-    ``...}:<YYYY>W<ww>``) count against the caps; the first write of the user moves them into the
-    sub-key; a count of a plan without caps adds to them."""
-    rules = CapRules("growth", per_day=3, per_week=4, per_channel=(("sms", ChannelCap(1, None)),))
-    old_day, old_week = old_fcap_keys("growth", "20261125", "v1")
-    old_day2, old_week2 = old_fcap_keys("growth", "20261125", "v2")
-    redis_client.hset(old_day, "v1", "2;sms=1")
-    redis_client.hset(old_week, "v1", "3")
-    redis_client.hset(old_day2, "v2", "1")
-    redis_client.hset(old_week2, "v2", "1")
-    fcap = FrequencyCap(redis_client, rules)
-    assert (fcap.count("20261125", "v1"), fcap.count("20261125", "v1", "sms"),
-            fcap.count("20261125", "v1", week=True)) == (2, 1, 3)
-    assert fcap.take_each([("20261125", "v1", "sms"), ("20261125", "v1", "push"), ("20261125", "v1", "push")]) \
-        == ["sms.per_day", None, "per_day"]
-    assert (fcap.count("20261125", "v1"), fcap.count("20261125", "v1", "sms"),
-            fcap.count("20261125", "v1", week=True)) == (3, 1, 4)
-    assert redis_client.hget(fcap_keys("growth", "20261125", "v1")[0], "v1") == b"3;sms=1"  # moved, merged
-    assert not redis_client.exists(old_day) and not redis_client.exists(old_week)  # emptied: gone
-    # A plan without caps counts into the sub-key; the old count adds up, and a give-back too.
-    FrequencyCap(redis_client, CapRules("growth")).take([("20261125", "v2", "push", 1)])
-    assert fcap.count("20261125", "v2") == 2 and redis_client.hget(old_day2, "v2") == b"1"
-    fcap.give_back([("20261125", "v2", "push")])
-    assert (fcap.count("20261125", "v2"), fcap.count("20261125", "v2", week=True)) == (1, 0)
-    assert fcap.take([("20261125", "v2", 5)]) == {("20261125", "v2"): 2}
-    assert not redis_client.exists(old_day2) and not redis_client.exists(old_week2)
 
 
 def test_counts_of_the_layout_with_64_sub_keys_still_count(redis_client) -> None:
@@ -345,12 +389,12 @@ def test_counts_of_the_layout_with_64_sub_keys_still_count(redis_client) -> None
 
     stay = next(u for u in (f"q{i}" for i in range(1000)) if sub64(u) < SUBKEYS)
     before = f"c2b:fcap:{{growth:{fcap_place(stay)[0]}}}:20261125:{sub64(stay)}"  # its key with 64 sub-keys
-    assert before == fcap_keys("growth", "20261125", stay)[0]
+    assert before == fcap_path("growth", "20261125", stay)[2]
     v1, v2 = [u for u in (f"p{i}" for i in range(1000)) if sub64(u) >= SUBKEYS][:2]
     was_day, was_week = partner_fcap_keys("growth", "20261125", v1)
     was_day2, was_week2 = partner_fcap_keys("growth", "20261125", v2)
     assert was_day.endswith(f":20261125:{sub64(v1)}") and was_week.endswith(f":2026W48:{sub64(v1)}")
-    assert was_day != fcap_keys("growth", "20261125", v1)[0]
+    assert was_day not in fcap_path("growth", "20261125", v1)
     redis_client.hset(was_day, v1, "2;sms=1")
     redis_client.hset(was_week, v1, "3")
     redis_client.hset(was_day2, v2, "1")
@@ -363,7 +407,7 @@ def test_counts_of_the_layout_with_64_sub_keys_still_count(redis_client) -> None
         == ["sms.per_day", None, "per_day"]
     assert (fcap.count("20261125", v1), fcap.count("20261125", v1, "sms"),
             fcap.count("20261125", v1, week=True)) == (3, 1, 4)
-    assert redis_client.hget(fcap_keys("growth", "20261125", v1)[0], v1) == b"3;sms=1"  # moved, merged
+    assert redis_client.hget(fcap_path("growth", "20261125", v1)[0], v1) == b"3;sms=1"  # moved, merged
     assert not redis_client.exists(was_day) and not redis_client.exists(was_week)  # emptied: gone
     FrequencyCap(redis_client, CapRules("growth")).take([("20261125", v2, "push", 1)])
     assert fcap.count("20261125", v2) == 2 and redis_client.hget(was_day2, v2) == b"1"
@@ -376,7 +420,7 @@ def test_counts_of_the_layout_with_64_sub_keys_still_count(redis_client) -> None
 def test_forget_counts_deletes_a_scopes_counts_and_says_how_many_user_days(redis_client) -> None:
     FrequencyCap(redis_client, CapRules("growth", per_day=2, per_week=3)).take_each(
         [("20261125", f"z{i}", "push") for i in range(50)] + [("20261124", "z1", "push")])
-    redis_client.hset(old_fcap_keys("growth", "20261125", "y1")[0], "y1", "1")
+    redis_client.hset(fcap_path("growth", "20261125", "y1")[1], "y1", "1")  # a quarter's
     FrequencyCap(redis_client, CapRules("care", per_day=1)).take_each([("20261125", "z1", "push")])
     assert forget_counts(redis_client, "growth") == 52
     assert not list(redis_client.scan_iter("c2b:fcap:{growth:*"))

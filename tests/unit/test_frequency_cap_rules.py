@@ -12,9 +12,9 @@ from c2b.delivery.controls.frequency_cap import (
     CapRules,
     ChannelCap,
     _expire_at,
-    fcap_keys,
+    fcap_path,
     fcap_place,
-    old_fcap_keys,
+    fcap_receipts,
     rules_of,
     week_of,
 )
@@ -42,15 +42,18 @@ def test_keys_expire_just_past_their_window_in_the_last_timezone() -> None:
 
 
 def test_keys_of_one_user_share_one_slot_and_scope_apart() -> None:
-    day, week, rcpt = fcap_keys("growth", "20261125", "u1")
+    rcpt = fcap_receipts("growth", "20261125", "u1")
     prefix = rcpt.split("}")[0] + "}"
     bucket, sub = fcap_place("u1")
     assert prefix == "c2b:fcap:{growth:" + f"{bucket}" + "}" and bucket == shard_index("u1", BUCKETS)
-    assert day == f"{prefix}:20261125:{sub}" and week == f"{prefix}:2026W48:{sub}" and rcpt == f"{prefix}:20261125:rcpt"
-    assert old_fcap_keys("growth", "20261125", "u1") == (f"{prefix}:20261125", f"{prefix}:2026W48")
+    assert rcpt == f"{prefix}:20261125:rcpt"
+    # Level 0 (the bucket), 2 (its quarter: the sub-key's low 2 bits), 5 (the sub-key).
+    assert fcap_path("growth", "20261125", "u1") == (f"{prefix}:20261125", f"{prefix}:20261125:q{sub % 4}",
+                                                     f"{prefix}:20261125:{sub}")
+    assert fcap_path("growth", "2026W48", "u1")[2] == f"{prefix}:2026W48:{sub}"
     assert prefix.startswith("c2b:fcap:{growth:") and prefix.endswith("}")
-    assert fcap_keys("care", "20261125", "u1")[0] != day and fcap_keys(NO_LINE, "20261125", "u1")[0].startswith(
-        "c2b:fcap:{-:")
+    assert fcap_path("care", "20261125", "u1")[0] != fcap_path("growth", "20261125", "u1")[0]
+    assert fcap_path(NO_LINE, "20261125", "u1")[0].startswith("c2b:fcap:{-:")
 
 
 def test_describe() -> None:

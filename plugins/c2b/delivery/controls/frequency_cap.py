@@ -11,39 +11,44 @@ as a stricter daily cap (see :func:`c2b.plan.lines.cap_rules`).
 **Windows.** The day is the user's local day (``YYYYMMDD``, see
 :mod:`c2b.delivery.controls.quiet_hours`); the week is the ISO week (Monday to Sunday) of that day.
 
-**Keys** (no big keys, cluster-safe), per scope, ``bucket = shard_index(uid, 2048)`` and ``sub`` =
-the next 5 bits of the same murmur3 hash (0..31, independent of the bucket)::
+**Keys** (no big keys, cluster-safe), per scope, ``bucket = shard_index(uid, 2048)``, ``sub`` =
+the next 5 bits of the same murmur3 hash (0..31, independent of the bucket), ``q = sub % 4``::
 
-    c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>:<sub>  HASH uid -> "<touches>[;<channel>=<touches>...]" that day
-    c2b:fcap:{<scope>:<bucket>}:<YYYY>W<ww>:<sub> HASH uid -> the same, that ISO week (only for week caps)
-    c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>:rcpt   HASH receipt -> answer (replays, see below)
+    c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>          level 0: HASH uid -> "<touches>[;<channel>=<touches>...]"
+    c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>:q<q>     level 2: the same, 4 a bucket-day
+    c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>:<sub>    level 5: the same, 32 a bucket-day
+    c2b:fcap:{<scope>:<bucket>}:<YYYY>W<ww>[:...]   the same three levels for the ISO week (only for week caps)
+    c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>:rcpt     HASH receipt -> answer (replays, see below)
 
-A user has one field per key however many channels are capped: the per-channel counts ride in the
-field's value, and only the channels the line caps are counted (a line with no week cap keeps no
-week keys). A bucket-day is split into 32 sub-keys so that each stays a *listpack* (Redis's
-compact encoding, up to ``hash-max-listpack-entries``, 512 by default): at 10M users a sub-key
-holds about 153 fields (184 at most in the bench's sample), ~10 bytes per user-day all told
-(``used_memory``), against 79 when a bucket-day was one ~4,900-field hash table
-(``bench/fcap_memory.py``); the fullest sub-key passes 512 fields past ~28M users of a scope in a
-day (it then turns into a hash table, ~80 bytes a field). The price is the keys themselves at small
-audiences: 2,048 x 32 keys per scope-day, each ~150 bytes before its first user: at 100k users a
-day 84 bytes per user-day against 12 for one hash per bucket-day. 64 sub-keys (the layout before)
-cost more at every size measured (10.8 / 27.5 / 106.5 bytes at 10M / 1M / 100k users, against 9.8
-/ 18.1 / 83.9), and in a 10M-user run on two local days (the demo's users span UTC-8 to UTC+8) left
-16.7 bytes per user in Redis against 14.6. Every key of a bucket shares the hash tag
-``{<scope>:<bucket>}``: one slot, so one script still takes a bucket-day's sub-keys and its
-receipts at once on Redis Cluster. A key gets its TTL with its first field: a day key expires 15
-hours after the day ends in UTC (the last local day on Earth, UTC-12, ends 12 hours later), a week
-key 15 hours after its Sunday: just past the window.
+A user has one field per level that holds it however many channels are capped: the per-channel
+counts ride in the field's value, and only the channels the line caps are counted (a line with no
+week cap keeps no week keys). **A bucket-day grows by levels**: its users go into the level-0 key
+until it holds ``NODE_FIELDS`` (256) users, then into their quarter's key (level 2) until that
+holds 256, then into their sub-key (level 5). A user's counts are the sum of its fields along its
+path (one field, mostly); a capped write keeps them in the first key of the path that holds them.
+Why: a Redis key costs ~150 bytes before its first field (with its expiry entry and Redis's
+tables), and a hash stays a compact *listpack* (~10 bytes a field) only up to
+``hash-max-listpack-entries`` fields (512 by default); past it, ~80 bytes a field. One fixed layout
+cannot serve every audience: 32 sub-keys a bucket-day (the layout before, 65,536 keys a scope-day)
+kept 14.6 bytes per member after a 10M-user run but 27.9 after a 1M-user one (~15 users a key);
+one hash a bucket-day turns into a hash table past ~1M users. Growing by levels, a bucket-day is 1
+key up to 256 users (~500k users of a line a day), 5 keys up to 1,280 (~2.6M), then 5 + up to 32
+(at 10M users, ~110 users a sub-key); the fullest sub-key passes 512 at ~30M users of a line a day.
+A listpack's reads and writes scan it: 256 fields cost ~1.8 us a lookup, 150 ~1.3 (measured on
+this machine), hence 256 rather than 512. Every key of a bucket shares the hash tag
+``{<scope>:<bucket>}``: one slot, so one script still takes a bucket-day's keys and its receipts at
+once on Redis Cluster. A key gets its TTL with its first field: a day key expires 15 hours after
+the day ends in UTC (the last local day on Earth, UTC-12, ends 12 hours later), a week key 15
+hours after its Sunday: just past the window.
 
-**Upgrade** from the layouts before, whose keys are read while they exist: one hash per bucket-day
-(``...}:<YYYYMMDD>``, ``...}:<YYYY>W<ww>``, no sub; one ``EXISTS`` of both per call), and 64
-sub-keys a bucket-day, where a user of sub-key ``j`` now sat in ``j`` (the same key: nothing to
-do) or in ``j + 32``, its *partner* (one ``EXISTS`` of the call's partners). The script adds a
-user's counts there to the sub-key's and moves them into the sub-key on the user's next capped
-write; a plan without caps counts into the sub-key, the old counts adding up
-(:meth:`FrequencyCap.count` sums them all). Nothing is counted twice or lost; the old keys expire
-by themselves (day keys within two days, week keys within nine).
+**Upgrade** from the layouts before: one hash per bucket-day (``...}:<YYYYMMDD>``) is level 0
+now, and 32 sub-keys a bucket-day (``...}:<YYYYMMDD>:<sub>``) level 5: their counts are where the
+readers look. With 64 sub-keys a bucket-day (before 2026-11-28), a user of sub-key ``j`` sat in
+``j`` (level 5 now) or in ``j + 32``, its *partner*, which is read while it exists (one ``EXISTS``
+of the call's partners per call): the script adds a user's counts there and moves them on the
+user's next capped write; a plan without caps counts where it counts now, the old counts adding up.
+Nothing is counted twice or lost; the old keys expire by themselves (day keys within two days, week
+keys within nine).
 
 **Exactness.** A capped plan takes a slot *before* the send and gives it back when the send fails
 for good. Both are one script per (scope, bucket, day) that checks every cap and moves every count
@@ -51,8 +56,9 @@ of the touch together, so of two shards racing for a user's last slot exactly on
 scripts of one call are pipelined (one round trip; on Redis Cluster one per node, see
 :mod:`c2b.store.script_pipelines`). A worker killed between taking the slot and recording the
 message leaves the slot taken: the user may get one touch fewer, never one more. Plans of a scope
-without any cap only count their sends, after sending: one ``HINCRBY`` per send, in one script call
-per flush on a plain Redis (:meth:`FrequencyCap._count`, receipt-guarded like the others).
+without any cap only count their sends, after sending: one ``HINCRBY`` per send (into the first
+level with room, no look for the user's field higher up), in one script call per flush on a plain
+Redis (:meth:`FrequencyCap._count`, receipt-guarded like the others).
 
 **Replays** are safe: when Redis stops right after running a call, the client cannot tell and sends
 it again. Each call carries a receipt, and the bucket's receipts hash (``...:rcpt``, same slot)
@@ -77,7 +83,9 @@ from c2b.hashing import murmur3_32, uid_bytes
 from c2b.store.script_pipelines import run_scripts
 
 BUCKETS = 2048
-SUBKEYS = 32  # sub-keys per bucket-day (and bucket-week): ~153 users each at 10M users, a listpack
+SUBKEYS = 32  # level-5 keys (sub-keys) per bucket-day (and bucket-week)
+QUARTERS = 4  # level-2 keys per bucket-day: quarter q holds users of the sub-keys j with j % 4 == q
+NODE_FIELDS = 256  # a level-0 or level-2 key takes new users while it has fewer fields than this
 SUBKEYS_BEFORE = 64  # the layout before: a user of sub-key j sat in j or j + 32 (its partner), still read
 NO_LINE = "-"  # the scope of plans outside any business line (line names are [a-z][a-z0-9_]+)
 RECEIPT_TTL = 3600
@@ -122,19 +130,19 @@ class CapRules:
         return "; ".join(p for p in parts if p) or "none"
 
 
-# KEYS: receipts (of that bucket-day: one call per bucket-day, so a receipt answers one call),
-# the bucket's old day and week hashes (the layout before sub-keys: read, merged and emptied while
-# they exist), then the call's day sub-keys, then (when the week is counted) its week sub-keys in
-# the same order, then the partners of those day (and week) sub-keys in the same order (sub-key
-# j + 32 of the layout with 64 sub-keys, whose users now count in j: read, merged and emptied while
-# they exist, as the old hashes are). ARGV: receipt, previous receipt, day ttl, week ttl, receipt ttl, day cap (-1:
-# none; the day total is always counted), week cap (-1: none, not counted), channel caps
-# "<ch>:<day cap>:<week cap>;..." (-1: not counted), n sub-keys, then (uid, channel, touches, j) x
-# asks, j the 1-based index of the ask's sub-key among the n; touches < 0 gives back. Returns per
-# ask "<granted>" or "<granted> <cap that stopped it>". A field's value is
-# "<total>[;<channel>=<n>...]". A key gets its TTL when a field is added to it (a key is created
-# with its first field; a key's TTL is the end of its window, the same for every caller), not on
-# every call.
+# KEYS: receipts (of that bucket-day: one call per bucket-day, so a receipt answers one call), the
+# bucket's level-0 day and week keys, its 4 level-2 day keys (quarters 0..3), then, when the week is
+# counted, its 4 level-2 week keys; then the call's n day sub-keys (level 5), then (week counted)
+# its week sub-keys in the same order, then the partners of those day (and week) sub-keys in the
+# same order (sub-key j + 32 of the layout with 64 sub-keys, whose users now count in j: read,
+# merged and emptied while they exist). ARGV: receipt, previous receipt, day ttl, week ttl, receipt
+# ttl, day cap (-1: none; the day total is always counted), week cap (-1: none, not counted),
+# channel caps "<ch>:<day cap>:<week cap>;..." (-1: not counted), n sub-keys, NODE_FIELDS, then
+# (uid, channel, touches, j, q) x asks, j the 1-based index of the ask's sub-key among the n and q
+# its quarter + 1; touches < 0 gives back. Returns per ask "<granted>" or "<granted> <cap that
+# stopped it>". A field's value is "<total>[;<channel>=<n>...]". A key gets its TTL when a field is
+# added to it (a key is created with its first field; a key's TTL is the end of its window, the
+# same for every caller), not on every call.
 _TAKE = """
 local done = redis.call('HGET', KEYS[1], ARGV[1])
 if done then
@@ -149,21 +157,18 @@ for ch, d, w in string.gmatch(ARGV[8], '([^:;]+):(%-?%d+):(%-?%d+)') do
   rules[ch] = {tonumber(d), tonumber(w)}
   if tonumber(w) >= 0 then useweek = true end
 end
-local nsub = tonumber(ARGV[9])
-local weeks = (#KEYS - 3) == 4 * nsub  -- the call's week sub-keys (and their partners) were passed
-local pbase = 3 + nsub + (weeks and nsub or 0)  -- KEYS[pbase + j]: sub-key j's 64-sub-key partner
-local oldday, oldweek = nil, nil
-if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then  -- the one-hash layout: rare, gone within days
-  if redis.call('EXISTS', KEYS[2]) == 1 then oldday = KEYS[2] end
-  if useweek and redis.call('EXISTS', KEYS[3]) == 1 then oldweek = KEYS[3] end
-end
+local nsub, full = tonumber(ARGV[9]), tonumber(ARGV[10])
+local wq = 7  -- KEYS[wq + q]: the week's quarter q (1-based), when the week is counted
+local d5 = useweek and 11 or 7  -- KEYS[d5 + j]: the call's day sub-key j
+local w5 = d5 + nsub  -- KEYS[w5 + j]: its week sub-key
+local pbase = d5 + nsub + (useweek and nsub or 0)  -- KEYS[pbase + j]: sub-key j's 64-sub-key partner
 local partners = false  -- any 64-sub-key partner left: rare, gone within days (weeks: 8 days)
 if #KEYS > pbase and redis.call('EXISTS', unpack(KEYS, pbase + 1, #KEYS)) > 0 then partners = true end
-local function olds(old, partner)
-  local t = {}
-  if old then t[#t + 1] = old end
-  if partners and redis.call('EXISTS', partner) == 1 then t[#t + 1] = partner end
-  return t
+local lens = {}
+local function open(key)  -- whether a level-0 or level-2 key takes new users (fewer fields than full)
+  local n = lens[key]
+  if not n then n = redis.call('HLEN', key); lens[key] = n end
+  return n < full
 end
 local nocap = {-1, -1}
 local NAMES = {'per_day', 'per_week'}
@@ -173,37 +178,56 @@ local function parse(v, c)
   for ch, n in string.gmatch(string.sub(v, i), ';([^=;]+)=(%d+)') do c[ch] = (c[ch] or 0) + tonumber(n) end
   return tonumber(string.sub(v, 1, i - 1))
 end
-local function load(key, old, uid)
-  local v = redis.call('HGET', key, uid)
-  local c, t, moved = {}, 0, {}
-  if v then t = parse(v, c) end
-  for _, o in ipairs(old) do
-    local ov = redis.call('HGET', o, uid)
-    if ov then t = t + parse(ov, c); moved[#moved + 1] = o end
+-- A user's counts of a window: the sum of its fields along its path (level 0, 2, 5, and the
+-- 64-sub-key partner while one is left). Returns the total, per channel, and the keys holding one.
+local function load(path, uid)
+  local c, t, held = {}, 0, {}
+  for _, key in ipairs(path) do
+    local v = redis.call('HGET', key, uid)
+    if v then t = t + parse(v, c); held[#held + 1] = key end
   end
-  return t, c, moved
+  return t, c, held
 end
 local fresh = {}  -- keys that got a new field: they may be new, so they get their TTL
-local function save(key, moved, uid, total, c)
+-- Where a user's counts go: the first key of its path holding them, else the first of level 0
+-- and 2 that takes new users, else its sub-key (level 5); the partner is only read.
+local function home(path, held)
+  if held[1] and held[1] ~= path[4] then return held[1] end
+  if open(path[1]) then return path[1] end
+  if open(path[2]) then return path[2] end
+  return path[3]
+end
+local function save(path, held, uid, total, c, ttl)
   local parts, any = {tostring(total)}, total > 0
   for ch, n in pairs(c) do
     if n > 0 then parts[#parts + 1] = ch .. '=' .. n; any = true end
   end
+  local key = nil
   if any then
-    if redis.call('HSET', key, uid, table.concat(parts, ';')) == 1 then fresh[key] = true end
-  else
-    redis.call('HDEL', key, uid)
+    key = home(path, held)
+    if redis.call('HSET', key, uid, table.concat(parts, ';')) == 1 then
+      fresh[key] = ttl
+      if lens[key] then lens[key] = lens[key] + 1 end
+    end
   end
-  for _, o in ipairs(moved) do redis.call('HDEL', o, uid) end
+  for _, o in ipairs(held) do
+    if o ~= key and redis.call('HDEL', o, uid) == 1 and lens[o] then lens[o] = lens[o] - 1 end
+  end
 end
+local dayttl, weekttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
-for i = 10, #ARGV, 4 do
-  local uid, ch, n, j = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-  local dkey, wkey = KEYS[3 + j], KEYS[3 + nsub + j]
+for i = 11, #ARGV, 5 do
+  local uid, ch, n, j, q = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
+  local dpath = {KEYS[2], KEYS[3 + q], KEYS[d5 + j]}
+  if partners then dpath[4] = KEYS[pbase + j] end
   local rule = rules[ch] or nocap
-  local dt, dc, dmoved = load(dkey, olds(oldday, KEYS[pbase + j]), uid)
-  local wt, wc, wmoved = 0, {}, {}
-  if useweek then wt, wc, wmoved = load(wkey, olds(oldweek, KEYS[pbase + nsub + j]), uid) end
+  local dt, dc, dheld = load(dpath, uid)
+  local wpath, wt, wc, wheld = nil, 0, {}, {}
+  if useweek then
+    wpath = {KEYS[3], KEYS[wq + q], KEYS[w5 + j]}
+    if partners then wpath[4] = KEYS[pbase + nsub + j] end
+    wt, wc, wheld = load(wpath, uid)
+  end
   local g, why = n, 0
   if n > 0 then
     local caps = {daycap, weekcap, rule[1], rule[2]}
@@ -214,22 +238,18 @@ for i = 10, #ARGV, 4 do
   end
   if g ~= 0 then
     if rule[1] >= 0 then dc[ch] = math.max(0, (dc[ch] or 0) + g) end
-    save(dkey, dmoved, uid, math.max(0, dt + g), dc)
+    save(dpath, dheld, uid, math.max(0, dt + g), dc, dayttl)
     if useweek then
       if weekcap >= 0 then wt = math.max(0, wt + g) end
       if rule[2] >= 0 then wc[ch] = math.max(0, (wc[ch] or 0) + g) end
-      save(wkey, wmoved, uid, wt, wc)
+      save(wpath, wheld, uid, wt, wc, weekttl)
     end
   end
   if why == 0 then out[#out + 1] = tostring(g)
   elseif why <= 2 then out[#out + 1] = g .. ' ' .. NAMES[why]
   else out[#out + 1] = g .. ' ' .. ch .. '.' .. NAMES[why - 2] end
 end
-local dayttl, weekttl = tonumber(ARGV[3]), tonumber(ARGV[4])
-for k = 1, nsub do
-  if fresh[KEYS[3 + k]] then redis.call('EXPIRE', KEYS[3 + k], dayttl) end
-  if useweek and fresh[KEYS[3 + nsub + k]] then redis.call('EXPIRE', KEYS[3 + nsub + k], weekttl) end
-end
+for key, ttl in pairs(fresh) do redis.call('EXPIRE', key, ttl) end
 if ARGV[2] ~= '' then redis.call('HDEL', KEYS[1], ARGV[2]) end
 redis.call('HSET', KEYS[1], ARGV[1], table.concat(out, ','))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[5]))
@@ -238,29 +258,51 @@ return out
 
 
 # Counting only (a plan without caps, standalone Redis): KEYS[1] the scope's count receipts; ARGV:
-# receipt, previous receipt, receipt ttl, the scope's key prefix (``c2b:fcap:{<scope>:``), then per
-# day its keys' ttl and its asks as one string of lines ``<bucket>}:<day>:<sub> <uid> <touches>``
-# (uids hold no whitespace: the extract refuses such uids, and the caller checks). One string per
-# day instead of three arguments per ask: the client packs (and Redis parses) a few arguments a
-# call, not hundreds. Returns one character per ask, in order: '0', or '1' when its field is not an
-# integer (the script above wrote per-channel counts there): the caller counts those through
-# _TAKE. A replay (same receipt) gets the first answer back and counts nothing again. A count the
-# old layout holds for the user stays where it is: the two add up (see _TAKE's load, and count()).
+# receipt, previous receipt, receipt ttl, the scope's key prefix (``c2b:fcap:{<scope>:``),
+# NODE_FIELDS, then per day its keys' ttl and its asks as one string of lines
+# ``<bucket>}:<day> <quarter> <sub> <start> <uid> <touches>``, start the first level that may take
+# the user (0, 2 or 5: the caller remembers which levels it found full; see FrequencyCap._count).
+# (Uids hold no whitespace: the extract refuses such uids, and the caller checks.) One string per
+# day instead of six arguments per ask: the client packs (and Redis parses) a few arguments a
+# call, not hundreds. A count goes into the first level from ``start`` that takes new users, with
+# no look for the user's field higher up: a user counted at level 0 before it filled and again
+# after has a field at both, which add up (at most NODE_FIELDS such users a key; a capped write
+# merges them). Returns one character per ask, in order: the level counted into, or 'x' when its
+# field is not an integer (the script above wrote per-channel counts there): the caller counts
+# those through _TAKE. A replay (same receipt) gets the first answer back and counts nothing again.
 # The keys are named by the script, not passed as KEYS: this path runs on a plain Redis only.
 _COUNT = """
 local done = redis.call('HGET', KEYS[1], ARGV[1])
 if done then return done end
-local prefix = ARGV[4]
+local prefix, full = ARGV[4], tonumber(ARGV[5])
 local out = {}
 local fresh = {}
-for g = 5, #ARGV, 2 do
+local lens = {}
+local function open(key)
+  local n = lens[key]
+  if not n then n = redis.call('HLEN', key); lens[key] = n end
+  return n < full
+end
+for g = 6, #ARGV, 2 do
   local ttl = ARGV[g]
-  for suffix, uid, n in string.gmatch(ARGV[g + 1], '(%S+) (%S+) (%d+)\\n') do
-    local key = prefix .. suffix
+  for root, q, sub, start, uid, n in string.gmatch(ARGV[g + 1], '(%S+) (%d) (%d+) (%d) (%S+) (%d+)\\n') do
+    root = prefix .. root
+    local key, level = nil, start
+    if start == '0' then
+      if open(root) then key = root else level = '2' end
+    end
+    if not key and level == '2' then
+      key = root .. ':q' .. q
+      if not open(key) then key = nil; level = '5' end
+    end
+    if not key then key = root .. ':' .. sub end
     local r = redis.pcall('HINCRBY', key, uid, n)
-    if type(r) == 'table' and r.err then out[#out + 1] = '1' else
-      out[#out + 1] = '0'
-      if r == tonumber(n) then fresh[key] = ttl end  -- a new field (a count is never 0)
+    if type(r) == 'table' and r.err then out[#out + 1] = 'x' else
+      out[#out + 1] = level
+      if r == tonumber(n) then  -- a new field (a count is never 0)
+        fresh[key] = ttl
+        if lens[key] then lens[key] = lens[key] + 1 end
+      end
     end
   end
 end
@@ -297,7 +339,8 @@ def fcap_place(uid: str) -> tuple[int, int]:
     """Return ``uid``'s bucket (``shard_index(uid, BUCKETS)``, 1-based) and sub-key (0-based).
 
     One murmur3 hash: the bucket is its low bits (as :func:`c2b.hashing.shard_index`), the sub-key
-    the next 5 bits (``SUBKEYS`` = 32), independent of the bucket.
+    the next 5 bits (``SUBKEYS`` = 32), independent of the bucket; the quarter (level 2) is the
+    sub-key's low 2 bits.
     """
     h = abs(murmur3_32(uid_bytes(uid)))
     return (h & (BUCKETS - 1)) + 1, (h >> 11) & (SUBKEYS - 1)
@@ -308,11 +351,18 @@ def fcap_prefix(scope: str, uid: str) -> str:
     return "c2b:fcap:{" + f"{scope}:{fcap_place(uid)[0]}" + "}"
 
 
-def fcap_keys(scope: str, day: str, uid: str) -> tuple[str, str, str]:
-    """Return the day, week and receipts keys that hold ``uid``'s counts of ``day`` in ``scope``."""
+def fcap_path(scope: str, window: str, uid: str) -> tuple[str, str, str]:
+    """Return the keys that may hold ``uid``'s counts of ``window`` (a ``YYYYMMDD`` day or a
+    ``YYYYWww`` week) in ``scope``: its bucket's level-0 key, its quarter's (level 2), its sub-key
+    (level 5). Its counts are the sum of its fields there (one, mostly)."""
     bucket, sub = fcap_place(uid)
-    prefix = "c2b:fcap:{" + f"{scope}:{bucket}" + "}"
-    return f"{prefix}:{day}:{sub}", f"{prefix}:{week_of(day)}:{sub}", f"{prefix}:{day}:rcpt"
+    prefix = "c2b:fcap:{" + f"{scope}:{bucket}" + "}:" + window
+    return prefix, f"{prefix}:q{sub % QUARTERS}", f"{prefix}:{sub}"
+
+
+def fcap_receipts(scope: str, day: str, uid: str) -> str:
+    """Return the key of the receipts of the calls that count ``uid``'s bucket-day in ``scope``."""
+    return fcap_prefix(scope, uid) + f":{day}:rcpt"
 
 
 def partner_fcap_keys(scope: str, day: str, uid: str) -> tuple[str, str]:
@@ -322,13 +372,6 @@ def partner_fcap_keys(scope: str, day: str, uid: str) -> tuple[str, str]:
     bucket, sub = fcap_place(uid)
     prefix = "c2b:fcap:{" + f"{scope}:{bucket}" + "}"
     return f"{prefix}:{day}:{sub + SUBKEYS}", f"{prefix}:{week_of(day)}:{sub + SUBKEYS}"
-
-
-def old_fcap_keys(scope: str, day: str, uid: str) -> tuple[str, str]:
-    """Return the day and week keys of the layout before sub-keys (one hash per bucket-day), which
-    are still read until they expire."""
-    prefix = fcap_prefix(scope, uid)
-    return f"{prefix}:{day}", f"{prefix}:{week_of(day)}"
 
 
 def _arg(cap: int | None) -> int:
@@ -353,6 +396,11 @@ class FrequencyCap:
         self._script = redis.register_script(_TAKE)
         self._counter = redis.register_script(_COUNT)
         self._answered: dict[str, str] = {}  # receipts key of a (scope, bucket, day) -> our last answered receipt
+        # What this instance found full (see _COUNT): (bucket, day) of level-0 keys, (bucket, day,
+        # quarter) of level-2 keys; its counts start below them. A key that empties again is still
+        # skipped: the counts land a level lower, which readers sum anyway.
+        self._full_roots: set[tuple[int, str]] = set()
+        self._full_quarters: set[tuple[int, str, int]] = set()
 
     @staticmethod
     def new_receipt() -> str:
@@ -412,30 +460,46 @@ class FrequencyCap:
         lines: dict[str, list[str]] = {}  # day -> its asks' lines (see _COUNT)
         order: list[int] = []  # ask indexes in the order the script answers (day by day)
         by_day: dict[str, list[int]] = {}
+        places: list[tuple[int, int]] = []  # per ask, its (bucket, sub-key)
+        full_roots, full_quarters = self._full_roots, self._full_quarters
         for i, (day, uid, _, n) in enumerate(asks):
             bucket, sub = fcap_place(uid)
+            places.append((bucket, sub))
+            q = sub % QUARTERS
+            start = 5 if (bucket, day, q) in full_quarters else 2 if (bucket, day) in full_roots else 0
             text = lines.get(day)
             if text is None:
                 text = lines[day] = []
                 by_day[day] = []
-            text.append(f"{bucket}}}:{day}:{sub} {uid} {n}\n")
+            text.append(f"{bucket}}}:{day} {q} {sub} {start} {uid} {n}\n")
             by_day[day].append(i)
         args: list[Any] = []
         for day, text in lines.items():
             blob = "".join(text)
-            # Each line has exactly two spaces and one newline unless a uid holds whitespace (or is
+            # Each line has exactly five spaces and one newline unless a uid holds whitespace (or is
             # empty: two spaces in a row); such uids take the general path.
-            if blob.count(" ") != 2 * len(text) or blob.count("\n") != len(text) or "  " in blob:
+            if blob.count(" ") != 5 * len(text) or blob.count("\n") != len(text) or "  " in blob:
                 self._move(asks, receipt)
                 return asks
             args += [max(MIN_TTL, _expire_at(day)[0] - now), blob]
             order += by_day[day]
         receipts = "c2b:fcap:{" + self.rules.scope + ":counts}:rcpt"
         answer = self._counter(keys=[receipts], args=[receipt, self._answered.get(receipts, ""), RECEIPT_TTL,
-                                                       "c2b:fcap:{" + self.rules.scope + ":", *args])
+                                                       "c2b:fcap:{" + self.rules.scope + ":", NODE_FIELDS, *args])
         self._answered[receipts] = receipt
         answered = answer.decode() if isinstance(answer, bytes) else str(answer)
-        redo = [asks[i] for i, bad in zip(order, answered, strict=True) if bad == "1"]
+        if len(full_quarters) > 200_000:
+            full_roots.clear()
+            full_quarters.clear()
+        redo = []
+        for i, level in zip(order, answered, strict=True):
+            if level == "x":
+                redo.append(asks[i])
+            elif level != "0":  # level 0 was full: remember it, and level 2 when that was too
+                bucket, sub = places[i]
+                full_roots.add((bucket, asks[i][0]))
+                if level == "5":
+                    full_quarters.add((bucket, asks[i][0], sub % QUARTERS))
         if redo:
             self._move(redo, receipt + ":redo")
         return asks
@@ -452,7 +516,7 @@ class FrequencyCap:
         scope = self.rules.scope
         # One script call per (bucket, day): its receipts key -> (prefix, day, sub-keys -> their
         # 1-based index, the asks with their sub-key's index).
-        by_call: dict[str, tuple[str, str, dict[int, int], list[tuple[int, int]]]] = {}
+        by_call: dict[str, tuple[str, str, dict[int, int], list[tuple[int, int, int]]]] = {}
         for i, (day, uid, _, _) in enumerate(asks):
             bucket, sub = fcap_place(uid)
             prefix = "c2b:fcap:{" + f"{scope}:{bucket}" + "}"
@@ -464,13 +528,17 @@ class FrequencyCap:
             j = subs.get(sub)
             if j is None:
                 j = subs[sub] = len(subs) + 1
-            call[3].append((i, j))
+            call[3].append((i, j, sub % QUARTERS + 1))
         calls = []
         sha = self._script.sha
         now = int(time.time())
+        quarters = range(QUARTERS)
         for rcpt, (prefix, day, subs, idx) in by_call.items():
             week = week_of(day)
-            keys = [rcpt, f"{prefix}:{day}", f"{prefix}:{week}", *(f"{prefix}:{day}:{sub}" for sub in subs)]
+            keys = [rcpt, f"{prefix}:{day}", f"{prefix}:{week}", *(f"{prefix}:{day}:q{q}" for q in quarters)]
+            if self._week:
+                keys += [f"{prefix}:{week}:q{q}" for q in quarters]
+            keys += [f"{prefix}:{day}:{sub}" for sub in subs]
             if self._week:
                 keys += [f"{prefix}:{week}:{sub}" for sub in subs]
             keys += [f"{prefix}:{day}:{sub + SUBKEYS}" for sub in subs]  # the 64-sub-key layout's partners
@@ -478,10 +546,10 @@ class FrequencyCap:
                 keys += [f"{prefix}:{week}:{sub + SUBKEYS}" for sub in subs]
             day_ttl, week_ttl = (max(MIN_TTL, at - now) for at in _expire_at(day))
             args: list[Any] = [receipt, self._answered.get(rcpt, ""), day_ttl, week_ttl, RECEIPT_TTL, *self._caps,
-                               len(subs)]
-            for i, j in idx:
+                               len(subs), NODE_FIELDS]
+            for i, j, q in idx:
                 _, uid, ch, n = asks[i]
-                args += [uid, ch, n, j]
+                args += [uid, ch, n, j, q]
             # Plain EVALSHA: redis-py's script objects make a pipeline ask SCRIPT EXISTS first, a
             # round trip per call.
             calls.append((rcpt, lambda pipe, keys=keys, args=args: pipe.evalsha(sha, len(keys), *keys, *args)))
@@ -499,7 +567,7 @@ class FrequencyCap:
         out: list[tuple[int, str | None]] = [(0, None)] * len(asks)
         for (rcpt, (_, _, _, idx)), answer in zip(by_call.items(), answers, strict=True):
             self._answered[rcpt] = receipt
-            for (i, _), a in zip(idx, answer, strict=True):
+            for (i, _, _), a in zip(idx, answer, strict=True):
                 text = a.decode() if isinstance(a, bytes) else str(a)
                 g, _, why = text.partition(" ")
                 out[i] = (int(g), why or None)
@@ -510,12 +578,10 @@ class FrequencyCap:
     def count(self, day: str, uid: str, channel: str | None = None, week: bool = False) -> int:
         """Return the touches ``uid`` got on ``day`` (or in its week), in total or on ``channel``
         (for tests and support questions; a window or channel that is not capped is not counted)."""
-        day_key, week_key, _ = fcap_keys(self.rules.scope, day, uid)
-        old_day, old_week = old_fcap_keys(self.rules.scope, day, uid)
-        was_day, was_week = partner_fcap_keys(self.rules.scope, day, uid)
+        partner = partner_fcap_keys(self.rules.scope, day, uid)[1 if week else 0]
         held = 0
-        # The older layouts' counts add up (a user has at most one field per layout).
-        for key in (week_key, old_week, was_week) if week else (day_key, old_day, was_day):
+        # The user's fields along its path add up (and the 64-sub-key layout's, while it is left).
+        for key in (*fcap_path(self.rules.scope, week_of(day) if week else day, uid), partner):
             raw = self.redis.hget(key, uid)
             if raw is None:
                 continue
@@ -555,6 +621,7 @@ def forget_counts(redis: Any, scope: str) -> int:
 
 
 def _is_day_key(key: bytes | str) -> bool:
-    """Whether a counts key holds day counts: ``...}:<YYYYMMDD>:<sub>`` (or the old ``...}:<YYYYMMDD>``)."""
+    """Whether a counts key holds day counts: ``...}:<YYYYMMDD>``, ``...}:<YYYYMMDD>:q<quarter>`` or
+    ``...}:<YYYYMMDD>:<sub>``."""
     parts = (key.decode() if isinstance(key, bytes) else key).rpartition("}:")[2].split(":")
-    return len(parts[0]) == 8 and parts[0].isdigit() and (len(parts) == 1 or parts[1].isdigit())
+    return len(parts[0]) == 8 and parts[0].isdigit() and (len(parts) == 1 or parts[1].removeprefix("q").isdigit())
