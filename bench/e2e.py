@@ -433,6 +433,19 @@ def flush(audience: RedisServer, data: Path, measure: bool = False) -> dict[str,
     return left
 
 
+def empty_used_memory(audience: RedisServer) -> int:
+    """Return the audience Redis's ``used_memory`` once empty (after :func:`flush`'s background
+    free): the server's own baseline (~1.3 MB: its tables, buffers, the Lua engine), which the run
+    did not leave and which :func:`left_behind` subtracts as a second figure."""
+    import redis
+
+    r = redis.Redis(port=audience.port, socket_timeout=600)
+    deadline = time.monotonic() + 120
+    while int(r.info("memory").get("lazyfree_pending_objects", 0)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return int(r.info("memory")["used_memory"])
+
+
 def left_behind(left: dict[str, Any], members: int) -> list[str]:
     """Lines on what a run left in Redis per audience member, by key family, and its largest key."""
     if not left.get("families") or not members:
@@ -440,8 +453,12 @@ def left_behind(left: dict[str, Any], members: int) -> list[str]:
     fams = ", ".join(f"{name} {f['bytes'] / members:.1f} ({f['keys']:,} keys)"
                      for name, f in sorted(left["families"].items(), key=lambda kv: -kv[1]["bytes"]))
     big, many = left["largest_bytes"], left["largest_elements"]
+    empty = left.get("used_memory_empty_bytes")
+    growth = (f" ({(left['used_memory_mib'] * 2**20 - empty) / members:.1f} B per member above the empty "
+              f"server's {empty / 2**20:.2f} MiB before the run)") if empty else ""
     return [f"Left in the audience Redis after the run, `MEMORY USAGE` by key family, bytes per audience member "
-            f"({members:,}): {fams}; `used_memory` {left['used_memory_mib'] * 2**20 / members:.1f} B per member. "
+            f"({members:,}): {fams}; `used_memory` {left['used_memory_mib'] * 2**20 / members:.1f} B per member"
+            f"{growth}. "
             f"Largest key: `{big['key']}` ({big['type']}, {big['bytes']:,} B); most elements: `{many['key']}` "
             f"({many['elements']:,}). The run's ledger archive (moved out of Redis by cleanup, on the run "
             f"artifacts' storage): {left['ledger_archive_bytes'] / 2**20:.1f} MiB "
@@ -703,8 +720,10 @@ def main(argv: list[str] | None = None) -> int:
                     for dag_id in ("e2e_outbox", *(() if args.skip_http else ("e2e_http",))):
                         print(f"{dag_id} on {CELERY} ({args.users:,} users) ...", flush=True)
                         flush(audience, data)
+                        empty = empty_used_memory(audience)
                         run = run_plan(stack, dag_id, rss, args.timeout, audience)
                         run["redis_left"] = flush(audience, data, measure=True)
+                        run["redis_left"]["used_memory_empty_bytes"] = empty
                         if dag_id == "e2e_http" and gateway:
                             run["gateway"] = gateway.stats()
                             gateway.reset()

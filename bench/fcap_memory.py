@@ -8,10 +8,10 @@ the density a real audience gives. Two layouts, both run here:
 
 - **old** (``bench/fcap_v1.py``, the code before sub-keys): one HASH per bucket-day,
   ``c2b:fcap:{<scope>:<bucket>}:<YYYYMMDD>``; at 10M users ~4,900 fields, a hash table;
-- **new**: a bucket-day grows by levels: one key (level 0) until it holds ``NODE_FIELDS`` (256)
-  users, then 4 quarter keys (level 2, 256 each), then ``SUBKEYS`` (32) sub-keys (level 5); all
+- **new**: a bucket-day grows by levels: one key (level 0) until it holds ``LEVEL0_FIELDS`` (448)
+  users, then 4 quarter keys (level 2, ``LEVEL2_FIELDS``: 256 each), then ``SUBKEYS`` (32) sub-keys (level 5); all
   listpacks (Redis's default ``hash-max-listpack-entries`` is 512);
-- **new/fixed32**: the same code with no room at levels 0 and 2 (``NODE_FIELDS`` = 0): every user
+- **new/fixed32**: the same code with no room at levels 0 and 2 (both limits 0): every user
   in its sub-key, the layout of 2026-11-28 (32 sub-keys a bucket-day); ``--alt-subkeys 64`` adds
   ``new/fixed64``, the layout before it.
 
@@ -63,7 +63,8 @@ import redis
 from c2b.delivery.controls import frequency_cap
 from c2b.delivery.controls.frequency_cap import (
     BUCKETS,
-    NODE_FIELDS,
+    LEVEL0_FIELDS,
+    LEVEL2_FIELDS,
     QUARTERS,
     SUBKEYS,
     CapRules,
@@ -132,11 +133,13 @@ def _fill(client: Any, layout: str, rules: CapRules, channels: list[str], users:
     client.flushall()
     name, _, fixed = layout.partition("/")
     if fixed:
-        frequency_cap.SUBKEYS, frequency_cap.NODE_FIELDS = int(fixed.removeprefix("fixed")), 0
+        frequency_cap.SUBKEYS = int(fixed.removeprefix("fixed"))
+        frequency_cap.LEVEL0_FIELDS = frequency_cap.LEVEL2_FIELDS = 0
     try:
         return _filled(client, LAYOUTS[name](client, rules), channels, users)
     finally:
-        frequency_cap.SUBKEYS, frequency_cap.NODE_FIELDS = SUBKEYS, NODE_FIELDS
+        frequency_cap.SUBKEYS, frequency_cap.LEVEL0_FIELDS, frequency_cap.LEVEL2_FIELDS = \
+            SUBKEYS, LEVEL0_FIELDS, LEVEL2_FIELDS
 
 
 def _filled(client: Any, fcap: Any, channels: list[str], users: list[str]) -> dict[str, Any]:
@@ -202,7 +205,8 @@ def _prefill(client: Any, layout: str, users: list[str], scopes: dict[str, bool]
         if layout != "old":
             for tail in ("", f":q{sub % QUARTERS}", f":{sub}"):
                 at = f"{bucket}{tail}"
-                if held.get(at, 0) < NODE_FIELDS or tail == f":{sub}":
+                room = LEVEL0_FIELDS if tail == "" else LEVEL2_FIELDS
+                if held.get(at, 0) < room or tail == f":{sub}":
                     held[at] = held.get(at, 0) + 1
                     break
         for scope, with_week in scopes.items():
@@ -301,7 +305,7 @@ def main() -> int:
     head = (f"One private redis-server {version} (default config: hash-max-listpack-entries {listpack}); Python "
             f"{platform.python_version()}, {os.cpu_count()} CPUs shared (load {load_before:.2f} before, "
             f"{load_after:.2f} after).")
-    data: dict[str, Any] = {"subkeys": SUBKEYS, "node_fields": NODE_FIELDS}
+    data: dict[str, Any] = {"subkeys": SUBKEYS, "level_fields": [LEVEL0_FIELDS, LEVEL2_FIELDS]}
     if args.only and (RESULTS / "fcap_memory.json").exists():  # one part again: keep the other one's figures
         data = {**json.loads((RESULTS / "fcap_memory.json").read_text()), **data}
     if args.only != "cost":
@@ -323,7 +327,8 @@ def main() -> int:
 def render(data: dict[str, Any]) -> str:
     lines = ["# Frequency-cap counts: memory per capped user and cost per message (`bench/fcap_memory.py`)", "",
              "old: one hash per bucket-day (`bench/fcap_v1.py`, the code before sub-keys); new: a bucket-day (and "
-             f"bucket-week) grows by levels: 1 key until it holds {data.get('node_fields', '?')} users, then 4, then "
+             f"bucket-week) grows by levels: 1 key until it holds {data.get('level_fields', ['?'])[0]} users, then 4 "
+             f"(of {data.get('level_fields', ['?', '?'])[1]} users each), then "
              f"{data['subkeys']} sub-keys; new/fixed<n>: every user in its sub-key, n a bucket-day (the layouts "
              "before: 32 on 2026-11-28, 64 before; memory only).", "",
              "## Memory", "", data.get("memory_head", "(not measured)"), "",

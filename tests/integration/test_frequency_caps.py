@@ -17,8 +17,9 @@ import yaml
 from c2b.channels import ChannelConfig, make_channel
 from c2b.delivery.controls.frequency_cap import (
     BUCKETS,
+    LEVEL0_FIELDS,
+    LEVEL2_FIELDS,
     NO_LINE,
-    NODE_FIELDS,
     QUARTERS,
     SUBKEYS,
     CapRules,
@@ -317,20 +318,20 @@ def test_no_key_grows_past_its_bound(redis_client) -> None:
 
 @pytest.mark.parametrize("capped", [False, True])
 def test_a_bucket_day_fills_level_0_then_its_quarters_then_its_sub_keys(redis_client, capped) -> None:
-    """1,400 users of one bucket in a day (~2.9M users of a line): the first NODE_FIELDS (256) go
-    into the bucket's key, the next into its 4 quarters (256 each), the rest into the 32 sub-keys;
-    no key passes NODE_FIELDS, each stays a listpack, every user's count is right. Counted again,
+    """1,600 users of one bucket in a day (~3.3M users of a line): the first LEVEL0_FIELDS (448) go
+    into the bucket's key, the next into its 4 quarters (LEVEL2_FIELDS, 256, each), the rest into
+    the 32 sub-keys; no key passes its bound, each stays a listpack, every user's count is right. Counted again,
     a user keeps its count, whichever level holds it."""
-    users = _users_of_one_bucket(1400)
+    users = _users_of_one_bucket(1600)
     rules = CapRules("growth", per_day=3) if capped else CapRules("growth")
     fcap = FrequencyCap(redis_client, rules)
     for i in range(0, len(users), 100):  # a flush of 100 at a time, as the recorder's
         fcap.count_sends([("20261125", u, "push") for u in users[i:i + 100]])
     level0, quarters, subs = (f"c2b:fcap:{{growth:1}}:20261125{s}" for s in ("", ":q", ":"))
-    assert redis_client.hlen(level0) == NODE_FIELDS
-    assert [redis_client.hlen(f"{quarters}{q}") for q in range(QUARTERS)] == [NODE_FIELDS] * QUARTERS
+    assert redis_client.hlen(level0) == LEVEL0_FIELDS
+    assert [redis_client.hlen(f"{quarters}{q}") for q in range(QUARTERS)] == [LEVEL2_FIELDS] * QUARTERS
     in_subs = [redis_client.hlen(f"{subs}{j}") for j in range(SUBKEYS)]
-    assert sum(in_subs) == len(users) - 5 * NODE_FIELDS and max(in_subs) < 60
+    assert sum(in_subs) == len(users) - LEVEL0_FIELDS - QUARTERS * LEVEL2_FIELDS and max(in_subs) < 60
     keys = [k for k in redis_client.scan_iter("c2b:fcap:{growth:1}:20261125*") if not k.endswith(b":rcpt")]
     assert len(keys) == 1 + QUARTERS + sum(1 for n in in_subs if n)
     assert {redis_client.object("encoding", k) for k in keys} == {b"listpack"}
@@ -339,8 +340,9 @@ def test_a_bucket_day_fills_level_0_then_its_quarters_then_its_sub_keys(redis_cl
     # A second touch of the first 300 users: each still has 2 (level 0 was full for the counting
     # path, which then adds a field lower down; a capped write adds to the user's own field).
     fcap.count_sends([("20261125", u, "push") for u in users[:300]])
-    assert [fcap.count("20261125", u) for u in users] == [2] * 300 + [1] * 1100
-    assert max(redis_client.hlen(k) for k in keys) <= NODE_FIELDS
+    assert [fcap.count("20261125", u) for u in users] == [2] * 300 + [1] * 1300
+    assert redis_client.hlen(level0) == LEVEL0_FIELDS
+    assert max(redis_client.hlen(k) for k in keys if k != level0.encode()) <= LEVEL2_FIELDS
     if capped:
         assert fcap.take_each([("20261125", u, "push") for u in users[:300]] * 2) \
             == [None] * 300 + ["per_day"] * 300

@@ -22,20 +22,21 @@ the next 5 bits of the same murmur3 hash (0..31, independent of the bucket), ``q
 
 A user has one field per level that holds it however many channels are capped: the per-channel
 counts ride in the field's value, and only the channels the line caps are counted (a line with no
-week cap keeps no week keys). **A bucket-day grows by levels**: its users go into the level-0 key
-until it holds ``NODE_FIELDS`` (256) users, then into their quarter's key (level 2) until that
-holds 256, then into their sub-key (level 5). A user's counts are the sum of its fields along its
-path (one field, mostly); a capped write keeps them in the first key of the path that holds them.
-Why: a Redis key costs ~150 bytes before its first field (with its expiry entry and Redis's
-tables), and a hash stays a compact *listpack* (~10 bytes a field) only up to
+week cap keeps no week keys). **A bucket-day grows by levels**: its users go into the level-0 key until it holds
+``LEVEL0_FIELDS`` (448) users, then into their quarter's key (level 2) until that holds
+``LEVEL2_FIELDS`` (256), then into their sub-key (level 5). A user's counts are the sum of its
+fields along its path (one field, mostly); a capped write keeps them in the first key of the path
+that holds them. Why: a Redis key costs ~150 bytes before its first field (with its expiry entry
+and Redis's tables), and a hash stays a compact *listpack* (~10 bytes a field) only up to
 ``hash-max-listpack-entries`` fields (512 by default); past it, ~80 bytes a field. One fixed layout
 cannot serve every audience: 32 sub-keys a bucket-day (the layout before, 65,536 keys a scope-day)
 kept 14.6 bytes per member after a 10M-user run but 27.9 after a 1M-user one (~15 users a key);
 one hash a bucket-day turns into a hash table past ~1M users. Growing by levels, a bucket-day is 1
-key up to 256 users (~500k users of a line a day), 5 keys up to 1,280 (~2.6M), then 5 + up to 32
-(at 10M users, ~110 users a sub-key); the fullest sub-key passes 512 at ~30M users of a line a day.
-A listpack's reads and writes scan it: 256 fields cost ~1.8 us a lookup, 150 ~1.3 (measured on
-this machine), hence 256 rather than 512. Every key of a bucket shares the hash tag
+key up to 448 users (~900k users of a line a day), 5 keys up to 1,472 (~3M), then 5 + up to 32
+(at 10M users, ~105 users a sub-key); the fullest sub-key passes 512 at ~30M users of a line a day.
+A listpack's reads and writes scan it: on this machine an ``HGET`` in 448 fields costs ~3.2 us,
+in 256 ~1.8, in 150 ~1.3; hence 448 only at level 0 (what a line's users of a day up to ~900k
+fill) and 256 below. Every key of a bucket shares the hash tag
 ``{<scope>:<bucket>}``: one slot, so one script still takes a bucket-day's keys and its receipts at
 once on Redis Cluster. A key gets its TTL with its first field: a day key expires 15 hours after
 the day ends in UTC (the last local day on Earth, UTC-12, ends 12 hours later), a week key 15
@@ -85,7 +86,8 @@ from c2b.store.script_pipelines import run_scripts
 BUCKETS = 2048
 SUBKEYS = 32  # level-5 keys (sub-keys) per bucket-day (and bucket-week)
 QUARTERS = 4  # level-2 keys per bucket-day: quarter q holds users of the sub-keys j with j % 4 == q
-NODE_FIELDS = 256  # a level-0 or level-2 key takes new users while it has fewer fields than this
+LEVEL0_FIELDS = 448  # a level-0 key takes new users while it has fewer fields than this
+LEVEL2_FIELDS = 256  # a level-2 key likewise
 SUBKEYS_BEFORE = 64  # the layout before: a user of sub-key j sat in j or j + 32 (its partner), still read
 NO_LINE = "-"  # the scope of plans outside any business line (line names are [a-z][a-z0-9_]+)
 RECEIPT_TTL = 3600
@@ -137,8 +139,8 @@ class CapRules:
 # same order (sub-key j + 32 of the layout with 64 sub-keys, whose users now count in j: read,
 # merged and emptied while they exist). ARGV: receipt, previous receipt, day ttl, week ttl, receipt
 # ttl, day cap (-1: none; the day total is always counted), week cap (-1: none, not counted),
-# channel caps "<ch>:<day cap>:<week cap>;..." (-1: not counted), n sub-keys, NODE_FIELDS, then
-# (uid, channel, touches, j, q) x asks, j the 1-based index of the ask's sub-key among the n and q
+# channel caps "<ch>:<day cap>:<week cap>;..." (-1: not counted), n sub-keys, LEVEL0_FIELDS,
+# LEVEL2_FIELDS, then (uid, channel, touches, j, q) x asks, j the 1-based index of the ask's sub-key among the n and q
 # its quarter + 1; touches < 0 gives back. Returns per ask "<granted>" or "<granted> <cap that
 # stopped it>". A field's value is "<total>[;<channel>=<n>...]". A key gets its TTL when a field is
 # added to it (a key is created with its first field; a key's TTL is the end of its window, the
@@ -157,7 +159,7 @@ for ch, d, w in string.gmatch(ARGV[8], '([^:;]+):(%-?%d+):(%-?%d+)') do
   rules[ch] = {tonumber(d), tonumber(w)}
   if tonumber(w) >= 0 then useweek = true end
 end
-local nsub, full = tonumber(ARGV[9]), tonumber(ARGV[10])
+local nsub, full0, full2 = tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local wq = 7  -- KEYS[wq + q]: the week's quarter q (1-based), when the week is counted
 local d5 = useweek and 11 or 7  -- KEYS[d5 + j]: the call's day sub-key j
 local w5 = d5 + nsub  -- KEYS[w5 + j]: its week sub-key
@@ -165,7 +167,7 @@ local pbase = d5 + nsub + (useweek and nsub or 0)  -- KEYS[pbase + j]: sub-key j
 local partners = false  -- any 64-sub-key partner left: rare, gone within days (weeks: 8 days)
 if #KEYS > pbase and redis.call('EXISTS', unpack(KEYS, pbase + 1, #KEYS)) > 0 then partners = true end
 local lens = {}
-local function open(key)  -- whether a level-0 or level-2 key takes new users (fewer fields than full)
+local function open(key, full)  -- whether a level-0 or level-2 key takes new users (fewer fields than full)
   local n = lens[key]
   if not n then n = redis.call('HLEN', key); lens[key] = n end
   return n < full
@@ -193,8 +195,8 @@ local fresh = {}  -- keys that got a new field: they may be new, so they get the
 -- and 2 that takes new users, else its sub-key (level 5); the partner is only read.
 local function home(path, held)
   if held[1] and held[1] ~= path[4] then return held[1] end
-  if open(path[1]) then return path[1] end
-  if open(path[2]) then return path[2] end
+  if open(path[1], full0) then return path[1] end
+  if open(path[2], full2) then return path[2] end
   return path[3]
 end
 local function save(path, held, uid, total, c, ttl)
@@ -216,7 +218,7 @@ local function save(path, held, uid, total, c, ttl)
 end
 local dayttl, weekttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 local out = {}
-for i = 11, #ARGV, 5 do
+for i = 12, #ARGV, 5 do
   local uid, ch, n, j, q = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4])
   local dpath = {KEYS[2], KEYS[3 + q], KEYS[d5 + j]}
   if partners then dpath[4] = KEYS[pbase + j] end
@@ -259,14 +261,14 @@ return out
 
 # Counting only (a plan without caps, standalone Redis): KEYS[1] the scope's count receipts; ARGV:
 # receipt, previous receipt, receipt ttl, the scope's key prefix (``c2b:fcap:{<scope>:``),
-# NODE_FIELDS, then per day its keys' ttl and its asks as one string of lines
+# LEVEL0_FIELDS, LEVEL2_FIELDS, then per day its keys' ttl and its asks as one string of lines
 # ``<bucket>}:<day> <quarter> <sub> <start> <uid> <touches>``, start the first level that may take
 # the user (0, 2 or 5: the caller remembers which levels it found full; see FrequencyCap._count).
 # (Uids hold no whitespace: the extract refuses such uids, and the caller checks.) One string per
 # day instead of six arguments per ask: the client packs (and Redis parses) a few arguments a
 # call, not hundreds. A count goes into the first level from ``start`` that takes new users, with
 # no look for the user's field higher up: a user counted at level 0 before it filled and again
-# after has a field at both, which add up (at most NODE_FIELDS such users a key; a capped write
+# after has a field at both, which add up (at most the key's full count of such users; a capped write
 # merges them). Returns one character per ask, in order: the level counted into, or 'x' when its
 # field is not an integer (the script above wrote per-channel counts there): the caller counts
 # those through _TAKE. A replay (same receipt) gets the first answer back and counts nothing again.
@@ -274,26 +276,26 @@ return out
 _COUNT = """
 local done = redis.call('HGET', KEYS[1], ARGV[1])
 if done then return done end
-local prefix, full = ARGV[4], tonumber(ARGV[5])
+local prefix, full0, full2 = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local out = {}
 local fresh = {}
 local lens = {}
-local function open(key)
+local function open(key, full)
   local n = lens[key]
   if not n then n = redis.call('HLEN', key); lens[key] = n end
   return n < full
 end
-for g = 6, #ARGV, 2 do
+for g = 7, #ARGV, 2 do
   local ttl = ARGV[g]
   for root, q, sub, start, uid, n in string.gmatch(ARGV[g + 1], '(%S+) (%d) (%d+) (%d) (%S+) (%d+)\\n') do
     root = prefix .. root
     local key, level = nil, start
     if start == '0' then
-      if open(root) then key = root else level = '2' end
+      if open(root, full0) then key = root else level = '2' end
     end
     if not key and level == '2' then
       key = root .. ':q' .. q
-      if not open(key) then key = nil; level = '5' end
+      if not open(key, full2) then key = nil; level = '5' end
     end
     if not key then key = root .. ':' .. sub end
     local r = redis.pcall('HINCRBY', key, uid, n)
@@ -484,8 +486,9 @@ class FrequencyCap:
             args += [max(MIN_TTL, _expire_at(day)[0] - now), blob]
             order += by_day[day]
         receipts = "c2b:fcap:{" + self.rules.scope + ":counts}:rcpt"
-        answer = self._counter(keys=[receipts], args=[receipt, self._answered.get(receipts, ""), RECEIPT_TTL,
-                                                       "c2b:fcap:{" + self.rules.scope + ":", NODE_FIELDS, *args])
+        answer = self._counter(keys=[receipts], args=[
+            receipt, self._answered.get(receipts, ""), RECEIPT_TTL, "c2b:fcap:{" + self.rules.scope + ":",
+            LEVEL0_FIELDS, LEVEL2_FIELDS, *args])
         self._answered[receipts] = receipt
         answered = answer.decode() if isinstance(answer, bytes) else str(answer)
         if len(full_quarters) > 200_000:
@@ -546,7 +549,7 @@ class FrequencyCap:
                 keys += [f"{prefix}:{week}:{sub + SUBKEYS}" for sub in subs]
             day_ttl, week_ttl = (max(MIN_TTL, at - now) for at in _expire_at(day))
             args: list[Any] = [receipt, self._answered.get(rcpt, ""), day_ttl, week_ttl, RECEIPT_TTL, *self._caps,
-                               len(subs), NODE_FIELDS]
+                               len(subs), LEVEL0_FIELDS, LEVEL2_FIELDS]
             for i, j, q in idx:
                 _, uid, ch, n = asks[i]
                 args += [uid, ch, n, j, q]
