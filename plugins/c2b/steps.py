@@ -140,7 +140,8 @@ def step_load(plan: Plan, run_id: str, redis: Any, extract: dict[str, Any]) -> l
 
 def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict[str, Channel],
                  kill_switch: Any, params: dict[str, Any] | None = None,
-                 results_store: ResultsStore | None = None, history_batch: Any = None) -> dict[str, Any]:
+                 results_store: ResultsStore | None = None, history_batch: Any = None,
+                 log_batch: Any = None) -> dict[str, Any]:
     """Deliver one shard (see :mod:`c2b.delivery.shard`); return its stats for the report.
 
     ``history_batch``: a :class:`c2b.delivery.histories.HistoryBatch` the task's shards share (the
@@ -164,19 +165,21 @@ def step_deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict
 
     with delivery_gc_pace():
         return _deliver(plan, run_id, shard, redis, channels, kill_switch, params, only, results_store,
-                        history_batch)
+                        history_batch, log_batch)
 
 
 def _deliver(plan: Plan, run_id: str, shard: int, redis: Any, channels: dict[str, Channel], kill_switch: Any,
              params: dict[str, Any], only: set[str] | None, results_store: ResultsStore | None,
-             history_batch: Any) -> dict[str, Any]:
+             history_batch: Any, log_batch: Any) -> dict[str, Any]:
     try:
         loaded = with_redis_retry(lambda: loaded_size(redis, plan.id, run_id, shard))
         delivery = ShardDelivery(redis, plan, run_id, shard, channels, kill_switch, RetryPolicy(),
                                  only_touches=only, dry_run=bool(params.get("dry_run")), history_batch=history_batch)
         stats = delivery.run(plan.delivery.page_size, plan.delivery.concurrency).to_xcom()
         with_redis_retry(lambda: loaded_size(redis, plan.id, run_id, shard))
-        if results_store is not None and not params.get("dry_run"):
+        if log_batch is not None and not params.get("dry_run"):  # written with the task's other shards
+            stats["logged"] = log_batch.add(redis, shard, rows=delivery.log_rows)
+        elif results_store is not None and not params.get("dry_run"):
             from c2b.results.delivery_log import log_shard
 
             stats["logged"] = log_shard(results_store, redis, plan, run_id, shard, rows=delivery.log_rows)

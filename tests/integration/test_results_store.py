@@ -182,6 +182,54 @@ def test_a_shard_logged_again_replaces_its_rows_and_rows_without_parts_are_never
     assert store.log_count("p", "r1") == 3 and store.log_count("p", "r2") == 1
 
 
+def _shard_table(shard: int, n: int, at: datetime, outcome: str = "sent", plan_id: str = "p") -> object:
+    """A shard's rows as the bulk reader gives them: an Arrow table, the repeated columns dictionary-encoded."""
+    import pyarrow as pa
+
+    def same(value: str) -> pa.Array:
+        return pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int8()), pa.array([value]))
+
+    return pa.table({"plan_id": same(plan_id), "run_id": same("r1"), "variant": same("coupon"), "touch": same("push"),
+                     "uid": pa.array([f"s{shard}u{i}" for i in range(n)]), "outcome": pa.array([outcome] * n),
+                     "reason": pa.nulls(n, pa.string()), "touched_at": pa.array([at] * n, pa.timestamp("us"))})
+
+
+def test_several_shards_written_at_once_are_logged_and_a_retry_replaces_them(store: ResultsStore) -> None:
+    """A deliver task writes its shards' rows together (``write_logs``): on DuckDB, new shards in
+    one insert; a retry of the task writes them again and replaces them; a shard among them that
+    is new still counts once."""
+    run = {"plan_id": "p", "run_id": "r1", "weights": {"coupon": 1}, "controls": [], "logged_at": T0, "goal": None}
+    parts = [(("p", "r1", f"shard {k}"), _shard_table(k, 300, T0)) for k in (1, 2, 3)]
+    assert store.write_logs(parts, run=run) == 900
+    assert store.log_count("p", "r1") == 900 and store.runs("p") == [("r1", T0)]
+    later = T0 + timedelta(hours=1)
+    retry = [(("p", "r1", "shard 2"), _shard_table(2, 300, later, "failed")),
+             (("p", "r1", "shard 3"), _shard_table(3, 300, later)),
+             (("p", "r1", "shard 4"), _shard_table(4, 200, later))]
+    assert store.write_logs(retry, run=run) == 800
+    assert store.log_count("p", "r1") == 1100
+    outcomes = {(t["outcome"], t["reason"]): t["count"] for t in store.touch_outcomes("p", "r1")}
+    assert outcomes == {("sent", None): 800, ("failed", None): 300}
+    times = {u: t for u, _, t, _ in store.log_users("p", "r1")}
+    assert times["s1u0"] == T0 and times["s2u0"] == later and times["s3u0"] == T0 and times["s4u0"] == later
+    assert store.write_logs([]) == 0
+
+
+def test_a_deliver_tasks_log_batch_writes_once_it_holds_enough_and_when_told(tmp_path: Path) -> None:
+    from c2b.results.delivery_log import DeliveryLogBatch
+
+    store = DuckDBResultsStore(tmp_path / "results.duckdb")
+    batch = DeliveryLogBatch(store, PLAN, "r1", rows_per_write=500)
+    assert batch.add(None, 1, rows=_shard_table(1, 300, T0, plan_id=PLAN.id)) == 300
+    assert store.log_count(PLAN.id, "r1") == 0  # held
+    assert batch.add(None, 2, rows=_shard_table(2, 300, T0, plan_id=PLAN.id)) == 300
+    assert store.log_count(PLAN.id, "r1") == 600  # 600 >= 500: both shards written
+    assert batch.add(None, 3, rows=_shard_table(3, 100, T0, plan_id=PLAN.id)) == 100
+    assert store.log_count(PLAN.id, "r1") == 600
+    assert batch.flush() == 100 and batch.flush() == 0  # the task's end
+    assert store.log_count(PLAN.id, "r1") == 700 and [r for r, _ in store.runs(PLAN.id)] == ["r1"]
+
+
 def test_a_failed_log_write_leaves_nothing_behind(store: ResultsStore) -> None:
     """Every chunk and the run's registration are one transaction: an error after the first chunk
     rolls all of it back."""

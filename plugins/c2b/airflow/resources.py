@@ -198,6 +198,7 @@ def deliver_shards(plan: Plan, run_id: str, shards: list[int], params: dict[str,
     from c2b.delivery.contacts import record_contacts
     from c2b.delivery.histories import HistoryBatch
     from c2b.delivery.reentry import record_sends
+    from c2b.results.delivery_log import DeliveryLogBatch
     from c2b.store.run_meta import RunStateLost
 
     redis = get_redis()
@@ -208,12 +209,14 @@ def deliver_shards(plan: Plan, run_id: str, shards: list[int], params: dict[str,
     # history bucket per batch, not per shard); written before the task ends, however it ends.
     histories = HistoryBatch(redis, plan, run_id, record_sends(plan, record_contacts),
                              int(plan.delivery.key_ttl_hours * 3600))
+    # The shards' delivery-log rows likewise: one write for many shards, before the task ends.
+    log_rows = DeliveryLogBatch(store, plan, run_id)
     try:
         for shard in shards:
             channels = make_channels(plan, run_id, redis)  # a shard's send loop closes its channels at its end
             try:
                 stats = steps.step_deliver(plan, run_id, shard, redis, channels, switch, params, results_store=store,
-                                           history_batch=histories)
+                                           history_batch=histories, log_batch=log_rows)
             except RunStateLost as exc:  # lost keys stay lost: retrying would only "deliver" an empty shard
                 raise AirflowFailException(str(exc)) from exc
             if stats["stopped"]:
@@ -231,8 +234,15 @@ def deliver_shards(plan: Plan, run_id: str, shards: list[int], params: dict[str,
             import logging
 
             logging.getLogger(__name__).exception("could not write the finished shards' sends to the histories")
+        try:
+            log_rows.flush()  # and their rows the delivery log
+        except Exception:  # noqa: BLE001 (the retry logs every shard of the task again)
+            import logging
+
+            logging.getLogger(__name__).exception("could not write the finished shards' delivery-log rows")
         raise
     histories.flush()
+    log_rows.flush()
     waiting = [st for st in out if st["deferred"]]
     if waiting:
         dues = [datetime.fromisoformat(st["next_due"]) if st["next_due"] else datetime.now(UTC) for st in waiting]
