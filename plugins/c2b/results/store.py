@@ -233,7 +233,7 @@ class ResultsStore:
         checkpoint when the connection closed, ~0.2 s of CPU a shard (27 s for the 128 shards of a
         10M-user run, measured); parts that are all new and all Arrow tables go in as one insert,
         whose full row groups DuckDB writes straight to the file (9-11 s for the same rows in
-        writes of 16 shards).
+        writes of 16 shards, ~14 in writes of 8).
         """
         def work(cur: Any) -> int:
             if run is not None:
