@@ -315,7 +315,9 @@ def main() -> int:
         kept = [r for r in data.get("cost", []) if r["spread"] not in rerun]
         heads = {k: v for k, v in data.get("cost_heads", {}).items() if k not in rerun}
         data.update(cost=kept + costs, cost_heads={**heads, **{sp: head for sp in rerun}},
-                    cost_setup=[args.messages, args.flush, args.repeats, args.warm_users])
+                    cost_setup=[args.messages, args.flush, args.repeats, args.warm_users],
+                    cost_new_layout=f"levels ({LEVEL0_FIELDS} users at level 0, 4 x {LEVEL2_FIELDS} at level 2, "
+                                    f"then {SUBKEYS} sub-keys)")
     text = render(data)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -347,6 +349,7 @@ def render(data: dict[str, Any]) -> str:
                      f"{r['at_audience_MB']:,} MB |")
     messages, flush, repeats, warm = data.get("cost_setup", [0, 0, 0, 0])
     lines += ["", "## Cost per message", "",
+              f"new here: {data.get('cost_new_layout', '?')}.", "",
               *(f"{spread}: {head}" for spread, head in data.get("cost_heads", {}).items()), "",
               f"{messages:,} messages in flushes of {flush:,}, old and new alternated {repeats} times (medians), "
               "old on database 0 and new on database 1 of one server. empty: a new user per message over all "

@@ -182,14 +182,15 @@ def test_a_shard_logged_again_replaces_its_rows_and_rows_without_parts_are_never
     assert store.log_count("p", "r1") == 3 and store.log_count("p", "r2") == 1
 
 
-def _shard_table(shard: int, n: int, at: datetime, outcome: str = "sent", plan_id: str = "p") -> object:
+def _shard_table(shard: int, n: int, at: datetime, outcome: str = "sent", plan_id: str = "p",
+                 run_id: str = "r1") -> object:
     """A shard's rows as the bulk reader gives them: an Arrow table, the repeated columns dictionary-encoded."""
     import pyarrow as pa
 
     def same(value: str) -> pa.Array:
         return pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int8()), pa.array([value]))
 
-    return pa.table({"plan_id": same(plan_id), "run_id": same("r1"), "variant": same("coupon"), "touch": same("push"),
+    return pa.table({"plan_id": same(plan_id), "run_id": same(run_id), "variant": same("coupon"), "touch": same("push"),
                      "uid": pa.array([f"s{shard}u{i}" for i in range(n)]), "outcome": pa.array([outcome] * n),
                      "reason": pa.nulls(n, pa.string()), "touched_at": pa.array([at] * n, pa.timestamp("us"))})
 
@@ -228,6 +229,45 @@ def test_a_deliver_tasks_log_batch_writes_once_it_holds_enough_and_when_told(tmp
     assert store.log_count(PLAN.id, "r1") == 600
     assert batch.flush() == 100 and batch.flush() == 0  # the task's end
     assert store.log_count(PLAN.id, "r1") == 700 and [r for r, _ in store.runs(PLAN.id)] == ["r1"]
+
+
+def test_keys_unique_says_when_the_insert_may_skip_distinct() -> None:
+    import pyarrow as pa
+    from c2b.results.delivery_log import keys_unique
+
+    def table(uids: list[str], touch: str = "push", plan_id: str = "p") -> pa.Table:
+        n = len(uids)
+        return pa.table({"plan_id": pa.array([plan_id] * n), "run_id": pa.array(["r1"] * n),
+                         "touch": pa.array([touch] * n), "uid": pa.array(uids)})
+
+    assert keys_unique([table(["1", "2"]), table(["3"]), table(["1", "2"], touch="sms")])
+    assert not keys_unique([table(["1", "2"]), table(["2", "5"])])  # uid 2 of push in two shards
+    assert not keys_unique([table(["1", "1"])])
+    assert not keys_unique([table(["u1", "u2"])])  # text uids: left to the store's DISTINCT ON
+    assert not keys_unique([table(["1"]), table(["2"], plan_id="q")])
+    assert not keys_unique([table(["7"]), table(["007"])])  # one integer: not told apart, so not unique
+    assert keys_unique([_shard_table(1, 3, T0, plan_id="p")]) is False  # "s1u0": text
+    assert keys_unique([]) is False
+
+
+def test_the_log_batch_skips_distinct_only_for_unique_rows_and_a_repeat_is_logged_once(tmp_path: Path) -> None:
+    import pyarrow as pa
+    from c2b.results.delivery_log import DeliveryLogBatch
+
+    def ints(first: int, n: int, run_id: str = "r1") -> pa.Table:
+        t = _shard_table(0, n, T0, plan_id=PLAN.id, run_id=run_id)
+        return t.set_column(t.schema.get_field_index("uid"), "uid", pa.array([str(first + i) for i in range(n)]))
+
+    store = DuckDBResultsStore(tmp_path / "results.duckdb")
+    batch = DeliveryLogBatch(store, PLAN, "r1", rows_per_write=10_000)
+    batch.add(None, 1, rows=ints(1000, 300))
+    batch.add(None, 2, rows=ints(2000, 300))
+    assert batch.flush() == 600 and store.log_count(PLAN.id, "r1") == 600
+    batch = DeliveryLogBatch(store, PLAN, "r2", rows_per_write=10_000)
+    batch.add(None, 1, rows=ints(1000, 300, "r2"))
+    batch.add(None, 2, rows=ints(1200, 300, "r2"))  # 1200..1299 in both: DISTINCT ON keeps one row each
+    batch.flush()
+    assert store.log_count(PLAN.id, "r2") == 500
 
 
 def test_a_failed_log_write_leaves_nothing_behind(store: ResultsStore) -> None:

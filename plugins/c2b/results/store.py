@@ -139,7 +139,7 @@ class ResultsStore:
         for ddl in DDL:
             self._execute(cur, ddl)
 
-    def _insert_log_batch(self, cur: Any, batch: list[LogRow], fresh: bool = False) -> None:
+    def _insert_log_batch(self, cur: Any, batch: list[LogRow], fresh: bool = False, unique: bool = False) -> None:
         batch = _as_rows(batch)
         for i in range(0, len(batch), BATCH_ROWS):
             part = batch[i:i + BATCH_ROWS]
@@ -225,7 +225,8 @@ class ResultsStore:
             return self._write_part(cur, rows, part, batch_rows)
         return int(self._transaction(work))
 
-    def write_logs(self, parts: Sequence[tuple[tuple[str, str, str], Any]], run: dict[str, Any] | None = None) -> int:
+    def write_logs(self, parts: Sequence[tuple[tuple[str, str, str], Any]], run: dict[str, Any] | None = None,
+                   unique: bool = False) -> int:
         """Write several parts' rows (``(part, rows)`` as :meth:`write_log` takes them) in one
         transaction; return how many rows were written.
 
@@ -233,7 +234,9 @@ class ResultsStore:
         checkpoint when the connection closed, ~0.2 s of CPU a shard (27 s for the 128 shards of a
         10M-user run, measured); parts that are all new and all Arrow tables go in as one insert,
         whose full row groups DuckDB writes straight to the file (9-11 s for the same rows in
-        writes of 16 shards, ~14 in writes of 8).
+        writes of 16 shards, ~14 in writes of 8). ``unique``: the caller checked that no key
+        ``(plan, run, touch, uid)`` repeats among the rows, so that insert needs no ``DISTINCT ON``
+        (on DuckDB at 1M rows ~0.5 s of CPU and ~230 MiB).
         """
         def work(cur: Any) -> int:
             if run is not None:
@@ -243,7 +246,7 @@ class ResultsStore:
                 import pyarrow as pa
 
                 whole = pa.concat_tables([rows.select(list(LOG_COLUMNS)) for _, rows in parts])
-                self._insert_log_batch(cur, whole, True)
+                self._insert_log_batch(cur, whole, True, unique=unique)
                 for part, rows in parts:
                     self._record_part(cur, part, rows.num_rows)
                 return int(whole.num_rows)
@@ -482,7 +485,7 @@ class DuckDBResultsStore(ResultsStore):
         cur.execute("INSERT INTO c2b_log_parts VALUES (?, ?, ?, ?) ON CONFLICT (plan_id, run_id, part) "
                     "DO UPDATE SET rows = excluded.rows", [*part, rows])
 
-    def _insert_log_batch(self, cur: Any, batch: list[LogRow], fresh: bool = False) -> None:
+    def _insert_log_batch(self, cur: Any, batch: list[LogRow], fresh: bool = False, unique: bool = False) -> None:
         import pyarrow as pa
 
         if hasattr(batch, "num_rows"):  # already columns (c2b.results.delivery_log.shard_log_table)
@@ -492,7 +495,7 @@ class DuckDBResultsStore(ResultsStore):
                                              else pa.string()) for i, name in enumerate(LOG_COLUMNS)})
         cur.register("c2b_log_batch", table)
         try:
-            for sql in (_APPEND_LOG if fresh else _REPLACE_LOG):
+            for sql in (_APPEND_UNIQUE_LOG if fresh and unique else _APPEND_LOG if fresh else _REPLACE_LOG):
                 cur.execute(sql)
         finally:
             cur.unregister("c2b_log_batch")
@@ -518,6 +521,8 @@ _KEY = ("plan_id", "run_id", "touch", "uid")
 # touched_at where the outcome is unchanged, as _UPSERT_LOG does on a keyed table.
 _APPEND_LOG = (f"INSERT INTO c2b_delivery_log ({', '.join(LOG_COLUMNS)}) SELECT {', '.join(LOG_COLUMNS)} FROM "
                "(SELECT DISTINCT ON (plan_id, run_id, touch, uid) * FROM c2b_log_batch)",)
+_APPEND_UNIQUE_LOG = (f"INSERT INTO c2b_delivery_log ({', '.join(LOG_COLUMNS)}) SELECT {', '.join(LOG_COLUMNS)} "
+                      "FROM c2b_log_batch",)
 _REPLACE_LOG = (
     "CREATE OR REPLACE TEMP TABLE c2b_log_new AS SELECT b.plan_id, b.run_id, b.variant, b.touch, b.uid, b.outcome, "
     "b.reason, CASE WHEN o.outcome = b.outcome THEN o.touched_at ELSE b.touched_at END AS touched_at "
@@ -549,7 +554,7 @@ class DbApiResultsStore(ResultsStore):
             self.paramstyle = driver_paramstyle(conn)
         return conn
 
-    def _insert_log_batch(self, cur: Any, batch: list[LogRow], fresh: bool = False) -> None:
+    def _insert_log_batch(self, cur: Any, batch: list[LogRow], fresh: bool = False, unique: bool = False) -> None:
         """COPY the rows into a temporary table and upsert from it (psycopg 2 or 3); VALUES otherwise."""
         driver = type(cur).__module__.split(".")[0]
         if driver not in ("psycopg2", "psycopg"):
