@@ -606,7 +606,8 @@ def rules_of(plan: Any) -> CapRules:
 
 
 def forget_counts(redis: Any, scope: str) -> int:
-    """Delete every count of ``scope`` (a line, or ``-``); return how many user-days they held.
+    """Delete every count of ``scope`` (a line, or ``-``); return how many user-days they held
+    (day fields: a user with fields at two levels of a day counts twice, rare).
 
     For the demo, which runs the same plans on the same users again and again (``c2b demo`` says
     so when it does this); in production the counts are what keeps a line's caps.
